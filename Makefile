@@ -1,0 +1,38 @@
+# The two commands a newcomer needs (see README.md):
+#   make quickstart   set up a virtual environment and run the main job
+#   make test         set up the same environment and run the test suite
+#
+# TORCH_SPEC picks the torch build installed *before* the package, so pip never pulls a
+# multi-GB CUDA build on a CPU machine. On the project's machines `torch==2.13.0` resolves to a
+# local CPU wheel; elsewhere pass e.g.
+#   make quickstart TORCH_INSTALL="pip install torch --index-url <your CPU wheel index>"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+TORCH_INSTALL ?= $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+STAMP := $(VENV)/.installed
+
+.PHONY: quickstart test install lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(TORCH_INSTALL)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/itransfer data summary
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench tools
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

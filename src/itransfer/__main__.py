@@ -1,0 +1,5 @@
+"""``python -m itransfer`` runs the CLI."""
+
+from itransfer.cli import main
+
+main()

@@ -1,0 +1,52 @@
+"""Options and helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from itransfer.config import ExperimentConfig, load_config
+
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML experiment config.")
+SetOption = typer.Option(
+    None, "--set", help="Override a config value, e.g. --set data.splits.unseen_test_size=50."
+)
+SniDirOption = typer.Option(
+    None,
+    "--sni-dir",
+    help="An SNI repository clone or its tasks/ folder (default: the bundled slice).",
+)
+
+stderr = Console(stderr=True)
+
+
+def resolve_config(
+    config_path: Path | None, overrides: list[str] | None, sni_dir: Path | None
+) -> ExperimentConfig:
+    """Config file → ``--set`` overrides → ``--sni-dir`` (the most specific wins)."""
+    extra = [f"data.sni_dir={sni_dir}"] if sni_dir is not None else []
+    return load_config(config_path, [*(overrides or []), *extra])
+
+
+def file_progress(description: str):
+    """A ``progress`` callback for long per-file scans: a rich bar on stderr."""
+
+    def wrap(items: Iterable[Path], total: int) -> Iterator[Path]:
+        with Progress(
+            TextColumn(description),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=stderr,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(description, total=total)
+            for item in items:
+                yield item
+                progress.advance(task)
+
+    return wrap

@@ -1,0 +1,167 @@
+"""``itransfer data``: look at the benchmark as the experiments will see it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from itransfer.cli.common import (
+    ConfigOption,
+    SetOption,
+    SniDirOption,
+    file_progress,
+    resolve_config,
+)
+from itransfer.data.benchmark import EVALUATION_GROUPS, open_benchmark
+from itransfer.data.contexts import CONTEXTS, build_context
+from itransfer.data.selection import TaskSelection
+from itransfer.errors import ConfigError
+from itransfer.io_utils import atomic_write_text
+from itransfer.provenance import write_run_record
+
+data_app = typer.Typer(help="Inspect the SNI tasks, the paper's split and the model inputs.")
+console = Console()
+
+GROUP_TITLES = {
+    "seen": "seen (training)",
+    "unseen": "unseen (NLU)",
+    "unseen_synthetic": "unseen (synthetic)",
+    "heldout_domain": "held-out domain",
+    "heldout_adversarial": "held-out adversarial",
+}
+
+SHORT_TITLES = {
+    "seen": "seen",
+    "unseen": "unseen",
+    "unseen_synthetic": "unseen-syn",
+    "heldout_domain": "held-dom",
+    "heldout_adversarial": "held-adv",
+}
+
+
+@data_app.command("summary")
+def summary(
+    sni_dir: Path | None = SniDirOption,
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    config_path: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+    no_cache: bool = typer.Option(False, "--no-cache", help="Re-parse every task file."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Also write summary.json with the run's config and provenance here."
+    ),
+) -> None:
+    """Per-split task counts and per-category counts of the paper's task selection."""
+    config = resolve_config(config_path, overrides, sni_dir)
+    benchmark = open_benchmark(
+        config.data,
+        config.seed,
+        use_cache=not no_cache,
+        progress=None if json_output else file_progress("indexing task files"),
+    )
+    payload = benchmark.selection.to_json()
+    payload["tasks_dir"] = str(benchmark.tasks_dir)
+    if out is not None:
+        atomic_write_text(out / "summary.json", json.dumps(payload, indent=2) + "\n")
+        write_run_record(out, config, seed=config.seed)
+    if json_output:
+        typer.echo(json.dumps(payload))
+        return
+    _print_summary(benchmark.selection, str(benchmark.tasks_dir))
+
+
+def _print_summary(selection: TaskSelection, tasks_dir: str) -> None:
+    groups = selection.groups()
+    counts = Table(title=f"Task selection of {tasks_dir}")
+    counts.add_column("split")
+    counts.add_column("tasks", justify="right")
+    for group, names in groups.items():
+        counts.add_row(GROUP_TITLES[group], str(len(names)))
+    counts.add_row("excluded", str(len(selection.excluded)), style="dim")
+    console.print(counts)
+
+    by_category = Table(
+        title="Tasks per category",
+        caption="syn = synthetic; held-dom/held-adv = held out for evaluation domains/"
+        "adversarial sources",
+    )
+    by_category.add_column("category", no_wrap=True)
+    for group in groups:
+        title = SHORT_TITLES[group]
+        by_category.add_column(title, justify="right", no_wrap=True, min_width=len(title))
+    per_group = {group: selection.category_counts(group) for group in groups}
+    categories = sorted({c for counts_ in per_group.values() for c in counts_})
+    for category in categories:
+        by_category.add_row(
+            category, *(str(per_group[group].get(category, "")) for group in groups)
+        )
+    console.print(by_category)
+
+    if selection.excluded:
+        excluded = Table(title="Excluded tasks")
+        excluded.add_column("task")
+        excluded.add_column("reason")
+        for name, reason in sorted(selection.excluded.items()):
+            excluded.add_row(name, reason)
+        console.print(excluded)
+
+
+@data_app.command("show")
+def show(
+    task_name: str = typer.Argument(..., help="Task name, e.g. task040_qasc_question_generation."),
+    sni_dir: Path | None = SniDirOption,
+    context: str | None = typer.Option(
+        None, "--context", help=f"Task context: {', '.join(CONTEXTS)} (default: the config's)."
+    ),
+    num_instances: int = typer.Option(3, "-n", "--num", min=1, help="How many instances."),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="train, validation, test or few_shot (default: train for seen tasks, else test).",
+    ),
+    max_input_tokens: int | None = typer.Option(
+        None, "--max-input-tokens", help="Length budget (whitespace tokens here)."
+    ),
+    config_path: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """Print model inputs and targets exactly as the model will see them."""
+    config = resolve_config(config_path, overrides, sni_dir)
+    context_name = context or config.data.context.name
+    encoder = build_context(context_name, config.data.context.num_exemplars)
+    benchmark = open_benchmark(config.data, config.seed)
+    group = benchmark.group_of(task_name)
+    if group == "excluded":
+        reason = benchmark.selection.excluded[task_name]
+        raise ConfigError(f"task {task_name} is excluded from the selection: {reason}")
+    task_split = benchmark.split(task_name)
+    role = split or ("test" if group in EVALUATION_GROUPS else "train")
+    if role not in ("train", "validation", "test", "few_shot"):
+        raise ConfigError(f"--split {role}: expected train, validation, test or few_shot")
+    instances = task_split.few_shot_pool if role == "few_shot" else getattr(task_split, role)
+    if not instances:
+        raise ConfigError(f"task {task_name} ({group}) has no '{role}' instances")
+    budget = max_input_tokens or config.data.context.max_input_tokens
+    console.rule(f"{task_name} · {group} · split={role} · context={context_name}", style="cyan")
+    for instance in instances[:num_instances]:
+        encoded = encoder.encode(benchmark.task(task_name), instance.input, max_tokens=budget)
+        console.print(f"[bold]id[/bold] {instance.id}", highlight=False)
+        console.print("[bold]input[/bold]", highlight=False)
+        console.print(encoded.text, markup=False, highlight=False, soft_wrap=True)
+        console.print("[bold]target[/bold]", highlight=False)
+        console.print(instance.outputs[0], markup=False, highlight=False, soft_wrap=True)
+        if len(instance.outputs) > 1:
+            others = json.dumps(list(instance.outputs[1:]), ensure_ascii=False)
+            console.print(f"(other references: {others})", markup=False, style="dim")
+        if encoded.was_cut:
+            console.print(
+                f"(cut to fit {budget} tokens: {encoded.exemplars_dropped} exemplars dropped, "
+                f"{encoded.definition_words_cut} instruction words and "
+                f"{encoded.input_words_cut} input words cut)",
+                style="yellow",
+                markup=False,
+            )
+        console.rule(style="dim")

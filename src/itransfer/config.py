@@ -1,0 +1,174 @@
+"""Typed experiment configs: YAML in, ``--set key=value`` overrides, errors that name the field.
+
+Every section is a pydantic model with ``extra="forbid"``, so a misspelt key is an error rather
+than a silently ignored setting. :func:`load_config` reports each problem as
+``<file>: <dotted.key>: <what is wrong> (got <value>)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from itransfer import paper_constants as paper
+from itransfer.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SelectionConfig(StrictModel):
+    """Which tasks are seen (training), unseen (transfer) or held out (§2.4, Appendix A)."""
+
+    languages: list[str] = Field(default_factory=lambda: list(paper.LANGUAGES))
+    seen_categories: list[str] = Field(default_factory=lambda: list(paper.SEEN_CATEGORIES))
+    unseen_categories: list[str] = Field(default_factory=lambda: list(paper.UNSEEN_CATEGORIES))
+    evaluation_domains: list[str] = Field(default_factory=lambda: list(paper.EVALUATION_DOMAINS))
+    adversarial_sources: list[str] = Field(
+        default_factory=lambda: list(paper.ADVERSARIAL_SOURCES)
+    )
+    synthetic_sources: list[str] = Field(default_factory=lambda: list(paper.SYNTHETIC_SOURCES))
+    min_eval_instances: int = Field(default=paper.MIN_EVAL_INSTANCES, ge=1)
+
+    @field_validator("unseen_categories")
+    @classmethod
+    def _disjoint(cls, unseen: list[str], info: Any) -> list[str]:
+        overlap = set(unseen) & set(info.data.get("seen_categories", []))
+        if overlap:
+            raise ValueError(f"categories both seen and unseen: {sorted(overlap)}")
+        return unseen
+
+
+class SplitConfig(StrictModel):
+    """Per-task instance splits (§2.4) and the per-task data limit (§3.2)."""
+
+    seen_validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    seen_test_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    unseen_test_size: int = Field(default=100, ge=1)
+    few_shot_pool_size: int = Field(default=40, ge=0)
+    max_train_instances_per_task: int | None = Field(default=None, ge=1)
+
+    @field_validator("seen_test_fraction")
+    @classmethod
+    def _fractions_leave_training_data(cls, test: float, info: Any) -> float:
+        if test + info.data.get("seen_validation_fraction", 0.0) >= 1.0:
+            raise ValueError("validation + test fractions must leave some training data (< 1)")
+        return test
+
+
+class ContextConfig(StrictModel):
+    """The task context r_k placed before each instance input (Figure 5)."""
+
+    name: str = "exemplars"
+    num_exemplars: int = Field(default=3, ge=0)
+    max_input_tokens: int | None = Field(default=None, ge=8)
+
+    @field_validator("name")
+    @classmethod
+    def _known_context(cls, name: str) -> str:
+        from itransfer.data.contexts import CONTEXTS
+
+        if name not in CONTEXTS:
+            raise ValueError(f"unknown context '{name}'; known: {', '.join(sorted(CONTEXTS))}")
+        return name
+
+
+class DataConfig(StrictModel):
+    sni_dir: Path | None = None  # None: the SNI slice bundled with the package
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    splits: SplitConfig = Field(default_factory=SplitConfig)
+    context: ContextConfig = Field(default_factory=ContextConfig)
+
+
+class ExperimentConfig(StrictModel):
+    name: str = "itransfer"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "<top level>"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}: {key}: {message} (got {error.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_override(override: str) -> tuple[list[str], Any]:
+    """``train.lr=1e-4`` → (["train", "lr"], 1e-4); the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(
+            f"--set {override}: expected KEY=VALUE (e.g. data.splits.unseen_test_size=50)"
+        )
+    key, raw_value = override.split("=", 1)
+    parts = [part for part in key.strip().split(".") if part]
+    if not parts:
+        raise ConfigError(f"--set {override}: empty key")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {override}: value is not valid YAML ({exc})") from exc
+    return parts, value
+
+
+def _apply_override(tree: dict[str, Any], parts: Sequence[str], value: Any, override: str) -> None:
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            prefix = ".".join(parts[: depth + 1])
+            raise ConfigError(f"--set {override}: '{prefix}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    model: type[StrictModel] = ExperimentConfig,
+) -> Any:
+    """Load a YAML config (or the defaults), apply ``--set`` overrides, validate."""
+    tree = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "<defaults>"
+    for override in overrides:
+        parts, value = parse_override(override)
+        _apply_override(tree, parts, value, override)
+    if overrides:
+        source += f" with --set {' '.join(overrides)}"
+    try:
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from exc
+
+
+def config_to_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

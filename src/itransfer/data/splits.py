@@ -1,0 +1,93 @@
+"""Per-task instance splits, deterministic from (seed, task name).
+
+Each task's instances are shuffled by a generator seeded from ``sha256(seed, task name)``, so a
+task's split does not depend on which other tasks are loaded or in what order.
+
+* seen tasks: the first 10 % of the shuffled instances are test, the next 10 % validation, the
+  rest training (§2.4);
+* evaluation tasks (unseen, held-out): the first 100 are test, the next 40 the few-shot pool
+  (§2.4); the two never overlap, and ``few_shot_subset(k)`` takes the first k of the pool so the
+  k = 5, 10, 20, 40 subsets are nested.
+
+The per-task data limit (§3.2) keeps the first ``max_train_instances_per_task`` training
+instances *after* splitting, so changing the limit never moves the validation or test sets, and
+a smaller limit's training set is a subset of a larger one's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+from itransfer.config import SplitConfig
+from itransfer.data.sni import Instance, Task
+from itransfer.errors import DataError
+
+
+@dataclass(frozen=True)
+class TaskSplit:
+    """The instances of one task, by role."""
+
+    task: str
+    train: tuple[Instance, ...] = ()
+    validation: tuple[Instance, ...] = ()
+    test: tuple[Instance, ...] = ()
+    few_shot_pool: tuple[Instance, ...] = ()
+    train_size_before_limit: int = 0
+
+    def few_shot_subset(self, k: int) -> tuple[Instance, ...]:
+        """The first ``k`` instances of the few-shot pool (nested across k)."""
+        if k < 0:
+            raise ValueError(f"task {self.task}: k must be >= 0, got {k}")
+        if k > len(self.few_shot_pool):
+            raise DataError(
+                self.task,
+                f"k={k} exceeds the few-shot pool of {len(self.few_shot_pool)} instances",
+            )
+        return self.few_shot_pool[:k]
+
+
+def shuffled_order(num_instances: int, seed: int, task_name: str) -> list[int]:
+    """A permutation of ``range(num_instances)`` that depends only on (seed, task name)."""
+    digest = hashlib.sha256(f"{seed}\x00{task_name}".encode()).digest()
+    order = list(range(num_instances))
+    random.Random(int.from_bytes(digest[:8], "big")).shuffle(order)
+    return order
+
+
+def _limit(train: tuple[Instance, ...], config: SplitConfig) -> tuple[Instance, ...]:
+    limit = config.max_train_instances_per_task
+    return train if limit is None else train[:limit]
+
+
+def split_seen_task(task: Task, config: SplitConfig, seed: int) -> TaskSplit:
+    """80/10/10 train/validation/test (by default) for a training task."""
+    order = [task.instances[i] for i in shuffled_order(len(task.instances), seed, task.name)]
+    num_test = int(len(order) * config.seen_test_fraction)
+    num_validation = int(len(order) * config.seen_validation_fraction)
+    test = tuple(order[:num_test])
+    validation = tuple(order[num_test : num_test + num_validation])
+    train = tuple(order[num_test + num_validation :])
+    return TaskSplit(
+        task=task.name,
+        train=_limit(train, config),
+        validation=validation,
+        test=test,
+        train_size_before_limit=len(train),
+    )
+
+
+def split_evaluation_task(task: Task, config: SplitConfig, seed: int) -> TaskSplit:
+    """100 test + 40 few-shot instances (by default) for an unseen or held-out task."""
+    needed = config.unseen_test_size + config.few_shot_pool_size
+    if len(task.instances) < needed:
+        raise DataError(
+            task.path or task.name,
+            f"task {task.name} has {len(task.instances)} instances; an evaluation task needs "
+            f"{config.unseen_test_size} test + {config.few_shot_pool_size} few-shot = {needed}",
+        )
+    order = [task.instances[i] for i in shuffled_order(len(task.instances), seed, task.name)]
+    test = tuple(order[: config.unseen_test_size])
+    few_shot_pool = tuple(order[config.unseen_test_size : needed])
+    return TaskSplit(task=task.name, test=test, few_shot_pool=few_shot_pool)

@@ -1,0 +1,28 @@
+"""User-facing errors.
+
+Every error a user can cause by bad input derives from :class:`ITransferError`; the CLI prints
+its message on one line (no traceback unless ``--debug``) and exits with status 2. Messages name
+the offending file and field so the user can fix the input without reading code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ITransferError(Exception):
+    """Base class of errors caused by the user's input or environment, not by a bug."""
+
+
+class ConfigError(ITransferError):
+    """A config file or override has an unknown key or a bad value."""
+
+
+class DataError(ITransferError):
+    """A data file (SNI task, corpus, predictions, references) is malformed."""
+
+    def __init__(self, path: str | Path, message: str, *, line: int | None = None) -> None:
+        self.path = Path(path)
+        self.line = line
+        where = f"{self.path}:{line}" if line is not None else str(self.path)
+        super().__init__(f"{where}: {message}")

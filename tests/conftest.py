@@ -1,0 +1,64 @@
+"""Shared fixtures: the team's real SNI slice, an isolated index cache, task-file factories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_SLICE = REPO_ROOT.parent / "shared" / "data" / "sni-slice"
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test gets its own index cache so no test sees another's (or the user's) cache."""
+    cache = tmp_path_factory.mktemp("itransfer-cache")
+    monkeypatch.setenv("ITRANSFER_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def sni_slice() -> Path:
+    """The 194-task slice in ../shared (present on developer machines and in CI)."""
+    if not (SHARED_SLICE / "tasks").is_dir():
+        pytest.skip(f"shared SNI slice not found at {SHARED_SLICE}")
+    return SHARED_SLICE
+
+
+def task_json(name: str = "task001_demo_qa", **overrides: Any) -> dict[str, Any]:
+    """A minimal valid SNI task in the benchmark's schema."""
+    data: dict[str, Any] = {
+        "Contributors": ["Test"],
+        "Source": ["demo"],
+        "URL": ["https://example.org"],
+        "Categories": ["Question Answering"],
+        "Reasoning": [],
+        "Definition": ["Answer the question."],
+        "Input_language": ["English"],
+        "Output_language": ["English"],
+        "Instruction_language": ["English"],
+        "Domains": ["Wikipedia"],
+        "Positive Examples": [
+            {"input": f"q{i}", "output": f"a{i}", "explanation": "ok"} for i in range(4)
+        ],
+        "Negative Examples": [],
+        "Instances": [
+            {"id": f"{name}-{i}", "input": f"question {i}", "output": [f"answer {i}"]}
+            for i in range(200)
+        ],
+        "Instance License": ["CC BY 4.0"],
+    }
+    data.update(overrides)
+    return data
+
+
+def write_task(folder: Path, name: str = "task001_demo_qa", **overrides: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(task_json(name, **overrides), indent=1), encoding="utf-8")
+    return path

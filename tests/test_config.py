@@ -1,0 +1,87 @@
+"""Typed configs: YAML in, --set overrides, errors that name key, value and file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from itransfer.config import ExperimentConfig, load_config
+from itransfer.errors import ConfigError
+from itransfer.provenance import write_run_record
+
+
+def _yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_papers() -> None:
+    config = load_config()
+    assert len(config.data.selection.seen_categories) == 58
+    assert len(config.data.selection.unseen_categories) == 11
+    assert len(config.data.selection.evaluation_domains) == 12
+    assert config.data.selection.adversarial_sources == [
+        "anli", "paws", "hans", "hellaswag", "codah", "adversarial_qa"
+    ]
+    assert config.data.selection.min_eval_instances == 140
+    assert (config.data.splits.unseen_test_size, config.data.splits.few_shot_pool_size) == (100, 40)
+    assert config.data.context.name == "exemplars" and config.data.context.num_exemplars == 3
+
+
+def test_yaml_and_overrides(tmp_path: Path) -> None:
+    path = _yaml(tmp_path, "seed: 7\ndata:\n  splits:\n    max_train_instances_per_task: 50\n")
+    config = load_config(path, ["data.context.name=task_id", "data.splits.unseen_test_size=20"])
+    assert config.seed == 7
+    assert config.data.splits.max_train_instances_per_task == 50
+    assert config.data.context.name == "task_id"
+    assert config.data.splits.unseen_test_size == 20
+
+
+def test_unknown_key_names_key_value_and_file(tmp_path: Path) -> None:
+    path = _yaml(tmp_path, "data:\n  splits:\n    unseen_tset_size: 30\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message and "data.splits.unseen_tset_size" in message
+    assert "unknown key" in message and "30" in message
+
+
+def test_bad_value_names_key_value_and_file(tmp_path: Path) -> None:
+    path = _yaml(tmp_path, "data:\n  splits:\n    max_train_instances_per_task: -5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message and "data.splits.max_train_instances_per_task" in message
+    assert "-5" in message
+
+
+def test_unknown_context_and_override_errors() -> None:
+    with pytest.raises(ConfigError, match="unknown context 'fewshot'"):
+        load_config(None, ["data.context.name=fewshot"])
+    with pytest.raises(ConfigError, match=r"data\.nope: unknown key"):
+        load_config(None, ["data.nope.x=1"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(None, ["seed"])
+    with pytest.raises(ConfigError, match="seed: Input should be a valid integer"):
+        load_config(None, ["seed.x=1"])
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = _yaml(tmp_path, "seed: 1\ndata: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{path}:\\d+: invalid YAML"):
+        load_config(path)
+
+
+def test_run_record_has_config_seed_versions_and_git(tmp_path: Path) -> None:
+    config = load_config(None, ["seed=11"])
+    write_run_record(tmp_path, config, seed=config.seed, command=["itransfer", "x"])
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["seed"] == 11 and record["command"] == ["itransfer", "x"]
+    assert record["packages"]["torch"] and record["packages"]["pydantic"]
+    assert "commit" in record["git"] and record["itransfer_version"]
+    resolved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert ExperimentConfig.model_validate(resolved) == config

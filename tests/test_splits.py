@@ -1,0 +1,85 @@
+"""Per-task splits: sizes, determinism, disjointness and the data limit."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from conftest import write_task
+from itransfer.config import SplitConfig
+from itransfer.data.sni import Instance, parse_task
+from itransfer.data.splits import shuffled_order, split_evaluation_task, split_seen_task
+from itransfer.errors import DataError
+
+
+def _task(tmp_path: Path, n: int, name: str = "task001_demo"):
+    instances = [{"id": f"i{i}", "input": f"x{i}", "output": [f"y{i}"]} for i in range(n)]
+    return parse_task(write_task(tmp_path, name, Instances=instances))
+
+
+def _ids(instances: tuple[Instance, ...]) -> list[str]:
+    return [instance.id for instance in instances]
+
+
+def test_seen_split_is_80_10_10_and_disjoint(tmp_path: Path) -> None:
+    split = split_seen_task(_task(tmp_path, 1000), SplitConfig(), seed=0)
+    assert (len(split.train), len(split.validation), len(split.test)) == (800, 100, 100)
+    all_ids = _ids(split.train) + _ids(split.validation) + _ids(split.test)
+    assert len(set(all_ids)) == 1000
+    assert split.few_shot_pool == ()
+
+
+def test_small_seen_task_keeps_everything_for_training(tmp_path: Path) -> None:
+    split = split_seen_task(_task(tmp_path, 9), SplitConfig(), seed=0)
+    assert (len(split.train), len(split.validation), len(split.test)) == (9, 0, 0)
+
+
+def test_split_depends_only_on_seed_and_task_name(tmp_path: Path) -> None:
+    task = _task(tmp_path, 300)
+    first = split_seen_task(task, SplitConfig(), seed=3)
+    again = split_seen_task(_task(tmp_path / "elsewhere", 300), SplitConfig(), seed=3)
+    assert _ids(first.test) == _ids(again.test) and _ids(first.train) == _ids(again.train)
+    other_seed = split_seen_task(task, SplitConfig(), seed=4)
+    assert _ids(other_seed.test) != _ids(first.test)
+    other_name = _task(tmp_path, 300, name="task002_other")
+    assert shuffled_order(300, 3, other_name.name) != shuffled_order(300, 3, task.name)
+    assert sorted(shuffled_order(300, 3, task.name)) == list(range(300))
+
+
+def test_evaluation_split_is_100_test_plus_40_few_shot_disjoint(tmp_path: Path) -> None:
+    split = split_evaluation_task(_task(tmp_path, 250), SplitConfig(), seed=0)
+    assert len(split.test) == 100 and len(split.few_shot_pool) == 40
+    assert not set(_ids(split.test)) & set(_ids(split.few_shot_pool))
+    assert split.train == () and split.validation == ()
+
+
+def test_few_shot_subsets_are_nested(tmp_path: Path) -> None:
+    split = split_evaluation_task(_task(tmp_path, 250), SplitConfig(), seed=0)
+    subsets = [_ids(split.few_shot_subset(k)) for k in (0, 5, 10, 20, 40)]
+    for smaller, larger in itertools.pairwise(subsets):
+        assert larger[: len(smaller)] == smaller
+    with pytest.raises(DataError, match="k=41 exceeds the few-shot pool of 40"):
+        split.few_shot_subset(41)
+
+
+def test_evaluation_task_needs_140_instances(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="needs 100 test \\+ 40 few-shot = 140"):
+        split_evaluation_task(_task(tmp_path, 139), SplitConfig(), seed=0)
+
+
+@pytest.mark.parametrize("limit", [10, 50, 100, 500])
+def test_data_limit_never_moves_validation_or_test(tmp_path: Path, limit: int) -> None:
+    task = _task(tmp_path, 1000)
+    full = split_seen_task(task, SplitConfig(), seed=0)
+    limited = split_seen_task(task, SplitConfig(max_train_instances_per_task=limit), seed=0)
+    assert _ids(limited.test) == _ids(full.test)
+    assert _ids(limited.validation) == _ids(full.validation)
+    assert _ids(limited.train) == _ids(full.train)[:limit]
+    assert limited.train_size_before_limit == 800
+
+
+def test_limit_larger_than_the_task_uses_all_of_it(tmp_path: Path) -> None:
+    split = split_seen_task(_task(tmp_path, 50), SplitConfig(max_train_instances_per_task=5000), 0)
+    assert len(split.train) == 40
