@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -85,10 +85,67 @@ class DataConfig(StrictModel):
     context: ContextConfig = Field(default_factory=ContextConfig)
 
 
+class ModelConfig(StrictModel):
+    """Which model to instruction-tune: a hub name, a local directory or the bundled default."""
+
+    name_or_path: str = "itransfer:tiny-t5"
+    architecture: Literal["auto", "seq2seq", "causal"] = "auto"
+    trust_remote_code: bool = False
+    max_source_length: int = Field(default=512, ge=8)
+    max_target_length: int = Field(default=128, ge=1)
+
+
+class MixingConfig(StrictModel):
+    """Unsupervised-data mixing (§5.2): one step on raw text after every ``every`` IT steps."""
+
+    every: int | None = Field(default=None, ge=1)  # the paper uses 3; None turns mixing off
+    source: str = "bundled"  # "bundled", a .txt file or folder, or "hf:<dataset>[:<config>]"
+    max_length: int = Field(default=256, ge=8)  # tokens of text per unsupervised example
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _zero_is_not_off(cls, every: Any) -> Any:
+        if every == 0:
+            raise ValueError("must be >= 1 (one unsupervised step every N steps); use null for off")
+        return every
+
+
+class TrainConfig(StrictModel):
+    """Instruction tuning (§2.4, Appendix B): AdamW, 500 warm-up steps to 5e-4, batch 16."""
+
+    steps: int | None = Field(default=None, ge=1)  # instruction-tuning steps; None: from epochs
+    epochs: float = Field(default=3.0, gt=0)
+    batch_size: int = Field(default=16, ge=1)  # global batch, across processes and accumulation
+    gradient_accumulation: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=5e-4, gt=0)
+    warmup_steps: int = Field(default=500, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    sampler: dict[str, Any] = Field(default_factory=lambda: {"name": "proportional"})
+    mixing: MixingConfig = Field(default_factory=MixingConfig)
+    checkpoint_every: int = Field(default=0, ge=0)  # 0: only the final checkpoint
+    keep_checkpoints: int | None = Field(default=None, ge=1)  # None keeps the whole trajectory
+    log_every: int = Field(default=10, ge=1)
+    length_window_batches: int = Field(default=16, ge=1)
+    tensorboard: bool = True
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        from itransfer.sampling import build_sampler
+
+        # Building over two dummy tasks checks the name and parameters before any data loads.
+        build_sampler(spec, [1, 2], total_steps=1, batch_size=1)
+        return spec
+
+
 class ExperimentConfig(StrictModel):
     name: str = "itransfer"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
@@ -168,6 +225,8 @@ def load_config(
         return model.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
 
 
 def config_to_yaml(config: BaseModel) -> str:

@@ -1,0 +1,185 @@
+"""Training checkpoints that resume exactly and never corrupt the previous one.
+
+A checkpoint is a folder ``checkpoints/step-000050/`` holding:
+
+* the model and tokenizer as a loadable Hugging Face directory (``model.safetensors``),
+* ``optimizer.safetensors`` + ``optimizer.json``: AdamW's tensors flattened by name, and its
+  hyper-parameters (no pickle, so loading a checkpoint cannot execute code),
+* ``trainer_state.json``: step counters, scheduler, sampler, batch-stream and corpus positions,
+  numpy generator states, and the fingerprint of the model it belongs to,
+* ``rng-rank<r>.safetensors``: each process's torch RNG states (dropout must replay exactly).
+
+It is written into ``step-000050.tmp`` and renamed into place only when complete, and the
+``latest`` pointer file is replaced atomically afterwards; a crash at any moment leaves the
+previous checkpoint and pointer intact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from itransfer.errors import ITransferError
+from itransfer.io_utils import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+LATEST_FILE = "latest"
+
+
+class CheckpointError(ITransferError):
+    """A checkpoint is missing, damaged, or belongs to another run/model."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def optimizer_to_safetensors(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into named tensors and JSON-able hyper-parameters."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_id, param_state in state["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{param_id}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(param_id), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_safetensors(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        param_id, key = name.split(".", 1)
+        state.setdefault(int(param_id), {})[key] = tensor
+    for param_id, values in meta["scalars"].items():
+        state.setdefault(int(param_id), {}).update(values)
+    # JSON turned tuples such as AdamW's betas into lists; give them back their type.
+    groups = [
+        {key: tuple(value) if isinstance(value, list) and key != "params" else value
+         for key, value in group.items()}
+        for group in meta["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
+
+
+def rng_state_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{index}"] = state
+    return tensors
+
+
+def restore_rng_state(tensors: Mapping[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda_states = [tensors[key] for key in sorted(tensors) if key.startswith("torch_cuda_")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def staging_dir(checkpoints_dir: Path, step: int) -> Path:
+    return checkpoints_dir / f"{checkpoint_name(step)}.tmp"
+
+
+def begin(checkpoints_dir: Path, step: int) -> Path:
+    """A fresh staging folder for the checkpoint of ``step`` (left-overs of a crash removed)."""
+    staging = staging_dir(checkpoints_dir, step)
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def write_rank_rng(staging: Path, rank: int) -> None:
+    save_file(rng_state_tensors(), str(staging / f"rng-rank{rank}.safetensors"))
+
+
+def write_optimizer(staging: Path, optimizer_state: Mapping[str, Any]) -> None:
+    tensors, meta = optimizer_to_safetensors(optimizer_state)
+    save_file(tensors, str(staging / "optimizer.safetensors"))
+    (staging / "optimizer.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def write_state(staging: Path, state: Mapping[str, Any]) -> None:
+    (staging / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+
+
+def commit(checkpoints_dir: Path, step: int, keep: int | None = None) -> Path:
+    """Move the staged checkpoint into place, point ``latest`` at it, prune old ones."""
+    staging = staging_dir(checkpoints_dir, step)
+    final = checkpoints_dir / checkpoint_name(step)
+    if final.exists():
+        # Re-saving a step (e.g. Ctrl-C right after a scheduled save) replaces it whole.
+        shutil.rmtree(final)
+    staging.rename(final)
+    atomic_write_text(checkpoints_dir / LATEST_FILE, final.name + "\n")
+    if keep is not None:
+        for old in list_checkpoints(checkpoints_dir)[:-keep]:
+            shutil.rmtree(old)
+    return final
+
+
+def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (staging folders are not checkpoints)."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = [
+        path
+        for path in checkpoints_dir.iterdir()
+        if path.is_dir() and path.name.startswith("step-") and not path.name.endswith(".tmp")
+    ]
+    return sorted(found, key=lambda path: path.name)
+
+
+def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    pointer = checkpoints_dir / LATEST_FILE
+    if pointer.is_file():
+        candidate = checkpoints_dir / pointer.read_text(encoding="utf-8").strip()
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    complete = [path for path in list_checkpoints(checkpoints_dir) if (path / STATE_FILE).is_file()]
+    return complete[-1] if complete else None
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    path = checkpoint / STATE_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{checkpoint}: not a training checkpoint (no {STATE_FILE})") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint state ({exc})") from exc
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: missing from the checkpoint") from exc
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint file ({exc})") from exc
+
+
+def read_optimizer(checkpoint: Path) -> dict[str, Any]:
+    tensors = read_tensors(checkpoint / "optimizer.safetensors")
+    meta_path = checkpoint / "optimizer.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{meta_path}: damaged or missing ({exc})") from exc
+    return optimizer_from_safetensors(tensors, meta)
+
+
+def read_rank_rng(checkpoint: Path, rank: int) -> dict[str, torch.Tensor]:
+    return read_tensors(checkpoint / f"rng-rank{rank}.safetensors")

@@ -1,0 +1,81 @@
+"""Length-grouped batches keep the task frequencies of P(K) and resume exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from itransfer.data.batching import TaskBatchStream
+from itransfer.sampling import build_sampler
+
+SIZES = [50, 200, 750]
+
+
+def _lengths(seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    # Heavy-tailed lengths, like SNI's (median tens of tokens, a long tail).
+    return [rng.lognormal(3.7, 1.0, size).astype(int) + 1 for size in SIZES]
+
+
+def _stream(sampler_name: str = "proportional", window: int = 16) -> TaskBatchStream:
+    lengths = _lengths()
+    sampler = build_sampler({"name": sampler_name}, SIZES, total_steps=1000, batch_size=16)
+    return TaskBatchStream(
+        SIZES, sampler, batch_size=16, seed=3, window_batches=window,
+        length_of=lambda task, instance: int(lengths[task][instance]),
+    )
+
+
+def _padding_fraction(stream: TaskBatchStream, steps: int) -> float:
+    lengths = _lengths()
+    padded = real = 0
+    for step in range(steps):
+        batch = [int(lengths[t][i]) for t, i in stream.next_batch(step)]
+        padded += max(batch) * len(batch)
+        real += sum(batch)
+    return 1 - real / padded
+
+
+def test_task_frequencies_follow_p_of_k() -> None:
+    for name, expected in (
+        ("proportional", np.array(SIZES) / sum(SIZES)),
+        ("uniform", np.full(3, 1 / 3)),
+    ):
+        stream = _stream(name)
+        counts = np.zeros(3)
+        for step in range(600):
+            for task, _ in stream.next_batch(step):
+                counts[task] += 1
+        frequencies = counts / counts.sum()
+        # 9,600 draws: the standard error of each frequency is below 0.005.
+        assert np.abs(frequencies - expected).max() < 0.02, (name, frequencies)
+
+
+def test_length_grouping_cuts_padding() -> None:
+    grouped = _padding_fraction(_stream(window=16), 200)
+    ungrouped = _padding_fraction(_stream(window=1), 200)
+    assert grouped < ungrouped / 2, (grouped, ungrouped)
+
+
+def test_instances_cycle_through_each_task_before_repeating() -> None:
+    stream = _stream("uniform")
+    draws = np.zeros(SIZES[0], dtype=int)
+    for step in range(64):  # four whole windows
+        for task, instance in stream.next_batch(step):
+            if task == 0:
+                draws[instance] += 1
+    # Each pass shows every instance once, so no instance is drawn twice more than another.
+    assert draws.max() - draws.min() <= 1 and draws.min() >= 1
+    assert stream.epochs_seen()[0] == draws.sum() / SIZES[0]
+
+
+def test_state_round_trip_continues_identically() -> None:
+    stream = _stream()
+    for step in range(7):  # stop mid-window
+        stream.next_batch(step)
+    state = json.loads(json.dumps(stream.state_dict()))
+    expected = [stream.next_batch(step) for step in range(7, 40)]
+    resumed = _stream()
+    resumed.load_state_dict(state)
+    assert [resumed.next_batch(step) for step in range(7, 40)] == expected

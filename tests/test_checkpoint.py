@@ -1,0 +1,72 @@
+"""Checkpoint files: pickle-free optimizer state, atomic commits, damaged files named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from itransfer.train import checkpoint as ckpt
+
+
+def _optimizer_after_steps() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        model(torch.randn(5, 4)).pow(2).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model, optimizer
+
+
+def test_optimizer_state_round_trips_through_safetensors(tmp_path: Path) -> None:
+    model, optimizer = _optimizer_after_steps()
+    ckpt.write_optimizer(tmp_path, optimizer.state_dict())
+    restored_state = ckpt.read_optimizer(tmp_path)
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    fresh.load_state_dict(restored_state)
+    for key, value in optimizer.state_dict()["state"][0].items():
+        assert torch.equal(fresh.state_dict()["state"][0][key], value), key
+    assert fresh.state_dict()["param_groups"] == optimizer.state_dict()["param_groups"]
+
+
+def test_commit_is_atomic_and_latest_points_at_the_newest(tmp_path: Path) -> None:
+    for step in (10, 20):
+        staging = ckpt.begin(tmp_path, step)
+        ckpt.write_state(staging, {"it_step": step})
+        ckpt.commit(tmp_path, step)
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-0000020"
+    # A crash while writing step 30 leaves a staging folder, never a half checkpoint.
+    staging = ckpt.begin(tmp_path, 30)
+    (staging / "model.safetensors").write_bytes(b"partial")
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-0000020"
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-0000010", "step-0000020"]
+
+
+def test_keep_prunes_the_oldest(tmp_path: Path) -> None:
+    for step in (1, 2, 3):
+        ckpt.write_state(ckpt.begin(tmp_path, step), {"it_step": step})
+        ckpt.commit(tmp_path, step, keep=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-0000002", "step-0000003"]
+
+
+def test_damaged_files_are_named(tmp_path: Path) -> None:
+    (tmp_path / "optimizer.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ckpt.CheckpointError, match=r"optimizer\.safetensors: damaged"):
+        ckpt.read_optimizer(tmp_path)
+    (tmp_path / ckpt.STATE_FILE).write_text("{truncated")
+    with pytest.raises(ckpt.CheckpointError, match="damaged checkpoint state"):
+        ckpt.read_state(tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match="not a training checkpoint"):
+        ckpt.read_state(tmp_path / "elsewhere")
+
+
+def test_rng_state_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    ckpt.write_rank_rng(tmp_path, 0)
+    expected = torch.rand(3)
+    torch.manual_seed(99)
+    ckpt.restore_rng_state(ckpt.read_rank_rng(tmp_path, 0))
+    assert torch.equal(torch.rand(3), expected)
