@@ -62,3 +62,27 @@ def write_task(folder: Path, name: str = "task001_demo_qa", **overrides: Any) ->
     path = folder / f"{name}.json"
     path.write_text(json.dumps(task_json(name, **overrides), indent=1), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A very small T5 (random weights, a tokenizer trained on the bundled corpus).
+
+    Built with the real pre-training recipe at toy size, with dropout switched on so that the
+    resume tests also check that the dropout RNG is restored.
+    """
+    from itransfer.train.pretrain import PretrainConfig, pretrain
+
+    folder = tmp_path_factory.mktemp("tiny-model") / "model"
+    pretrain(
+        PretrainConfig(
+            tokenizer_documents=3000, vocab_size=1000, steps_span=0, steps_prefix=0,
+            d_model=32, d_ff=64, num_heads=2, num_layers=1, num_decoder_layers=1,
+        ),
+        folder,
+    )
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["dropout_rate"] = 0.1
+    config_path.write_text(json.dumps(config))
+    return folder

@@ -29,6 +29,7 @@ app.add_typer(data_app, name="data")
 _optional_commands = (
     ("itransfer.cli.score", "score", "score"),
     ("itransfer.cli.pretrain", "pretrain", "pretrain"),
+    ("itransfer.cli.train", "train", "train"),
 )
 for module_name, function_name, command_name in _optional_commands:
     # Commands of parts still being built register themselves once their module exists.

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from itransfer.eval.metrics import MetricSummary, ScoreReport
-from itransfer.eval.scoring_files import score_files
+if TYPE_CHECKING:
+    from itransfer.eval.metrics import MetricSummary, ScoreReport
 
 PredictionsOption = typer.Option(
     ..., "--predictions", help="JSONL with 'id' and 'prediction' on each line."
@@ -38,6 +39,8 @@ def score(
     ),
 ) -> None:
     """Exact match, ROUGE-L and ROUGE-L recall (0–100): overall, per category and per task."""
+    from itransfer.eval.scoring_files import score_files  # rouge-score loads only when used
+
     report = score_files(predictions, references, allow_missing=allow_missing)
     if json_output:
         typer.echo(json.dumps(report.to_dict(), indent=2))

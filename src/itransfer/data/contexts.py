@@ -63,6 +63,7 @@ class TaskContext(ABC):
 
     def __init__(self, num_exemplars: int = 3) -> None:
         self.num_exemplars = num_exemplars
+        self.inputs_cut: dict[str, int] = {}  # task → how many inputs lost words to the budget
 
     @abstractmethod
     def render(self, task: Task, x: str, exemplars: Sequence[Example], definition: str) -> str:
@@ -117,10 +118,16 @@ class TaskContext(ABC):
             keep = _longest_fitting_prefix(len(words), input_fits)
             input_cut = len(words) - keep
             text = self.render(task, " ".join(words[:keep]), exemplars, definition)
-            logger.warning(
+            # Warn once per task (then debug), so a long-input task cannot flood the console;
+            # ``inputs_cut`` keeps the full count for reports.
+            first = task.name not in self.inputs_cut
+            self.inputs_cut[task.name] = self.inputs_cut.get(task.name, 0) + 1
+            logger.log(
+                logging.WARNING if first else logging.DEBUG,
                 "%s: input longer than the %d-token budget even without context; "
-                "cut %d of its %d words from the end",
+                "cut %d of its %d words from the end%s",
                 task.name, max_tokens, input_cut, len(words),
+                " (further cuts of this task are logged at debug level)" if first else "",
             )
         if dropped or definition_cut:
             logger.info(

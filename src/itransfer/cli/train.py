@@ -1,0 +1,53 @@
+"""``itransfer train``: instruction tuning with a live progress bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from itransfer.cli.common import ConfigOption, SetOption, SniDirOption, resolve_config, stderr
+
+
+def train(
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, logs, config)."),
+    config_path: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+    sni_dir: Path | None = SniDirOption,
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
+) -> None:
+    """Instruction-tune a model on the seen tasks (Ctrl-C saves a resumable checkpoint)."""
+    from transformers.utils import logging as transformers_logging
+
+    from itransfer.train.loop import instruction_tune  # torch loads only when training
+
+    # Library progress bars (e.g. "Writing model shards") would fight with ours.
+    transformers_logging.disable_progress_bar()
+
+    config = resolve_config(config_path, overrides, sni_dir)
+    columns = (
+        TextColumn("[bold]instruction tuning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f} lr {task.fields[lr]:.2e} "
+                   "{task.fields[samples_per_s]:.1f} samples/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=stderr) as bar:
+        handle = bar.add_task("train", total=None, loss=float("nan"), lr=0.0, samples_per_s=0.0)
+
+        def report(step: int, total: int, row: dict[str, float]) -> None:
+            fields = {key: row[key] for key in ("lr", "samples_per_s") if key in row}
+            bar.update(handle, completed=step, total=total, loss=row["loss"], **fields)
+
+        result = instruction_tune(config, out, resume=resume, progress=report)
+    stderr.print(f"final checkpoint: {result.final_checkpoint}")

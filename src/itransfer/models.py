@@ -1,0 +1,237 @@
+"""Load a Hugging Face model + tokenizer (seq2seq or causal) and save checkpoints atomically.
+
+``DEFAULT_MODEL`` (``"itransfer:tiny-t5"``) names the tiny LM-adapted T5 shipped in the package
+(built by :mod:`itransfer.train.pretrain`, see ``bundled/tiny-t5/RECIPE.md``). A local folder is
+always read with ``local_files_only=True``; only a name that is not a path reaches the hub, and
+with ``HF_HUB_OFFLINE=1`` not even that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from itransfer.errors import ConfigError, ITransferError
+
+logger = logging.getLogger(__name__)
+
+Architecture = Literal["seq2seq", "causal"]
+
+DEFAULT_MODEL = "itransfer:tiny-t5"
+_BUNDLED_PREFIX = "itransfer:"
+
+_DTYPES: dict[str, torch.dtype | str] = {
+    "auto": "auto",
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer, its family, and where it came from (for provenance)."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    architecture: Architecture
+    source: str
+
+
+def bundled_model_dir(name: str = "tiny-t5") -> Path:
+    """Folder of a checkpoint shipped inside the package (works from a wheel install too)."""
+    folder = Path(str(resources.files("itransfer") / "bundled" / name))
+    if not (folder / "config.json").is_file():
+        raise ITransferError(
+            f"bundled model {_BUNDLED_PREFIX}{name} not found at {folder}; "
+            "rebuild it with `itransfer pretrain --out` or reinstall itransfer"
+        )
+    return folder
+
+
+def hub_offline() -> bool:
+    """True when the user asked for no network (the same switch huggingface_hub reads)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def resolve_model_source(name_or_path: str | Path) -> tuple[str, bool]:
+    """Map a model argument to ``(what from_pretrained gets, whether it is a local folder)``."""
+    text = str(name_or_path)
+    if text.startswith(_BUNDLED_PREFIX):
+        return str(bundled_model_dir(text[len(_BUNDLED_PREFIX):])), True
+    path = Path(text).expanduser()
+    if isinstance(name_or_path, Path) or path.exists() or _looks_like_path(text):
+        if not path.is_dir():
+            raise ITransferError(f"model folder {path} does not exist")
+        if not (path / "config.json").is_file():
+            raise ITransferError(f"{path} is not a model folder (it has no config.json)")
+        return str(path), True
+    return text, False
+
+
+def _looks_like_path(text: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else was meant as a local folder, and must not
+    # silently turn into a hub lookup when it is misspelt.
+    return (
+        text.startswith(("/", ".", "~"))
+        or text.endswith("/")
+        or text.count("/") > 1
+        or (os.sep != "/" and os.sep in text)
+    )
+
+
+def load_model_and_tokenizer(
+    name_or_path: str | Path,
+    *,
+    architecture: Literal["auto", "seq2seq", "causal"] = "auto",
+    trust_remote_code: bool = False,
+    dtype: str | None = None,
+) -> LoadedModel:
+    """Load safetensors weights and the tokenizer of a local folder, a hub id or a bundled alias.
+
+    ``architecture="auto"`` follows ``config.is_encoder_decoder``. Causal tokenizers without a
+    pad token get one (their EOS), since batching needs it.
+    """
+    source, local = resolve_model_source(name_or_path)
+    local_only = local or hub_offline()
+    common: dict[str, Any] = {
+        "local_files_only": local_only,
+        "trust_remote_code": trust_remote_code,
+    }
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+        chosen = _choose_architecture(config, architecture, source)
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        model_class = AutoModelForSeq2SeqLM if chosen == "seq2seq" else AutoModelForCausalLM
+        model = model_class.from_pretrained(
+            source, config=config, use_safetensors=True, dtype=_torch_dtype(dtype), **common
+        )
+    except OSError as exc:
+        raise ITransferError(_load_failure_message(str(name_or_path), local, exc)) from exc
+    if chosen == "causal":
+        _ensure_pad_token(model, tokenizer)
+    logger.info("loaded %s (%s) from %s", type(model).__name__, chosen, source)
+    return LoadedModel(model=model, tokenizer=tokenizer, architecture=chosen, source=source)
+
+
+def _choose_architecture(
+    config: PretrainedConfig, requested: str, source: str
+) -> Architecture:
+    detected: Architecture = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+    if requested == "auto":
+        return detected
+    if requested not in ("seq2seq", "causal"):
+        raise ConfigError(f"architecture must be auto, seq2seq or causal, not {requested!r}")
+    if requested != detected:
+        raise ConfigError(
+            f"model {source} is {detected} (config.is_encoder_decoder="
+            f"{getattr(config, 'is_encoder_decoder', False)}), but architecture={requested}"
+        )
+    return requested
+
+
+def _torch_dtype(dtype: str | None) -> torch.dtype | str | None:
+    if dtype is None:
+        return None
+    try:
+        return _DTYPES[dtype.lower()]
+    except KeyError:
+        raise ConfigError(
+            f"dtype must be one of {', '.join(sorted(_DTYPES))}, not {dtype!r}"
+        ) from None
+
+
+def _load_failure_message(name: str, local: bool, exc: OSError) -> str:
+    if local:
+        return f"cannot load model from {name}: {exc}"
+    if hub_offline():
+        return (
+            f"model {name!r} is not a local folder and is not in the Hugging Face cache, and "
+            "HF_HUB_OFFLINE=1 forbids downloading it; download it once online or pass a folder"
+        )
+    return f"cannot load model {name!r} from the Hugging Face hub: {exc}"
+
+
+def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            # Padding positions are masked out of attention and loss, so reusing EOS is safe and
+            # avoids growing the embedding matrix.
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+            model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write safetensors weights, config and tokenizer to ``out_dir`` atomically.
+
+    Everything is written to a sibling temporary folder that is renamed into place, so a crash
+    leaves ``out_dir`` either absent (or its previous version) or complete, never half-written.
+    """
+    target = Path(out_dir)
+    if target.exists() and not overwrite:
+        raise ITransferError(f"{target} already exists (pass overwrite=True to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if not any(staging.glob("*.safetensors")):
+            raise ITransferError(f"saving {type(model).__name__} wrote no safetensors file")
+        _set_default_permissions(staging)
+        _replace_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _set_default_permissions(folder: Path) -> None:
+    # mkdtemp (and safetensors' own temp files) create owner-only modes; a checkpoint should be
+    # readable like any other output the user writes.
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    # A directory cannot be os.replace'd over a non-empty one: move the old one aside first.
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.replace(target, retired / target.name)
+    os.replace(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)

@@ -1,0 +1,144 @@
+"""Token ids for training and evaluation: (r_k; x) → source ids, y → target ids, and batches.
+
+Seq2seq models (T5) read the source in the encoder and predict the target in the decoder.
+Decoder-only models read ``source + target`` and are trained on the target tokens only (the
+source positions get label -100), as in the paper's conditional generation loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from itransfer.data.contexts import TaskContext
+from itransfer.data.sni import Instance, Task
+
+IGNORE_INDEX = -100
+Architecture = Literal["seq2seq", "causal"]
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    source_ids: tuple[int, ...]
+    target_ids: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.source_ids) + len(self.target_ids)
+
+
+class ExampleEncoder:
+    """Renders an instance with its task context and tokenizes it within the length limits."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        architecture: Architecture,
+        context: TaskContext,
+        *,
+        max_source_length: int,
+        max_target_length: int,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.architecture = architecture
+        self.context = context
+        self.max_source_length = max_source_length
+        self.max_target_length = max_target_length
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._source_ids(text))
+
+    def _source_ids(self, text: str) -> list[int]:
+        # T5 tokenizers append </s> to every input; causal tokenizers usually add nothing.
+        return self.tokenizer(text, add_special_tokens=self.architecture == "seq2seq")["input_ids"]
+
+    def _target_ids(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = ids[: self.max_target_length - 1]
+        eos = self.tokenizer.eos_token_id
+        return [*ids, eos] if eos is not None else ids
+
+    def source_text(self, task: Task, x: str) -> str:
+        encoded = self.context.encode(
+            task, x, max_tokens=self.max_source_length, count_tokens=self.count_tokens
+        )
+        return encoded.text
+
+    def encode(self, task: Task, instance: Instance, *, with_target: bool = True) -> EncodedExample:
+        source = self._source_ids(self.source_text(task, instance.input))
+        # The context encoder already fit the text to the budget; this guards odd tokenizers.
+        source = source[: self.max_source_length]
+        target = self._target_ids(instance.outputs[0]) if with_target else []
+        return EncodedExample(tuple(source), tuple(target))
+
+
+def collate(
+    examples: Sequence[EncodedExample], *, pad_token_id: int, architecture: Architecture
+) -> dict[str, torch.Tensor]:
+    """Pad to the longest example of this batch only (never to a fixed maximum)."""
+    if architecture == "seq2seq":
+        source_length = max(len(example.source_ids) for example in examples)
+        target_length = max(len(example.target_ids) for example in examples)
+        input_ids = torch.full((len(examples), source_length), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), source_length), dtype=torch.long)
+        labels = torch.full((len(examples), target_length), IGNORE_INDEX, dtype=torch.long)
+        for row, example in enumerate(examples):
+            input_ids[row, : len(example.source_ids)] = torch.tensor(example.source_ids)
+            attention_mask[row, : len(example.source_ids)] = 1
+            labels[row, : len(example.target_ids)] = torch.tensor(example.target_ids)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    length = max(len(example) for example in examples)
+    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    for row, example in enumerate(examples):
+        ids = example.source_ids + example.target_ids
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        start = len(example.source_ids)
+        labels[row, start : len(ids)] = torch.tensor(example.target_ids)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-token NLL, shape [batch, target positions], 0 where the label is ignored.
+
+    Computed here rather than by the model's own ``loss`` so that per-example (and so per-task)
+    losses and a global-token normalisation across processes are possible.
+    """
+    labels = batch["labels"]
+    inner = _unwrap(model)
+    if getattr(inner.config, "is_encoder_decoder", False):
+        decoder_input_ids = inner.prepare_decoder_input_ids_from_labels(labels=labels)
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=decoder_input_ids,
+        ).logits
+        targets = labels
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits, targets = logits[:, :-1], labels[:, 1:]
+    losses = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )
+    return losses.view(targets.shape)
+
+
+def target_mask(batch: dict[str, torch.Tensor], *, causal: bool) -> torch.Tensor:
+    labels = batch["labels"][:, 1:] if causal else batch["labels"]
+    return labels != IGNORE_INDEX
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    # DDP and torch.compile wrap the HF model; the helper method lives on the inner one.
+    while hasattr(model, "module"):
+        model = model.module
+    return getattr(model, "_orig_mod", model)

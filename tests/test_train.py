@@ -1,0 +1,163 @@
+"""Instruction tuning end to end on a tiny model: samplers, mixing, exact resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from itransfer.config import load_config
+from itransfer.errors import ConfigError, DataError
+from itransfer.train import checkpoint as ckpt
+from itransfer.train.checkpoint import CheckpointError
+from itransfer.train.loop import instruction_tune
+
+
+def _config(model_dir: Path, *overrides: str):
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            "model.max_source_length=96",
+            "model.max_target_length=32",
+            "train.batch_size=8",
+            "train.warmup_steps=2",
+            "train.learning_rate=3e-3",
+            "train.log_every=1",
+            "train.tensorboard=false",
+            "train.length_window_batches=4",
+            *overrides,
+        ],
+    )
+
+
+def _losses(result) -> list[float]:
+    return [row["loss"] for row in result.log]
+
+
+def test_loss_falls_and_outputs_are_written(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config(tiny_model_dir, "train.steps=40", "train.tensorboard=true")
+    result = instruction_tune(config, tmp_path / "run")
+    losses = _losses(result)
+    assert len(losses) == 40 and result.steps == 40
+    assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8 - 0.3
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and (run / "run.json").is_file()
+    assert any((run / "tensorboard").iterdir())
+    assert (run / "sampling_schedule.png").stat().st_size > 1000
+    state = ckpt.read_state(result.final_checkpoint)
+    assert state["it_step"] == state["optimizer_step"] == 40
+    assert set(result.final_task_losses) <= set(result.task_names)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        "{name: proportional}", "{name: uniform}", "{name: temperature, temperature: 2}",
+        "{name: reverse_annealing, max_temperature: 1000}", "{name: dwa, window: 2}",
+        "{name: examples_proportional_capped, cap: 50}", "{name: unimax}",
+    ],
+)
+def test_every_sampler_trains(tiny_model_dir: Path, tmp_path: Path, sampler: str) -> None:
+    result = instruction_tune(
+        _config(tiny_model_dir, "train.steps=6", f"train.sampler={sampler}"), tmp_path / "run"
+    )
+    assert result.steps == 6 and all(loss == loss for loss in _losses(result))
+
+
+def test_mixing_adds_unsupervised_steps_without_changing_it_steps(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    result = instruction_tune(
+        _config(tiny_model_dir, "train.steps=9", "train.mixing.every=3"), tmp_path / "run"
+    )
+    assert result.steps == 9
+    mixed = [row["step"] for row in result.log if "unsupervised_loss" in row]
+    assert mixed == [3, 6, 9]
+    state = ckpt.read_state(result.final_checkpoint)
+    assert (state["it_step"], state["optimizer_step"]) == (9, 12)
+    assert state["unsupervised"]["documents_read"] >= 3 * 8
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    overrides = ("train.steps=12", "train.mixing.every=3", "train.sampler={name: dwa, window: 2}")
+    straight = instruction_tune(_config(tiny_model_dir, *overrides), tmp_path / "straight")
+    config = _config(tiny_model_dir, *overrides)
+    first = instruction_tune(config, tmp_path / "resumed", stop_after=5)
+    assert first.steps == 5
+    resumed = instruction_tune(config, tmp_path / "resumed", resume=True)
+    assert [row["step"] for row in resumed.log] == list(range(1, 13))
+    for expected, got in zip(straight.log, resumed.log, strict=True):
+        assert got["loss"] == pytest.approx(expected["loss"], abs=1e-6), got["step"]
+        if "unsupervised_loss" in expected:
+            expected_mixed = expected["unsupervised_loss"]
+            assert got["unsupervised_loss"] == pytest.approx(expected_mixed, abs=1e-6)
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config(tiny_model_dir, "train.steps=8")
+
+    def interrupt_at_three(step: int, total: int, row: dict) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        instruction_tune(config, tmp_path / "run", progress=interrupt_at_three)
+    latest = ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert latest is not None and ckpt.read_state(latest)["it_step"] == 3
+    assert instruction_tune(config, tmp_path / "run", resume=True).steps == 8
+
+
+def test_existing_run_needs_resume(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config(tiny_model_dir, "train.steps=2")
+    instruction_tune(config, tmp_path / "run")
+    with pytest.raises(ConfigError, match="pass --resume"):
+        instruction_tune(config, tmp_path / "run")
+
+
+def test_checkpoint_of_another_model_or_config_is_refused(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    instruction_tune(_config(tiny_model_dir, "train.steps=6"), tmp_path / "run", stop_after=2)
+    other_model = tmp_path / "other-model"
+    shutil.copytree(tiny_model_dir, other_model)
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    with pytest.raises(CheckpointError, match="belongs to another model"):
+        instruction_tune(_config(other_model, "train.steps=6"), tmp_path / "run", resume=True)
+    with pytest.raises(CheckpointError, match=r"train\.learning_rate differ"):
+        instruction_tune(
+            _config(tiny_model_dir, "train.steps=6", "train.learning_rate=1e-3"),
+            tmp_path / "run", resume=True,
+        )
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+
+
+def test_corrupted_checkpoint_is_named_and_left_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config(tiny_model_dir, "train.steps=6")
+    result = instruction_tune(config, tmp_path / "run", stop_after=2)
+    weights = result.final_checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        instruction_tune(config, tmp_path / "run", resume=True)
+    assert weights.stat().st_size == 100  # nothing was overwritten
+
+
+def test_empty_corpus_is_an_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "empty.txt"
+    corpus.write_text("\n\n")
+    config = _config(
+        tiny_model_dir, "train.steps=4", "train.mixing.every=2", f"train.mixing.source={corpus}"
+    )
+    with pytest.raises(DataError, match="empty"):
+        instruction_tune(config, tmp_path / "run")
+
+
+def test_log_file_matches_the_result(tiny_model_dir: Path, tmp_path: Path) -> None:
+    result = instruction_tune(_config(tiny_model_dir, "train.steps=3"), tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").open()]
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    assert rows == result.log
