@@ -26,7 +26,7 @@ REFERENCES = [
 ]
 PREDICTIONS = [
     {"id": "t1-0", "prediction": "Paris."},  # EM 1, F 1, R 1
-    {"id": "t1-1", "prediction": "blue whale"},  # EM 0; LCS 2 of 2 vs 3 tokens: F 0.8, R 2/3
+    {"id": "t1-1", "prediction": "blue whales"},  # EM 0; stems: LCS 2 of 2 vs 3: F 0.8, R 2/3
     {"id": "t2-0", "prediction": "negative"},  # all 0
 ]
 

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from itransfer import paper_constants as paper
 from itransfer.errors import ConfigError
@@ -140,12 +147,88 @@ class TrainConfig(StrictModel):
         return spec
 
 
+EVALUATION_GROUPS = (
+    "unseen", "unseen_synthetic", "heldout_domain", "heldout_adversarial",
+    "heldout_generalization",
+)
+
+
+class LoraConfig(StrictModel):
+    """Few-shot LoRA fine-tuning (§3.1, Appendix B)."""
+
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    epochs: int = Field(default=5, ge=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q", "v"], min_length=1)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+
+
+class EvalConfig(StrictModel):
+    """What the evaluations measure: ICL, few-shot LoRA transfer and seen-task fit."""
+
+    task_groups: list[str] = Field(default_factory=lambda: ["unseen"], min_length=1)
+    tasks: list[str] | None = None  # explicit task names instead of the groups
+    max_tasks: int | None = Field(default=None, ge=1)  # the first N tasks (quick runs)
+    icl_context: str = "exemplars"
+    shots: list[int] = Field(default_factory=lambda: [0, 5, 10, 20, 40], min_length=1)
+    transfer_contexts: list[str] = Field(default_factory=lambda: ["none", "exemplars"])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    engine: Literal["batched", "peft"] = "batched"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    cells_per_group: int = Field(default=64, ge=1)  # batched engine: adapters trained together
+    max_examples_per_pass: int | None = Field(default=256, ge=1)
+    batch_size: int = Field(default=32, ge=1)  # evaluation batch
+    max_new_tokens: int = Field(default=64, ge=1)
+    generate: bool = True
+    seen_max_instances: int | None = Field(default=100, ge=1)  # per task and split
+    save_adapters: bool = False
+
+    @field_validator("task_groups")
+    @classmethod
+    def _known_groups(cls, groups: list[str]) -> list[str]:
+        unknown = [group for group in groups if group not in EVALUATION_GROUPS]
+        if unknown:
+            raise ValueError(f"unknown task groups {unknown}; known: {list(EVALUATION_GROUPS)}")
+        return groups
+
+    @field_validator("icl_context")
+    @classmethod
+    def _known_icl_context(cls, name: str) -> str:
+        return ContextConfig._known_context(name)
+
+    @field_validator("transfer_contexts")
+    @classmethod
+    def _known_transfer_contexts(cls, names: list[str]) -> list[str]:
+        return [ContextConfig._known_context(name) for name in names]
+
+    @field_validator("shots")
+    @classmethod
+    def _non_negative_shots(cls, shots: list[int]) -> list[int]:
+        if any(k < 0 for k in shots):
+            raise ValueError("shot counts must be >= 0")
+        return sorted(set(shots))
+
+
 class ExperimentConfig(StrictModel):
     name: str = "itransfer"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _shots_fit_the_pool(self) -> ExperimentConfig:
+        pool = self.data.splits.few_shot_pool_size
+        too_many = [k for k in self.eval.shots if k > pool]
+        if too_many:
+            raise ValueError(
+                f"eval.shots {too_many} exceed data.splits.few_shot_pool_size={pool}"
+            )
+        return self
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

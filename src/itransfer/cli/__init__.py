@@ -15,6 +15,8 @@ from rich.logging import RichHandler
 
 from itransfer import __version__
 from itransfer.cli.data import data_app
+from itransfer.cli.evaluate import eval_app
+from itransfer.cli.results import results_app
 from itransfer.errors import ITransferError
 
 app = typer.Typer(
@@ -25,6 +27,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
+app.add_typer(results_app, name="results")
 
 _optional_commands = (
     ("itransfer.cli.score", "score", "score"),

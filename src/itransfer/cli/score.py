@@ -37,11 +37,18 @@ def score(
     allow_missing: bool = typer.Option(
         False, "--allow-missing", help="Score instances without a prediction as ''."
     ),
+    keep_articles: bool = typer.Option(
+        False,
+        "--keep-articles",
+        help="Exact match keeps a/an/the, as the official SNI script does (default: dropped).",
+    ),
 ) -> None:
     """Exact match, ROUGE-L and ROUGE-L recall (0–100): overall, per category and per task."""
     from itransfer.eval.scoring_files import score_files  # rouge-score loads only when used
 
-    report = score_files(predictions, references, allow_missing=allow_missing)
+    report = score_files(
+        predictions, references, allow_missing=allow_missing, drop_articles=not keep_articles
+    )
     if json_output:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return

@@ -4,7 +4,9 @@ Matches the official evaluation (allenai/natural-instructions, ``eval/automatic/
 for the default (English) track:
 
 - ROUGE-L from ``rouge_score`` with its default tokenizer and the Porter stemmer;
-- exact match after lower-casing, dropping ASCII punctuation and collapsing whitespace;
+- exact match after SQuAD-style normalisation: lower-casing, dropping ASCII punctuation and the
+  articles a/an/the, collapsing whitespace. (The official script keeps the articles; pass
+  ``drop_articles=False`` — ``itransfer score --keep-articles`` — to match it bit for bit.);
 - each metric is the maximum over an instance's references, taken separately per metric;
 - aggregates are means over instances on a 0–100 scale, overall and grouped by task or category.
 
@@ -33,11 +35,11 @@ _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
-def normalize_answer(text: str, *, drop_articles: bool = False) -> str:
-    """Lower-case, drop ASCII punctuation and collapse whitespace (SNI's exact-match normaliser).
+def normalize_answer(text: str, *, drop_articles: bool = True) -> str:
+    """Lower-case, drop ASCII punctuation and articles, collapse whitespace (SQuAD style).
 
-    SNI adapted SQuAD v1.1's normaliser but deliberately keeps the articles; pass
-    ``drop_articles=True`` for the SQuAD behaviour.
+    SNI's official normaliser is the same but keeps the articles; ``drop_articles=False``
+    reproduces it.
     """
     text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     if drop_articles:
@@ -101,7 +103,7 @@ class ScoreReport:
 class SniScorer:
     """Scores predictions like the SNI evaluation; holds one ``RougeScorer`` for all calls."""
 
-    def __init__(self, *, drop_articles: bool = False) -> None:
+    def __init__(self, *, drop_articles: bool = True) -> None:
         # Default tokenizer (not GPT-2's) because this is SNI's English track; the stemmer
         # makes "running"/"runs" match "run".
         self._rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
@@ -131,7 +133,7 @@ class SniScorer:
 
 
 @lru_cache(maxsize=2)
-def default_scorer(*, drop_articles: bool = False) -> SniScorer:
+def default_scorer(*, drop_articles: bool = True) -> SniScorer:
     """A shared :class:`SniScorer`; building ``RougeScorer`` loads the stemmer, so reuse it."""
     return SniScorer(drop_articles=drop_articles)
 

@@ -37,7 +37,13 @@ class ReferenceInstance:
     references: tuple[str, ...]
 
 
-def score_files(predictions: Path, references: Path, *, allow_missing: bool = False) -> ScoreReport:
+def score_files(
+    predictions: Path,
+    references: Path,
+    *,
+    allow_missing: bool = False,
+    drop_articles: bool = True,
+) -> ScoreReport:
     """Score ``predictions`` against ``references``; see the module docstring for the format.
 
     With ``allow_missing`` an instance without a prediction is scored as the empty string (as
@@ -62,7 +68,7 @@ def score_files(predictions: Path, references: Path, *, allow_missing: bool = Fa
     if missing:
         logger.warning("No prediction for %d instances; scoring them as ''.", len(missing))
 
-    scorer = default_scorer()
+    scorer = default_scorer(drop_articles=drop_articles)
     scored = [
         ScoredInstance(
             instance_id=instance.instance_id,

@@ -1,0 +1,45 @@
+"""``itransfer results``: look at a run's results table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+results_app = typer.Typer(help="Inspect results tables.")
+
+
+@results_app.command("show")
+def show(
+    run_dir: Path = typer.Argument(..., help="A run folder holding results/ (Parquet)."),
+    metric: list[str] | None = typer.Option(
+        None, "--metric", help="Metrics to show (default: loss and rougeL)."
+    ),
+) -> None:
+    """Mean of each metric over tasks, by model, checkpoint, method, context and shots."""
+    from itransfer.errors import DataError
+    from itransfer.eval.results import ResultsTable
+
+    frame = ResultsTable(run_dir).read()
+    if frame.empty:
+        raise DataError(run_dir, "no results found (expected results/part-*.parquet)")
+    metrics = metric or ["loss", "rougeL"]
+    frame = frame[frame["metric"].isin(metrics) & (frame["split"] == "test")]
+    keys = ["model", "checkpoint_step", "method", "context", "shots"]
+    summary = (
+        frame.groupby([*keys, "metric"])["value"].agg(["mean", "count"]).reset_index()
+        .pivot_table(index=keys, columns="metric", values=["mean", "count"])
+    )
+    table = Table(title=f"Results in {run_dir} (mean over tasks, test split)")
+    for key in keys:
+        table.add_column(key)
+    for name in metrics:
+        table.add_column(name, justify="right")
+    table.add_column("tasks", justify="right")
+    for index, row in summary.iterrows():
+        values = [f"{row[('mean', name)]:.3f}" if ("mean", name) in row else "" for name in metrics]
+        count = int(max(row[("count", name)] for name in metrics if ("count", name) in row))
+        table.add_row(*(str(part) for part in index), *values, str(count))
+    Console().print(table)

@@ -1,0 +1,115 @@
+"""Test loss and greedy generation over many examples, in length-sorted batches.
+
+Loss is teacher-forced on an instance's first reference: the mean NLL of its target tokens
+(the paper's "test loss"). Generation is greedy with the KV cache (``model.generate``). Items
+are sorted by length so each batch pads little; results come back in the input order.
+
+Items may carry an adapter index, used by the batched multi-adapter LoRA engine: a ``router``
+context manager receives each batch's indices so every example runs through its own adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from itransfer.train.examples import Architecture, EncodedExample, collate, token_losses
+
+Router = Callable[[list[int]], AbstractContextManager[Any]]
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    example: EncodedExample  # source ids and the first reference's target ids
+    references: tuple[str, ...]
+    adapter: int = -1
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    loss: float
+    prediction: str | None
+
+
+@torch.no_grad()
+def evaluate_items(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    architecture: Architecture,
+    items: Sequence[EvalItem],
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    generate: bool = True,
+    router: Router | None = None,
+    device: torch.device | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[ItemResult]:
+    """Per-item test loss (and greedy prediction), in the order of ``items``."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    order = sorted(range(len(items)), key=lambda i: len(items[i].example))
+    results: list[ItemResult | None] = [None] * len(items)
+    pad = tokenizer.pad_token_id
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        batch_items = [items[i] for i in indices]
+        route = router([item.adapter for item in batch_items]) if router else nullcontext()
+        with route:
+            batch = collate(
+                [item.example for item in batch_items], pad_token_id=pad, architecture=architecture
+            )
+            batch = {key: value.to(device) for key, value in batch.items()}
+            losses = token_losses(model, batch)
+            labels = batch["labels"][:, 1:] if architecture == "causal" else batch["labels"]
+            mask = labels != -100
+            per_item = ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
+            predictions = (
+                _generate(model, tokenizer, architecture, batch_items, max_new_tokens, device)
+                if generate
+                else [None] * len(batch_items)
+            )
+        for index, loss, prediction in zip(indices, per_item, predictions, strict=True):
+            results[index] = ItemResult(loss=loss, prediction=prediction)
+        if progress is not None:
+            progress(len(indices))
+    return [result for result in results if result is not None]
+
+
+def _generate(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    architecture: Architecture,
+    items: Sequence[EvalItem],
+    max_new_tokens: int,
+    device: torch.device,
+) -> list[str]:
+    pad = tokenizer.pad_token_id
+    sources = [list(item.example.source_ids) for item in items]
+    width = max(len(source) for source in sources)
+    input_ids = torch.full((len(sources), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, source in enumerate(sources):
+        # Decoder-only models continue the last position, so their prompts are padded on the
+        # left; encoder-decoders read the whole source and are padded on the right.
+        span = slice(width - len(source), width) if architecture == "causal" else slice(
+            0, len(source)
+        )
+        input_ids[row, span] = torch.tensor(source)
+        attention_mask[row, span] = 1
+    output = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=pad,
+    )
+    if architecture == "causal":
+        output = output[:, width:]
+    return tokenizer.batch_decode(output, skip_special_tokens=True)

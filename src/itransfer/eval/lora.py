@@ -1,0 +1,172 @@
+"""Few-shot LoRA transfer cells (§3.1) and the sequential PEFT engine, the reference.
+
+A *cell* is one (task, k shots, context, seed): a fresh task-specific LoRA trained on the
+first k instances of the task's few-shot pool with the paper's settings (Appendix B: r 16,
+alpha 32, dropout 0.05, constant learning rate 1e-3, batch 32, 5 epochs). What a cell trains
+on, in which order, and from which initial LoRA weights are functions of the cell alone
+(:func:`epoch_batches`, :func:`init_lora_a`), so the sequential PEFT engine here and the
+batched multi-adapter engine (:mod:`itransfer.eval.multilora`) see the same problem and can be
+checked against each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from itransfer.train.examples import Architecture, EncodedExample, collate, token_losses
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA hyper-parameters (paper defaults); ``target_modules`` as in PEFT."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    epochs: int = 5
+    target_modules: tuple[str, ...] = ("q", "v")
+    max_grad_norm: float | None = 1.0
+    weight_decay: float = 0.0
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+
+@dataclass(frozen=True)
+class TransferCell:
+    """One few-shot fine-tuning problem: a task, k, a context and a seed."""
+
+    task: str
+    shots: int
+    context: str
+    seed: int
+    train_examples: tuple[EncodedExample, ...]  # the first `shots` of the few-shot pool
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}|k={self.shots}|{self.context}|seed={self.seed}"
+
+    @property
+    def random_seed(self) -> int:
+        """A seed derived from the cell's identity (not its position in a grid)."""
+        digest = hashlib.sha256(self.key.encode()).digest()
+        return int.from_bytes(digest[:8], "big") % (2**63)
+
+
+def epoch_batches(cell: TransferCell, settings: LoraSettings) -> list[list[int]]:
+    """Indices into ``cell.train_examples`` for every optimizer step, epoch after epoch.
+
+    Each epoch is a fresh seeded shuffle cut into batches of ``settings.batch_size`` (the last
+    one smaller), like a shuffling DataLoader without ``drop_last``.
+    """
+    steps: list[list[int]] = []
+    count = len(cell.train_examples)
+    for epoch in range(settings.epochs if count else 0):
+        order = np.random.default_rng([cell.random_seed, epoch]).permutation(count).tolist()
+        steps.extend(
+            order[start : start + settings.batch_size]
+            for start in range(0, count, settings.batch_size)
+        )
+    return steps
+
+
+def init_lora_a(cell: TransferCell, module_name: str, shape: Sequence[int]) -> torch.Tensor:
+    """The initial ``lora_A`` of one module for one cell (PEFT's Kaiming-uniform, a=√5).
+
+    Seeded by the cell and the module name; ``lora_B`` starts at zero as in PEFT, so an
+    untrained adapter leaves the model unchanged (that is the k = 0 cell).
+    """
+    generator = torch.Generator().manual_seed(
+        (cell.random_seed + zlib.crc32(module_name.encode())) % (2**63)
+    )
+    weight = torch.empty(*shape)
+    fan_in = shape[1]
+    # kaiming_uniform_(a=sqrt(5)) bound: gain * sqrt(3 / fan_in), gain = sqrt(2 / (1 + a^2)).
+    bound = math.sqrt(2.0 / (1 + 5)) * math.sqrt(3.0 / fan_in)
+    return weight.uniform_(-bound, bound, generator=generator)
+
+
+def batch_loss(
+    model: torch.nn.Module, examples: Sequence[EncodedExample], *, pad_token_id: int,
+    architecture: Architecture, device: torch.device,
+) -> torch.Tensor:
+    """Mean NLL over the target tokens of a batch (the usual HF loss)."""
+    batch = collate(examples, pad_token_id=pad_token_id, architecture=architecture)
+    batch = {key: value.to(device) for key, value in batch.items()}
+    losses = token_losses(model, batch)
+    labels = batch["labels"][:, 1:] if architecture == "causal" else batch["labels"]
+    mask = labels != -100
+    return (losses * mask).sum() / mask.sum().clamp(min=1)
+
+
+def peft_config(settings: LoraSettings, architecture: Architecture) -> Any:
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        task_type=TaskType.SEQ_2_SEQ_LM if architecture == "seq2seq" else TaskType.CAUSAL_LM,
+    )
+
+
+def train_cell_peft(
+    model: torch.nn.Module,
+    cell: TransferCell,
+    settings: LoraSettings,
+    *,
+    pad_token_id: int,
+    architecture: Architecture,
+    device: torch.device,
+) -> tuple[torch.nn.Module, list[float]]:
+    """Wrap ``model`` with a fresh PEFT LoRA, train it on the cell, return it and its losses.
+
+    The caller evaluates the returned model and then calls ``.unload()`` on it to get the
+    untouched base model back for the next cell.
+    """
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, peft_config(settings, architecture))
+    for name, module in peft_model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if lora_a is not None and "default" in lora_a:
+            weight = lora_a["default"].weight
+            with torch.no_grad():
+                weight.copy_(init_lora_a(cell, _base_module_name(name), weight.shape))
+    parameters = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    peft_model.train()
+    losses: list[float] = []
+    for indices in epoch_batches(cell, settings):
+        loss = batch_loss(
+            peft_model, [cell.train_examples[i] for i in indices],
+            pad_token_id=pad_token_id, architecture=architecture, device=device,
+        )
+        loss.backward()
+        if settings.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    peft_model.eval()
+    return peft_model, losses
+
+
+def _base_module_name(peft_name: str) -> str:
+    """``base_model.model.encoder.block.0...q`` → ``encoder.block.0...q`` (the plain model's)."""
+    prefix = "base_model.model."
+    return peft_name[len(prefix):] if peft_name.startswith(prefix) else peft_name

@@ -1,0 +1,218 @@
+"""What every evaluation shares: the checkpoint, the tasks, the results table, the shards.
+
+Evaluations split their work (tasks or cells) across processes with ``accelerate``: each
+process takes every ``world``-th item, and the main process gathers the rows and writes them,
+so the table is the same whether one process or several did the work.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from itransfer.config import ExperimentConfig
+from itransfer.data.benchmark import SNIBenchmark, open_benchmark
+from itransfer.data.contexts import build_context
+from itransfer.data.sni import Instance, Task
+from itransfer.errors import ConfigError, DataError, ITransferError
+from itransfer.eval.inference import EvalItem
+from itransfer.eval.metrics import ScoredInstance, aggregate, default_scorer
+from itransfer.eval.results import ResultsTable, config_hash
+from itransfer.io_utils import atomic_write_text
+from itransfer.models import LoadedModel, load_model_and_tokenizer
+from itransfer.provenance import write_run_record
+from itransfer.train.checkpoint import STATE_FILE
+from itransfer.train.examples import ExampleEncoder
+
+Item = TypeVar("Item")
+ProgressCallback = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass
+class EvalSession:
+    """A loaded checkpoint, the benchmark and where results go."""
+
+    config: ExperimentConfig
+    benchmark: SNIBenchmark
+    loaded: LoadedModel
+    model_label: str
+    checkpoint_step: int
+    run_name: str
+    out_dir: Path
+    table: ResultsTable
+    accelerator: Accelerator
+
+    def encoder(self, context: str) -> ExampleEncoder:
+        return ExampleEncoder(
+            self.loaded.tokenizer,
+            self.loaded.architecture,
+            build_context(context, self.config.data.context.num_exemplars),
+            max_source_length=self.config.model.max_source_length,
+            max_target_length=self.config.model.max_target_length,
+        )
+
+    def items(self, task: Task, instances: Sequence[Instance], context: str) -> list[EvalItem]:
+        encoder = self.encoder(context)
+        return [
+            EvalItem(example=encoder.encode(task, instance), references=instance.outputs)
+            for instance in instances
+        ]
+
+    def shard(self, items: Sequence[Item]) -> list[Item]:
+        return list(items[self.accelerator.process_index :: self.accelerator.num_processes])
+
+    def write(self, rows: list[dict[str, Any]]) -> int:
+        """Append this process's rows now (each append is its own file, so processes never
+        collide and a crash later keeps what was measured so far)."""
+        self.table.append(rows)
+        return len(rows)
+
+    def finish(self, written: int) -> int:
+        """Wait for every process; returns the rows written by all of them."""
+        if self.accelerator.num_processes == 1:
+            return written
+        counts = gather_object([written])
+        self.accelerator.wait_for_everyone()
+        return int(sum(counts))
+
+    def row(self, **fields: Any) -> dict[str, Any]:
+        """A results row with this session's identity filled in."""
+        return {
+            "run": self.run_name,
+            "model": self.model_label,
+            "checkpoint_step": self.checkpoint_step,
+            "split": "test",
+            "seed": self.config.seed,
+            "n": 0,
+            **fields,
+        }
+
+    def settings_hash(self, **extra: Any) -> str:
+        settings = {
+            "model": self.config.model.model_dump(mode="json"),
+            "data": self.config.data.model_dump(mode="json"),
+            "checkpoint": self.model_label,
+            **extra,
+        }
+        return config_hash(settings)
+
+    def write_predictions(self, name: str, records: list[dict[str, Any]]) -> None:
+        """Predictions in the benchmark's evaluation format, for `itransfer score`."""
+        path = self.out_dir / "predictions" / f"{name}.jsonl"
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def open_session(
+    config: ExperimentConfig,
+    checkpoint: str | Path,
+    out_dir: Path,
+    *,
+    accelerator: Accelerator | None = None,
+    run_name: str | None = None,
+) -> EvalSession:
+    """Load the checkpoint and the benchmark; check that they fit together."""
+    accelerator = accelerator or Accelerator()
+    benchmark = open_benchmark(config.data, config.seed)
+    loaded = load_model_and_tokenizer(
+        checkpoint,
+        architecture=config.model.architecture,
+        trust_remote_code=config.model.trust_remote_code,
+    )
+    _check_tokenizer_fits(loaded, checkpoint)
+    loaded.model.to(accelerator.device)
+    step = _checkpoint_step(Path(loaded.source))
+    if accelerator.is_main_process:
+        write_run_record(Path(out_dir), config, seed=config.seed)
+    return EvalSession(
+        config=config,
+        benchmark=benchmark,
+        loaded=loaded,
+        model_label=str(checkpoint),
+        checkpoint_step=step,
+        run_name=run_name or config.name,
+        out_dir=Path(out_dir),
+        table=ResultsTable(Path(out_dir)),
+        accelerator=accelerator,
+    )
+
+
+def _check_tokenizer_fits(loaded: LoadedModel, checkpoint: str | Path) -> None:
+    embeddings = loaded.model.get_input_embeddings().num_embeddings
+    if len(loaded.tokenizer) > embeddings:
+        raise ITransferError(
+            f"{checkpoint}: the tokenizer has {len(loaded.tokenizer)} tokens but the model's "
+            f"embedding only {embeddings}; the checkpoint does not match its tokenizer"
+        )
+
+
+def _checkpoint_step(folder: Path) -> int:
+    """The instruction-tuning step of a training checkpoint; 0 for any other model."""
+    state = folder / STATE_FILE
+    if state.is_file():
+        return int(json.loads(state.read_text(encoding="utf-8")).get("it_step", 0))
+    return 0
+
+
+def evaluation_tasks(session: EvalSession) -> list[str]:
+    """The tasks the config asks to evaluate (explicit names, or the selection's groups)."""
+    selection = session.benchmark.selection
+    if session.config.eval.tasks:
+        names = list(session.config.eval.tasks)
+        for name in names:
+            group = session.benchmark.group_of(name)
+            if group in ("seen", "excluded"):
+                raise ConfigError(f"eval.tasks: {name} is a {group} task, not an evaluation task")
+    else:
+        groups = {
+            **selection.groups(),
+            "heldout_generalization": selection.heldout_generalization,
+        }
+        names = []
+        for group in session.config.eval.task_groups:
+            names.extend(name for name in groups[group] if name not in names)
+    if session.config.eval.max_tasks is not None:
+        names = names[: session.config.eval.max_tasks]
+    if not names:
+        raise DataError(session.benchmark.tasks_dir, "no evaluation tasks in this selection")
+    return names
+
+
+def score_rows(
+    session: EvalSession,
+    task: Task,
+    items: Sequence[EvalItem],
+    losses: Sequence[float],
+    predictions: Sequence[str | None],
+    **fields: Any,
+) -> list[dict[str, Any]]:
+    """Mean test loss and (when generated) the SNI metrics of one task as results rows."""
+    category = task.categories[0]
+    rows = [session.row(task=task.name, category=category, metric="loss",
+                        value=sum(losses) / len(losses), n=len(losses), **fields)]
+    if all(prediction is not None for prediction in predictions):
+        scorer = default_scorer()
+        scored = [
+            ScoredInstance(str(i), task.name, category, scorer.score(p or "", item.references))
+            for i, (item, p) in enumerate(zip(items, predictions, strict=True))
+        ]
+        overall = aggregate(scored).overall
+        for metric in ("rougeL", "rougeL_recall", "exact_match"):
+            rows.append(session.row(task=task.name, category=category, metric=metric,
+                                    value=getattr(overall, metric), n=overall.n, **fields))
+    return rows
+
+
+def prediction_records(
+    task: Task, instances: Sequence[Instance], predictions: Sequence[str | None]
+) -> list[dict[str, Any]]:
+    return [
+        {"id": instance.id, "task_id": task.name, "task_category": task.categories[0],
+         "references": list(instance.outputs), "prediction": prediction}
+        for instance, prediction in zip(instances, predictions, strict=True)
+    ]

@@ -1,0 +1,214 @@
+"""Few-shot LoRA transfer (§3.1): how easily a checkpoint's parameters adapt to unseen tasks.
+
+The grid is tasks × k (nested subsets of each task's 40-instance few-shot pool; k = 0 is the
+model as is) × fine-tuning context (``none``, or the instruction-tuning context) × seeds. Every
+cell trains a fresh task-specific LoRA and measures test loss and ROUGE-L on the task's test
+instances. Two engines produce the same numbers:
+
+* ``peft``: one PEFT LoRA per cell, trained and evaluated one after another (the reference);
+* ``batched``: the LoRAs of up to ``eval.cells_per_group`` cells trained in the same forward
+  passes, each example routed to its own adapter (:mod:`itransfer.eval.multilora`).
+
+Work is split by task across processes; each finished group of cells is appended to the
+results table at once, so an interrupted grid resumes after the last finished cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from itransfer.data.sni import Instance, Task
+from itransfer.eval.inference import EvalItem, evaluate_items
+from itransfer.eval.lora import LoraSettings, TransferCell, train_cell_peft
+from itransfer.eval.session import (
+    EvalSession,
+    ProgressCallback,
+    evaluation_tasks,
+    prediction_records,
+    score_rows,
+)
+
+
+@dataclass
+class CellWork:
+    """A cell with what it is evaluated on."""
+
+    cell: TransferCell
+    task: Task
+    test_instances: tuple[Instance, ...]
+    test_items: list[EvalItem]
+    cell_id: str
+
+
+def lora_settings(session: EvalSession) -> LoraSettings:
+    lora = session.config.eval.lora
+    return LoraSettings(
+        r=lora.r, alpha=lora.alpha, dropout=lora.dropout, learning_rate=lora.learning_rate,
+        batch_size=lora.batch_size, epochs=lora.epochs,
+        target_modules=tuple(lora.target_modules), max_grad_norm=lora.max_grad_norm,
+    )
+
+
+def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellWork], str]:
+    """This process's unfinished cells, grouped by task, and the settings hash."""
+    eval_config = session.config.eval
+    settings = lora_settings(session)
+    settings_hash = session.settings_hash(
+        method="finetune", lora=settings.__dict__, max_new_tokens=eval_config.max_new_tokens,
+        generate=eval_config.generate,
+    )
+    done = set() if force else session.table.finished_cells()
+    work: list[CellWork] = []
+    for name in session.shard(evaluation_tasks(session)):
+        task = session.benchmark.task(name)
+        split = session.benchmark.split(name)
+        for context in eval_config.transfer_contexts:
+            encoder = session.encoder(context)
+            pool = [encoder.encode(task, instance) for instance in split.few_shot_pool]
+            test_items = None
+            for shots in eval_config.shots:
+                subset = split.few_shot_subset(shots)  # raises for k beyond the pool
+                for seed in eval_config.seeds:
+                    cell = TransferCell(name, shots, context, seed, tuple(pool[: len(subset)]))
+                    cell_id = (
+                        f"finetune|{session.model_label}|{session.checkpoint_step}|{cell.key}|"
+                        f"{settings_hash}"
+                    )
+                    if cell_id in done:
+                        continue
+                    if test_items is None:
+                        test_items = session.items(task, split.test, context)
+                    work.append(CellWork(cell, task, split.test, test_items, cell_id))
+    return work, settings_hash
+
+
+def evaluate_transfer(
+    session: EvalSession,
+    *,
+    engine: str | None = None,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+) -> int:
+    """Run the transfer grid with ``engine`` (default: the config's); returns rows written."""
+    engine = engine or session.config.eval.engine
+    work, settings_hash = plan_cells(session, force=force)
+    settings = lora_settings(session)
+    run = _run_peft if engine == "peft" else _run_batched
+    written = run(session, work, settings, settings_hash, progress)
+    return session.finish(written)
+
+
+def _cell_rows(
+    session: EvalSession, work: CellWork, losses: Sequence[float],
+    predictions: Sequence[str | None], train_losses: Sequence[float], settings_hash: str,
+) -> list[dict[str, Any]]:
+    fields = {"method": "finetune", "context": work.cell.context, "shots": work.cell.shots,
+              "seed": work.cell.seed, "config_hash": settings_hash, "cell": work.cell_id}
+    rows = score_rows(session, work.task, work.test_items, losses, predictions, **fields)
+    if train_losses:
+        rows.append(session.row(task=work.task.name, category=work.task.categories[0],
+                                split="train", metric="final_train_loss",
+                                value=float(train_losses[-1]), n=len(train_losses), **fields))
+    if all(prediction is not None for prediction in predictions):
+        session.write_predictions(
+            f"finetune-{work.cell.context}-k{work.cell.shots}-seed{work.cell.seed}-"
+            f"{work.task.name}",
+            prediction_records(work.task, work.test_instances, predictions),
+        )
+    return rows
+
+
+def _run_peft(
+    session: EvalSession, work: list[CellWork], settings: LoraSettings, settings_hash: str,
+    progress: ProgressCallback | None,
+) -> int:
+    eval_config = session.config.eval
+    loaded = session.loaded
+    device = session.accelerator.device
+    written = 0
+    for position, item in enumerate(work):
+        model, train_losses = loaded.model, []
+        if item.cell.shots > 0:
+            model, train_losses = train_cell_peft(
+                loaded.model, item.cell, settings, pad_token_id=loaded.tokenizer.pad_token_id,
+                architecture=loaded.architecture, device=device,
+            )
+        try:
+            results = evaluate_items(
+                model, loaded.tokenizer, loaded.architecture, item.test_items,
+                batch_size=eval_config.batch_size, max_new_tokens=eval_config.max_new_tokens,
+                generate=eval_config.generate, device=device,
+            )
+            if eval_config.save_adapters and item.cell.shots > 0:
+                model.save_pretrained(session.out_dir / "adapters" / _safe(item.cell.key))
+        finally:
+            if model is not loaded.model:
+                loaded.model = model.unload()  # the base model, without LoRA layers
+        rows = _cell_rows(
+            session, item, [r.loss for r in results], [r.prediction for r in results],
+            train_losses, settings_hash,
+        )
+        written += session.write(rows)
+        if progress is not None:
+            progress("transfer", position + 1, len(work))
+    return written
+
+
+def _run_batched(
+    session: EvalSession, work: list[CellWork], settings: LoraSettings, settings_hash: str,
+    progress: ProgressCallback | None,
+) -> int:
+    from itransfer.eval.multilora import MultiLoraModel, train_cells_batched
+
+    eval_config = session.config.eval
+    loaded = session.loaded
+    device = session.accelerator.device
+    written = done = 0
+    group_size = eval_config.cells_per_group
+    for start in range(0, len(work), group_size):
+        group = work[start : start + group_size]
+        multi = MultiLoraModel(loaded.model, [item.cell for item in group], settings)
+        try:
+            trained = train_cells_batched(
+                multi, settings, pad_token_id=loaded.tokenizer.pad_token_id,
+                architecture=loaded.architecture, device=device,
+                max_examples_per_pass=eval_config.max_examples_per_pass,
+            )
+            items = [
+                EvalItem(test.example, test.references, adapter=index)
+                for index, item in enumerate(group)
+                for test in item.test_items
+            ]
+            results = evaluate_items(
+                multi.model, loaded.tokenizer, loaded.architecture, items,
+                batch_size=eval_config.batch_size, max_new_tokens=eval_config.max_new_tokens,
+                generate=eval_config.generate, router=multi.route, device=device,
+            )
+            if eval_config.save_adapters:
+                for index, item in enumerate(group):
+                    if item.cell.shots > 0:
+                        multi.export_peft_adapter(
+                            index, session.out_dir / "adapters" / _safe(item.cell.key)
+                        )
+        finally:
+            multi.remove()
+        rows: list[dict[str, Any]] = []
+        offset = 0
+        for index, item in enumerate(group):
+            cell_results = results[offset : offset + len(item.test_items)]
+            offset += len(item.test_items)
+            rows += _cell_rows(
+                session, item, [r.loss for r in cell_results],
+                [r.prediction for r in cell_results], trained.losses[index], settings_hash,
+            )
+        written += session.write(rows)
+        done += len(group)
+        if progress is not None:
+            progress("transfer", done, len(work))
+    return written
+
+
+def _safe(key: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)

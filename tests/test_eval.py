@@ -1,0 +1,110 @@
+"""ICL, few-shot transfer (PEFT engine) and seen-task evaluations on a tiny model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from itransfer.config import load_config
+from itransfer.errors import ITransferError
+from itransfer.eval.icl import evaluate_icl
+from itransfer.eval.inference import evaluate_items
+from itransfer.eval.scoring_files import score_files
+from itransfer.eval.seen import evaluate_seen
+from itransfer.eval.session import open_session
+from itransfer.eval.transfer import evaluate_transfer, plan_cells
+from itransfer.models import DEFAULT_MODEL, bundled_model_dir
+
+
+def _config(*overrides: str):
+    return load_config(
+        None,
+        [
+            "model.max_source_length=96", "model.max_target_length=16",
+            "data.splits.unseen_test_size=8", "eval.max_tasks=2", "eval.max_new_tokens=6",
+            "eval.batch_size=8", "eval.lora.epochs=2", "eval.lora.batch_size=8",
+            *overrides,
+        ],
+    )
+
+
+def test_icl_rows_predictions_and_skip_on_rerun(tiny_model_dir: Path, tmp_path: Path) -> None:
+    session = open_session(_config(), tiny_model_dir, tmp_path)
+    assert evaluate_icl(session) == 2 * 4  # loss, rougeL, rougeL_recall, exact_match per task
+    frame = session.table.read()
+    assert set(frame["metric"]) == {"loss", "rougeL", "rougeL_recall", "exact_match"}
+    assert set(frame["method"]) == {"icl"} and set(frame["shots"]) == {3}
+    assert (frame[frame["metric"] == "loss"]["n"] == 8).all()
+    assert frame[frame["metric"] == "loss"]["value"].between(0, 20).all()
+    # The predictions file is in the benchmark's format: `itransfer score` re-scores it.
+    predictions = sorted((tmp_path / "predictions").glob("icl-*.jsonl"))
+    assert len(predictions) == 2
+    rescored = score_files(predictions[0], predictions[0])
+    task = predictions[0].stem.removeprefix("icl-exemplars-")
+    stored = frame[(frame["task"] == task) & (frame["metric"] == "rougeL")]["value"].item()
+    assert rescored.overall.rougeL == pytest.approx(stored)
+    # Re-running skips finished tasks; forcing appends newer rows.
+    assert evaluate_icl(session) == 0
+    assert evaluate_icl(session, force=True) == 8
+    assert len(session.table.read()) == 8
+
+
+def test_transfer_k0_is_the_untouched_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config("eval.shots=[0, 5]", "eval.transfer_contexts=[none]", "eval.max_tasks=1")
+    session = open_session(config, tiny_model_dir, tmp_path)
+    assert evaluate_transfer(session, engine="peft") > 0
+    frame = session.table.read()
+    losses = frame[(frame["metric"] == "loss") & (frame["split"] == "test")]
+    by_shots = dict(zip(losses["shots"], losses["value"], strict=True))
+    # k = 0 evaluates the model as is, with the `none` context.
+    task = frame["task"].iloc[0]
+    items = session.items(session.benchmark.task(task), session.benchmark.split(task).test, "none")
+    base = evaluate_items(session.loaded.model, session.loaded.tokenizer, "seq2seq", items,
+                          generate=False)
+    assert by_shots[0] == pytest.approx(sum(r.loss for r in base) / len(base), abs=1e-5)
+    assert by_shots[5] != pytest.approx(by_shots[0], abs=1e-4)  # the adapter changed something
+    trained = frame[frame["metric"] == "final_train_loss"]
+    assert trained["shots"].tolist() == [5]
+    # The LoRA layers were removed again: the base model is what it was.
+    assert not any("lora" in name for name, _ in session.loaded.model.named_parameters())
+
+
+def test_cells_use_nested_few_shot_subsets(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config("eval.shots=[0, 5, 10, 40]", "eval.max_tasks=1")
+    session = open_session(config, tiny_model_dir, tmp_path)
+    work, _ = plan_cells(session)
+    for context in ("none", "exemplars"):
+        cells = {w.cell.shots: w.cell for w in work if w.cell.context == context}
+        assert [len(cells[k].train_examples) for k in (0, 5, 10, 40)] == [0, 5, 10, 40]
+        assert cells[10].train_examples[:5] == cells[5].train_examples
+        assert cells[40].train_examples[:10] == cells[10].train_examples
+    task = work[0].task.name
+    split = session.benchmark.split(task)
+    assert not {i.id for i in split.few_shot_pool} & {i.id for i in split.test}
+
+
+def test_seen_task_fit_rows(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config("eval.seen_max_instances=3")
+    session = open_session(config, tiny_model_dir, tmp_path)
+    evaluate_seen(session)
+    frame = session.table.read()
+    seen_tasks = session.benchmark.selection.seen
+    sizes = frame[frame["metric"] == "train_size"]
+    assert len(sizes) == len(seen_tasks)
+    task = seen_tasks[0]
+    assert sizes[sizes["task"] == task]["value"].item() == len(session.benchmark.split(task).train)
+    losses = frame[frame["metric"] == "loss"]
+    assert set(losses["split"]) == {"train", "test"}
+    assert (losses["n"] <= 3).all()
+
+
+def test_checkpoint_that_does_not_match_its_tokenizer(tiny_model_dir: Path, tmp_path: Path) -> None:
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(tiny_model_dir, mismatched)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(bundled_model_dir() / name, mismatched / name)  # 8,192 tokens vs 1,000
+    with pytest.raises(ITransferError, match="does not match its tokenizer"):
+        open_session(_config(), mismatched, tmp_path / "out")
+    assert DEFAULT_MODEL.startswith("itransfer:")

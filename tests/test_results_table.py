@@ -1,0 +1,66 @@
+"""The results table: tidy rows appended as Parquet files, never rewritten."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from itransfer.cli import app
+from itransfer.errors import DataError
+from itransfer.eval.results import ResultsTable
+
+
+def _row(metric: str, value: float, *, cell: str = "c1", shots: int = 5) -> dict:
+    return {
+        "run": "r", "model": "m", "checkpoint_step": 0, "task": "task001_x", "category": "QA",
+        "split": "test", "method": "finetune", "context": "none", "shots": shots, "seed": 0,
+        "metric": metric, "value": value, "n": 100, "config_hash": "h", "cell": cell,
+    }
+
+
+def test_append_read_and_finished_cells(tmp_path: Path) -> None:
+    table = ResultsTable(tmp_path)
+    assert table.read().empty and table.finished_cells() == set()
+    first = table.append([_row("loss", 2.0), _row("rougeL", 10.0)])
+    table.append([_row("loss", 1.5, cell="c2", shots=10)])
+    frame = table.read()
+    assert len(frame) == 3 and set(frame["cell"]) == {"c1", "c2"}
+    assert table.finished_cells() == {"c1", "c2"}
+    assert first.read_bytes()  # earlier files are never touched by later appends
+    assert len(table.files()) == 2
+
+
+def test_forced_rerun_appends_and_latest_wins(tmp_path: Path) -> None:
+    table = ResultsTable(tmp_path)
+    table.append([_row("loss", 2.0)])
+    table.append([_row("loss", 1.0)])
+    assert table.read()["value"].tolist() == [1.0]
+    assert sorted(table.read(latest_only=False)["value"].tolist()) == [1.0, 2.0]
+
+
+def test_staging_files_are_ignored_and_bad_files_named(tmp_path: Path) -> None:
+    table = ResultsTable(tmp_path)
+    table.append([_row("loss", 2.0)])
+    (table.root / "part-x.parquet.tmp").write_bytes(b"half written")
+    assert len(table.read()) == 1
+    (table.root / "part-zzz.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataError, match=r"part-zzz\.parquet"):
+        table.read()
+
+
+def test_rows_need_every_column(tmp_path: Path) -> None:
+    row = _row("loss", 1.0)
+    del row["seed"]
+    with pytest.raises(ValueError, match="seed"):
+        ResultsTable(tmp_path).append([row])
+
+
+def test_results_show(tmp_path: Path) -> None:
+    ResultsTable(tmp_path).append([_row("loss", 2.0), _row("rougeL", 10.0)])
+    result = CliRunner().invoke(app, ["results", "show", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "finetune" in result.output and "2.000" in result.output and "10.000" in result.output
+    empty = CliRunner().invoke(app, ["results", "show", str(tmp_path / "nothing")])
+    assert isinstance(empty.exception, DataError)
