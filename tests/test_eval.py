@@ -96,7 +96,7 @@ def test_seen_task_fit_rows(tiny_model_dir: Path, tmp_path: Path) -> None:
     task = seen_tasks[0]
     assert sizes[sizes["task"] == task]["value"].item() == len(session.benchmark.split(task).train)
     losses = frame[frame["metric"] == "loss"]
-    assert set(losses["split"]) == {"train", "test"}
+    assert set(losses["split"]) == {"train", "validation", "test"}
     assert (losses["n"] <= 3).all()
 
 

@@ -34,6 +34,8 @@ _optional_commands = (
     ("itransfer.cli.score", "score", "score"),
     ("itransfer.cli.pretrain", "pretrain", "pretrain"),
     ("itransfer.cli.train", "train", "train"),
+    ("itransfer.cli.run", "run", "run"),
+    ("itransfer.cli.run", "quickstart", "quickstart"),
 )
 for module_name, function_name, command_name in _optional_commands:
     # Commands of parts still being built register themselves once their module exists.

@@ -1,4 +1,6 @@
-"""Seen-task fit (§4, Figure 3): per-task train and test loss on the instruction-tuning tasks.
+"""Seen-task fit (§4, Figure 3): per-task train, validation and test loss on the seen tasks.
+
+The validation loss is what §4 picks reverse annealing's maximum temperature by.
 
 Each row carries the task's training-set size (after the data limit), so losses can be binned
 by dataset size. ``eval.seen_max_instances`` caps the instances scored per task and split (the
@@ -34,7 +36,9 @@ def evaluate_seen(
                   "cell": _cell(session, name, settings)}
         rows = [session.row(split="train", metric="train_size",
                                 value=float(len(split.train)), n=len(split.train), **common)]
-        for split_name, instances in (("train", split.train), ("test", split.test)):
+        for split_name, instances in (
+            ("train", split.train), ("validation", split.validation), ("test", split.test),
+        ):
             chosen = instances[:cap] if cap is not None else instances
             if not chosen:
                 continue

@@ -1,0 +1,89 @@
+"""``itransfer run`` and ``itransfer quickstart``: whole experiments, stage by stage."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from itransfer.cli.common import SetOption, SniDirOption, stderr
+
+
+class RichReporter:
+    """Stage lines plus one live bar for the stage in progress."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.bar = progress
+        self.tasks: dict[str, Any] = {}
+        self.started = time.perf_counter()
+
+    def stage(self, name: str, status: str, seconds: float | None = None) -> None:
+        clock = f"[{time.perf_counter() - self.started:6.0f} s]"
+        if status == "running":
+            self.bar.console.print(f"{clock} {name} …", highlight=False)
+        elif status == "cached":
+            self.bar.console.print(f"{clock} {name}: done earlier (reused)", style="dim")
+        else:
+            self.bar.console.print(f"{clock} {name}: done in {seconds:.1f} s", style="green")
+            for key in [key for key in self.tasks if key.startswith(name)]:
+                self.bar.remove_task(self.tasks.pop(key))
+
+    def progress(self, name: str, done: int, total: int, info: dict[str, Any]) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.bar.add_task(name, total=total)
+        loss = f" loss {info['loss']:.3f}" if "loss" in info else ""
+        self.bar.update(self.tasks[name], completed=done, total=total,
+                        description=f"{name}{loss}")
+
+
+def _run(config: Path, out: Path, scale: str | None, overrides: list[str] | None,
+         store: Path | None, force: list[str] | None) -> None:
+    from transformers.utils import logging as transformers_logging
+
+    from itransfer.experiment import load_experiment
+    from itransfer.pipeline import run_experiment
+
+    transformers_logging.disable_progress_bar()
+    experiment = load_experiment(config, scale=scale, overrides=overrides)
+    started = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=stderr, transient=True) as bar:
+        summary = run_experiment(experiment, out, store=store, force=tuple(force or ()),
+                                 reporter=RichReporter(bar))
+    stderr.print(f"finished in {time.perf_counter() - started:.0f} s")
+    if summary.report is not None:
+        stderr.print(f"report: {summary.report}", style="bold")
+
+
+def run(
+    config: Path = typer.Argument(..., help="Experiment YAML (e.g. configs/paper/*.yaml)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder."),
+    scale: str | None = typer.Option(None, "--scale", help="A named scale, e.g. tiny."),
+    overrides: list[str] | None = SetOption,
+    sni_dir: Path | None = SniDirOption,
+    store: Path | None = typer.Option(
+        None, "--store", help="Stage store shared between experiments (default <out>/stages)."
+    ),
+    force: list[str] | None = typer.Option(
+        None, "--force", help="Re-run a stage: train:LABEL, eval:LABEL or eval:LABEL@STEP."
+    ),
+) -> None:
+    """Run an experiment: instruction tuning, evaluations, analysis and the report."""
+    extra = [f"data.sni_dir={sni_dir}"] if sni_dir is not None else []
+    _run(config, out, scale, [*(overrides or []), *extra], store, force)
+
+
+def quickstart_config() -> Path:
+    return Path(str(resources.files("itransfer") / "configs" / "quickstart.yaml"))
+
+
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Run folder."),
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """The main job: a miniature of the whole paper on the embedded default, on a CPU."""
+    _run(quickstart_config(), out, None, overrides, None, None)

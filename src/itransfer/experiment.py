@@ -1,0 +1,189 @@
+"""Experiment specs: a base config, named model variants, and the paper sections to analyse.
+
+An experiment YAML (``configs/paper/*.yaml``, ``configs/quickstart.yaml``)::
+
+    name: sec3_1_transfer
+    title: "§3.1 Instruction tuning harms transfer"
+    base: {model: {...}, data: {...}, train: {...}, eval: {...}}   # an ExperimentConfig
+    variants:                                                       # label → overrides of base
+      it-proportional: {}
+      it-uniform: {train: {sampler: {name: uniform}}}
+    sections:                                                       # which analyses to run
+      transfer: {pretrained: pretrained, instruction_tuned: it-proportional}
+    scales:                                                         # named override sets
+      tiny: {base: {...}, variants: {...}}
+
+``pretrained`` is always available: the base model before instruction tuning.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+
+from itransfer.config import (
+    ExperimentConfig,
+    StrictModel,
+    _apply_override,
+    _format_validation_error,
+    parse_override,
+    read_yaml,
+)
+from itransfer.errors import ConfigError
+
+PRETRAINED = "pretrained"
+
+
+class TransferSection(StrictModel):
+    pretrained: str = PRETRAINED
+    instruction_tuned: str
+    correlation_shots: int = 5
+    correlation_context: str = "none"
+
+
+class DataLimitsSection(StrictModel):
+    models: dict[str, str]  # limit (as text) → variant label
+    delta: tuple[str, str]  # the two variants whose per-task changes are correlated
+    shots: int = 5
+
+
+class SamplersSection(StrictModel):
+    models: dict[str, str]  # sampler name → variant label
+
+
+class TrajectorySection(StrictModel):
+    model: str
+    phase_split_step: int = Field(ge=1)
+    shots: int = 5
+
+
+class MixingSection(StrictModel):
+    with_: str = Field(alias="with")
+    without: str
+    shots: int = 5
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Sections(StrictModel):
+    transfer: TransferSection | None = None
+    data_limits: DataLimitsSection | None = None
+    samplers: SamplersSection | None = None
+    trajectory: TrajectorySection | None = None
+    mixing: MixingSection | None = None
+
+
+class ExperimentSpec(StrictModel):
+    name: str
+    title: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    sections: Sections = Field(default_factory=Sections)
+    scales: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sections_name_known_models(self) -> ExperimentSpec:
+        known = {PRETRAINED, *self.variants}
+        for section, labels in section_models(self.sections).items():
+            missing = [label for label in labels if label not in known]
+            if missing:
+                raise ValueError(
+                    f"sections.{section} names {missing}, which are not variants "
+                    f"(known: {sorted(known)})"
+                )
+        return self
+
+
+def section_models(sections: Sections) -> dict[str, list[str]]:
+    """Every model label each section refers to."""
+    found: dict[str, list[str]] = {}
+    if sections.transfer:
+        found["transfer"] = [sections.transfer.pretrained, sections.transfer.instruction_tuned]
+    if sections.data_limits:
+        found["data_limits"] = [*sections.data_limits.models.values(), *sections.data_limits.delta]
+    if sections.samplers:
+        found["samplers"] = list(sections.samplers.models.values())
+    if sections.trajectory:
+        found["trajectory"] = [sections.trajectory.model]
+    if sections.mixing:
+        found["mixing"] = [sections.mixing.with_, sections.mixing.without]
+    return found
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "sampler":
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated spec with every variant's resolved :class:`ExperimentConfig`."""
+
+    spec: ExperimentSpec
+    source: str
+    base: ExperimentConfig
+    variants: dict[str, ExperimentConfig]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def load_experiment(
+    path: Path, *, scale: str | None = None, overrides: list[str] | None = None
+) -> Experiment:
+    """Read an experiment YAML, apply a named scale and ``--set`` overrides (to ``base``)."""
+    raw = read_yaml(path)
+    source = str(path)
+    try:
+        spec = ExperimentSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from exc
+    if scale is not None:
+        if scale not in spec.scales:
+            known = sorted(spec.scales) or "none"
+            raise ConfigError(f"{path}: no scale '{scale}' (known: {known})")
+        scaled = spec.scales[scale]
+        unknown = set(scaled) - {"base", "variants"}
+        if unknown:
+            raise ConfigError(f"{path}: scales.{scale} may set base and variants, not {unknown}")
+        spec = spec.model_copy(
+            update={
+                "base": _merge(spec.base, scaled.get("base", {})),
+                "variants": {
+                    label: _merge(values, scaled.get("variants", {}).get(label, {}))
+                    for label, values in spec.variants.items()
+                },
+            }
+        )
+        source += f" (scale {scale})"
+    base_tree = copy.deepcopy(spec.base)
+    for override in overrides or []:
+        parts, value = parse_override(override)
+        _apply_override(base_tree, parts, value, override)
+    if overrides:
+        source += f" with --set {' '.join(overrides)}"
+    base = _validate(base_tree, f"{source}: base")
+    variants = {
+        label: _validate(_merge(base_tree, values), f"{source}: variants.{label}")
+        for label, values in spec.variants.items()
+    }
+    return Experiment(spec=spec, source=source, base=base, variants=variants)
+
+
+def _validate(tree: dict[str, Any], where: str) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, where)) from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc

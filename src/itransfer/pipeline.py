@@ -1,0 +1,404 @@
+"""An experiment as cached, resumable stages: train variants → evaluate checkpoints → report.
+
+    itransfer run configs/quickstart.yaml --out runs/quickstart
+    itransfer run configs/paper/sec4_sampling.yaml --scale tiny --out runs/sec4-tiny
+
+Stages and where they live (``--store``, default ``<out>/stages``):
+
+* ``train-<key>/``: one instruction-tuning run per variant (its trajectory checkpoints);
+* ``eval-<key>/``: the evaluations of one checkpoint (ICL, transfer, seen), a results table;
+
+where ``key`` hashes the stage's resolved config and inputs. Two experiments (or two variants)
+that need the same stage find it done and reuse it — the pre-trained baseline is evaluated once
+for every section — and an interrupted run resumes: finished stages are skipped, a training
+stage continues from its last checkpoint, an evaluation stage after its last finished cells.
+``--force train:LABEL`` moves that stage aside (never deleting it) and reruns it;
+``--force eval:LABEL`` re-measures that model's evaluations (newer rows win).
+
+The run folder gets ``results/`` (every evaluation stage's rows, labelled with the
+experiment's model names), ``manifest.json`` (models, sections, timings, config, provenance)
+and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from itransfer.config import ExperimentConfig
+from itransfer.errors import ConfigError
+from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable, config_hash
+from itransfer.experiment import PRETRAINED, Experiment
+from itransfer.io_utils import atomic_write_text
+from itransfer.provenance import git_revision, package_versions, write_run_record
+
+STAGE_FILE = "stage.json"
+MANIFEST = "manifest.json"
+
+
+class Reporter(Protocol):
+    """What the pipeline tells its caller (the CLI draws it with rich)."""
+
+    def stage(self, name: str, status: str, seconds: float | None = None) -> None: ...
+
+    def progress(self, name: str, done: int, total: int, info: dict[str, Any]) -> None: ...
+
+
+class SilentReporter:
+    def stage(self, name: str, status: str, seconds: float | None = None) -> None:
+        del name, status, seconds
+
+    def progress(self, name: str, done: int, total: int, info: dict[str, Any]) -> None:
+        del name, done, total, info
+
+
+@dataclass
+class EvalPlan:
+    """What to measure on one checkpoint."""
+
+    icl: bool = False
+    seen: bool = False
+    shots: set[int] = field(default_factory=set)
+    contexts: set[str] = field(default_factory=set)
+
+
+@dataclass
+class RunSummary:
+    out_dir: Path
+    timings: dict[str, float]
+    report: Path | None
+    cached_stages: list[str]
+
+
+def plan_evaluations(experiment: Experiment) -> dict[tuple[str, str], EvalPlan]:
+    """(model label, "final" | "trajectory") → what each section needs measured."""
+    plans: dict[tuple[str, str], EvalPlan] = {}
+
+    def need(label: str, when: str, *, icl: bool = False, seen: bool = False,
+             shots: set[int] | None = None, contexts: set[str] | None = None) -> None:
+        plan = plans.setdefault((label, when), EvalPlan())
+        plan.icl |= icl
+        plan.seen |= seen
+        plan.shots |= shots or set()
+        plan.contexts |= contexts or set()
+
+    sections = experiment.spec.sections
+    eval_config = experiment.base.eval
+    if sections.transfer:
+        for label in (sections.transfer.pretrained, sections.transfer.instruction_tuned):
+            need(label, "final", icl=True, shots=set(eval_config.shots),
+                 contexts=set(eval_config.transfer_contexts))
+    if sections.data_limits:
+        limits = sections.data_limits
+        for label in {*limits.models.values(), *limits.delta}:
+            need(label, "final", icl=True, shots={limits.shots}, contexts={"none"})
+    if sections.samplers:
+        for label in sections.samplers.models.values():
+            need(label, "final", icl=True, seen=True)
+    trajectories: list[tuple[str, int]] = []
+    if sections.trajectory:
+        trajectories.append((sections.trajectory.model, sections.trajectory.shots))
+    if sections.mixing:
+        trajectories += [(sections.mixing.with_, sections.mixing.shots),
+                         (sections.mixing.without, sections.mixing.shots)]
+    for label, shots in trajectories:
+        need(label, "trajectory", icl=True, shots={shots}, contexts={"none"})
+        need(PRETRAINED, "final", icl=True, shots={shots}, contexts={"none"})
+    return plans
+
+
+def _config_of(experiment: Experiment, label: str) -> ExperimentConfig:
+    return experiment.base if label == PRETRAINED else experiment.variants[label]
+
+
+def _train_key(config: ExperimentConfig) -> str:
+    relevant = {
+        "seed": config.seed,
+        "data": config.data.model_dump(mode="json"),
+        "model": config.model.model_dump(mode="json"),
+        "train": {
+            key: value for key, value in config.train.model_dump(mode="json").items()
+            if key not in ("log_every", "tensorboard", "keep_checkpoints")
+        },
+    }
+    return config_hash(relevant)
+
+
+def _finished(stage_dir: Path) -> bool:
+    return (stage_dir / STAGE_FILE).is_file()
+
+
+def _mark_finished(stage_dir: Path, kind: str, seconds: float, **extra: Any) -> None:
+    record = {"kind": kind, "seconds": seconds,
+              "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
+    atomic_write_text(stage_dir / STAGE_FILE, json.dumps(record, indent=1) + "\n")
+
+
+def _set_aside(stage_dir: Path) -> None:
+    """--force keeps the old stage, renamed, rather than deleting anything."""
+    if stage_dir.exists():
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        target = stage_dir.parent / ".replaced" / f"{stage_dir.name}-{stamp}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stage_dir.rename(target)
+
+
+def _check_out_dir(out_dir: Path, experiment: Experiment) -> None:
+    manifest = out_dir / MANIFEST
+    if manifest.is_file():
+        previous = json.loads(manifest.read_text(encoding="utf-8")).get("experiment")
+        if previous != experiment.name:
+            raise ConfigError(
+                f"{out_dir} holds the results of experiment '{previous}', not "
+                f"'{experiment.name}'; choose another --out"
+            )
+    elif (out_dir / RESULTS_DIR).exists():
+        raise ConfigError(f"{out_dir} already holds results of another run; choose another --out")
+
+
+def _check_tokenizers(experiment: Experiment) -> None:
+    """Every model of one experiment must share a tokenizer (their losses are compared)."""
+    from transformers import AutoTokenizer
+
+    from itransfer.models import resolve_model_source
+
+    seen: dict[str, tuple[str, int]] = {}
+    for label in [PRETRAINED, *experiment.variants]:
+        config = _config_of(experiment, label)
+        name = config.model.name_or_path
+        if name in {entry[0] for entry in seen.values()}:
+            continue
+        source, local = resolve_model_source(name)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, local_files_only=local, trust_remote_code=config.model.trust_remote_code
+        )
+        fingerprint = hash(tuple(sorted(tokenizer.get_vocab().items())))
+        seen[label] = (name, fingerprint)
+    fingerprints = {fingerprint for _, fingerprint in seen.values()}
+    if len(fingerprints) > 1:
+        described = ", ".join(f"{label}: {name}" for label, (name, _) in seen.items())
+        raise ConfigError(
+            f"{experiment.source}: the experiment's models use different tokenizers "
+            f"({described}); their losses would not be comparable"
+        )
+
+
+def run_experiment(
+    experiment: Experiment,
+    out_dir: Path,
+    *,
+    store: Path | None = None,
+    force: tuple[str, ...] = (),
+    reporter: Reporter | None = None,
+    write_report: bool = True,
+) -> RunSummary:
+    """Run (or resume) every stage of ``experiment``; the report goes to ``out_dir``."""
+    from itransfer.eval.icl import evaluate_icl
+    from itransfer.eval.seen import evaluate_seen
+    from itransfer.eval.session import open_session
+    from itransfer.eval.transfer import evaluate_transfer
+    from itransfer.train.checkpoint import list_checkpoints
+    from itransfer.train.loop import instruction_tune
+
+    reporter = reporter or SilentReporter()
+    out_dir = Path(out_dir)
+    store = Path(store) if store is not None else out_dir / "stages"
+    _check_out_dir(out_dir, experiment)
+    _check_tokenizers(experiment)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_run_record(out_dir, experiment.base, seed=experiment.base.seed)
+    timings: dict[str, float] = {}
+    cached: list[str] = []
+    plans = plan_evaluations(experiment)
+
+    # 1. instruction tuning of every variant a section uses (trajectory checkpoints included)
+    checkpoints: dict[str, dict[int, Path]] = {PRETRAINED: {}}
+    trained_labels = sorted({label for label, _ in plans if label != PRETRAINED})
+    for label in trained_labels:
+        config = _config_of(experiment, label)
+        stage_dir = store / f"train-{_train_key(config)}"
+        name = f"train:{label}"
+        if name in force:
+            _set_aside(stage_dir)
+        if _finished(stage_dir):
+            cached.append(name)
+            reporter.stage(name, "cached")
+        else:
+            reporter.stage(name, "running")
+            started = time.perf_counter()
+
+            def on_step(step: int, total: int, row: dict[str, Any], name: str = name) -> None:
+                reporter.progress(name, step, total, row)
+
+            instruction_tune(config, stage_dir, resume=True, progress=on_step)
+            timings[name] = time.perf_counter() - started
+            _mark_finished(stage_dir, "train", timings[name], label=label)
+            reporter.stage(name, "done", timings[name])
+        checkpoints[label] = {
+            int(path.name.removeprefix("step-")): path
+            for path in list_checkpoints(stage_dir / "checkpoints")
+        }
+
+    # 2. evaluations of each checkpoint the sections need (plans merged per checkpoint)
+    merged: dict[tuple[str, int], tuple[EvalPlan, str]] = {}
+    for (label, when), plan in sorted(plans.items()):
+        config = _config_of(experiment, label)
+        if label == PRETRAINED:
+            targets = {0: config.model.name_or_path}
+        else:
+            steps = sorted(checkpoints[label])
+            chosen = steps if when == "trajectory" else steps[-1:]
+            targets = {step: str(checkpoints[label][step]) for step in chosen}
+        for step, checkpoint in targets.items():
+            combined, _ = merged.get((label, step), (EvalPlan(), checkpoint))
+            combined.icl |= plan.icl
+            combined.seen |= plan.seen
+            combined.shots |= plan.shots
+            combined.contexts |= plan.contexts
+            merged[(label, step)] = (combined, checkpoint)
+
+    eval_stages: list[tuple[str, int, Path]] = []
+    for (label, step), (plan, checkpoint) in sorted(merged.items()):
+        config = _config_of(experiment, label)
+        eval_config = config.eval.model_copy(
+            update={"shots": sorted(plan.shots) or [0],
+                    "transfer_contexts": sorted(plan.contexts) or ["none"]}
+        )
+        run_config = config.model_copy(update={"eval": eval_config})
+        key = config_hash({
+            "checkpoint": checkpoint if label == PRETRAINED else f"{_train_key(config)}@{step}",
+            "plan": [plan.icl, plan.seen, sorted(plan.shots), sorted(plan.contexts)],
+            "eval": eval_config.model_dump(mode="json"),
+            "data": config.data.model_dump(mode="json"),
+            "model": config.model.model_dump(mode="json", exclude={"name_or_path"}),
+        })
+        stage_dir = store / f"eval-{key}"
+        name = f"eval:{label}@{step}"
+        forced = name in force or f"eval:{label}" in force
+        eval_stages.append((label, step, stage_dir))
+        if _finished(stage_dir) and not forced:
+            cached.append(name)
+            reporter.stage(name, "cached")
+            continue
+        reporter.stage(name, "running")
+        started = time.perf_counter()
+        session = open_session(run_config, checkpoint, stage_dir, run_name=experiment.name)
+
+        def on_progress(what: str, done: int, total: int, name: str = name) -> None:
+            reporter.progress(f"{name} {what}", done, total, {})
+
+        if plan.icl:
+            evaluate_icl(session, force=forced, progress=on_progress)
+        if plan.seen:
+            evaluate_seen(session, force=forced, progress=on_progress)
+        if plan.shots:
+            evaluate_transfer(session, force=forced, progress=on_progress)
+        timings[name] = time.perf_counter() - started
+        _mark_finished(stage_dir, "eval", timings[name], label=label, step=step)
+        reporter.stage(name, "done", timings[name])
+
+    # 3. the experiment's own results table and manifest, then the report
+    _assemble_results(out_dir, experiment, eval_stages)
+    _write_manifest(out_dir, experiment, checkpoints, timings, store)
+    report = None
+    if write_report:
+        from itransfer.analysis.report import write_report as render
+
+        started = time.perf_counter()
+        reporter.stage("report", "running")
+        report = render(out_dir).html
+        timings["report"] = time.perf_counter() - started
+        reporter.stage("report", "done", timings["report"])
+        _write_manifest(out_dir, experiment, checkpoints, timings, store)
+    return RunSummary(out_dir=out_dir, timings=timings, report=report, cached_stages=cached)
+
+
+def _assemble_results(
+    out_dir: Path, experiment: Experiment, stages: list[tuple[str, int, Path]]
+) -> None:
+    """Copy every evaluation stage's rows into ``<out>/results``, labelled for this experiment.
+
+    This table is derived (the stages keep the measurements), so it is rebuilt whole: written
+    to a staging folder and swapped in.
+    """
+    frames = []
+    for label, step, stage_dir in stages:
+        frame = ResultsTable(stage_dir).read()
+        if frame.empty:
+            continue
+        frame = frame.assign(model=label, checkpoint_step=step, run=experiment.name)
+        frames.append(frame)
+    staging = out_dir / f".{RESULTS_DIR}.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    if frames:
+        table = pa.Table.from_pandas(
+            pd.concat(frames, ignore_index=True)[SCHEMA.names], schema=SCHEMA,
+            preserve_index=False,
+        )
+        pq.write_table(table, staging / "part-assembled.parquet")
+    final = out_dir / RESULTS_DIR
+    previous = out_dir / f".{RESULTS_DIR}.old"
+    if final.exists():
+        if previous.exists():
+            shutil.rmtree(previous)
+        final.rename(previous)
+    staging.rename(final)
+    if previous.exists():
+        shutil.rmtree(previous)
+
+
+def _write_manifest(
+    out_dir: Path, experiment: Experiment, checkpoints: dict[str, dict[int, Path]],
+    timings: dict[str, float], store: Path,
+) -> None:
+    models: dict[str, Any] = {PRETRAINED: {"kind": "pretrained",
+                                           "name_or_path": experiment.base.model.name_or_path}}
+    for label, steps in checkpoints.items():
+        if label == PRETRAINED:
+            continue
+        config = experiment.variants[label]
+        models[label] = {
+            "kind": "instruction_tuned",
+            "sampler": config.train.sampler.get("name"),
+            "sampler_spec": config.train.sampler,
+            "data_limit": config.data.splits.max_train_instances_per_task,
+            "mixing_every": config.train.mixing.every,
+            "final_step": max(steps) if steps else 0,
+            "trajectory_steps": sorted(steps),
+            "stage": str(next(iter(steps.values())).parent.parent) if steps else None,
+        }
+    previous_timings: dict[str, float] = {}
+    manifest_path = out_dir / MANIFEST
+    if manifest_path.is_file():
+        previous_timings = json.loads(manifest_path.read_text(encoding="utf-8")).get(
+            "timings", {}
+        )
+    manifest = {
+        "experiment": experiment.name,
+        "title": experiment.spec.title,
+        "source": experiment.source,
+        "models": models,
+        "sections": experiment.spec.sections.model_dump(mode="json", by_alias=True,
+                                                        exclude_none=True),
+        "timings": {**previous_timings, **timings},
+        "store": str(store),
+        "config": experiment.base.model_dump(mode="json"),
+        "variants": {label: config.model_dump(mode="json")
+                     for label, config in experiment.variants.items()},
+        "versions": package_versions(),
+        "git": git_revision(),
+    }
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
+
+

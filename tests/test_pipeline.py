@@ -1,0 +1,115 @@
+"""Experiments as cached, resumable stages; the errors a wrong experiment gets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from itransfer.errors import ConfigError
+from itransfer.eval.results import ResultsTable
+from itransfer.experiment import load_experiment
+from itransfer.pipeline import run_experiment
+
+TINY = {
+    "model": {"max_source_length": 64, "max_target_length": 12},
+    "data": {"splits": {"unseen_test_size": 4}},
+    "train": {"steps": 6, "batch_size": 8, "warmup_steps": 2, "checkpoint_every": 3,
+              "log_every": 3, "tensorboard": False},
+    "eval": {"max_tasks": 2, "shots": [0, 5], "transfer_contexts": ["none"],
+             "max_new_tokens": 4, "batch_size": 8, "seen_max_instances": 2,
+             "engine": "peft", "lora": {"epochs": 1, "batch_size": 8}},
+}
+
+
+def _experiment_file(tmp_path: Path, model_dir: Path, **changes) -> Path:
+    spec = {
+        "name": "pipeline-test",
+        "base": {**TINY, "model": {**TINY["model"], "name_or_path": str(model_dir)}},
+        "variants": {"it-a": {}, "it-b": {"train": {"sampler": {"name": "uniform"}}}},
+        "sections": {
+            "transfer": {"instruction_tuned": "it-a"},
+            "samplers": {"models": {"proportional": "it-a", "uniform": "it-b"}},
+            "trajectory": {"model": "it-a", "phase_split_step": 3},
+        },
+        **changes,
+    }
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_stages_run_once_then_are_reused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    experiment = load_experiment(_experiment_file(tmp_path, tiny_model_dir))
+    first = run_experiment(experiment, tmp_path / "run", write_report=False)
+    assert first.cached_stages == []
+    assert {"train:it-a", "train:it-b", "eval:pretrained@0", "eval:it-a@3", "eval:it-a@6",
+            "eval:it-b@6"} <= set(first.timings)
+    frame = ResultsTable(tmp_path / "run").read()
+    assert set(frame["model"]) == {"pretrained", "it-a", "it-b"}
+    assert set(frame[frame["model"] == "it-a"]["checkpoint_step"]) == {3, 6}
+    assert set(frame["method"]) == {"icl", "finetune", "seen"}
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["models"]["it-a"]["trajectory_steps"] == [3, 6]
+    assert manifest["sections"]["trajectory"]["phase_split_step"] == 3
+
+    second = run_experiment(experiment, tmp_path / "run", write_report=False)
+    assert second.timings == {} and len(second.cached_stages) == len(first.timings)
+    again = ResultsTable(tmp_path / "run").read()
+    assert len(again) == len(frame)
+
+
+def test_a_second_experiment_reuses_a_shared_store(tiny_model_dir: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    experiment = load_experiment(_experiment_file(tmp_path, tiny_model_dir))
+    run_experiment(experiment, tmp_path / "one", store=store, write_report=False)
+    other = _experiment_file(
+        tmp_path, tiny_model_dir, name="other",
+        sections={"transfer": {"instruction_tuned": "it-a"}},
+    )
+    summary = run_experiment(load_experiment(other), tmp_path / "two", store=store,
+                             write_report=False)
+    assert "train:it-a" in summary.cached_stages and "eval:pretrained@0" in summary.cached_stages
+
+
+def test_force_sets_the_old_stage_aside(tiny_model_dir: Path, tmp_path: Path) -> None:
+    experiment = load_experiment(_experiment_file(tmp_path, tiny_model_dir))
+    run_experiment(experiment, tmp_path / "run", write_report=False)
+    summary = run_experiment(experiment, tmp_path / "run", force=("train:it-b",),
+                             write_report=False)
+    assert "train:it-b" in summary.timings and "train:it-a" in summary.cached_stages
+    assert len(list((tmp_path / "run" / "stages" / ".replaced").iterdir())) == 1
+
+
+def test_section_naming_a_missing_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = _experiment_file(tmp_path, tiny_model_dir,
+                            sections={"transfer": {"instruction_tuned": "it-typo"}})
+    with pytest.raises(ConfigError, match="it-typo"):
+        load_experiment(path)
+
+
+def test_models_with_different_tokenizers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = _experiment_file(
+        tmp_path, tiny_model_dir,
+        variants={"it-a": {}, "it-b": {"model": {"name_or_path": "itransfer:tiny-t5"}}},
+    )
+    with pytest.raises(ConfigError, match="different tokenizers"):
+        run_experiment(load_experiment(path), tmp_path / "run", write_report=False)
+
+
+def test_out_dir_of_another_experiment(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    manifest = out / "manifest.json"
+    manifest.write_text(json.dumps({"experiment": "someone-else"}))
+    experiment = load_experiment(_experiment_file(tmp_path, tiny_model_dir))
+    with pytest.raises(ConfigError, match="someone-else"):
+        run_experiment(experiment, out, write_report=False)
+    assert json.loads(manifest.read_text()) == {"experiment": "someone-else"}
+
+
+def test_unknown_scale(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no scale 'huge'"):
+        load_experiment(_experiment_file(tmp_path, tiny_model_dir), scale="huge")
