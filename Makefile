@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/itransfer data summary
+	$(BIN)/itransfer quickstart --out runs/quickstart
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench tools

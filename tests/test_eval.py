@@ -108,3 +108,20 @@ def test_checkpoint_that_does_not_match_its_tokenizer(tiny_model_dir: Path, tmp_
     with pytest.raises(ITransferError, match="does not match its tokenizer"):
         open_session(_config(), mismatched, tmp_path / "out")
     assert DEFAULT_MODEL.startswith("itransfer:")
+
+
+def test_batched_engine_matches_peft_engine(tmp_path: Path) -> None:
+    # The bundled model has no dropout; with LoRA dropout 0 both engines solve the same problem.
+    config = _config("eval.shots=[0, 5, 10]", "eval.transfer_contexts=[none]",
+                     "eval.max_tasks=2", "eval.lora.dropout=0.0")
+    frames = {}
+    for engine in ("peft", "batched"):
+        session = open_session(config, DEFAULT_MODEL, tmp_path / engine)
+        evaluate_transfer(session, engine=engine)
+        frame = session.table.read()
+        frames[engine] = frame.set_index(["task", "shots", "split", "metric"])["value"]
+    peft, batched = frames["peft"].sort_index(), frames["batched"].sort_index()
+    assert list(peft.index) == list(batched.index)
+    losses = [key for key in peft.index if key[3] in ("loss", "final_train_loss")]
+    for key in losses:
+        assert batched[key] == pytest.approx(peft[key], abs=2e-4), key

@@ -179,7 +179,7 @@ class EvalConfig(StrictModel):
     engine: Literal["batched", "peft"] = "batched"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     cells_per_group: int = Field(default=64, ge=1)  # batched engine: adapters trained together
-    max_examples_per_pass: int | None = Field(default=256, ge=1)
+    max_examples_per_pass: int | None = Field(default=32, ge=1)  # per forward; CPU: ~32
     batch_size: int = Field(default=32, ge=1)  # evaluation batch
     max_new_tokens: int = Field(default=64, ge=1)
     generate: bool = True

@@ -160,7 +160,7 @@ def _run_batched(
     session: EvalSession, work: list[CellWork], settings: LoraSettings, settings_hash: str,
     progress: ProgressCallback | None,
 ) -> int:
-    from itransfer.eval.multilora import MultiLoraModel, train_cells_batched
+    from itransfer.eval.multilora import train_cells_batched
 
     eval_config = session.config.eval
     loaded = session.loaded
@@ -169,13 +169,13 @@ def _run_batched(
     group_size = eval_config.cells_per_group
     for start in range(0, len(work), group_size):
         group = work[start : start + group_size]
-        multi = MultiLoraModel(loaded.model, [item.cell for item in group], settings)
+        trained = train_cells_batched(
+            loaded.model, [item.cell for item in group], settings,
+            pad_token_id=loaded.tokenizer.pad_token_id, architecture=loaded.architecture,
+            device=device, max_examples_per_pass=eval_config.max_examples_per_pass,
+        )
+        multi = trained.adapters
         try:
-            trained = train_cells_batched(
-                multi, settings, pad_token_id=loaded.tokenizer.pad_token_id,
-                architecture=loaded.architecture, device=device,
-                max_examples_per_pass=eval_config.max_examples_per_pass,
-            )
             items = [
                 EvalItem(test.example, test.references, adapter=index)
                 for index, item in enumerate(group)
