@@ -1,0 +1,432 @@
+"""Per-task tables, correlations and mean curves computed from the results table.
+
+Pure functions on the tidy results DataFrame (:class:`itransfer.eval.results.ResultsTable`):
+nothing here reads files or draws. Every per-task value is first averaged over ``seed`` (and
+any other repeated measurement) so each task counts once, as in the paper's scatter plots.
+
+A *point* of a trajectory is a model label and an instruction-tuning step; step 0 is the
+pre-trained model, so ``pretrained=`` names the label whose rows stand in for step 0.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+MIN_TASKS = 3  # fewer paired tasks than this and a rank correlation means nothing
+ICL_CONTEXT = "exemplars"  # the paper's ICL context (§2.4): 3 SNI exemplars
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """Spearman's rho across tasks, its p-value, and a percentile bootstrap CI over tasks."""
+
+    rho: float
+    p_value: float
+    n: int
+    ci_low: float
+    ci_high: float
+    confidence: float = 0.95
+    reason: str = ""  # why it is undefined, when it is
+
+    @property
+    def defined(self) -> bool:
+        return not math.isnan(self.rho)
+
+    def describe(self) -> str:
+        """One line for titles and tables, e.g. ``ρ=0.94 (p=5e-42, n=93)``."""
+        if not self.defined:
+            return f"ρ undefined ({self.reason})"
+        ci = ""
+        if not (math.isnan(self.ci_low) or math.isnan(self.ci_high)):
+            ci = f", {self.confidence:.0%} CI [{self.ci_low:.2f}, {self.ci_high:.2f}]"
+        # A perfect rank correlation underflows p to 0; say so rather than print "p=0".
+        p_text = f"p={self.p_value:.2g}" if self.p_value > 0 else "p<1e-300"
+        return f"ρ={self.rho:.3f} ({p_text}, n={self.n}{ci})"
+
+
+def undefined_correlation(n: int, reason: str) -> Correlation:
+    nan = float("nan")
+    return Correlation(rho=nan, p_value=nan, n=n, ci_low=nan, ci_high=nan, reason=reason)
+
+
+def spearman(
+    x: Sequence[float] | np.ndarray | pd.Series,
+    y: Sequence[float] | np.ndarray | pd.Series,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Correlation:
+    """Spearman correlation of paired values, dropping pairs with a NaN.
+
+    Undefined (NaN, with a reason) for fewer than :data:`MIN_TASKS` pairs or a constant side,
+    rather than an error: a small experiment must still get a report.
+    """
+    xs = np.asarray(x, dtype=float)
+    ys = np.asarray(y, dtype=float)
+    if xs.shape != ys.shape:
+        raise ValueError(f"paired values differ in length: {xs.shape} vs {ys.shape}")
+    keep = ~(np.isnan(xs) | np.isnan(ys))
+    xs, ys = xs[keep], ys[keep]
+    n = int(xs.size)
+    if n < MIN_TASKS:
+        return undefined_correlation(n, f"fewer than {MIN_TASKS} tasks (n={n})")
+    if np.ptp(xs) == 0 or np.ptp(ys) == 0:
+        return undefined_correlation(n, f"constant values (n={n})")
+    result = stats.spearmanr(xs, ys)
+    low, high = _bootstrap_ci(xs, ys, n_boot=n_boot, seed=seed, confidence=confidence)
+    return Correlation(
+        rho=float(result.statistic), p_value=float(result.pvalue), n=n, ci_low=low, ci_high=high,
+        confidence=confidence,
+    )
+
+
+def _bootstrap_ci(
+    xs: np.ndarray, ys: np.ndarray, *, n_boot: int, seed: int, confidence: float
+) -> tuple[float, float]:
+    """Percentile CI of Spearman's rho, resampling tasks with replacement (vectorised)."""
+    if n_boot < 1:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, xs.size, size=(n_boot, xs.size))
+    # Spearman's rho is Pearson's r on (average) ranks; ranking each resample row-wise
+    # does all resamples at once.
+    rank_x = stats.rankdata(xs[index], axis=1)
+    rank_y = stats.rankdata(ys[index], axis=1)
+    rank_x -= rank_x.mean(axis=1, keepdims=True)
+    rank_y -= rank_y.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((rank_x**2).sum(axis=1) * (rank_y**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rhos = (rank_x * rank_y).sum(axis=1) / denominator
+    rhos = rhos[np.isfinite(rhos)]  # a resample can draw one task only, or a constant side
+    if rhos.size == 0:
+        return float("nan"), float("nan")
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(rhos, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+# --- selecting per-task values -------------------------------------------------------------
+
+
+def model_rows(
+    frame: pd.DataFrame, model: str, step: int | None = None, *, pretrained: str | None = None
+) -> pd.DataFrame:
+    """Rows of ``model`` at instruction-tuning ``step`` (its last step when None).
+
+    Step 0 of a trajectory is the pre-trained model: when ``model`` has no rows at step 0 and
+    ``pretrained`` is given, that label's step-0 rows are returned instead.
+    """
+    mine = frame[frame["model"] == model]
+    if step is None:
+        if mine.empty:
+            return mine
+        step = int(mine["checkpoint_step"].max())
+    at_step = mine[mine["checkpoint_step"] == step]
+    if at_step.empty and step == 0 and pretrained is not None:
+        at_step = frame[(frame["model"] == pretrained) & (frame["checkpoint_step"] == 0)]
+    return at_step
+
+
+def _pick_icl_context(rows: pd.DataFrame) -> pd.DataFrame:
+    contexts = rows["context"].dropna().unique()
+    if len(contexts) <= 1:
+        return rows
+    chosen = ICL_CONTEXT if ICL_CONTEXT in contexts else rows["context"].mode().iloc[0]
+    return rows[rows["context"] == chosen]
+
+
+def task_values(
+    rows: pd.DataFrame,
+    *,
+    method: str,
+    metric: str = "loss",
+    split: str = "test",
+    shots: int | None = None,
+    context: str | None = None,
+) -> pd.Series:
+    """One value per task (mean over seeds), indexed by task name.
+
+    For ICL with no ``context`` given, the exemplar context is used when several were run.
+    """
+    chosen = rows[(rows["method"] == method) & (rows["metric"] == metric)
+                  & (rows["split"] == split)]
+    if shots is not None:
+        chosen = chosen[chosen["shots"] == shots]
+    if context is not None:
+        chosen = chosen[chosen["context"] == context]
+    elif method == "icl":
+        chosen = _pick_icl_context(chosen)
+    if chosen.empty:
+        return pd.Series(dtype=float, name=metric)
+    values = chosen.groupby("task")["value"].mean().astype(float)
+    values.name = metric
+    return values
+
+
+def icl_values(rows: pd.DataFrame, metric: str = "loss") -> pd.Series:
+    return task_values(rows, method="icl", metric=metric)
+
+
+def finetune_values(
+    rows: pd.DataFrame, shots: int, context: str = "none", metric: str = "loss"
+) -> pd.Series:
+    return task_values(rows, method="finetune", metric=metric, shots=shots, context=context)
+
+
+# --- §3.1: fine-tuning transfer vs ICL ---------------------------------------------------------
+
+
+def transfer_vs_icl(
+    frame: pd.DataFrame, model: str, *, shots: int = 5, context: str = "none",
+    step: int | None = None, metric: str = "loss",
+) -> pd.DataFrame:
+    """Per task: ``finetune`` (k-shot LoRA, given context) and ``icl`` values of one model."""
+    rows = model_rows(frame, model, step)
+    table = pd.concat(
+        {"finetune": finetune_values(rows, shots, context, metric),
+         "icl": icl_values(rows, metric)},
+        axis=1,
+    )
+    table.index.name = "task"
+    return table.dropna().sort_index()
+
+
+def model_deltas(
+    frame: pd.DataFrame, before: str, after: str, *, shots: int = 5, context: str = "none",
+    before_step: int | None = None, after_step: int | None = None,
+    pretrained: str | None = None, metric: str = "loss",
+) -> pd.DataFrame:
+    """Per task: ICL and fine-tuning values of two points and their changes (``after − before``).
+
+    §3.2 correlates these changes across tasks (Figure 2 right); §5.1 does the same between
+    two steps of one trajectory (Figure 4 centre and right).
+    """
+    first = model_rows(frame, before, before_step, pretrained=pretrained)
+    second = model_rows(frame, after, after_step, pretrained=pretrained)
+    table = pd.concat(
+        {"icl_before": icl_values(first, metric),
+         "icl_after": icl_values(second, metric),
+         "finetune_before": finetune_values(first, shots, context, metric),
+         "finetune_after": finetune_values(second, shots, context, metric)},
+        axis=1,
+    ).dropna()
+    table.index.name = "task"
+    table["icl_delta"] = table["icl_after"] - table["icl_before"]
+    table["finetune_delta"] = table["finetune_after"] - table["finetune_before"]
+    return table.sort_index()
+
+
+def delta_correlation(deltas: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> Correlation:
+    """Spearman's rho between the fine-tuning change and the ICL change across tasks."""
+    return spearman(deltas["finetune_delta"], deltas["icl_delta"], n_boot=n_boot, seed=seed)
+
+
+@dataclass(frozen=True)
+class PhaseCorrelations:
+    """§5.1: changes from step 0 to the split step (early) and from there to the end (late)."""
+
+    early: Correlation
+    late: Correlation
+    early_table: pd.DataFrame
+    late_table: pd.DataFrame
+    split_step: int
+    final_step: int
+
+
+def phase_correlations(
+    frame: pd.DataFrame, model: str, *, split_step: int, final_step: int | None = None,
+    pretrained: str = "pretrained", shots: int = 5, context: str = "none",
+    seed: int = 0,
+) -> PhaseCorrelations:
+    """Correlate per-task FT and ICL changes in the two phases of instruction tuning."""
+    if final_step is None:
+        steps = frame.loc[frame["model"] == model, "checkpoint_step"]
+        final_step = int(steps.max()) if not steps.empty else split_step
+    common = {"shots": shots, "context": context, "pretrained": pretrained}
+    early = model_deltas(frame, model, model, before_step=0, after_step=split_step, **common)
+    late = model_deltas(frame, model, model, before_step=split_step, after_step=final_step,
+                        **common)
+    return PhaseCorrelations(
+        early=delta_correlation(early, seed=seed), late=delta_correlation(late, seed=seed),
+        early_table=early, late_table=late, split_step=split_step, final_step=final_step,
+    )
+
+
+# --- mean curves -------------------------------------------------------------------------
+
+
+def _mean_and_sem(values: pd.Series) -> dict[str, float]:
+    n = int(values.notna().sum())
+    mean = float(values.mean()) if n else float("nan")
+    sem = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return {"mean": mean, "sem": sem, "n_tasks": n}
+
+
+def transfer_curves(
+    frame: pd.DataFrame, models: Mapping[str, str], *, metric: str = "loss",
+    steps: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
+    """Mean (over tasks) fine-tuning ``metric`` against k, per model label and context.
+
+    ``models`` maps a display label to a model; Figure 1 (left) draws one line per row group.
+    """
+    records = []
+    for label, model in models.items():
+        rows = model_rows(frame, model, (steps or {}).get(label))
+        tuned = rows[(rows["method"] == "finetune") & (rows["split"] == "test")
+                     & (rows["metric"] == metric)]
+        for (context, shots), group in tuned.groupby(["context", "shots"]):
+            per_task = group.groupby("task")["value"].mean()
+            records.append({"label": label, "model": model, "context": context,
+                            "shots": int(shots), **_mean_and_sem(per_task)})
+    columns = ["label", "model", "context", "shots", "mean", "sem", "n_tasks"]
+    return pd.DataFrame.from_records(records, columns=columns).sort_values(
+        ["label", "context", "shots"], ignore_index=True
+    )
+
+
+def trajectory_curves(
+    frame: pd.DataFrame, model: str, steps: Sequence[int], *, pretrained: str = "pretrained",
+    shots: int = 5, context: str = "none", metric: str = "loss",
+) -> pd.DataFrame:
+    """Mean ICL and k-shot fine-tuning ``metric`` at each step of a trajectory (Figure 4 left)."""
+    records = []
+    for step in sorted(set(steps)):
+        rows = model_rows(frame, model, step, pretrained=pretrained)
+        for method, values in (("icl", icl_values(rows, metric)),
+                               ("finetune", finetune_values(rows, shots, context, metric))):
+            if values.empty:
+                continue
+            records.append({"model": model, "step": int(step), "method": method,
+                            **_mean_and_sem(values)})
+    columns = ["model", "step", "method", "mean", "sem", "n_tasks"]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def mean_losses(
+    frame: pd.DataFrame, model: str, *, step: int | None = None, shots: int = 5,
+    context: str = "none", pretrained: str | None = None,
+) -> dict[str, float]:
+    """Mean unseen ICL loss and k-shot fine-tuning loss of one point (NaN where unmeasured)."""
+    rows = model_rows(frame, model, step, pretrained=pretrained)
+    icl = icl_values(rows)
+    tuned = finetune_values(rows, shots, context)
+    return {"icl_loss": float(icl.mean()) if not icl.empty else float("nan"),
+            "finetune_loss": float(tuned.mean()) if not tuned.empty else float("nan"),
+            "n_icl_tasks": int(icl.size), "n_finetune_tasks": int(tuned.size)}
+
+
+def limit_sort_key(limit: str) -> tuple[int, float, str]:
+    """Order data limits numerically, with non-numeric ones (e.g. "all", no limit) last."""
+    try:
+        return (0, float(limit), limit)
+    except ValueError:
+        return (1, math.inf, limit)
+
+
+def data_limit_summary(
+    frame: pd.DataFrame, models: Mapping[str, str], *, shots: int = 5, context: str = "none",
+) -> pd.DataFrame:
+    """Mean ICL and fine-tuning loss per data limit (Figure 2 left), ordered by limit."""
+    records = [{"limit": limit, "model": model, **mean_losses(frame, model, shots=shots,
+                                                               context=context)}
+               for limit, model in sorted(models.items(), key=lambda item: limit_sort_key(item[0]))]
+    columns = ["limit", "model", "icl_loss", "finetune_loss", "n_icl_tasks", "n_finetune_tasks"]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+# --- §4: seen-task fit --------------------------------------------------------------------
+
+
+def seen_task_table(frame: pd.DataFrame, model: str, step: int | None = None) -> pd.DataFrame:
+    """Per seen task: training-set size and mean train/test loss (columns may be NaN)."""
+    rows = model_rows(frame, model, step)
+    table = pd.concat(
+        {"train_size": task_values(rows, method="seen", metric="train_size", split="train"),
+         "train_loss": task_values(rows, method="seen", metric="loss", split="train"),
+         "test_loss": task_values(rows, method="seen", metric="loss", split="test")},
+        axis=1,
+    )
+    table.index.name = "task"
+    return table.sort_index()
+
+
+def size_bin_edges(sizes: Sequence[float] | np.ndarray, num_bins: int = 5) -> np.ndarray:
+    """Log-spaced bin edges spanning the training-set sizes (integers, strictly increasing)."""
+    positive = np.asarray(sizes, dtype=float)
+    positive = positive[np.isfinite(positive) & (positive > 0)]
+    if positive.size == 0:
+        return np.array([], dtype=float)
+    low, high = float(positive.min()), float(positive.max())
+    if low == high:
+        return np.array([low, high + 1.0])
+    edges = np.unique(np.round(np.geomspace(low, high, num_bins + 1)))
+    edges[-1] = high + 1.0  # the largest task falls inside the last half-open bin
+    return edges
+
+
+def assign_size_bins(sizes: pd.Series, edges: np.ndarray) -> pd.Series:
+    """Label of each size's bin ``[low, high)`` (NaN outside the edges)."""
+    if edges.size < 2:
+        return pd.Series(np.nan, index=sizes.index, dtype=object)
+    labels = [f"{int(low)}–{int(high) - 1}" for low, high in itertools.pairwise(edges)]
+    return pd.cut(sizes, bins=edges, right=False, labels=labels)
+
+
+def size_binned_seen_losses(
+    frame: pd.DataFrame, models: Mapping[str, str], *, num_bins: int = 5,
+    steps: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
+    """Mean seen-task train and test loss per log-size bin, per model label (Figure 3 centre/right).
+
+    All models share one set of bin edges so their curves line up.
+    """
+    tables = {label: seen_task_table(frame, model, (steps or {}).get(label))
+              for label, model in models.items()}
+    all_sizes = np.concatenate([t["train_size"].to_numpy(dtype=float) for t in tables.values()]
+                               or [np.array([])])
+    edges = size_bin_edges(all_sizes, num_bins)
+    records = []
+    columns = ["label", "split", "bin", "bin_low", "bin_high", "mean", "sem", "n_tasks"]
+    if edges.size < 2:
+        return pd.DataFrame(columns=columns)
+    for label, table in tables.items():
+        bins = assign_size_bins(table["train_size"], edges)
+        for position, bin_label in enumerate(bins.cat.categories):
+            in_bin = table[bins == bin_label]
+            for split in ("train", "test"):
+                records.append({"label": label, "split": split, "bin": bin_label,
+                                "bin_low": float(edges[position]),
+                                "bin_high": float(edges[position + 1]),
+                                **_mean_and_sem(in_bin[f"{split}_loss"])})
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def sampler_summary(
+    frame: pd.DataFrame, models: Mapping[str, str], *, steps: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
+    """Per sampler: mean seen train/test loss and unseen ICL loss (Figure 3 left)."""
+    records = []
+    for sampler, model in models.items():
+        rows = model_rows(frame, model, (steps or {}).get(sampler))
+        seen = seen_task_table(frame, model, (steps or {}).get(sampler))
+        icl = icl_values(rows)
+        records.append({
+            "sampler": sampler, "model": model,
+            "seen_train_loss": float(seen["train_loss"].mean()),
+            "seen_test_loss": float(seen["test_loss"].mean()),
+            "icl_loss": float(icl.mean()) if not icl.empty else float("nan"),
+            "n_seen_tasks": int(seen["test_loss"].notna().sum()),
+            "n_unseen_tasks": int(icl.size),
+        })
+    columns = ["sampler", "model", "seen_train_loss", "seen_test_loss", "icl_loss",
+               "n_seen_tasks", "n_unseen_tasks"]
+    return pd.DataFrame.from_records(records, columns=columns)

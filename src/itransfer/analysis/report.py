@@ -1,0 +1,287 @@
+"""One run's report: the paper's findings beside this run's, its figures, tables and provenance.
+
+    from itransfer.analysis.report import write_report
+    paths = write_report(Path("runs/quickstart"))   # → report.html, report.md, figures/*.png
+
+``report.html`` is self-contained (figures embedded as base64 PNG) so it can be mailed or
+archived alone; ``report.md`` is the short summary. Both are written atomically. The report
+reads only ``manifest.json`` and the results table, never checkpoints.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from itransfer.analysis.figures import draw_all
+from itransfer.analysis.findings import (
+    FAILS,
+    NOT_SIGNIFICANT,
+    PARTLY,
+    REPRODUCES,
+    UNDEFINED,
+    FindingResult,
+    evaluate_findings,
+)
+from itransfer.analysis.manifest import RunManifest, read_manifest
+from itransfer.analysis.sections import RunAnalysis, analyse
+from itransfer.eval.results import ResultsTable
+from itransfer.io_utils import atomic_write_text
+
+REPORT_HTML = "report.html"
+REPORT_MD = "report.md"
+FIGURES_DIR = "figures"
+# A symbol beside each verdict so the table reads without colour.
+VERDICT_MARKS = {REPRODUCES: "✓", NOT_SIGNIFICANT: "≈", PARTLY: "◐", FAILS: "✗", UNDEFINED: "?"}
+SECTION_TITLES = {
+    "transfer": "§3.1 Instruction tuning harms transfer; transfer correlates with ICL",
+    "data_limits": "§3.2 Less data per task improves transfer and ICL",
+    "samplers": "§4 Multi-task generalization vs ICL (task samplers)",
+    "trajectory": "§5.1 The trajectory of ICL and forgetting",
+    "mixing": "§5.2 Continual training on unsupervised data",
+}
+SECTION_FIGURES = {
+    "transfer": ("Figure 1 (left)", "Figure 1 (right)"),
+    "data_limits": ("Figure 2 (left)", "Figure 2 (right)"),
+    "samplers": ("Figure 3 (left)", "Figure 3 (centre, right)"),
+    "trajectory": ("Figure 4 (left)", "Figure 4 (centre, right)"),
+    "mixing": (),  # drawn into Figure 4 (left) with the trajectory
+}
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    html: Path
+    markdown: Path
+    figures: dict[str, Path]
+
+
+def write_report(run_dir: Path, *, n_boot: int = 2000, seed: int = 0) -> ReportPaths:
+    """Analyse a run folder (manifest + results table) and write its HTML and Markdown report."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    frame = ResultsTable(run_dir).read()
+    analysis = analyse(frame, manifest, n_boot=n_boot, seed=seed)
+    findings = evaluate_findings(analysis)
+    figures = draw_all(analysis, run_dir / FIGURES_DIR)
+    html_path, markdown_path = run_dir / REPORT_HTML, run_dir / REPORT_MD
+    atomic_write_text(html_path, render_html(analysis, findings, figures))
+    atomic_write_text(markdown_path, render_markdown(analysis, findings, figures, run_dir))
+    return ReportPaths(html=html_path, markdown=markdown_path, figures=figures)
+
+
+# --- formatting helpers ------------------------------------------------------------------
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if value != 0 and abs(value) < 10 ** -digits:
+        return f"{value:.2e}"
+    return f"{value:.{digits}f}"
+
+
+def _paper_cell(result: FindingResult) -> str:
+    return result.finding.paper_text
+
+
+def _verdict_cell(result: FindingResult) -> str:
+    return f"{VERDICT_MARKS.get(result.verdict, '')} {result.verdict}".strip()
+
+
+def _table(frame: pd.DataFrame, *, index: bool = False) -> str:
+    if frame.empty:
+        return "<p><em>no rows</em></p>"
+    return frame.to_html(index=index, border=0, classes="data", na_rep="—",
+                         float_format=lambda value: _number(value, 4))
+
+
+def _details(summary: str, body: str) -> str:
+    return f"<details><summary>{html.escape(summary)}</summary>{body}</details>"
+
+
+def _image(name: str, path: Path) -> str:
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">'
+            f"<figcaption>{html.escape(name)}</figcaption></figure>")
+
+
+def _key_values(pairs: Iterable[tuple[str, Any]]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
+                   for key, value in pairs)
+    return f'<table class="data">{rows}</table>'
+
+
+# --- HTML ----------------------------------------------------------------------------------
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #111; }
+table.data { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
+table.data th, table.data td { border: 1px solid #999; padding: 3px 7px; text-align: left; }
+figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #ccc; }
+figcaption { font-size: 0.85em; font-style: italic; }
+.verdict { font-weight: bold; white-space: nowrap; }
+pre { background: #f4f4f4; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
+"""
+
+
+def render_html(analysis: RunAnalysis, findings: list[FindingResult],
+                figures: Mapping[str, Path]) -> str:
+    manifest = analysis.manifest
+    title = manifest.title or manifest.experiment or "itransfer run"
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        _key_values([
+            ("experiment", manifest.experiment),
+            ("generated", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+            ("results rows", analysis.num_rows),
+            ("git commit", _git_text(manifest.git)),
+        ]),
+        "<h2>Findings: the paper vs this run</h2>",
+        _findings_html(findings),
+    ]
+    for section in SECTION_TITLES:
+        if getattr(analysis, section) is None:
+            continue
+        parts.append(f"<h2>{html.escape(SECTION_TITLES[section])}</h2>")
+        parts.extend(_image(name, figures[name]) for name in SECTION_FIGURES[section]
+                     if name in figures)
+        parts.append(_section_tables(analysis, section))
+    parts.extend(_provenance_html(manifest))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _findings_html(findings: list[FindingResult]) -> str:
+    if not findings:
+        return "<p>This run has no section of the paper to compare.</p>"
+    header = ("<tr><th>§</th><th>Figure</th><th>Claim</th><th>Paper</th><th>This run</th>"
+              "<th>Verdict</th></tr>")
+    rows = []
+    for result in findings:
+        finding = result.finding
+        cells = [finding.paper_section, finding.figure, finding.claim, _paper_cell(result),
+                 result.run_text]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells)
+                    + f'<td class="verdict">{html.escape(_verdict_cell(result))}</td></tr>')
+    legend = ("<p>✓ reproduces · ≈ right direction, not significant (p ≥ 0.05) · ◐ partly · "
+              "✗ does not reproduce · ? undefined (too few tasks or points). Correlations "
+              "need at least 3 tasks.</p>")
+    how = "".join(f"<li><b>{html.escape(r.finding.id)}</b>: "
+                  f"{html.escape(r.finding.how_to_compute)}</li>" for r in findings)
+    return (f'<table class="data">{header}{"".join(rows)}</table>{legend}'
+            + _details("How each number is computed", f"<ul>{how}</ul>"))
+
+
+def _section_tables(analysis: RunAnalysis, section: str) -> str:
+    if section == "transfer" and analysis.transfer is not None:
+        transfer = analysis.transfer
+        curves = transfer.loss_curves.pivot_table(index=["label", "context"], columns="shots",
+                                                  values="mean")
+        return ("<h3>Mean fine-tuning test loss by k</h3>" + _table(curves, index=True)
+                + _details(f"Per-task values ({len(transfer.scatter)} tasks)",
+                           _table(transfer.scatter, index=True)))
+    if section == "data_limits" and analysis.data_limits is not None:
+        limits = analysis.data_limits
+        return ("<h3>Mean loss by data limit</h3>" + _table(limits.summary)
+                + _details(f"Per-task changes, {limits.after} − {limits.before} "
+                           f"({len(limits.deltas)} tasks)", _table(limits.deltas, index=True)))
+    if section == "samplers" and analysis.samplers is not None:
+        samplers = analysis.samplers
+        binned = samplers.binned
+        body = _table(samplers.summary)
+        if not binned.empty:
+            body += "<h3>Seen-task loss by training-set size</h3>" + _table(
+                binned.pivot_table(index=["split", "label"], columns="bin", values="mean",
+                                   observed=True), index=True)
+        return body
+    if section == "trajectory" and analysis.trajectory is not None:
+        trajectory = analysis.trajectory
+        phases = trajectory.phases
+        return ("<h3>Mean loss by step</h3>"
+                + _table(trajectory.curves.pivot_table(index="method", columns="step",
+                                                       values="mean"), index=True)
+                + _details(f"Early phase per task: {phases.early.describe()}",
+                           _table(phases.early_table, index=True))
+                + _details(f"Late phase per task: {phases.late.describe()}",
+                           _table(phases.late_table, index=True)))
+    if section == "mixing" and analysis.mixing is not None:
+        curves = analysis.mixing.curves
+        return ("<p>Drawn in Figure 4 (left) above.</p><h3>Mean loss by step</h3>"
+                + _table(curves.pivot_table(index=["method", "label"], columns="step",
+                                            values="mean"), index=True))
+    return ""
+
+
+def _git_text(git: Mapping[str, Any]) -> str:
+    commit = git.get("commit")
+    if not commit:
+        return "unknown"
+    return f"{commit}{' (uncommitted changes)' if git.get('dirty') else ''}"
+
+
+def _provenance_html(manifest: RunManifest) -> list[str]:
+    models = pd.DataFrame.from_records([
+        {"label": info.label, "kind": info.kind, "sampler": info.sampler,
+         "data_limit": info.data_limit, "mixing_every": info.mixing_every,
+         "final_step": info.final_step,
+         "trajectory_steps": ", ".join(str(step) for step in info.trajectory_steps)}
+        for info in manifest.models.values()
+    ])
+    timings = sorted(manifest.timings.items())
+    return [
+        "<h2>Provenance</h2>",
+        "<h3>Models</h3>", _table(models),
+        "<h3>Stage timings (seconds)</h3>",
+        _key_values((name, f"{seconds:.1f}") for name, seconds in timings) if timings
+        else "<p><em>none recorded</em></p>",
+        "<h3>Versions</h3>", _key_values(sorted(manifest.versions.items())),
+        "<h3>Git</h3>", _key_values(sorted(manifest.git.items())),
+        "<h3>Resolved configuration</h3>",
+        _details("config", f"<pre>{html.escape(json.dumps(manifest.config, indent=1))}</pre>"),
+    ]
+
+
+# --- Markdown ------------------------------------------------------------------------------
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(analysis: RunAnalysis, findings: list[FindingResult],
+                    figures: Mapping[str, Path], run_dir: Path) -> str:
+    manifest = analysis.manifest
+    lines = [f"# {manifest.title or manifest.experiment or 'itransfer run'}", "",
+             f"Experiment `{manifest.experiment}` · {analysis.num_rows} result rows · "
+             f"git {_git_text(manifest.git)} · full report: [{REPORT_HTML}]({REPORT_HTML})", ""]
+    if findings:
+        lines += ["| § | Claim | Paper | This run | Verdict |", "|---|---|---|---|---|"]
+        lines += [
+            "| " + " | ".join(_markdown_cell(cell) for cell in (
+                result.finding.paper_section, result.finding.claim, _paper_cell(result),
+                result.run_text, _verdict_cell(result))) + " |"
+            for result in findings
+        ]
+        counts = pd.Series([result.verdict for result in findings]).value_counts()
+        lines += ["", "Verdicts: " + ", ".join(f"{count} {verdict}"
+                                               for verdict, count in counts.items()), ""]
+    else:
+        lines += ["This run has no section of the paper to compare.", ""]
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"- {name}: [{path.name}]({path.relative_to(run_dir).as_posix()})"
+                  for name, path in figures.items()]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,351 @@
+"""Analysis on a synthetic results table with planted relations: correlations, bins, report."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from itransfer.analysis import correlations as corr
+from itransfer.analysis.manifest import parse_manifest
+from itransfer.analysis.paper import PAPER_FINDINGS
+from itransfer.analysis.report import write_report
+from itransfer.eval.results import ResultsTable
+
+SHOTS = (0, 5, 10, 20, 40)
+TRAJECTORY = (100, 200, 300)
+SPLIT_STEP = 100
+
+
+def row(**fields: Any) -> dict[str, Any]:
+    base = {"run": "synthetic", "model": "pretrained", "checkpoint_step": 0, "task": "t",
+            "category": "Title Generation", "split": "test", "method": "icl",
+            "context": "exemplars", "shots": 3, "seed": 0, "metric": "loss", "value": 0.0,
+            "n": 10, "config_hash": "h", "cell": "c"}
+    return {**base, **fields}
+
+
+def unseen_rows(model: str, step: int, tasks: list[str], icl: np.ndarray,
+                finetune: np.ndarray, rng: np.random.Generator, *, ft_offset: float = 0.0
+                ) -> list[dict[str, Any]]:
+    """ICL rows and finetune rows at every k and context (two seeds, averaging to ``finetune``)."""
+    rows = []
+    for task, icl_loss, ft_loss in zip(tasks, icl, finetune, strict=True):
+        rows.append(row(model=model, checkpoint_step=step, task=task, value=float(icl_loss)))
+        rows.append(row(model=model, checkpoint_step=step, task=task, metric="rougeL",
+                        value=float(50 - 10 * icl_loss)))
+        for shots in SHOTS:
+            for context in ("none", "exemplars"):
+                # Loss falls with k; the exemplar context helps a little.
+                level = ft_loss + ft_offset - 0.01 * shots - (0.1 if context == "exemplars" else 0)
+                for seed, jitter in ((0, -0.05), (1, 0.05)):
+                    common = {"model": model, "checkpoint_step": step, "task": task,
+                              "method": "finetune", "context": context, "shots": shots,
+                              "seed": seed}
+                    rows.append(row(**common, value=float(level + jitter)))
+                    rows.append(row(**common, metric="rougeL", value=float(40 - 10 * level)))
+                    rows.append(row(**common, split="train", metric="final_train_loss",
+                                    value=float(rng.uniform(0.1, 0.5))))
+    return rows
+
+
+def seen_rows(model: str, step: int, sizes: dict[str, int], train_loss: float,
+              test_loss: float) -> list[dict[str, Any]]:
+    rows = []
+    for task, size in sizes.items():
+        common = {"model": model, "checkpoint_step": step, "task": task, "method": "seen",
+                  "category": "Question Answering", "shots": 0}
+        rows.append(row(**common, split="train", metric="train_size", value=float(size)))
+        # Larger tasks are fit a little better, so the size bins differ.
+        bonus = 0.1 * np.log10(size)
+        rows.append(row(**common, split="train", metric="loss", value=train_loss - bonus))
+        rows.append(row(**common, split="test", metric="loss", value=test_loss - bonus))
+    return rows
+
+
+def build_rows(num_tasks: int = 30, seed: int = 0) -> list[dict[str, Any]]:
+    """A miniature of the paper in which every finding holds, except a planted negative delta."""
+    rng = np.random.default_rng(seed)
+    tasks = [f"task{index:03d}_unseen" for index in range(num_tasks)]
+    difficulty = rng.uniform(1.0, 4.0, num_tasks)  # shared by FT and ICL → ρ ≈ 1 per model
+
+    def noise() -> np.ndarray:
+        return rng.normal(0.0, 0.02, num_tasks)
+
+    rows: list[dict[str, Any]] = []
+    # pretrained: good transfer, poor ICL
+    rows += unseen_rows("pretrained", 0, tasks, difficulty + 2.0 + noise(),
+                        difficulty + noise(), rng)
+    # it-proportional trajectory: early phase changes independent, late phase tied together
+    early_icl_change, early_ft_change = rng.normal(-1.0, 0.3, num_tasks), rng.normal(
+        1.0, 0.3, num_tasks)
+    icl, ft = difficulty + 2.0 + early_icl_change, difficulty + early_ft_change
+    for step in TRAJECTORY:
+        if step > SPLIT_STEP:
+            shared = rng.normal(-0.2, 0.2, num_tasks)
+            icl, ft = icl + shared + noise(), ft + shared + noise()
+        rows += unseen_rows("it-proportional", step, tasks, icl, ft, rng)
+        # with mixing: everything 0.2 lower (less forgetting, better ICL)
+        rows += unseen_rows("it-mix3", step, tasks, icl - 0.2, ft - 0.2, rng)
+    final_icl, final_ft = icl, ft
+    rows += unseen_rows("it-uniform", 300, tasks, final_icl + 0.3, final_ft + 0.3, rng)
+    # data limits: less data is better on average, but the per-task changes are anti-correlated
+    effect = rng.uniform(0.0, 1.0, num_tasks)
+    rows += unseen_rows("it-limit100", 300, tasks, final_icl + 0.5, final_ft + 0.5, rng)
+    rows += unseen_rows("it-limit10", 300, tasks, final_icl + 0.5 - effect,
+                        final_ft + 0.5 - (1.0 - effect) * 0.5, rng)
+    sizes = {f"task{900 + index}_seen": size for index, size in
+             enumerate([10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 30])}
+    rows += seen_rows("it-proportional", 300, sizes, train_loss=1.0, test_loss=1.5)
+    rows += seen_rows("it-uniform", 300, sizes, train_loss=0.8, test_loss=1.9)
+    return rows
+
+
+def manifest_dict(*, sections: set[str] | None = None) -> dict[str, Any]:
+    def tuned(**extra: Any) -> dict[str, Any]:
+        return {"kind": "instruction_tuned", "sampler": "proportional", "data_limit": None,
+                "mixing_every": None, "final_step": 300, "trajectory_steps": list(TRAJECTORY),
+                **extra}
+
+    all_sections = {
+        "transfer": {"pretrained": "pretrained", "instruction_tuned": "it-proportional",
+                     "correlation_shots": 5, "correlation_context": "none"},
+        "data_limits": {"models": {"10": "it-limit10", "100": "it-limit100"},
+                        "delta": ["it-limit100", "it-limit10"], "shots": 5},
+        "samplers": {"models": {"proportional": "it-proportional", "uniform": "it-uniform"}},
+        "trajectory": {"model": "it-proportional", "phase_split_step": SPLIT_STEP, "shots": 5},
+        "mixing": {"with": "it-mix3", "without": "it-proportional", "shots": 5},
+    }
+    chosen = set(all_sections) if sections is None else sections
+    return {
+        "experiment": "synthetic", "title": "Synthetic miniature",
+        "models": {"pretrained": {"kind": "pretrained"},
+                   "it-proportional": tuned(), "it-uniform": tuned(sampler="uniform"),
+                   "it-mix3": tuned(mixing_every=3),
+                   "it-limit10": tuned(data_limit=10, trajectory_steps=[300]),
+                   "it-limit100": tuned(data_limit=100, trajectory_steps=[300])},
+        "sections": {name: spec for name, spec in all_sections.items() if name in chosen},
+        "timings": {"train:it-proportional": 61.2, "eval:pretrained@0": 3.5},
+        "config": {"seed": 0, "train": {"steps": 300}},
+        "versions": {"pandas": pd.__version__},
+        "git": {"commit": "abc123", "dirty": False},
+    }
+
+
+def make_run(tmp_path: Path, rows: list[dict[str, Any]], manifest: dict[str, Any]) -> Path:
+    run_dir = tmp_path / "run"
+    ResultsTable(run_dir).append(rows)
+    (run_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return pd.DataFrame.from_records(build_rows())
+
+
+# --- correlations ------------------------------------------------------------------------------
+
+
+def test_spearman_matches_scipy_and_ci_brackets_estimate() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=40)
+    y = x + rng.normal(scale=0.8, size=40)
+    result = corr.spearman(x, y, n_boot=1000, seed=3)
+    expected = stats.spearmanr(x, y)
+    assert result.rho == pytest.approx(expected.statistic)
+    assert result.p_value == pytest.approx(expected.pvalue)
+    assert result.n == 40
+    assert result.ci_low <= result.rho <= result.ci_high
+    assert -1.0 <= result.ci_low < result.ci_high <= 1.0
+    assert corr.spearman(x, y, n_boot=1000, seed=3) == result  # seeded → reproducible
+
+
+def test_spearman_drops_nan_pairs_and_is_undefined_below_three_tasks() -> None:
+    result = corr.spearman([1.0, 2.0, np.nan, 4.0, 5.0], [2.0, 1.0, 3.0, np.nan, 6.0])
+    assert result.n == 3
+    assert result.rho == pytest.approx(stats.spearmanr([1, 2, 5], [2, 1, 6]).statistic)
+    few = corr.spearman([1.0, 2.0], [2.0, 1.0])
+    assert not few.defined and few.n == 2 and "fewer than 3" in few.describe()
+    constant = corr.spearman([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])
+    assert not constant.defined and "constant" in constant.reason
+
+
+def test_transfer_vs_icl_averages_seeds_and_recovers_planted_correlation(
+    frame: pd.DataFrame,
+) -> None:
+    table = corr.transfer_vs_icl(frame, "it-proportional", shots=5, context="none")
+    assert len(table) == 30
+    task = table.index[0]
+    seeds = frame[(frame["model"] == "it-proportional") & (frame["checkpoint_step"] == 300)
+                  & (frame["task"] == task) & (frame["method"] == "finetune")
+                  & (frame["shots"] == 5) & (frame["context"] == "none")
+                  & (frame["metric"] == "loss") & (frame["split"] == "test")]["value"]
+    assert len(seeds) == 2
+    assert table.loc[task, "finetune"] == pytest.approx(seeds.mean())
+    result = corr.spearman(table["finetune"], table["icl"])
+    assert result.rho > 0.95
+    assert result.rho == pytest.approx(stats.spearmanr(table["finetune"], table["icl"])[0])
+    assert result.ci_low <= result.rho <= result.ci_high
+
+
+def test_model_deltas_recover_planted_negative_relation(frame: pd.DataFrame) -> None:
+    deltas = corr.model_deltas(frame, "it-limit100", "it-limit10", shots=5)
+    assert len(deltas) == 30
+    assert (deltas["icl_delta"] == deltas["icl_after"] - deltas["icl_before"]).all()
+    result = corr.delta_correlation(deltas)
+    expected = stats.spearmanr(deltas["finetune_delta"], deltas["icl_delta"])
+    assert result.rho == pytest.approx(expected.statistic)
+    assert result.p_value == pytest.approx(expected.pvalue)
+    assert result.rho < -0.9
+
+
+def test_phase_correlations_use_pretrained_as_step_zero(frame: pd.DataFrame) -> None:
+    phases = corr.phase_correlations(frame, "it-proportional", split_step=SPLIT_STEP,
+                                     pretrained="pretrained", shots=5)
+    assert phases.final_step == 300
+    assert len(phases.early_table) == 30 and len(phases.late_table) == 30
+    pretrained_icl = corr.icl_values(corr.model_rows(frame, "pretrained", 0))
+    assert np.allclose(phases.early_table["icl_before"], pretrained_icl.loc[
+        phases.early_table.index])
+    assert phases.late.rho > 0.8
+    assert abs(phases.early.rho) < phases.late.rho
+    expected = stats.spearmanr(phases.late_table["finetune_delta"],
+                               phases.late_table["icl_delta"])
+    assert phases.late.p_value == pytest.approx(expected.pvalue)
+
+
+def test_trajectory_and_transfer_curves(frame: pd.DataFrame) -> None:
+    curves = corr.trajectory_curves(frame, "it-proportional", (0, *TRAJECTORY),
+                                    pretrained="pretrained", shots=5)
+    assert sorted(curves["step"].unique()) == [0, *TRAJECTORY]
+    assert set(curves["method"]) == {"icl", "finetune"}
+    transfer = corr.transfer_curves(frame, {"PT": "pretrained", "IT": "it-proportional"})
+    assert set(transfer["shots"]) == set(SHOTS)
+    assert set(transfer["context"]) == {"none", "exemplars"}
+    it_none = transfer[(transfer["label"] == "IT") & (transfer["context"] == "none")]
+    assert it_none["mean"].is_monotonic_decreasing  # planted: loss falls with k
+    assert (it_none["n_tasks"] == 30).all()
+
+
+def test_size_bins_are_log_spaced_and_cover_every_task(frame: pd.DataFrame) -> None:
+    sizes = pd.Series([10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 30], dtype=float)
+    edges = corr.size_bin_edges(sizes, num_bins=3)
+    assert edges[0] == 10 and edges[-1] == 5001
+    assert np.allclose(edges[1:3], [10 * 500 ** (1 / 3), 10 * 500 ** (2 / 3)], atol=0.5)
+    bins = corr.assign_size_bins(sizes, edges)
+    assert bins.notna().all()  # the largest task lands in the last bin
+    assert bins[sizes == 5000].iloc[0] == bins.cat.categories[-1]
+    assert bins[sizes == 10].iloc[0] == bins.cat.categories[0]
+    binned = corr.size_binned_seen_losses(frame, {"proportional": "it-proportional"},
+                                          num_bins=3)
+    train = binned[binned["split"] == "train"]
+    assert train["n_tasks"].sum() == 10
+    first = train.iloc[0]
+    in_first = sizes[(sizes >= first["bin_low"]) & (sizes < first["bin_high"])]
+    assert first["mean"] == pytest.approx((1.0 - 0.1 * np.log10(in_first)).mean())
+    assert train["mean"].is_monotonic_decreasing  # planted: big tasks fit better
+
+
+def test_sampler_summary(frame: pd.DataFrame) -> None:
+    summary = corr.sampler_summary(
+        frame, {"proportional": "it-proportional", "uniform": "it-uniform"}
+    ).set_index("sampler")
+    assert summary.loc["proportional", "seen_test_loss"] < summary.loc["uniform",
+                                                                       "seen_test_loss"]
+    assert summary.loc["proportional", "icl_loss"] < summary.loc["uniform", "icl_loss"]
+    assert summary.loc["uniform", "seen_train_loss"] < summary.loc["proportional",
+                                                                    "seen_train_loss"]
+    assert (summary["n_seen_tasks"] == 10).all() and (summary["n_unseen_tasks"] == 30).all()
+
+
+def test_manifest_accepts_the_with_alias_and_defaults() -> None:
+    manifest = parse_manifest(manifest_dict())
+    assert manifest.mixing is not None and manifest.mixing.with_ == "it-mix3"
+    assert manifest.pretrained == "pretrained"
+    assert manifest.trajectory_of("it-proportional") == (0, *TRAJECTORY)
+    assert manifest.final_step("pretrained") == 0
+    assert parse_manifest(manifest_dict(sections=set())).transfer is None
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def embedded_pngs(text: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in
+            re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
+
+
+def findings_rows(text: str) -> dict[str, str]:
+    """Claim → verdict from the HTML findings table."""
+    found = {}
+    for finding in PAPER_FINDINGS:
+        match = re.search(re.escape(finding.claim) + r"</td>.*?class=\"verdict\">([^<]*)<",
+                          text, flags=re.S)
+        if match:
+            found[finding.id] = match.group(1)
+    return found
+
+
+def test_write_report_full_run(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, build_rows(), manifest_dict())
+    paths = write_report(run_dir, n_boot=300)
+    text = paths.html.read_text(encoding="utf-8")
+    images = embedded_pngs(text)
+    assert len(images) >= 6
+    assert all(image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 1024 for image in images)
+    assert len(paths.figures) == 8 and all(path.is_file() for path in paths.figures.values())
+    # the paper's numbers beside this run's
+    assert "0.936" in text and "4.96e-42" in text and "0.705" in text and "0.621" in text
+    verdicts = findings_rows(text)
+    assert set(verdicts) == {finding.id for finding in PAPER_FINDINGS}
+    assert verdicts["3.1-ft-icl-correlation"].endswith("reproduces")
+    assert verdicts["3.1-it-harms-transfer"].endswith("reproduces")
+    assert verdicts["4-proportional-best"].endswith("reproduces")
+    assert verdicts["5.2-mixing-reduces-forgetting"].endswith("reproduces")
+    assert verdicts["3.2-delta-correlation"].endswith("does not reproduce")  # planted ρ < 0
+    # provenance
+    assert "abc123" in text and "train:it-proportional" in text and "61.2" in text
+    markdown = paths.markdown.read_text(encoding="utf-8")
+    assert "0.936" in markdown and "does not reproduce" in markdown
+    assert "figures/fig1_ft_vs_icl.png" in markdown
+
+
+def test_missing_sections_are_omitted(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, build_rows(num_tasks=10),
+                       manifest_dict(sections={"transfer", "trajectory"}))
+    paths = write_report(run_dir, n_boot=100)
+    text = paths.html.read_text(encoding="utf-8")
+    verdicts = findings_rows(text)
+    assert "3.1-ft-icl-correlation" in verdicts and "5.1-late-phase-correlation" in verdicts
+    assert not any(key.startswith(("3.2", "4-", "5.2")) for key in verdicts)
+    assert "Figure 2" not in text and "Figure 3" not in text and "§4" not in text
+    assert set(paths.figures) == {"Figure 1 (left)", "Figure 1 (right)", "Figure 4 (left)",
+                                  "Figure 4 (centre, right)"}
+
+
+def test_too_few_tasks_reports_undefined(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, build_rows(num_tasks=2), manifest_dict())
+    paths = write_report(run_dir, n_boot=100)
+    text = paths.html.read_text(encoding="utf-8")
+    verdicts = findings_rows(text)
+    assert verdicts["3.1-ft-icl-correlation"].endswith("undefined")
+    assert verdicts["3.2-delta-correlation"].endswith("undefined")
+    assert verdicts["5.1-early-phase-correlation"].endswith("undefined")
+    assert "fewer than 3 tasks (n=2)" in text
+
+
+def test_report_without_results_rows(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_text(json.dumps(manifest_dict()), encoding="utf-8")
+    paths = write_report(run_dir, n_boot=10)
+    text = paths.html.read_text(encoding="utf-8")
+    assert "undefined" in text and embedded_pngs(text) == []
