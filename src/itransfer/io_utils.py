@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,3 +26,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Move a completely written ``staging`` folder to ``target``, replacing any old one.
+
+    A folder cannot be ``os.replace``d over a non-empty one, so the old folder is first moved
+    aside (same file system, so each step is a rename) and only deleted once the new one is in
+    place: a crash leaves either the old or the new folder at ``target``, never a half one.
+    """
+    staging, target = Path(staging), Path(target)
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.replace(target, retired / target.name)
+    os.replace(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)

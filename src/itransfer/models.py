@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from itransfer.errors import ConfigError, ITransferError
+from itransfer.io_utils import replace_dir
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def save_model(
         if not any(staging.glob("*.safetensors")):
             raise ITransferError(f"saving {type(model).__name__} wrote no safetensors file")
         _set_default_permissions(staging)
-        _replace_dir(staging, target)
+        replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -224,14 +225,3 @@ def _set_default_permissions(folder: Path) -> None:
     folder.chmod(0o777 & ~umask)
     for path in folder.rglob("*"):
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    # A directory cannot be os.replace'd over a non-empty one: move the old one aside first.
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.replace(target, retired / target.name)
-    os.replace(staging, target)
-    shutil.rmtree(retired, ignore_errors=True)

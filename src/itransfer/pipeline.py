@@ -38,7 +38,7 @@ from itransfer.config import ExperimentConfig
 from itransfer.errors import ConfigError
 from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable, config_hash
 from itransfer.experiment import PRETRAINED, Experiment
-from itransfer.io_utils import atomic_write_text
+from itransfer.io_utils import atomic_write_text, replace_dir
 from itransfer.provenance import git_revision, package_versions, write_run_record
 
 STAGE_FILE = "stage.json"
@@ -347,15 +347,7 @@ def _assemble_results(
             preserve_index=False,
         )
         pq.write_table(table, staging / "part-assembled.parquet")
-    final = out_dir / RESULTS_DIR
-    previous = out_dir / f".{RESULTS_DIR}.old"
-    if final.exists():
-        if previous.exists():
-            shutil.rmtree(previous)
-        final.rename(previous)
-    staging.rename(final)
-    if previous.exists():
-        shutil.rmtree(previous)
+    replace_dir(staging, out_dir / RESULTS_DIR)
 
 
 def _write_manifest(

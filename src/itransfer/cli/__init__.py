@@ -16,7 +16,11 @@ from rich.logging import RichHandler
 from itransfer import __version__
 from itransfer.cli.data import data_app
 from itransfer.cli.evaluate import eval_app
+from itransfer.cli.pretrain import pretrain
 from itransfer.cli.results import results_app
+from itransfer.cli.run import quickstart, run
+from itransfer.cli.score import score
+from itransfer.cli.train import train
 from itransfer.errors import ITransferError
 
 app = typer.Typer(
@@ -30,22 +34,12 @@ app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 app.add_typer(results_app, name="results")
 
-_optional_commands = (
-    ("itransfer.cli.score", "score", "score"),
-    ("itransfer.cli.pretrain", "pretrain", "pretrain"),
-    ("itransfer.cli.train", "train", "train"),
-    ("itransfer.cli.run", "run", "run"),
-    ("itransfer.cli.run", "quickstart", "quickstart"),
-)
-for module_name, function_name, command_name in _optional_commands:
-    # Commands of parts still being built register themselves once their module exists.
-    try:
-        module = __import__(module_name, fromlist=[function_name])
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        continue
-    app.command(command_name)(getattr(module, function_name))
+# Command modules import torch and friends only inside their functions, so `--help` is quick.
+app.command("pretrain")(pretrain)
+app.command("train")(train)
+app.command("score")(score)
+app.command("run")(run)
+app.command("quickstart")(quickstart)
 
 stderr = Console(stderr=True)
 

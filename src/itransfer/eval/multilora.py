@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +50,7 @@ import torch
 from torch import nn
 
 from itransfer.eval.lora import LoraSettings, TransferCell, epoch_batches, init_lora_a, peft_config
+from itransfer.io_utils import replace_dir
 from itransfer.train.examples import (
     IGNORE_INDEX,
     Architecture,
@@ -199,7 +199,7 @@ class MultiLoraModel:
                 self.adapter_state(cell_index), str(staging / "adapter_model.safetensors"),
                 metadata={"format": "pt"},
             )
-            _replace_dir(staging, target)
+            replace_dir(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -388,14 +388,3 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    # A directory cannot be os.replace'd over a non-empty one: move the old one aside first.
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.replace(target, retired / target.name)
-    os.replace(staging, target)
-    shutil.rmtree(retired, ignore_errors=True)
