@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_task
-from itransfer.data.contexts import CONTEXTS, build_context
+from itransfer.data.contexts import CONTEXTS, build_context, cut_summary
 from itransfer.data.sni import parse_task
 from itransfer.errors import ConfigError
 
@@ -92,11 +92,13 @@ def test_budget_cuts_definition_words_then_logs_input_cut(qasc, caplog) -> None:
     assert cut.text.endswith(X) and len(cut.text.split()) <= 20
 
     long_input = " ".join(f"w{i}" for i in range(30))
-    with caplog.at_level(logging.WARNING, logger="itransfer.data.contexts"):
+    with caplog.at_level(logging.DEBUG, logger="itransfer.data.contexts"):
         cut = encoder.encode(qasc, long_input, max_tokens=10)
     assert cut.input_words_cut == 20
     assert cut.text == " ".join(f"w{i}" for i in range(10))
     assert "cut 20 of its 30 words" in caplog.text
+    assert encoder.inputs_cut == {qasc.name: 1}
+    assert "1 inputs of 1 tasks" in cut_summary(encoder.inputs_cut, 10)
 
 
 def test_budget_uses_the_given_token_counter(qasc) -> None:

@@ -118,16 +118,13 @@ class TaskContext(ABC):
             keep = _longest_fitting_prefix(len(words), input_fits)
             input_cut = len(words) - keep
             text = self.render(task, " ".join(words[:keep]), exemplars, definition)
-            # Warn once per task (then debug), so a long-input task cannot flood the console;
-            # ``inputs_cut`` keeps the full count for reports.
-            first = task.name not in self.inputs_cut
+            # Logged per instance at debug level; ``inputs_cut`` keeps the counts, which the
+            # training loop and the evaluations summarise in one warning (see `cut_summary`).
             self.inputs_cut[task.name] = self.inputs_cut.get(task.name, 0) + 1
-            logger.log(
-                logging.WARNING if first else logging.DEBUG,
+            logger.debug(
                 "%s: input longer than the %d-token budget even without context; "
-                "cut %d of its %d words from the end%s",
+                "cut %d of its %d words from the end",
                 task.name, max_tokens, input_cut, len(words),
-                " (further cuts of this task are logged at debug level)" if first else "",
             )
         if dropped or definition_cut:
             logger.info(
@@ -135,6 +132,19 @@ class TaskContext(ABC):
                 task.name, max_tokens, dropped, definition_cut,
             )
         return EncodedInput(text, dropped, definition_cut, input_cut)
+
+
+def cut_summary(inputs_cut: dict[str, int], max_tokens: int | None) -> str | None:
+    """One line saying how many inputs lost their tail to the length budget, or None."""
+    if not inputs_cut:
+        return None
+    worst = sorted(inputs_cut.items(), key=lambda item: -item[1])[:3]
+    listed = ", ".join(f"{name} ({count})" for name, count in worst)
+    return (
+        f"{sum(inputs_cut.values())} inputs of {len(inputs_cut)} tasks were longer than the "
+        f"{max_tokens}-token budget even without context and lost their tail (most: {listed}); "
+        "raise model.max_source_length to keep them, --verbose lists each cut"
+    )
 
 
 def _longest_fitting_prefix(length: int, fits: Callable[[int], bool]) -> int:

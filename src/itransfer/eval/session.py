@@ -8,8 +8,9 @@ so the table is the same whether one process or several did the work.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +19,7 @@ from accelerate.utils import gather_object
 
 from itransfer.config import ExperimentConfig
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
-from itransfer.data.contexts import build_context
+from itransfer.data.contexts import build_context, cut_summary
 from itransfer.data.sni import Instance, Task
 from itransfer.errors import ConfigError, DataError, ITransferError
 from itransfer.eval.inference import EvalItem
@@ -30,6 +31,7 @@ from itransfer.provenance import write_run_record
 from itransfer.train.checkpoint import STATE_FILE
 from itransfer.train.examples import ExampleEncoder
 
+logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
 ProgressCallback = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -48,14 +50,19 @@ class EvalSession:
     table: ResultsTable
     accelerator: Accelerator
 
+    encoders: dict[str, ExampleEncoder] = field(default_factory=dict)
+
     def encoder(self, context: str) -> ExampleEncoder:
-        return ExampleEncoder(
-            self.loaded.tokenizer,
-            self.loaded.architecture,
-            build_context(context, self.config.data.context.num_exemplars),
-            max_source_length=self.config.model.max_source_length,
-            max_target_length=self.config.model.max_target_length,
-        )
+        """One encoder per context, so cut counts add up for :meth:`finish`'s summary."""
+        if context not in self.encoders:
+            self.encoders[context] = ExampleEncoder(
+                self.loaded.tokenizer,
+                self.loaded.architecture,
+                build_context(context, self.config.data.context.num_exemplars),
+                max_source_length=self.config.model.max_source_length,
+                max_target_length=self.config.model.max_target_length,
+            )
+        return self.encoders[context]
 
     def items(self, task: Task, instances: Sequence[Instance], context: str) -> list[EvalItem]:
         encoder = self.encoder(context)
@@ -75,6 +82,11 @@ class EvalSession:
 
     def finish(self, written: int) -> int:
         """Wait for every process; returns the rows written by all of them."""
+        for context, encoder in self.encoders.items():
+            summary = cut_summary(encoder.context.inputs_cut, self.config.model.max_source_length)
+            if summary:
+                logger.warning("evaluation (context %s): %s", context, summary)
+            encoder.context.inputs_cut.clear()
         if self.accelerator.num_processes == 1:
             return written
         counts = gather_object([written])

@@ -41,7 +41,7 @@ from accelerate.utils import set_seed
 from itransfer.config import ExperimentConfig
 from itransfer.data.batching import TaskBatchStream
 from itransfer.data.benchmark import open_benchmark
-from itransfer.data.contexts import build_context
+from itransfer.data.contexts import build_context, cut_summary
 from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
 from itransfer.errors import ConfigError, DataError
 from itransfer.io_utils import atomic_write_text
@@ -382,6 +382,8 @@ def instruction_tune(
         last_saved = save(it_step)
     if writer is not None:
         writer.close()
+    if summary := cut_summary(encoder.context.inputs_cut, config.model.max_source_length):
+        logger.warning("instruction tuning: %s", summary)
     if accelerator.is_main_process:
         # P(K) over the run as the sampler defines it (DWA: from its final loss history).
         plot_sampling_schedule(sampler, out_dir / "sampling_schedule.png", task_names=task_names)
