@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -42,7 +43,9 @@ def train(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=stderr) as bar:
+    # Under `accelerate launch` every process runs this command; only rank 0 draws.
+    main_process = os.environ.get("RANK", "0") == "0"
+    with Progress(*columns, console=stderr, disable=not main_process) as bar:
         handle = bar.add_task("train", total=None, loss=float("nan"), lr=0.0, samples_per_s=0.0)
 
         def report(step: int, total: int, row: dict[str, float]) -> None:
@@ -50,4 +53,5 @@ def train(
             bar.update(handle, completed=step, total=total, loss=row["loss"], **fields)
 
         result = instruction_tune(config, out, resume=resume, progress=report)
-    stderr.print(f"final checkpoint: {result.final_checkpoint}")
+    if main_process:
+        stderr.print(f"final checkpoint: {result.final_checkpoint}")
