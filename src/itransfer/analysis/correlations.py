@@ -352,6 +352,7 @@ def seen_task_table(frame: pd.DataFrame, model: str, step: int | None = None) ->
     table = pd.concat(
         {"train_size": task_values(rows, method="seen", metric="train_size", split="train"),
          "train_loss": task_values(rows, method="seen", metric="loss", split="train"),
+         "validation_loss": task_values(rows, method="seen", metric="loss", split="validation"),
          "test_loss": task_values(rows, method="seen", metric="loss", split="test")},
         axis=1,
     )
@@ -422,11 +423,27 @@ def sampler_summary(
         records.append({
             "sampler": sampler, "model": model,
             "seen_train_loss": float(seen["train_loss"].mean()),
+            "seen_validation_loss": float(seen["validation_loss"].mean()),
             "seen_test_loss": float(seen["test_loss"].mean()),
             "icl_loss": float(icl.mean()) if not icl.empty else float("nan"),
             "n_seen_tasks": int(seen["test_loss"].notna().sum()),
             "n_unseen_tasks": int(icl.size),
         })
-    columns = ["sampler", "model", "seen_train_loss", "seen_test_loss", "icl_loss",
-               "n_seen_tasks", "n_unseen_tasks"]
-    return pd.DataFrame.from_records(records, columns=columns)
+    columns = ["sampler", "model", "seen_train_loss", "seen_validation_loss", "seen_test_loss",
+               "icl_loss", "n_seen_tasks", "n_unseen_tasks"]
+    summary = pd.DataFrame.from_records(records, columns=columns)
+    summary["chosen_on_validation"] = _chosen_on_validation(summary)
+    return summary
+
+
+def _chosen_on_validation(summary: pd.DataFrame) -> pd.Series:
+    """§4 picks reverse annealing's T_max by seen-task validation loss: within each family of
+    samplers named ``<family>-<value>`` (e.g. ``ra-100`` … ``ra-100000``), mark the one with the
+    lowest validation loss; samplers without a family are their own choice."""
+    families = summary["sampler"].astype(str).str.rsplit("-", n=1).str[0]
+    chosen = pd.Series(True, index=summary.index)
+    for _, members in summary.groupby(families):
+        if len(members) > 1 and members["seen_validation_loss"].notna().any():
+            best = members["seen_validation_loss"].idxmin()
+            chosen[members.index] = members.index == best
+    return chosen
