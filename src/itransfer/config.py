@@ -299,11 +299,22 @@ def load_config(
     """Load a YAML config (or the defaults), apply ``--set`` overrides, validate."""
     tree = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "<defaults>"
+    source += apply_overrides(tree, overrides)
+    return validate_tree(tree, source, model=model)
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> str:
+    """Apply ``--set key=value`` overrides to a raw config tree; returns a note for messages."""
     for override in overrides:
         parts, value = parse_override(override)
         _apply_override(tree, parts, value, override)
-    if overrides:
-        source += f" with --set {' '.join(overrides)}"
+    return f" with --set {' '.join(overrides)}" if overrides else ""
+
+
+def validate_tree(
+    tree: dict[str, Any], source: str, *, model: type[StrictModel] = ExperimentConfig
+) -> Any:
+    """Validate a raw config tree; every problem is reported against ``source``."""
     try:
         return model.model_validate(tree)
     except ValidationError as exc:

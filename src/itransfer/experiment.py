@@ -23,15 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from itransfer.config import (
     ExperimentConfig,
     StrictModel,
-    _apply_override,
-    _format_validation_error,
-    parse_override,
+    apply_overrides,
     read_yaml,
+    validate_tree,
 )
 from itransfer.errors import ConfigError
 
@@ -144,10 +143,7 @@ def load_experiment(
     """Read an experiment YAML, apply a named scale and ``--set`` overrides (to ``base``)."""
     raw = read_yaml(path)
     source = str(path)
-    try:
-        spec = ExperimentSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from exc
+    spec = validate_tree(raw, source, model=ExperimentSpec)
     if scale is not None:
         if scale not in spec.scales:
             known = sorted(spec.scales) or "none"
@@ -167,23 +163,10 @@ def load_experiment(
         )
         source += f" (scale {scale})"
     base_tree = copy.deepcopy(spec.base)
-    for override in overrides or []:
-        parts, value = parse_override(override)
-        _apply_override(base_tree, parts, value, override)
-    if overrides:
-        source += f" with --set {' '.join(overrides)}"
-    base = _validate(base_tree, f"{source}: base")
+    source += apply_overrides(base_tree, overrides or [])
+    base = validate_tree(base_tree, f"{source}: base")
     variants = {
-        label: _validate(_merge(base_tree, values), f"{source}: variants.{label}")
+        label: validate_tree(_merge(base_tree, values), f"{source}: variants.{label}")
         for label, values in spec.variants.items()
     }
     return Experiment(spec=spec, source=source, base=base, variants=variants)
-
-
-def _validate(tree: dict[str, Any], where: str) -> ExperimentConfig:
-    try:
-        return ExperimentConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, where)) from exc
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
