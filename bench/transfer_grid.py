@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-source-length", type=int, default=512)
     parser.add_argument("--cells-per-group", type=int, default=64)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="More config overrides, for both engines.")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -91,6 +93,7 @@ def main() -> None:
             f"eval.max_new_tokens={args.max_new_tokens}",
             f"model.max_source_length={args.max_source_length}",
             f"eval.cells_per_group={args.cells_per_group}",
+            *args.overrides,
         ]
         if args.tasks is not None:
             overrides.append(f"eval.max_tasks={args.tasks}")

@@ -179,8 +179,15 @@ class EvalConfig(StrictModel):
     engine: Literal["batched", "peft"] = "batched"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     cells_per_group: int = Field(default=64, ge=1)  # batched engine: adapters trained together
-    max_examples_per_pass: int | None = Field(default=32, ge=1)  # per forward; CPU: ~32
-    batch_size: int = Field(default=32, ge=1)  # evaluation batch
+    # Batched engine: one forward/backward pass holds at most this many examples and padded
+    # tokens (a global step's examples, sorted by length, take several passes). CPU: the
+    # defaults (bench/transfer_grid.py); a GPU wants far more of both.
+    max_examples_per_pass: int | None = Field(default=64, ge=1)
+    max_tokens_per_pass: int | None = Field(default=4096, ge=1)
+    # An evaluation batch: at most batch_size rows and max_batch_tokens padded tokens (short
+    # items share big batches). bench/transfer_grid.py measures both; GPUs want more of each.
+    batch_size: int = Field(default=64, ge=1)
+    max_batch_tokens: int | None = Field(default=16384, ge=1)
     max_new_tokens: int = Field(default=64, ge=1)
     generate: bool = True
     seen_max_instances: int | None = Field(default=100, ge=1)  # per task and split

@@ -46,6 +46,7 @@ def evaluate_icl(
         results = evaluate_items(
             session.loaded.model, session.loaded.tokenizer, session.loaded.architecture, items,
             batch_size=eval_config.batch_size, max_new_tokens=eval_config.max_new_tokens,
+            max_batch_tokens=eval_config.max_batch_tokens,
             generate=eval_config.generate,
         )
         predictions = [result.prediction for result in results]

@@ -2,7 +2,10 @@
 
 Loss is teacher-forced on an instance's first reference: the mean NLL of its target tokens
 (the paper's "test loss"). Generation is greedy with the KV cache (``model.generate``). Items
-are sorted by length so each batch pads little; results come back in the input order.
+are sorted by length and cut into batches of at most ``batch_size`` rows and ``max_batch_tokens``
+padded tokens, so short items share big batches (generation is dominated by per-step overhead
+at a few dozen rows) and each batch pads little; results come back in the input order. An
+encoder-decoder runs its encoder once per batch, for the loss and generation both.
 
 Items may carry an adapter index, used by the batched multi-adapter LoRA engine: a ``router``
 context manager receives each batch's indices so every example runs through its own adapter.
@@ -44,6 +47,7 @@ def evaluate_items(
     items: Sequence[EvalItem],
     *,
     batch_size: int = 32,
+    max_batch_tokens: int | None = None,
     max_new_tokens: int = 64,
     generate: bool = True,
     router: Router | None = None,
@@ -53,11 +57,10 @@ def evaluate_items(
     """Per-item test loss (and greedy prediction), in the order of ``items``."""
     device = device or next(model.parameters()).device
     model.eval()
-    order = sorted(range(len(items)), key=lambda i: len(items[i].example))
     results: list[ItemResult | None] = [None] * len(items)
     pad = tokenizer.pad_token_id
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
+    lengths = [len(item.example) for item in items]
+    for indices in plan_batches(lengths, max_rows=batch_size, max_tokens=max_batch_tokens):
         batch_items = [items[i] for i in indices]
         route = router([item.adapter for item in batch_items]) if router else nullcontext()
         with route:
@@ -65,12 +68,21 @@ def evaluate_items(
                 [item.example for item in batch_items], pad_token_id=pad, architecture=architecture
             )
             batch = {key: value.to(device) for key, value in batch.items()}
-            losses = token_losses(model, batch)
+            encoder_outputs = None
+            if architecture == "seq2seq":
+                encoder_outputs = model.get_encoder()(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    return_dict=True,
+                )
+            losses = token_losses(model, batch, encoder_outputs=encoder_outputs)
             labels = batch["labels"][:, 1:] if architecture == "causal" else batch["labels"]
             mask = labels != -100
             per_item = ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
             predictions = (
-                _generate(model, tokenizer, architecture, batch_items, max_new_tokens, device)
+                _generate(
+                    model, tokenizer, architecture, batch_items, max_new_tokens, device,
+                    encoder_outputs=encoder_outputs,
+                )
                 if generate
                 else [None] * len(batch_items)
             )
@@ -81,6 +93,29 @@ def evaluate_items(
     return [result for result in results if result is not None]
 
 
+def plan_batches(
+    lengths: Sequence[int], *, max_rows: int, max_tokens: int | None = None
+) -> list[list[int]]:
+    """Indices in ascending length, cut so a batch has <= ``max_rows`` rows and, padded to its
+    longest item, <= ``max_tokens`` tokens (an item longer than that still gets a batch)."""
+    if max_rows < 1 or (max_tokens is not None and max_tokens < 1):
+        raise ValueError(f"max_rows and max_tokens must be >= 1, got {max_rows}, {max_tokens}")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        # Ascending order: the newcomer is the batch's longest item.
+        padded = (len(current) + 1) * max(lengths[index], 1)
+        if current and (
+            len(current) >= max_rows or (max_tokens is not None and padded > max_tokens)
+        ):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def _generate(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -88,6 +123,8 @@ def _generate(
     items: Sequence[EvalItem],
     max_new_tokens: int,
     device: torch.device,
+    *,
+    encoder_outputs: Any = None,
 ) -> list[str]:
     pad = tokenizer.pad_token_id
     sources = [list(item.example.source_ids) for item in items]
@@ -102,6 +139,7 @@ def _generate(
         )
         input_ids[row, span] = torch.tensor(source)
         attention_mask[row, span] = 1
+    extra = {} if encoder_outputs is None else {"encoder_outputs": encoder_outputs}
     output = model.generate(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
@@ -109,6 +147,7 @@ def _generate(
         do_sample=False,
         num_beams=1,
         pad_token_id=pad,
+        **extra,
     )
     if architecture == "causal":
         output = output[:, width:]

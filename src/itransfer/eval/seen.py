@@ -45,6 +45,7 @@ def evaluate_seen(
             results = evaluate_items(
                 session.loaded.model, session.loaded.tokenizer, session.loaded.architecture,
                 session.items(task, chosen, context), batch_size=eval_config.batch_size,
+                max_batch_tokens=eval_config.max_batch_tokens,
                 generate=False,
             )
             losses = [result.loss for result in results]

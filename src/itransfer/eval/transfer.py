@@ -139,6 +139,7 @@ def _run_peft(
             results = evaluate_items(
                 model, loaded.tokenizer, loaded.architecture, item.test_items,
                 batch_size=eval_config.batch_size, max_new_tokens=eval_config.max_new_tokens,
+                max_batch_tokens=eval_config.max_batch_tokens,
                 generate=eval_config.generate, device=device,
             )
             if eval_config.save_adapters and item.cell.shots > 0:
@@ -173,6 +174,7 @@ def _run_batched(
             loaded.model, [item.cell for item in group], settings,
             pad_token_id=loaded.tokenizer.pad_token_id, architecture=loaded.architecture,
             device=device, max_examples_per_pass=eval_config.max_examples_per_pass,
+            max_tokens_per_pass=eval_config.max_tokens_per_pass,
         )
         multi = trained.adapters
         try:
@@ -184,6 +186,7 @@ def _run_batched(
             results = evaluate_items(
                 multi.model, loaded.tokenizer, loaded.architecture, items,
                 batch_size=eval_config.batch_size, max_new_tokens=eval_config.max_new_tokens,
+                max_batch_tokens=eval_config.max_batch_tokens,
                 generate=eval_config.generate, router=multi.route, device=device,
             )
             if eval_config.save_adapters:
