@@ -136,6 +136,7 @@ class TrainConfig(StrictModel):
     log_every: int = Field(default=10, ge=1)
     length_window_batches: int = Field(default=16, ge=1)
     tensorboard: bool = True
+    wandb_project: str | None = None  # log to Weights & Biases too (needs `wandb`)
 
     @field_validator("sampler")
     @classmethod

@@ -28,12 +28,11 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -50,6 +49,7 @@ from itransfer.provenance import write_run_record
 from itransfer.sampling import build_sampler, plot_sampling_schedule
 from itransfer.train import checkpoint as ckpt
 from itransfer.train.examples import EncodedExample, ExampleEncoder, collate, token_losses
+from itransfer.train.tracking import open_sinks
 from itransfer.train.unsupervised import UnsupervisedBatches
 from itransfer.train.weights import load_weights, model_fingerprint
 
@@ -237,9 +237,14 @@ def instruction_tune(
     if accelerator.is_main_process:
         write_run_record(out_dir, config, seed=config.seed)
         atomic_write_text(out_dir / LOG_FILE, "".join(json.dumps(row) + "\n" for row in log))
-    writer = _tensorboard(out_dir / "tensorboard") if train.tensorboard else None
-    if writer is not None and accelerator.is_main_process:
-        writer.add_text("task_names", ", ".join(task_names))
+    sinks = (
+        open_sinks(
+            tensorboard=train.tensorboard, wandb_project=train.wandb_project, out_dir=out_dir,
+            config=config.model_dump(mode="json"), task_names=task_names,
+        )
+        if accelerator.is_main_process
+        else []
+    )
 
     def run_step(examples: list[EncodedExample], example_tasks: list[int] | None) -> StepStats:
         """Forward/backward over this process's share of one global batch, then one update."""
@@ -327,7 +332,9 @@ def instruction_tune(
     window_start, window_examples, window_tokens = time.perf_counter(), 0, 0
     last_saved: Path | None = None
     last_task_losses: dict[int, float] = {}
-    with stop_requested_on_interrupt() as interrupt:
+    with ExitStack() as closing, stop_requested_on_interrupt() as interrupt:
+        for sink in sinks:
+            closing.callback(sink.close)  # also on Ctrl-C and errors
         while it_step < total_it_steps:
             # 1. a batch of instruction-tuning examples, tasks drawn by P(K) at this step
             refs = stream.next_batch(it_step)
@@ -362,9 +369,8 @@ def instruction_tune(
                 if accelerator.is_main_process:
                     with (out_dir / LOG_FILE).open("a", encoding="utf-8") as handle:
                         handle.write(json.dumps(row) + "\n")
-                    if writer is not None:
-                        _log_tensorboard(writer, row, sampler.weights(it_step), task_names,
-                                         last_task_losses)
+                    for sink in sinks:
+                        sink.log(row, sampler.weights(it_step), last_task_losses)
             if progress is not None and accelerator.is_main_process:
                 progress(it_step, total_it_steps, row)
 
@@ -380,8 +386,6 @@ def instruction_tune(
 
     if last_saved is None or not last_saved.name.endswith(f"{it_step:07d}"):
         last_saved = save(it_step)
-    if writer is not None:
-        writer.close()
     if summary := cut_summary(encoder.context.inputs_cut, config.model.max_source_length):
         logger.warning("instruction tuning: %s", summary)
     if accelerator.is_main_process:
@@ -430,7 +434,9 @@ def _check_compatible(
 
 
 # Settings that may change between a run and its resumption without changing its results.
-_RESUMABLE_KEYS = {"log_every", "tensorboard", "keep_checkpoints", "checkpoint_every"}
+_RESUMABLE_KEYS = {
+    "log_every", "tensorboard", "wandb_project", "keep_checkpoints", "checkpoint_every"
+}
 
 
 def _read_log(out_dir: Path, *, up_to_step: int) -> list[dict[str, Any]]:
@@ -439,28 +445,3 @@ def _read_log(out_dir: Path, *, up_to_step: int) -> list[dict[str, Any]]:
         return []
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     return [row for row in rows if row["step"] <= up_to_step]
-
-
-def _tensorboard(path: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional at run time
-        logger.warning("tensorboard is not installed; no TensorBoard logs")
-        return None
-    return SummaryWriter(str(path))
-
-
-def _log_tensorboard(
-    writer: Any, row: dict[str, Any], weights: np.ndarray, task_names: list[str],
-    task_losses: dict[int, float],
-) -> None:
-    step = row["step"]
-    for key in ("loss", "unsupervised_loss", "lr", "samples_per_s", "tokens_per_s"):
-        if key in row:
-            writer.add_scalar(f"train/{key}", row[key], step)
-    for task, loss in task_losses.items():
-        writer.add_scalar(f"task_loss/{task_names[task]}", loss, step)
-    entropy = float(-(weights * np.log(np.clip(weights, 1e-300, None))).sum())
-    writer.add_scalar("sampling/effective_num_tasks", math.exp(entropy), step)
-    writer.add_scalar("sampling/max_weight", float(weights.max()), step)
-    writer.add_histogram("sampling/weights", weights, step)
