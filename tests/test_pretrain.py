@@ -16,16 +16,13 @@ from itransfer.cli.pretrain import pretrain as pretrain_command
 from itransfer.data.corpus import BUNDLED_CORPUS, BUNDLED_HELDOUT, iter_corpus_documents
 from itransfer.errors import ConfigError, DataError, ITransferError
 from itransfer.models import DEFAULT_MODEL, load_model_and_tokenizer
-from itransfer.train.pretrain import (
-    PretrainConfig,
+from itransfer.train.objectives import (
     apply_span_corruption,
-    build_model,
-    prefix_lm_loss,
-    pretrain,
     random_spans_noise_mask,
     span_corruption_raw_length,
     split_prefix_lm,
 )
+from itransfer.train.pretrain import PretrainConfig, build_model, prefix_lm_loss, pretrain
 
 SENTINELS = [99, 98, 97, 96]
 

@@ -10,6 +10,9 @@ tunes those checkpoints. This recipe repeats the three steps at toy scale on a t
 3. prefix LM: a window of text split at a random point, the encoder reads the prefix and the
    decoder predicts the continuation, as the LM adaptation.
 
+The tokenizer lives in :mod:`itransfer.train.tokenizer_recipe`, the objectives in
+:mod:`itransfer.train.objectives`; this module packs the corpus and runs the two phases.
+
 Run it from the command line::
 
     itransfer pretrain --out runs/tiny-t5            # the shipped settings, ~12 min on 2 cores
@@ -33,28 +36,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import (
-    AddedToken,
-    Regex,
-    Tokenizer,
-    decoders,
-    models,
-    normalizers,
-    pre_tokenizers,
-    processors,
-    trainers,
-)
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
 from itransfer.errors import ConfigError, ITransferError
 from itransfer.io_utils import atomic_write_text
 from itransfer.models import save_model
+from itransfer.train.objectives import (
+    apply_span_corruption,
+    random_spans_noise_mask,
+    span_corruption_raw_length,
+    split_prefix_lm,
+)
+from itransfer.train.tokenizer_recipe import (
+    EOS_ID,
+    NUM_SENTINELS,
+    PAD_ID,
+    sentinel_ids,
+    train_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
-NUM_SENTINELS = 100
 LABEL_IGNORE = -100
 
 
@@ -128,132 +131,6 @@ class PhaseResult:
 
 
 ProgressCallback = Callable[[PretrainStep], None]
-
-
-# --------------------------------------------------------------------------- tokenizer
-
-
-def train_tokenizer(documents: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """SentencePiece-style BPE with T5's layout: pad/eos/unk first, the 100 sentinels last.
-
-    Whitespace runs (newlines included) become one space, as T5's SentencePiece model does.
-    BPE rather than T5's Unigram because the ``tokenizers`` Unigram trainer breaks score ties
-    differently on every run (so token ids, and the whole recipe, would not be reproducible);
-    its BPE trainer is deterministic.
-    """
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
-    )
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - NUM_SENTINELS,
-        special_tokens=["<pad>", "</s>", "<unk>"],
-        # Rare scripts in the corpus would otherwise spend hundreds of ids on single characters.
-        limit_alphabet=1000,
-        min_frequency=2,
-        max_token_length=16,
-    )
-    tokenizer.train_from_iterator(documents, trainer)
-    # Added in reverse so <extra_id_0> gets the highest id, as in T5's vocabulary.
-    sentinels = [f"<extra_id_{i}>" for i in range(NUM_SENTINELS)]
-    tokenizer.add_special_tokens([AddedToken(s, special=True) for s in reversed(sentinels)])
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", EOS_ID)]
-    )
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        additional_special_tokens=sentinels,
-    )
-    assert (wrapped.pad_token_id, wrapped.eos_token_id, wrapped.unk_token_id) == (
-        PAD_ID, EOS_ID, UNK_ID,
-    ), "trainer did not put the special tokens first"
-    return wrapped
-
-
-def sentinel_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
-    return [tokenizer.convert_tokens_to_ids(f"<extra_id_{i}>") for i in range(NUM_SENTINELS)]
-
-
-# --------------------------------------------------------------------------- objectives
-
-
-def random_spans_noise_mask(
-    length: int, noise_density: float, mean_noise_span_length: float, rng: np.random.Generator
-) -> np.ndarray:
-    """T5's ``random_spans_noise_mask``: a boolean mask of alternating clean / noise spans."""
-    num_noise_tokens = min(max(round(length * noise_density), 1), length - 1)
-    num_noise_spans = max(round(num_noise_tokens / mean_noise_span_length), 1)
-    num_noise_spans = min(num_noise_spans, num_noise_tokens, length - num_noise_tokens)
-
-    def segment_lengths(num_items: int, num_segments: int) -> np.ndarray:
-        first_in_segment = np.arange(num_items - 1) < (num_segments - 1)
-        rng.shuffle(first_in_segment)
-        segment_id = np.cumsum(np.concatenate([[0], first_in_segment]))
-        return np.bincount(segment_id, minlength=num_segments)
-
-    noise_lengths = segment_lengths(num_noise_tokens, num_noise_spans)
-    clean_lengths = segment_lengths(length - num_noise_tokens, num_noise_spans)
-    # Each sequence starts clean, then noise, then clean ... (as in the T5 code).
-    interleaved = np.stack([clean_lengths, noise_lengths], axis=1).reshape(-1)
-    span_starts = np.cumsum(interleaved)[:-1]
-    starts = np.zeros(length, dtype=np.int64)
-    starts[span_starts] = 1
-    return np.cumsum(starts) % 2 == 1
-
-
-def apply_span_corruption(
-    tokens: list[int], noise_mask: np.ndarray, sentinels: list[int], eos_id: int = EOS_ID
-) -> tuple[list[int], list[int]]:
-    """Replace each noise span by the next sentinel in the input; the target lists the spans.
-
-    ``[a b c d e]`` with ``c d`` noisy → inputs ``[a b S0 e </s>]``, targets ``[S0 c d </s>]``.
-    """
-    inputs: list[int] = []
-    targets: list[int] = []
-    span = -1
-    previous_noise = False
-    for token, noisy in zip(tokens, noise_mask.tolist(), strict=True):
-        if noisy:
-            if not previous_noise:
-                span += 1
-                inputs.append(sentinels[span])
-                targets.append(sentinels[span])
-            targets.append(token)
-        else:
-            inputs.append(token)
-        previous_noise = noisy
-    return [*inputs, eos_id], [*targets, eos_id]
-
-
-def span_corruption_raw_length(
-    input_length: int, noise_density: float, mean_noise_span_length: float
-) -> int:
-    """Raw tokens per example so that the corrupted input (with sentinels and EOS) fits
-    ``input_length`` (T5's ``random_spans_helper``)."""
-
-    def corrupted_input_length(raw: int) -> int:
-        noise = round(raw * noise_density)
-        spans = max(round(noise / mean_noise_span_length), 1)
-        return raw - noise + spans + 1
-
-    raw = input_length
-    while corrupted_input_length(raw + 1) <= input_length:
-        raw += 1
-    return raw
-
-
-def split_prefix_lm(
-    window: list[int], rng: np.random.Generator, max_input: int, max_target: int
-) -> tuple[list[int], list[int]]:
-    """Cut ``window`` at a uniform random point: the encoder reads up to ``max_input`` tokens
-    before it, the decoder predicts up to ``max_target`` tokens after it."""
-    split = int(rng.integers(1, len(window)))
-    return window[max(0, split - max_input):split], window[split:split + max_target]
 
 
 # --------------------------------------------------------------------------- data
