@@ -14,6 +14,7 @@ import pytest
 from scipy import stats
 
 from itransfer.analysis import correlations as corr
+from itransfer.analysis import seen_fit
 from itransfer.analysis.manifest import parse_manifest
 from itransfer.analysis.paper import PAPER_FINDINGS
 from itransfer.analysis.report import write_report
@@ -237,14 +238,14 @@ def test_trajectory_and_transfer_curves(frame: pd.DataFrame) -> None:
 
 def test_size_bins_are_log_spaced_and_cover_every_task(frame: pd.DataFrame) -> None:
     sizes = pd.Series([10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 30], dtype=float)
-    edges = corr.size_bin_edges(sizes, num_bins=3)
+    edges = seen_fit.size_bin_edges(sizes, num_bins=3)
     assert edges[0] == 10 and edges[-1] == 5001
     assert np.allclose(edges[1:3], [10 * 500 ** (1 / 3), 10 * 500 ** (2 / 3)], atol=0.5)
-    bins = corr.assign_size_bins(sizes, edges)
+    bins = seen_fit.assign_size_bins(sizes, edges)
     assert bins.notna().all()  # the largest task lands in the last bin
     assert bins[sizes == 5000].iloc[0] == bins.cat.categories[-1]
     assert bins[sizes == 10].iloc[0] == bins.cat.categories[0]
-    binned = corr.size_binned_seen_losses(frame, {"proportional": "it-proportional"},
+    binned = seen_fit.size_binned_seen_losses(frame, {"proportional": "it-proportional"},
                                           num_bins=3)
     train = binned[binned["split"] == "train"]
     assert train["n_tasks"].sum() == 10
@@ -255,7 +256,7 @@ def test_size_bins_are_log_spaced_and_cover_every_task(frame: pd.DataFrame) -> N
 
 
 def test_sampler_summary(frame: pd.DataFrame) -> None:
-    summary = corr.sampler_summary(
+    summary = seen_fit.sampler_summary(
         frame, {"proportional": "it-proportional", "uniform": "it-uniform"}
     ).set_index("sampler")
     assert summary.loc["proportional", "seen_test_loss"] < summary.loc["uniform",

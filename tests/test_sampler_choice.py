@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from itransfer.analysis.correlations import _chosen_on_validation
+from itransfer.analysis.seen_fit import _chosen_on_validation
 
 
 def test_lowest_validation_loss_within_each_family_is_chosen() -> None:

@@ -1,4 +1,4 @@
-"""Per-task tables, correlations and mean curves computed from the results table.
+"""Per-task values, correlations and mean curves computed from the results table.
 
 Pure functions on the tidy results DataFrame (:class:`itransfer.eval.results.ResultsTable`):
 nothing here reads files or draws. Every per-task value is first averaged over ``seed`` (and
@@ -10,7 +10,6 @@ pre-trained model, so ``pretrained=`` names the label whose rows stand in for st
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -263,7 +262,7 @@ def phase_correlations(
 # --- mean curves -------------------------------------------------------------------------
 
 
-def _mean_and_sem(values: pd.Series) -> dict[str, float]:
+def mean_and_sem(values: pd.Series) -> dict[str, float]:
     n = int(values.notna().sum())
     mean = float(values.mean()) if n else float("nan")
     sem = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
@@ -286,7 +285,7 @@ def transfer_curves(
         for (context, shots), group in tuned.groupby(["context", "shots"]):
             per_task = group.groupby("task")["value"].mean()
             records.append({"label": label, "model": model, "context": context,
-                            "shots": int(shots), **_mean_and_sem(per_task)})
+                            "shots": int(shots), **mean_and_sem(per_task)})
     columns = ["label", "model", "context", "shots", "mean", "sem", "n_tasks"]
     return pd.DataFrame.from_records(records, columns=columns).sort_values(
         ["label", "context", "shots"], ignore_index=True
@@ -306,7 +305,7 @@ def trajectory_curves(
             if values.empty:
                 continue
             records.append({"model": model, "step": int(step), "method": method,
-                            **_mean_and_sem(values)})
+                            **mean_and_sem(values)})
     columns = ["model", "step", "method", "mean", "sem", "n_tasks"]
     return pd.DataFrame.from_records(records, columns=columns)
 
@@ -341,109 +340,3 @@ def data_limit_summary(
                for limit, model in sorted(models.items(), key=lambda item: limit_sort_key(item[0]))]
     columns = ["limit", "model", "icl_loss", "finetune_loss", "n_icl_tasks", "n_finetune_tasks"]
     return pd.DataFrame.from_records(records, columns=columns)
-
-
-# --- §4: seen-task fit --------------------------------------------------------------------
-
-
-def seen_task_table(frame: pd.DataFrame, model: str, step: int | None = None) -> pd.DataFrame:
-    """Per seen task: training-set size and mean train/test loss (columns may be NaN)."""
-    rows = model_rows(frame, model, step)
-    table = pd.concat(
-        {"train_size": task_values(rows, method="seen", metric="train_size", split="train"),
-         "train_loss": task_values(rows, method="seen", metric="loss", split="train"),
-         "validation_loss": task_values(rows, method="seen", metric="loss", split="validation"),
-         "test_loss": task_values(rows, method="seen", metric="loss", split="test")},
-        axis=1,
-    )
-    table.index.name = "task"
-    return table.sort_index()
-
-
-def size_bin_edges(sizes: Sequence[float] | np.ndarray, num_bins: int = 5) -> np.ndarray:
-    """Log-spaced bin edges spanning the training-set sizes (integers, strictly increasing)."""
-    positive = np.asarray(sizes, dtype=float)
-    positive = positive[np.isfinite(positive) & (positive > 0)]
-    if positive.size == 0:
-        return np.array([], dtype=float)
-    low, high = float(positive.min()), float(positive.max())
-    if low == high:
-        return np.array([low, high + 1.0])
-    edges = np.unique(np.round(np.geomspace(low, high, num_bins + 1)))
-    edges[-1] = high + 1.0  # the largest task falls inside the last half-open bin
-    return edges
-
-
-def assign_size_bins(sizes: pd.Series, edges: np.ndarray) -> pd.Series:
-    """Label of each size's bin ``[low, high)`` (NaN outside the edges)."""
-    if edges.size < 2:
-        return pd.Series(np.nan, index=sizes.index, dtype=object)
-    labels = [f"{int(low)}–{int(high) - 1}" for low, high in itertools.pairwise(edges)]
-    return pd.cut(sizes, bins=edges, right=False, labels=labels)
-
-
-def size_binned_seen_losses(
-    frame: pd.DataFrame, models: Mapping[str, str], *, num_bins: int = 5,
-    steps: Mapping[str, int] | None = None,
-) -> pd.DataFrame:
-    """Mean seen-task train and test loss per log-size bin, per model label (Figure 3 centre/right).
-
-    All models share one set of bin edges so their curves line up.
-    """
-    tables = {label: seen_task_table(frame, model, (steps or {}).get(label))
-              for label, model in models.items()}
-    all_sizes = np.concatenate([t["train_size"].to_numpy(dtype=float) for t in tables.values()]
-                               or [np.array([])])
-    edges = size_bin_edges(all_sizes, num_bins)
-    records = []
-    columns = ["label", "split", "bin", "bin_low", "bin_high", "mean", "sem", "n_tasks"]
-    if edges.size < 2:
-        return pd.DataFrame(columns=columns)
-    for label, table in tables.items():
-        bins = assign_size_bins(table["train_size"], edges)
-        for position, bin_label in enumerate(bins.cat.categories):
-            in_bin = table[bins == bin_label]
-            for split in ("train", "test"):
-                records.append({"label": label, "split": split, "bin": bin_label,
-                                "bin_low": float(edges[position]),
-                                "bin_high": float(edges[position + 1]),
-                                **_mean_and_sem(in_bin[f"{split}_loss"])})
-    return pd.DataFrame.from_records(records, columns=columns)
-
-
-def sampler_summary(
-    frame: pd.DataFrame, models: Mapping[str, str], *, steps: Mapping[str, int] | None = None,
-) -> pd.DataFrame:
-    """Per sampler: mean seen train/test loss and unseen ICL loss (Figure 3 left)."""
-    records = []
-    for sampler, model in models.items():
-        rows = model_rows(frame, model, (steps or {}).get(sampler))
-        seen = seen_task_table(frame, model, (steps or {}).get(sampler))
-        icl = icl_values(rows)
-        records.append({
-            "sampler": sampler, "model": model,
-            "seen_train_loss": float(seen["train_loss"].mean()),
-            "seen_validation_loss": float(seen["validation_loss"].mean()),
-            "seen_test_loss": float(seen["test_loss"].mean()),
-            "icl_loss": float(icl.mean()) if not icl.empty else float("nan"),
-            "n_seen_tasks": int(seen["test_loss"].notna().sum()),
-            "n_unseen_tasks": int(icl.size),
-        })
-    columns = ["sampler", "model", "seen_train_loss", "seen_validation_loss", "seen_test_loss",
-               "icl_loss", "n_seen_tasks", "n_unseen_tasks"]
-    summary = pd.DataFrame.from_records(records, columns=columns)
-    summary["chosen_on_validation"] = _chosen_on_validation(summary)
-    return summary
-
-
-def _chosen_on_validation(summary: pd.DataFrame) -> pd.Series:
-    """§4 picks reverse annealing's T_max by seen-task validation loss: within each family of
-    samplers named ``<family>-<value>`` (e.g. ``ra-100`` … ``ra-100000``), mark the one with the
-    lowest validation loss; samplers without a family are their own choice."""
-    families = summary["sampler"].astype(str).str.rsplit("-", n=1).str[0]
-    chosen = pd.Series(True, index=summary.index)
-    for _, members in summary.groupby(families):
-        if len(members) > 1 and members["seen_validation_loss"].notna().any():
-            best = members["seen_validation_loss"].idxmin()
-            chosen[members.index] = members.index == best
-    return chosen

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from itransfer.analysis import correlations as corr
+from itransfer.analysis import seen_fit
 from itransfer.analysis.manifest import (
     DataLimitsSpec,
     MixingSpec,
@@ -191,8 +192,8 @@ def _samplers(frame: pd.DataFrame, manifest: RunManifest) -> SamplersAnalysis:
              if (step := evaluated_step(frame, manifest, model)) is not None}
     return SamplersAnalysis(
         spec=spec,
-        summary=corr.sampler_summary(frame, spec.models, steps=steps),
-        binned=corr.size_binned_seen_losses(frame, spec.models, steps=steps),
+        summary=seen_fit.sampler_summary(frame, spec.models, steps=steps),
+        binned=seen_fit.size_binned_seen_losses(frame, spec.models, steps=steps),
     )
 
 
