@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from scipy import stats
 
 from itransfer.analysis import correlations as corr
@@ -302,6 +304,9 @@ def test_write_report_full_run(tmp_path: Path) -> None:
     images = embedded_pngs(text)
     assert len(images) >= 6
     assert all(image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 1024 for image in images)
+    for image in images:  # each decodes to a real picture, not a blank canvas
+        pixels = np.asarray(Image.open(io.BytesIO(image)).convert("L"), dtype=float)
+        assert min(pixels.shape) >= 200 and pixels.std() > 5 and (pixels < 128).mean() > 0.001
     assert len(paths.figures) == 8 and all(path.is_file() for path in paths.figures.values())
     # the paper's numbers beside this run's
     assert "0.936" in text and "4.96e-42" in text and "0.705" in text and "0.621" in text
