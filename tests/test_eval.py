@@ -125,3 +125,15 @@ def test_batched_engine_matches_peft_engine(tmp_path: Path) -> None:
     losses = [key for key in peft.index if key[3] in ("loss", "final_train_loss")]
     for key in losses:
         assert batched[key] == pytest.approx(peft[key], abs=2e-4), key
+
+
+def test_batched_engine_progress_moves_within_a_group(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config("eval.shots=[0, 5]", "eval.transfer_contexts=[none]",
+                     "eval.cells_per_group=3", "eval.max_tasks=2")
+    session = open_session(config, tiny_model_dir, tmp_path)
+    reports: list[tuple[float, int]] = []
+    evaluate_transfer(session, engine="batched", progress=lambda _, d, t: reports.append((d, t)))
+    done = [d for d, _ in reports]
+    assert {t for _, t in reports} == {4}  # 2 tasks x 2 shot counts
+    assert done == sorted(done) and done[-1] == 4
+    assert any(0 < d < 3 for d in done)  # the bar moved before the first group finished

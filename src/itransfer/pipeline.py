@@ -50,14 +50,14 @@ class Reporter(Protocol):
 
     def stage(self, name: str, status: str, seconds: float | None = None) -> None: ...
 
-    def progress(self, name: str, done: int, total: int, info: dict[str, Any]) -> None: ...
+    def progress(self, name: str, done: float, total: int, info: dict[str, Any]) -> None: ...
 
 
 class SilentReporter:
     def stage(self, name: str, status: str, seconds: float | None = None) -> None:
         del name, status, seconds
 
-    def progress(self, name: str, done: int, total: int, info: dict[str, Any]) -> None:
+    def progress(self, name: str, done: float, total: int, info: dict[str, Any]) -> None:
         del name, done, total, info
 
 
@@ -293,7 +293,7 @@ def run_experiment(
         started = time.perf_counter()
         session = open_session(run_config, checkpoint, stage_dir, run_name=experiment.name)
 
-        def on_progress(what: str, done: int, total: int, name: str = name) -> None:
+        def on_progress(what: str, done: float, total: int, name: str = name) -> None:
             reporter.progress(f"{name} {what}", done, total, {})
 
         if plan.icl:

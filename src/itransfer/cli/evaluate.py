@@ -43,7 +43,7 @@ def _run(
     ) as bar:
         handle = bar.add_task(what, total=None)
 
-        def report(_: str, done: int, total: int) -> None:
+        def report(_: str, done: float, total: int) -> None:
             bar.update(handle, completed=done, total=total)
 
         written = evaluate(session, progress=report, **kwargs)

@@ -32,7 +32,7 @@ class RichReporter:
             for key in [key for key in self.tasks if key.startswith(name)]:
                 self.bar.remove_task(self.tasks.pop(key))
 
-    def progress(self, name: str, done: int, total: int, info: dict[str, Any]) -> None:
+    def progress(self, name: str, done: float, total: int, info: dict[str, Any]) -> None:
         if name not in self.tasks:
             self.tasks[name] = self.bar.add_task(name, total=total)
         loss = f" loss {info['loss']:.3f}" if "loss" in info else ""

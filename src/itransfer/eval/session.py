@@ -33,7 +33,7 @@ from itransfer.train.examples import ExampleEncoder
 
 logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
-ProgressCallback = Callable[[str, int, int], None]  # (what, done, total)
+ProgressCallback = Callable[[str, float, int], None]  # (what, done, total)
 
 
 @dataclass

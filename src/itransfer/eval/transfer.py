@@ -170,24 +170,26 @@ def _run_batched(
     group_size = eval_config.cells_per_group
     for start in range(0, len(work), group_size):
         group = work[start : start + group_size]
+        items = [
+            EvalItem(test.example, test.references, adapter=index)
+            for index, item in enumerate(group)
+            for test in item.test_items
+        ]
+        moving = _GroupProgress(progress, done, len(group), len(work), len(items))
         trained = train_cells_batched(
             loaded.model, [item.cell for item in group], settings,
             pad_token_id=loaded.tokenizer.pad_token_id, architecture=loaded.architecture,
             device=device, max_examples_per_pass=eval_config.max_examples_per_pass,
-            max_tokens_per_pass=eval_config.max_tokens_per_pass,
+            max_tokens_per_pass=eval_config.max_tokens_per_pass, progress=moving.training,
         )
         multi = trained.adapters
         try:
-            items = [
-                EvalItem(test.example, test.references, adapter=index)
-                for index, item in enumerate(group)
-                for test in item.test_items
-            ]
             results = evaluate_items(
                 multi.model, loaded.tokenizer, loaded.architecture, items,
                 batch_size=eval_config.batch_size, max_new_tokens=eval_config.max_new_tokens,
                 max_batch_tokens=eval_config.max_batch_tokens,
                 generate=eval_config.generate, router=multi.route, device=device,
+                progress=moving.evaluated,
             )
             if eval_config.save_adapters:
                 for index, item in enumerate(group):
@@ -211,6 +213,28 @@ def _run_batched(
         if progress is not None:
             progress("transfer", done, len(work))
     return written
+
+
+class _GroupProgress:
+    """A group of cells can take minutes: report its training steps, then its test items,
+    each as half of the group's cells (the count is exact again once the group is written)."""
+
+    def __init__(
+        self, progress: ProgressCallback | None, done: int, size: int, total: int, items: int
+    ) -> None:
+        self.progress, self.done, self.size, self.total = progress, done, size, total
+        self.items, self.items_done = max(items, 1), 0
+
+    def training(self, step: int, steps: int) -> None:
+        self._report(0.5 * step / max(steps, 1))
+
+    def evaluated(self, count: int) -> None:
+        self.items_done += count
+        self._report(0.5 + 0.5 * self.items_done / self.items)
+
+    def _report(self, fraction: float) -> None:
+        if self.progress is not None:
+            self.progress("transfer", self.done + self.size * min(fraction, 1.0), self.total)
 
 
 def _safe(key: str) -> str:
