@@ -26,6 +26,7 @@ from itransfer.eval.inference import EvalItem
 from itransfer.eval.metrics import ScoredInstance, aggregate, default_scorer
 from itransfer.eval.results import ResultsTable, config_hash
 from itransfer.io_utils import atomic_write_text
+from itransfer.launch import check_launch, make_accelerator
 from itransfer.models import LoadedModel, load_model_and_tokenizer
 from itransfer.provenance import write_run_record
 from itransfer.train.checkpoint import STATE_FILE
@@ -129,7 +130,8 @@ def open_session(
     run_name: str | None = None,
 ) -> EvalSession:
     """Load the checkpoint and the benchmark; check that they fit together."""
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or make_accelerator()
+    check_launch(accelerator)
     benchmark = open_benchmark(config.data, config.seed)
     loaded = load_model_and_tokenizer(
         checkpoint,

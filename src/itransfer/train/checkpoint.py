@@ -44,6 +44,50 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:07d}"
 
 
+def _param_key(text: str) -> int | str:
+    # Parameter names (``get_optimizer_state_dict``); checkpoints before them used indices.
+    return int(text) if text.isdigit() else text
+
+
+def gather_optimizer_state(model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
+    """The whole optimizer state keyed by parameter name, on CPU.
+
+    Through ``torch.distributed.checkpoint``, so a sharded (FSDP) optimizer is gathered: under
+    several processes every rank must call it. Names rather than indices also let a
+    checkpoint load into a model wrapped differently.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(
+        model, _unwrapped_optimizer(optimizer),
+        options=StateDictOptions(full_state_dict=True, cpu_offload=True),
+    )
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: Any, checkpoint: Path) -> None:
+    """Load a checkpoint's optimizer state on every rank (each re-shards it as needed)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    state = read_optimizer(checkpoint)
+    inner = _unwrapped_optimizer(optimizer)
+    if all(isinstance(key, int) for key in state["state"]):  # an index-keyed checkpoint
+        inner.load_state_dict(state)
+        return
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    try:
+        set_optimizer_state_dict(
+            model, inner, state, options=StateDictOptions(full_state_dict=distributed)
+        )
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{checkpoint}: optimizer state does not fit this model ({exc})") \
+            from exc
+
+
+def _unwrapped_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    # accelerate's AcceleratedOptimizer keeps the torch optimizer in `.optimizer`.
+    return getattr(optimizer, "optimizer", optimizer)
+
+
 def optimizer_to_safetensors(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
     """Split ``optimizer.state_dict()`` into named tensors and JSON-able hyper-parameters."""
     tensors: dict[str, torch.Tensor] = {}
@@ -58,12 +102,12 @@ def optimizer_to_safetensors(state: Mapping[str, Any]) -> tuple[dict[str, torch.
 
 
 def optimizer_from_safetensors(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> dict:
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[int | str, dict[str, Any]] = {}
     for name, tensor in tensors.items():
-        param_id, key = name.split(".", 1)
-        state.setdefault(int(param_id), {})[key] = tensor
+        param_id, key = name.rsplit(".", 1)  # parameter names have dots, state keys do not
+        state.setdefault(_param_key(param_id), {})[key] = tensor
     for param_id, values in meta["scalars"].items():
-        state.setdefault(int(param_id), {}).update(values)
+        state.setdefault(_param_key(param_id), {}).update(values)
     # JSON turned tuples such as AdamW's betas into lists; give them back their type.
     groups = [
         {key: tuple(value) if isinstance(value, list) and key != "params" else value

@@ -44,6 +44,7 @@ from itransfer.data.contexts import build_context, cut_summary
 from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
 from itransfer.errors import ConfigError, DataError
 from itransfer.io_utils import atomic_write_text
+from itransfer.launch import check_launch, make_accelerator
 from itransfer.models import load_model_and_tokenizer
 from itransfer.provenance import write_run_record
 from itransfer.sampling import build_sampler, plot_sampling_schedule
@@ -132,9 +133,10 @@ def instruction_tune(
     (a checkpoint is saved), which is how the tests check that resuming is exact.
     """
     train = config.train
-    accelerator = accelerator or Accelerator(
+    accelerator = accelerator or make_accelerator(
         mixed_precision="no" if train.precision == "fp32" else train.precision
     )
+    check_launch(accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     if train.batch_size % (world * train.gradient_accumulation):
         raise ConfigError(
@@ -210,16 +212,20 @@ def instruction_tune(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, linear_schedule(train.warmup_steps, total_optimizer_steps)
     )
+    # The fingerprint and resumed weights concern the whole model, before DDP/FSDP wrap (and
+    # FSDP shards) it; the optimizer state is loaded after, each rank taking its part.
+    fingerprint = model_fingerprint(model, config.model.name_or_path)
+    latest = ckpt.latest_checkpoint(checkpoints_dir) if resume else None
+    if latest is not None:
+        state = ckpt.read_state(latest)
+        _check_compatible(latest, state, fingerprint, config, world)
+        load_weights(model, latest)
     model, optimizer = accelerator.prepare(model, optimizer)
-    fingerprint = model_fingerprint(accelerator.unwrap_model(model), config.model.name_or_path)
 
     it_step, optimizer_step = 0, 0
     log: list[dict[str, Any]] = []
-    if resume and (latest := ckpt.latest_checkpoint(checkpoints_dir)) is not None:
-        state = ckpt.read_state(latest)
-        _check_compatible(latest, state, fingerprint, config, world)
-        load_weights(accelerator.unwrap_model(model), latest)
-        optimizer.load_state_dict(ckpt.read_optimizer(latest))
+    if latest is not None:
+        ckpt.load_optimizer_state(model, optimizer, latest)
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         stream.load_state_dict(state["stream"])
@@ -295,6 +301,7 @@ def instruction_tune(
 
     def save(step: int) -> Path:
         state_dict = accelerator.get_state_dict(model)  # collective under FSDP: every rank
+        optimizer_state = ckpt.gather_optimizer_state(model, optimizer)  # likewise
         if accelerator.is_main_process:
             ckpt.begin(checkpoints_dir, step)
         accelerator.wait_for_everyone()
@@ -305,7 +312,7 @@ def instruction_tune(
                 staging, state_dict=state_dict, safe_serialization=True
             )
             tokenizer.save_pretrained(staging)
-            ckpt.write_optimizer(staging, optimizer.state_dict())
+            ckpt.write_optimizer(staging, optimizer_state)
             ckpt.write_state(
                 staging,
                 {

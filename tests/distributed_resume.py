@@ -1,0 +1,38 @@
+"""Run by tests/test_train_distributed.py under ``accelerate launch --num_processes 2``.
+
+Trains with the accelerator itransfer makes itself (as ``itransfer train`` does), optionally
+stopping after some steps or resuming, and has rank 0 write the logged losses to
+``<out>/losses-<tag>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from itransfer.config import load_config
+from itransfer.train.loop import instruction_tune
+
+
+def main() -> None:
+    model_dir, run_dir, tag = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    stop_after = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    config = load_config(None, [
+        f"model.name_or_path={model_dir}", "model.max_source_length=64",
+        "model.max_target_length=16", "train.batch_size=8", "train.steps=8",
+        "train.warmup_steps=2", "train.log_every=1", "train.tensorboard=false",
+        "train.checkpoint_every=4", "train.sampler={name: dwa, window: 2}",
+    ])
+    result = instruction_tune(config, run_dir, stop_after=stop_after,
+                              resume=(run_dir / "checkpoints").exists())
+    if os.environ.get("RANK", "0") == "0":
+        report = {
+            "losses": [row["loss"] for row in result.log], "world_size": os.environ["WORLD_SIZE"]
+        }
+        (run_dir.parent / f"losses-{tag}.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
