@@ -32,6 +32,29 @@ def test_optimizer_state_round_trips_through_safetensors(tmp_path: Path) -> None
     assert fresh.state_dict()["param_groups"] == optimizer.state_dict()["param_groups"]
 
 
+def test_named_optimizer_state_round_trips_and_loads_by_name(tmp_path: Path) -> None:
+    model, optimizer = _optimizer_after_steps()
+    state = ckpt.gather_optimizer_state(model, optimizer)
+    assert "0.weight" in state["state"]  # keyed by parameter name
+    ckpt.write_optimizer(tmp_path, state)
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ckpt.load_optimizer_state(model, fresh, tmp_path)
+    for index, values in optimizer.state_dict()["state"].items():
+        for key, value in values.items():
+            assert torch.equal(fresh.state_dict()["state"][index][key], value), (index, key)
+
+
+def test_saving_before_the_first_step_leaves_the_optimizer_alone(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ckpt.write_optimizer(tmp_path, ckpt.gather_optimizer_state(model, optimizer))
+    assert not optimizer.state  # no step was taken on the live optimizer
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ckpt.load_optimizer_state(model, fresh, tmp_path)
+    assert not fresh.state
+
+
 def test_commit_is_atomic_and_latest_points_at_the_newest(tmp_path: Path) -> None:
     for step in (10, 20):
         staging = ckpt.begin(tmp_path, step)

@@ -19,6 +19,9 @@ def test_batches_respect_row_and_token_caps() -> None:
     assert plan_batches(lengths, max_rows=2) == [[0, 2], [4, 3], [1]]
     # An item longer than the budget still gets a batch of its own.
     assert plan_batches([500, 5], max_rows=8, max_tokens=100) == [[1], [0]]
+    # Source and target pad separately: 100+1 and 1+100 together pad to 2 x 200 tokens.
+    assert plan_batches([(100, 1), (1, 100)], max_rows=8, max_tokens=202) == [[0], [1]]
+    assert plan_batches([(100, 1), (90, 2)], max_rows=8, max_tokens=204) == [[1, 0]]
     with pytest.raises(ValueError, match="max_rows"):
         plan_batches(lengths, max_rows=0)
 

@@ -190,3 +190,24 @@ def test_routed_greedy_generation_uses_each_rows_adapter(
             model(**inputs, decoder_input_ids=batch["labels"].clamp(min=0))
     finally:
         adapters.remove()
+
+
+def test_lm_head_as_a_lora_target(loaded: LoadedModel, cells: list[TransferCell]) -> None:
+    # The output layer routes each batch row to its own adapter, so the loss must not narrow
+    # its input to the target positions (token_losses leaves such heads alone).
+    settings = LoraSettings(dropout=0.0, batch_size=4, epochs=1, target_modules=("q", "lm_head"))
+    model = load_model_and_tokenizer(DEFAULT_MODEL).model.double()
+    common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "seq2seq",
+              "device": CPU}
+    expected = []
+    for cell in cells[:2]:
+        peft_model, losses = train_cell_peft(model, cell, settings, **common)
+        expected.append(losses)
+        model = peft_model.unload()
+    result = train_cells_batched(model, cells[:2], settings, **common)
+    try:
+        assert "lm_head" in result.adapters.layers
+        for c in range(2):
+            assert result.losses[c] == pytest.approx(expected[c], abs=1e-5)
+    finally:
+        result.adapters.remove()

@@ -10,18 +10,23 @@ accelerate set up is an error before anything is written.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import get_int_from_env
 
 from itransfer.errors import ConfigError
 
 
 def launched_processes() -> int:
-    """How many processes the launcher started (``WORLD_SIZE``; 1 without a launcher)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """How many processes the launcher started (1 without a launcher).
+
+    The variables accelerate itself reads: torchrun's, then MPI's (``mpirun`` for CPUs).
+    """
+    return get_int_from_env(
+        ["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1
+    )
 
 
 def _has_gpu() -> bool:
@@ -42,7 +47,7 @@ def check_launch(accelerator: Accelerator) -> None:
     launched = launched_processes()
     if accelerator.num_processes != launched:
         raise ConfigError(
-            f"{launched} processes were launched (WORLD_SIZE={launched}) but accelerate set up "
+            f"{launched} processes were launched but accelerate set up "
             f"{accelerator.num_processes} ({accelerator.distributed_type}); each would run the "
             "whole job into the same folder. Check the accelerate config (accelerate env)."
         )

@@ -59,7 +59,7 @@ def evaluate_items(
     model.eval()
     results: list[ItemResult | None] = [None] * len(items)
     pad = tokenizer.pad_token_id
-    lengths = [len(item.example) for item in items]
+    lengths = [padded_parts(item.example, architecture) for item in items]
     for indices in plan_batches(lengths, max_rows=batch_size, max_tokens=max_batch_tokens):
         batch_items = [items[i] for i in indices]
         route = router([item.adapter for item in batch_items]) if router else nullcontext()
@@ -94,26 +94,40 @@ def evaluate_items(
 
 
 def plan_batches(
-    lengths: Sequence[int], *, max_rows: int, max_tokens: int | None = None
+    lengths: Sequence[int | tuple[int, ...]], *, max_rows: int, max_tokens: int | None = None
 ) -> list[list[int]]:
-    """Indices in ascending length, cut so a batch has <= ``max_rows`` rows and, padded to its
-    longest item, <= ``max_tokens`` tokens (an item longer than that still gets a batch)."""
+    """Indices in ascending length, cut so a batch has <= ``max_rows`` rows and, padded, <=
+    ``max_tokens`` tokens (an item longer than that still gets a batch).
+
+    An item's length may have parts padded separately (an encoder-decoder's source and
+    target): the batch then pads each part to its own longest, as :func:`collate` does.
+    """
     if max_rows < 1 or (max_tokens is not None and max_tokens < 1):
         raise ValueError(f"max_rows and max_tokens must be >= 1, got {max_rows}, {max_tokens}")
+    parts = [(length,) if isinstance(length, int) else tuple(length) for length in lengths]
     batches: list[list[int]] = []
     current: list[int] = []
-    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
-        # Ascending order: the newcomer is the batch's longest item.
-        padded = (len(current) + 1) * max(lengths[index], 1)
+    widths: tuple[int, ...] = ()
+    for index in sorted(range(len(parts)), key=lambda i: sum(parts[i])):
+        grown = tuple(map(max, widths, parts[index])) if current else parts[index]
+        padded = (len(current) + 1) * max(sum(grown), 1)
         if current and (
             len(current) >= max_rows or (max_tokens is not None and padded > max_tokens)
         ):
             batches.append(current)
-            current = []
+            current, grown = [], parts[index]
         current.append(index)
+        widths = grown
     if current:
         batches.append(current)
     return batches
+
+
+def padded_parts(example: EncodedExample, architecture: Architecture) -> tuple[int, ...]:
+    """The lengths :func:`collate` pads separately: source and target, or the whole sequence."""
+    if architecture == "seq2seq":
+        return (len(example.source_ids), len(example.target_ids))
+    return (len(example),)
 
 
 def _generate(

@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from itransfer.eval.inference import plan_batches
+from itransfer.eval.inference import padded_parts, plan_batches
 from itransfer.eval.lora import LoraSettings, TransferCell, epoch_batches, init_lora_a, peft_config
 from itransfer.io_utils import replace_dir
 from itransfer.train.examples import (
@@ -81,6 +81,8 @@ class _Router:
 
 class MultiLoraLinear(nn.Module):
     """A frozen ``nn.Linear`` plus ``n_adapters`` stacked LoRAs, one chosen per batch row."""
+
+    routes_by_batch_row = True  # its input must keep the batch dimension (see token_losses)
 
     def __init__(
         self, base: nn.Linear, n_adapters: int, *, r: int, alpha: float, dropout: float,
@@ -304,7 +306,7 @@ def _accumulate_gradients(
     step_losses = torch.zeros(n_cells, dtype=torch.float64)
     # Similar lengths share a pass so that chunked passes pad little.
     passes = plan_batches(
-        [len(example) for example in examples],
+        [padded_parts(example, architecture) for example in examples],
         max_rows=max_examples_per_pass or max(len(examples), 1), max_tokens=max_tokens_per_pass,
     )
     for rows in passes:

@@ -58,9 +58,14 @@ def gather_optimizer_state(model: torch.nn.Module, optimizer: Any) -> dict[str, 
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    inner = _unwrapped_optimizer(optimizer)
+    if not inner.state:
+        # Before the first step (e.g. fp16 skipping overflowing steps) torch initialises the
+        # state with a zero-lr step on the live optimizer, which would change this run; an
+        # empty state is the same everywhere, so the plain (index-keyed) form is exact.
+        return inner.state_dict()
     return get_optimizer_state_dict(
-        model, _unwrapped_optimizer(optimizer),
-        options=StateDictOptions(full_state_dict=True, cpu_offload=True),
+        model, inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True),
     )
 
 

@@ -180,11 +180,14 @@ def _scored_positions_only(model: torch.nn.Module, positions: torch.Tensor) -> I
     A forward pre-hook on the model's output embeddings (``lm_head``) gathers those rows, so the
     model returns logits of shape [n positions, vocab] instead of [batch, length, vocab]; each
     logit it returns is the one it would have computed anyway. Models without output
-    embeddings, or whose head gets an input of another shape, are left alone (falsy result).
+    embeddings, whose head routes batch rows, or whose head gets an input of another shape, are
+    left alone (falsy result).
     """
     gathered = _Gathered()
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(head, torch.nn.Module):
+    # A head that treats batch rows differently (the batched LoRA engine's, routed per row)
+    # needs its [batch, length] input.
+    if not isinstance(head, torch.nn.Module) or getattr(head, "routes_by_batch_row", False):
         yield gathered
         return
 

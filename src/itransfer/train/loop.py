@@ -50,7 +50,7 @@ from itransfer.provenance import write_run_record
 from itransfer.sampling import build_sampler, plot_sampling_schedule
 from itransfer.train import checkpoint as ckpt
 from itransfer.train.examples import EncodedExample, ExampleEncoder, collate, token_losses
-from itransfer.train.tracking import open_sinks
+from itransfer.train.tracking import check_sinks_available, open_sinks
 from itransfer.train.unsupervised import UnsupervisedBatches
 from itransfer.train.weights import load_weights, model_fingerprint
 
@@ -138,6 +138,7 @@ def instruction_tune(
     )
     check_launch(accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
+    check_sinks_available(wandb_project=train.wandb_project)
     if train.batch_size % (world * train.gradient_accumulation):
         raise ConfigError(
             f"train.batch_size={train.batch_size} must be divisible by processes ({world}) × "

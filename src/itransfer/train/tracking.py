@@ -9,6 +9,7 @@ works as usual without network.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import uuid
@@ -95,6 +96,22 @@ class WandbSink:
         self.run.finish()
 
 
+def check_sinks_available(*, wandb_project: str | None) -> None:
+    """Fail early, on every process, when a requested sink cannot be opened."""
+    if wandb_project and not _importable("wandb"):
+        raise ConfigError(
+            f"train.wandb_project={wandb_project!r} needs the wandb package: pip install wandb "
+            "(or leave train.wandb_project unset)"
+        )
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ValueError:  # already imported, without a module spec
+        return True
+
+
 def open_sinks(
     *, tensorboard: bool, wandb_project: str | None, out_dir: Path, config: dict[str, Any],
     task_names: list[str],
@@ -106,5 +123,10 @@ def open_sinks(
         except ImportError:  # tensorboard is optional at run time
             logger.warning("tensorboard is not installed; no TensorBoard logs")
     if wandb_project:
-        sinks.append(WandbSink(wandb_project, out_dir, config, task_names))
+        try:
+            sinks.append(WandbSink(wandb_project, out_dir, config, task_names))
+        except BaseException:
+            for sink in sinks:
+                sink.close()
+            raise
     return sinks
