@@ -21,7 +21,14 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from itransfer.train.examples import Architecture, EncodedExample, collate, token_losses
+from itransfer.train.examples import (
+    Architecture,
+    EncodedExample,
+    collate,
+    padded_parts,
+    target_mask,
+    token_losses,
+)
 
 Router = Callable[[list[int]], AbstractContextManager[Any]]
 
@@ -75,8 +82,7 @@ def evaluate_items(
                     return_dict=True,
                 )
             losses = token_losses(model, batch, encoder_outputs=encoder_outputs)
-            labels = batch["labels"][:, 1:] if architecture == "causal" else batch["labels"]
-            mask = labels != -100
+            mask = target_mask(batch, causal=architecture == "causal")
             per_item = ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
             predictions = (
                 _generate(
@@ -121,13 +127,6 @@ def plan_batches(
     if current:
         batches.append(current)
     return batches
-
-
-def padded_parts(example: EncodedExample, architecture: Architecture) -> tuple[int, ...]:
-    """The lengths :func:`collate` pads separately: source and target, or the whole sequence."""
-    if architecture == "seq2seq":
-        return (len(example.source_ids), len(example.target_ids))
-    return (len(example),)
 
 
 def _generate(

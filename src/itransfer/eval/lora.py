@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from itransfer.train.examples import Architecture, EncodedExample, collate, token_losses
+from itransfer.train.examples import (
+    Architecture,
+    EncodedExample,
+    collate,
+    target_mask,
+    token_losses,
+)
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,7 @@ def batch_loss(
     batch = collate(examples, pad_token_id=pad_token_id, architecture=architecture)
     batch = {key: value.to(device) for key, value in batch.items()}
     losses = token_losses(model, batch)
-    labels = batch["labels"][:, 1:] if architecture == "causal" else batch["labels"]
-    mask = labels != -100
+    mask = target_mask(batch, causal=architecture == "causal")
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 

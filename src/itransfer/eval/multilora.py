@@ -52,14 +52,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from itransfer.eval.inference import padded_parts, plan_batches
+from itransfer.eval.inference import plan_batches
 from itransfer.eval.lora import LoraSettings, TransferCell, epoch_batches, init_lora_a, peft_config
 from itransfer.io_utils import replace_dir
 from itransfer.train.examples import (
-    IGNORE_INDEX,
     Architecture,
     EncodedExample,
     collate,
+    count_targets,
+    padded_parts,
+    target_mask,
     token_losses,
 )
 
@@ -301,7 +303,7 @@ def _accumulate_gradients(
     """Backward the sum of per-cell mean-token losses; return each cell's loss (float64, CPU)."""
     token_counts = torch.zeros(n_cells, dtype=torch.float64)
     for example, owner in zip(examples, owners, strict=True):
-        token_counts[owner] += _target_token_count(example, architecture)
+        token_counts[owner] += count_targets(example, architecture == "causal")
     token_counts = token_counts.clamp(min=1)  # batch_loss's clamp, for empty targets
     step_losses = torch.zeros(n_cells, dtype=torch.float64)
     # Similar lengths share a pass so that chunked passes pad little.
@@ -317,20 +319,11 @@ def _accumulate_gradients(
         row_owners = torch.tensor([owners[i] for i in rows], dtype=torch.long)
         with adapters.route(row_owners):
             per_token = token_losses(adapters.model, batch)
-        labels = batch["labels"][:, 1:] if architecture == "causal" else batch["labels"]
-        row_sums = (per_token * (labels != IGNORE_INDEX)).sum(dim=1)
+        row_sums = (per_token * target_mask(batch, causal=architecture == "causal")).sum(dim=1)
         weights = (1.0 / token_counts[row_owners]).to(device=device, dtype=row_sums.dtype)
         (row_sums * weights).sum().backward()
         step_losses.index_add_(0, row_owners, (row_sums.detach() * weights).double().cpu())
     return step_losses
-
-
-def _target_token_count(example: EncodedExample, architecture: Architecture) -> int:
-    if architecture == "seq2seq":
-        return len(example.target_ids)
-    # Causal losses drop the first position (nothing predicts it): a target token only there
-    # is not counted, as in batch_loss.
-    return len(example.target_ids) - (1 if not example.source_ids and example.target_ids else 0)
 
 
 def _clip_per_cell(parameters: Sequence[nn.Parameter], max_norm: float) -> None:

@@ -206,8 +206,22 @@ def _scored_positions_only(model: torch.nn.Module, positions: torch.Tensor) -> I
 
 
 def target_mask(batch: dict[str, torch.Tensor], *, causal: bool) -> torch.Tensor:
+    """Which positions of :func:`token_losses`' output are target tokens."""
     labels = batch["labels"][:, 1:] if causal else batch["labels"]
     return labels != IGNORE_INDEX
+
+
+def count_targets(example: EncodedExample, causal: bool) -> int:
+    """Target tokens that receive a loss (a causal LM cannot predict its very first token)."""
+    first_is_target = causal and not example.source_ids and bool(example.target_ids)
+    return len(example.target_ids) - (1 if first_is_target else 0)
+
+
+def padded_parts(example: EncodedExample, architecture: Architecture) -> tuple[int, ...]:
+    """The lengths :func:`collate` pads separately: source and target, or the whole sequence."""
+    if architecture == "seq2seq":
+        return (len(example.source_ids), len(example.target_ids))
+    return (len(example),)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

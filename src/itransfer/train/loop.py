@@ -49,7 +49,14 @@ from itransfer.models import load_model_and_tokenizer
 from itransfer.provenance import write_run_record
 from itransfer.sampling import build_sampler, plot_sampling_schedule
 from itransfer.train import checkpoint as ckpt
-from itransfer.train.examples import EncodedExample, ExampleEncoder, collate, token_losses
+from itransfer.train.examples import (
+    EncodedExample,
+    ExampleEncoder,
+    collate,
+    count_targets,
+    target_mask,
+    token_losses,
+)
 from itransfer.train.tracking import check_sinks_available, open_sinks
 from itransfer.train.unsupervised import UnsupervisedBatches
 from itransfer.train.weights import load_weights, model_fingerprint
@@ -91,11 +98,6 @@ def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], floa
         return max(0.0, remaining / max(1, total_steps - warmup_steps))
 
     return factor
-
-
-def count_targets(example: EncodedExample, causal: bool) -> int:
-    """Target tokens that receive a loss (a causal LM cannot predict its very first token)."""
-    return len(example.target_ids) - (1 if causal and not example.source_ids else 0)
 
 
 @contextmanager
@@ -270,7 +272,7 @@ def instruction_tune(
             with accelerator.no_sync(model) if not last else nullcontext():
                 with accelerator.autocast():
                     losses = token_losses(model, batch)
-                mask = (batch["labels"][:, 1:] if causal else batch["labels"]) != -100
+                mask = target_mask(batch, causal=causal)
                 nll = (losses * mask).sum()
                 accelerator.backward(nll * world / global_targets)
             sums[-1] += nll.detach().double()
