@@ -8,7 +8,6 @@ across processes; finished tasks are skipped when the evaluation is re-run.
 from __future__ import annotations
 
 from itransfer.errors import DataError
-from itransfer.eval.inference import evaluate_items
 from itransfer.eval.session import (
     EvalSession,
     ProgressCallback,
@@ -43,12 +42,7 @@ def evaluate_icl(
         if not instances:
             raise DataError(task.path or name, f"task {name} has no test instances")
         items = session.items(task, instances, context)
-        results = evaluate_items(
-            session.loaded.model, session.loaded.tokenizer, session.loaded.architecture, items,
-            batch_size=eval_config.batch_size, max_new_tokens=eval_config.max_new_tokens,
-            max_batch_tokens=eval_config.max_batch_tokens,
-            generate=eval_config.generate,
-        )
+        results = session.evaluate(items)
         predictions = [result.prediction for result in results]
         shots = session.encoder(context).context.num_exemplars if "exemplars" in context else 0
         rows = score_rows(

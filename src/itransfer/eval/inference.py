@@ -85,10 +85,8 @@ def evaluate_items(
             mask = target_mask(batch, causal=architecture == "causal")
             per_item = ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
             predictions = (
-                _generate(
-                    model, tokenizer, architecture, batch_items, max_new_tokens, device,
-                    encoder_outputs=encoder_outputs,
-                )
+                _generate(model, tokenizer, architecture, batch, batch_items, max_new_tokens,
+                          encoder_outputs=encoder_outputs)
                 if generate
                 else [None] * len(batch_items)
             )
@@ -133,35 +131,31 @@ def _generate(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     architecture: Architecture,
+    batch: dict[str, torch.Tensor],
     items: Sequence[EvalItem],
     max_new_tokens: int,
-    device: torch.device,
     *,
     encoder_outputs: Any = None,
 ) -> list[str]:
     pad = tokenizer.pad_token_id
-    sources = [list(item.example.source_ids) for item in items]
-    width = max(len(source) for source in sources)
-    input_ids = torch.full((len(sources), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, source in enumerate(sources):
-        # Decoder-only models continue the last position, so their prompts are padded on the
-        # left; encoder-decoders read the whole source and are padded on the right.
-        span = slice(width - len(source), width) if architecture == "causal" else slice(
-            0, len(source)
-        )
-        input_ids[row, span] = torch.tensor(source)
-        attention_mask[row, span] = 1
-    extra = {} if encoder_outputs is None else {"encoder_outputs": encoder_outputs}
+    if architecture == "seq2seq":
+        # The encoder read the batch's right-padded sources already; generation reuses them.
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                  "encoder_outputs": encoder_outputs}
+        width = 0
+    else:
+        # Decoder-only models continue the last position, so their prompts (the sources without
+        # targets) are padded on the left.
+        sources = [item.example.source_ids for item in items]
+        width = max(len(source) for source in sources)
+        input_ids = torch.full((len(sources), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, source in enumerate(sources):
+            input_ids[row, width - len(source):] = torch.tensor(source, dtype=torch.long)
+            attention_mask[row, width - len(source):] = 1
+        device = batch["input_ids"].device
+        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
     output = model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        pad_token_id=pad,
-        **extra,
+        **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad
     )
-    if architecture == "causal":
-        output = output[:, width:]
-    return tokenizer.batch_decode(output, skip_special_tokens=True)
+    return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)

@@ -9,7 +9,6 @@ first ones of the split's fixed order), which keeps the cost of 619 tasks bounde
 
 from __future__ import annotations
 
-from itransfer.eval.inference import evaluate_items
 from itransfer.eval.session import EvalSession, ProgressCallback
 
 
@@ -42,12 +41,7 @@ def evaluate_seen(
             chosen = instances[:cap] if cap is not None else instances
             if not chosen:
                 continue
-            results = evaluate_items(
-                session.loaded.model, session.loaded.tokenizer, session.loaded.architecture,
-                session.items(task, chosen, context), batch_size=eval_config.batch_size,
-                max_batch_tokens=eval_config.max_batch_tokens,
-                generate=False,
-            )
+            results = session.evaluate(session.items(task, chosen, context), generate=False)
             losses = [result.loss for result in results]
             rows.append(session.row(split=split_name, metric="loss",
                                     value=sum(losses) / len(losses), n=len(losses), **common))

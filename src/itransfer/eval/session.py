@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
@@ -22,7 +23,7 @@ from itransfer.data.benchmark import SNIBenchmark, open_benchmark
 from itransfer.data.contexts import build_context, cut_summary
 from itransfer.data.sni import Instance, Task
 from itransfer.errors import ConfigError, DataError, ITransferError
-from itransfer.eval.inference import EvalItem
+from itransfer.eval.inference import EvalItem, ItemResult, Router, evaluate_items
 from itransfer.eval.metrics import ScoredInstance, aggregate, default_scorer
 from itransfer.eval.results import ResultsTable, config_hash
 from itransfer.io_utils import atomic_write_text
@@ -71,6 +72,23 @@ class EvalSession:
             EvalItem(example=encoder.encode(task, instance), references=instance.outputs)
             for instance in instances
         ]
+
+    def evaluate(
+        self, items: Sequence[EvalItem], *, model: torch.nn.Module | None = None,
+        generate: bool | None = None, router: Router | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[ItemResult]:
+        """Test loss (and greedy predictions) of ``items`` with the config's evaluation batches,
+        on the loaded model or on ``model`` (the loaded one with adapters)."""
+        eval_config = self.config.eval
+        return evaluate_items(
+            self.loaded.model if model is None else model, self.loaded.tokenizer,
+            self.loaded.architecture, items,
+            batch_size=eval_config.batch_size, max_batch_tokens=eval_config.max_batch_tokens,
+            max_new_tokens=eval_config.max_new_tokens,
+            generate=eval_config.generate if generate is None else generate,
+            router=router, device=self.accelerator.device, progress=progress,
+        )
 
     def shard(self, items: Sequence[Item]) -> list[Item]:
         return list(items[self.accelerator.process_index :: self.accelerator.num_processes])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from itransfer.data.sni import Instance, Task
-from itransfer.eval.inference import EvalItem, evaluate_items
+from itransfer.eval.inference import EvalItem
 from itransfer.eval.lora import LoraSettings, TransferCell, train_cell_peft
 from itransfer.eval.session import (
     EvalSession,
@@ -136,12 +136,7 @@ def _run_peft(
                 architecture=loaded.architecture, device=device,
             )
         try:
-            results = evaluate_items(
-                model, loaded.tokenizer, loaded.architecture, item.test_items,
-                batch_size=eval_config.batch_size, max_new_tokens=eval_config.max_new_tokens,
-                max_batch_tokens=eval_config.max_batch_tokens,
-                generate=eval_config.generate, device=device,
-            )
+            results = session.evaluate(item.test_items, model=model)
             if eval_config.save_adapters and item.cell.shots > 0:
                 model.save_pretrained(session.out_dir / "adapters" / _safe(item.cell.key))
         finally:
@@ -184,12 +179,8 @@ def _run_batched(
         )
         multi = trained.adapters
         try:
-            results = evaluate_items(
-                multi.model, loaded.tokenizer, loaded.architecture, items,
-                batch_size=eval_config.batch_size, max_new_tokens=eval_config.max_new_tokens,
-                max_batch_tokens=eval_config.max_batch_tokens,
-                generate=eval_config.generate, router=multi.route, device=device,
-                progress=moving.evaluated,
+            results = session.evaluate(
+                items, model=multi.model, router=multi.route, progress=moving.evaluated
             )
             if eval_config.save_adapters:
                 for index, item in enumerate(group):
