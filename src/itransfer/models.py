@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,7 +27,7 @@ from transformers import (
 )
 
 from itransfer.errors import ConfigError, ITransferError
-from itransfer.io_utils import replace_dir
+from itransfer.io_utils import staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -202,26 +200,9 @@ def save_model(
     target = Path(out_dir)
     if target.exists() and not overwrite:
         raise ITransferError(f"{target} already exists (pass overwrite=True to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with staged_dir(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         if not any(staging.glob("*.safetensors")):
             raise ITransferError(f"saving {type(model).__name__} wrote no safetensors file")
-        _set_default_permissions(staging)
-        replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
-
-
-def _set_default_permissions(folder: Path) -> None:
-    # mkdtemp (and safetensors' own temp files) create owner-only modes; a checkpoint should be
-    # readable like any other output the user writes.
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

@@ -23,7 +23,6 @@ and the report.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,7 +37,7 @@ from itransfer.config import ExperimentConfig
 from itransfer.errors import ConfigError
 from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable, config_hash
 from itransfer.experiment import PRETRAINED, Experiment
-from itransfer.io_utils import atomic_write_text, replace_dir
+from itransfer.io_utils import atomic_write_text, staged_dir
 from itransfer.provenance import git_revision, package_versions, write_run_record
 
 STAGE_FILE = "stage.json"
@@ -337,17 +336,13 @@ def _assemble_results(
             continue
         frame = frame.assign(model=label, checkpoint_step=step, run=experiment.name)
         frames.append(frame)
-    staging = out_dir / f".{RESULTS_DIR}.tmp"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    if frames:
-        table = pa.Table.from_pandas(
-            pd.concat(frames, ignore_index=True)[SCHEMA.names], schema=SCHEMA,
-            preserve_index=False,
-        )
-        pq.write_table(table, staging / "part-assembled.parquet")
-    replace_dir(staging, out_dir / RESULTS_DIR)
+    with staged_dir(out_dir / RESULTS_DIR) as staging:
+        if frames:
+            table = pa.Table.from_pandas(
+                pd.concat(frames, ignore_index=True)[SCHEMA.names], schema=SCHEMA,
+                preserve_index=False,
+            )
+            pq.write_table(table, staging / "part-assembled.parquet")
 
 
 def _write_manifest(

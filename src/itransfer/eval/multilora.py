@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,7 +52,7 @@ from torch import nn
 
 from itransfer.eval.inference import plan_batches
 from itransfer.eval.lora import LoraSettings, TransferCell, epoch_batches, init_lora_a, peft_config
-from itransfer.io_utils import replace_dir
+from itransfer.io_utils import staged_dir
 from itransfer.train.examples import (
     Architecture,
     EncodedExample,
@@ -207,20 +205,12 @@ class MultiLoraModel:
         from safetensors.torch import save_file
 
         target = Path(out_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        )
-        try:
+        with staged_dir(target) as staging:
             peft_config(self.settings, self.architecture).save_pretrained(str(staging))
             save_file(
                 self.adapter_state(cell_index), str(staging / "adapter_model.safetensors"),
                 metadata={"format": "pt"},
             )
-            replace_dir(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return target
 
     def remove(self) -> nn.Module:
