@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from two_processes import launch_two
+
 SCRIPT = Path(__file__).with_name("distributed_eval.py")
 OVERRIDES = [
     "model.max_source_length=96", "model.max_target_length=16", "data.splits.unseen_test_size=6",
@@ -32,14 +34,7 @@ def test_two_processes_match_one(tiny_model_dir: Path, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    launcher = Path(sys.executable).with_name("accelerate")
-    double = subprocess.run(
-        [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29534",
-         str(SCRIPT), str(tiny_model_dir), str(tmp_path / "two"), *OVERRIDES],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert double.returncode == 0, double.stderr[-3000:]
+    launch_two(SCRIPT, str(tiny_model_dir), str(tmp_path / "two"), *OVERRIDES)
     one, two = _table(tmp_path / "one"), _table(tmp_path / "two")
     assert len(one) == len(two) > 0
     assert one[COLUMNS].equals(two[COLUMNS])

@@ -31,7 +31,7 @@ def evaluate_icl(
         method="icl", context=context, max_new_tokens=eval_config.max_new_tokens,
         generate=eval_config.generate,
     )
-    done = set() if force else session.table.finished_cells()
+    done = session.finished_cells(force=force)
     tasks = evaluation_tasks(session)
     todo = [name for name in tasks if _cell(session, name, context, settings) not in done]
     mine = session.shard(todo)

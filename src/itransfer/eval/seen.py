@@ -20,7 +20,7 @@ def evaluate_seen(
     context = session.config.data.context.name
     cap = eval_config.seen_max_instances
     settings = session.settings_hash(method="seen", context=context, cap=cap)
-    done = set() if force else session.table.finished_cells()
+    done = session.finished_cells(force=force)
     tasks = [
         name for name in session.benchmark.selection.seen
         if _cell(session, name, settings) not in done

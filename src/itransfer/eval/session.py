@@ -1,8 +1,9 @@
 """What every evaluation shares: the checkpoint, the tasks, the results table, the shards.
 
-Evaluations split their work (tasks or cells) across processes with ``accelerate``: each
-process takes every ``world``-th item, and the main process gathers the rows and writes them,
-so the table is the same whether one process or several did the work.
+Evaluations split their work (tasks or cells) across processes with ``accelerate``: all plan
+from the main process's view of what is already done, each process takes every ``world``-th
+item and appends its own rows, so the table is the same whether one process or several did
+the work.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 
 from itransfer.config import ExperimentConfig
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
@@ -89,6 +90,23 @@ class EvalSession:
             generate=eval_config.generate if generate is None else generate,
             router=router, device=self.accelerator.device, progress=progress,
         )
+
+    def finished_cells(self, *, force: bool = False) -> set[str]:
+        """The cells already in the results table, as the main process sees them.
+
+        Every process must plan from the same list: were each to read the table itself, a fast
+        process could finish and write a cell before a slow one reads, the two would shard
+        different lists and a cell would be skipped by both. So all wait, the main process
+        reads, and the others receive its answer.
+        """
+        if force:
+            return set()
+        if self.accelerator.num_processes == 1:
+            return self.table.finished_cells()
+        self.accelerator.wait_for_everyone()
+        seen = [self.table.finished_cells() if self.accelerator.is_main_process else None]
+        broadcast_object_list(seen, from_process=0)
+        return seen[0]
 
     def shard(self, items: Sequence[Item]) -> list[Item]:
         return list(items[self.accelerator.process_index :: self.accelerator.num_processes])

@@ -59,7 +59,7 @@ def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellW
         method="finetune", lora=settings.__dict__, max_new_tokens=eval_config.max_new_tokens,
         generate=eval_config.generate,
     )
-    done = set() if force else session.table.finished_cells()
+    done = session.finished_cells(force=force)
     work: list[CellWork] = []
     for name in session.shard(evaluation_tasks(session)):
         task = session.benchmark.task(name)
