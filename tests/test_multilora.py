@@ -211,3 +211,43 @@ def test_lm_head_as_a_lora_target(loaded: LoadedModel, cells: list[TransferCell]
             assert result.losses[c] == pytest.approx(expected[c], abs=1e-5)
     finally:
         result.adapters.remove()
+
+
+def test_a_cells_dropout_does_not_depend_on_what_ran_before(
+    loaded: LoadedModel, cells: list[TransferCell]
+) -> None:
+    # With dropout, a cell's result must be the same whether it runs first or after others
+    # (a sharded evaluation gives each process different cells before it) and in either engine
+    # must not move the caller's random state.
+    settings = LoraSettings(dropout=0.3, batch_size=4, epochs=1)
+    model = load_model_and_tokenizer(DEFAULT_MODEL).model
+    model.config.dropout_rate = 0.1
+    common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "seq2seq",
+              "device": CPU}
+
+    def peft_losses(cell: TransferCell) -> list[float]:
+        nonlocal model
+        peft_model, losses = train_cell_peft(model, cell, settings, **common)
+        model = peft_model.unload()
+        return losses
+
+    torch.manual_seed(1)
+    alone = peft_losses(cells[1])
+    state = torch.random.get_rng_state()
+    peft_losses(cells[0])
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(2)
+    after_another = peft_losses(cells[1])
+    assert after_another == alone
+    assert peft_losses(cells[2]) != peft_losses(cells[2].__class__(
+        cells[2].task, cells[2].shots, cells[2].context, 1, cells[2].train_examples))
+
+    def batched_losses() -> list[list[float]]:
+        result = train_cells_batched(model, cells[:2], settings, **common)
+        result.adapters.remove()
+        return result.losses
+
+    torch.manual_seed(3)
+    first = batched_losses()
+    torch.manual_seed(4)
+    assert batched_losses() == first

@@ -113,3 +113,36 @@ def test_out_dir_of_another_experiment(tiny_model_dir: Path, tmp_path: Path) -> 
 def test_unknown_scale(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no scale 'huge'"):
         load_experiment(_experiment_file(tmp_path, tiny_model_dir), scale="huge")
+
+
+@pytest.mark.slow
+def test_two_processes_run_one_experiment(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`accelerate launch -m itransfer run`: the processes share the stages (one set of
+    markers, one results table, one report), and a second launch reuses every stage."""
+    from two_processes import launch_two
+
+    config = _experiment_file(tmp_path, tiny_model_dir)
+    single = run_experiment(load_experiment(config), tmp_path / "one", write_report=False)
+    launch_two("-m", "itransfer", "run", config, "--out", tmp_path / "two")
+    two = tmp_path / "two"
+    assert (two / "report.html").is_file()
+    markers = sorted(path.parent.name.split("-")[0] for path in two.glob("stages/*/stage.json"))
+    assert markers == sorted(name.split(":")[0] for name in single.timings)
+
+    key = ["model", "checkpoint_step", "task", "method", "split", "context", "shots", "metric"]
+    one_rows = ResultsTable(tmp_path / "one").read().sort_values(key).reset_index(drop=True)
+    two_rows = ResultsTable(two).read().sort_values(key).reset_index(drop=True)
+    assert one_rows[key].equals(two_rows[key])
+    # The pre-trained model is the same in both, and each LoRA cell seeds its own dropout, so
+    # its measurements agree whichever process ran them. (The tuned models are not the same:
+    # two processes draw other dropout masks than one.)
+    pretrained = (one_rows["model"] == "pretrained").to_numpy()
+    gap = (one_rows["value"] - two_rows["value"]).abs()
+    assert set(one_rows[pretrained]["method"]) == {"icl", "finetune"}
+    assert gap[pretrained].max() < 1e-5
+    states = list(two.glob("stages/train-*/checkpoints/step-*/trainer_state.json"))
+    assert states and all(json.loads(path.read_text())["world_size"] == 2 for path in states)
+
+    again = launch_two("-m", "itransfer", "run", config, "--out", two)
+    assert again.stderr.count("done earlier (reused)") == len(single.timings)
+    assert "done in" not in again.stderr.replace("report: done in", "")

@@ -10,13 +10,16 @@ accelerate set up is an error before anything is written.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import get_int_from_env
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list, get_int_from_env
 
 from itransfer.errors import ConfigError
+
+Value = TypeVar("Value")
 
 
 def launched_processes() -> int:
@@ -43,7 +46,32 @@ def make_accelerator(**kwargs: Any) -> Accelerator:
     return accelerator
 
 
-def check_launch(accelerator: Accelerator) -> None:
+def make_state() -> PartialState:
+    """The launched processes as one group, for code that coordinates stages (which process
+    writes, when all wait) without training anything itself; the accelerators the stages make
+    later join the same group."""
+    launched = launched_processes()
+    state = PartialState(cpu=launched > 1 and not _has_gpu())
+    check_launch(state)
+    return state
+
+
+def agreed(state: PartialState, read: Callable[[], Value]) -> Value:
+    """``read()`` as the main process sees it, once every process has got here.
+
+    For decisions taken from files that another process may be about to write: were each
+    process to read for itself, they could decide differently and then wait for each other
+    forever, or split work differently.
+    """
+    if state.num_processes == 1:
+        return read()
+    state.wait_for_everyone()
+    answer = [read() if state.is_main_process else None]
+    broadcast_object_list(answer, from_process=0)
+    return answer[0]
+
+
+def check_launch(accelerator: Accelerator | PartialState) -> None:
     launched = launched_processes()
     if accelerator.num_processes != launched:
         raise ConfigError(

@@ -18,6 +18,10 @@ stage continues from its last checkpoint, an evaluation stage after its last fin
 The run folder gets ``results/`` (every evaluation stage's rows, labelled with the
 experiment's model names), ``manifest.json`` (models, sections, timings, config, provenance)
 and the report.
+
+Under ``accelerate launch`` every process runs this same driver: training and evaluation
+stages are split across them, whether a stage is done is decided once for all (by the main
+process), and only the main process writes the stage markers, the manifest and the report.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from itransfer.errors import ConfigError
 from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable, config_hash
 from itransfer.experiment import PRETRAINED, Experiment
 from itransfer.io_utils import atomic_write_text, staged_dir
+from itransfer.launch import agreed, make_state
 from itransfer.provenance import git_revision, package_versions, write_run_record
 
 STAGE_FILE = "stage.json"
@@ -208,13 +213,18 @@ def run_experiment(
     from itransfer.train.checkpoint import list_checkpoints
     from itransfer.train.loop import instruction_tune
 
-    reporter = reporter or SilentReporter()
+    state = make_state()
+    main = state.is_main_process
+    reporter = (reporter or SilentReporter()) if main else SilentReporter()
     out_dir = Path(out_dir)
     store = Path(store) if store is not None else out_dir / "stages"
+    # Every process checks (so that all of them stop on an error) before any writes.
     _check_out_dir(out_dir, experiment)
     _check_tokenizers(experiment)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_run_record(out_dir, experiment.base, seed=experiment.base.seed)
+    state.wait_for_everyone()
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_run_record(out_dir, experiment.base, seed=experiment.base.seed)
     timings: dict[str, float] = {}
     cached: list[str] = []
     plans = plan_evaluations(experiment)
@@ -226,9 +236,9 @@ def run_experiment(
         config = _config_of(experiment, label)
         stage_dir = store / f"train-{_train_key(config)}"
         name = f"train:{label}"
-        if name in force:
+        if name in force and main:
             _set_aside(stage_dir)
-        if _finished(stage_dir):
+        if agreed(state, lambda stage_dir=stage_dir: _finished(stage_dir)):
             cached.append(name)
             reporter.stage(name, "cached")
         else:
@@ -240,7 +250,9 @@ def run_experiment(
 
             instruction_tune(config, stage_dir, resume=True, progress=on_step)
             timings[name] = time.perf_counter() - started
-            _mark_finished(stage_dir, "train", timings[name], label=label)
+            if main:
+                _mark_finished(stage_dir, "train", timings[name], label=label)
+            state.wait_for_everyone()
             reporter.stage(name, "done", timings[name])
         checkpoints[label] = {
             int(path.name.removeprefix("step-")): path
@@ -284,7 +296,7 @@ def run_experiment(
         name = f"eval:{label}@{step}"
         forced = name in force or f"eval:{label}" in force
         eval_stages.append((label, step, stage_dir))
-        if _finished(stage_dir) and not forced:
+        if agreed(state, lambda stage_dir=stage_dir: _finished(stage_dir)) and not forced:
             cached.append(name)
             reporter.stage(name, "cached")
             continue
@@ -302,22 +314,27 @@ def run_experiment(
         if plan.shots:
             evaluate_transfer(session, force=forced, progress=on_progress)
         timings[name] = time.perf_counter() - started
-        _mark_finished(stage_dir, "eval", timings[name], label=label, step=step)
+        if main:
+            _mark_finished(stage_dir, "eval", timings[name], label=label, step=step)
+        state.wait_for_everyone()
         reporter.stage(name, "done", timings[name])
 
-    # 3. the experiment's own results table and manifest, then the report
-    _assemble_results(out_dir, experiment, eval_stages)
-    _write_manifest(out_dir, experiment, checkpoints, timings, store)
+    # 3. the experiment's own results table and manifest, then the report (main process only)
     report = None
-    if write_report:
-        from itransfer.analysis.report import write_report as render
-
-        started = time.perf_counter()
-        reporter.stage("report", "running")
-        report = render(out_dir).html
-        timings["report"] = time.perf_counter() - started
-        reporter.stage("report", "done", timings["report"])
+    if main:
+        _assemble_results(out_dir, experiment, eval_stages)
         _write_manifest(out_dir, experiment, checkpoints, timings, store)
+        if write_report:
+            from itransfer.analysis.report import write_report as render
+
+            started = time.perf_counter()
+            reporter.stage("report", "running")
+            report = render(out_dir).html
+            timings["report"] = time.perf_counter() - started
+            reporter.stage("report", "done", timings["report"])
+            _write_manifest(out_dir, experiment, checkpoints, timings, store)
+    # The others wait: a process that exits while its peers still use the group aborts.
+    state.wait_for_everyone()
     return RunSummary(out_dir=out_dir, timings=timings, report=report, cached_stages=cached)
 
 

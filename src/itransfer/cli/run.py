@@ -45,15 +45,19 @@ def _run(config: Path, out: Path, scale: str | None, overrides: list[str] | None
     from transformers.utils import logging as transformers_logging
 
     from itransfer.experiment import load_experiment
+    from itransfer.launch import make_state
     from itransfer.pipeline import run_experiment
 
     transformers_logging.disable_progress_bar()
     experiment = load_experiment(config, scale=scale, overrides=overrides)
+    main = make_state().is_main_process  # under accelerate launch, one process draws
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=stderr, transient=True) as bar:
+                  TimeElapsedColumn(), console=stderr, transient=True, disable=not main) as bar:
         summary = run_experiment(experiment, out, store=store, force=tuple(force or ()),
                                  reporter=RichReporter(bar))
+    if not main:
+        return
     stderr.print(f"finished in {time.perf_counter() - started:.0f} s")
     if summary.report is not None:
         stderr.print(f"report: {summary.report}", style="bold")

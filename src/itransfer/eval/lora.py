@@ -4,7 +4,8 @@ A *cell* is one (task, k shots, context, seed): a fresh task-specific LoRA train
 first k instances of the task's few-shot pool with the paper's settings (Appendix B: r 16,
 alpha 32, dropout 0.05, constant learning rate 1e-3, batch 32, 5 epochs). What a cell trains
 on, in which order, and from which initial LoRA weights are functions of the cell alone
-(:func:`epoch_batches`, :func:`init_lora_a`), so the sequential PEFT engine here and the
+(:func:`epoch_batches`, :func:`init_lora_a`, and the dropout draws through :func:`seeded_rng`),
+so the sequential PEFT engine here and the
 batched multi-adapter engine (:mod:`itransfer.eval.multilora`) see the same problem and can be
 checked against each other.
 """
@@ -14,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +105,21 @@ def init_lora_a(cell: TransferCell, module_name: str, shape: Sequence[int]) -> t
     return weight.uniform_(-bound, bound, generator=generator)
 
 
+@contextmanager
+def seeded_rng(seeds: Sequence[int], device: torch.device) -> Iterator[None]:
+    """Torch's global RNG seeded from ``seeds`` inside, and restored after.
+
+    Dropout (the LoRA's and the model's own) draws from the global RNG; unseeded, a cell's
+    result would depend on every cell run before it in the same process, so on the grid's
+    order and on which process of a sharded evaluation got the cell.
+    """
+    digest = hashlib.sha256(",".join(map(str, seeds)).encode()).digest()
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int.from_bytes(digest[:8], "big") % (2**63))
+        yield
+
+
 def batch_loss(
     model: torch.nn.Module, examples: Sequence[EncodedExample], *, pad_token_id: int,
     architecture: Architecture, device: torch.device,
@@ -143,30 +160,32 @@ def train_cell_peft(
     """
     from peft import get_peft_model
 
-    peft_model = get_peft_model(model, peft_config(settings, architecture))
-    for name, module in peft_model.named_modules():
-        lora_a = getattr(module, "lora_A", None)
-        if lora_a is not None and "default" in lora_a:
-            weight = lora_a["default"].weight
-            with torch.no_grad():
-                weight.copy_(init_lora_a(cell, _base_module_name(name), weight.shape))
-    parameters = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay
-    )
-    peft_model.train()
-    losses: list[float] = []
-    for indices in epoch_batches(cell, settings):
-        loss = batch_loss(
-            peft_model, [cell.train_examples[i] for i in indices],
-            pad_token_id=pad_token_id, architecture=architecture, device=device,
+    # get_peft_model's own LoRA initialisation (overwritten below) draws too.
+    with seeded_rng([cell.random_seed], device):
+        peft_model = get_peft_model(model, peft_config(settings, architecture))
+        for name, module in peft_model.named_modules():
+            lora_a = getattr(module, "lora_A", None)
+            if lora_a is not None and "default" in lora_a:
+                weight = lora_a["default"].weight
+                with torch.no_grad():
+                    weight.copy_(init_lora_a(cell, _base_module_name(name), weight.shape))
+        parameters = [p for p in peft_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay
         )
-        loss.backward()
-        if settings.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        peft_model.train()
+        losses: list[float] = []
+        for indices in epoch_batches(cell, settings):
+            loss = batch_loss(
+                peft_model, [cell.train_examples[i] for i in indices],
+                pad_token_id=pad_token_id, architecture=architecture, device=device,
+            )
+            loss.backward()
+            if settings.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
     peft_model.eval()
     return peft_model, losses
 

@@ -51,7 +51,14 @@ import torch
 from torch import nn
 
 from itransfer.eval.inference import plan_batches
-from itransfer.eval.lora import LoraSettings, TransferCell, epoch_batches, init_lora_a, peft_config
+from itransfer.eval.lora import (
+    LoraSettings,
+    TransferCell,
+    epoch_batches,
+    init_lora_a,
+    peft_config,
+    seeded_rng,
+)
 from itransfer.io_utils import staged_dir
 from itransfer.train.examples import (
     Architecture,
@@ -261,23 +268,25 @@ def train_cells_batched(
     logger.info("training %d LoRA cells together in %d global steps", len(cells), total_steps)
     model.train()
     try:
-        for step in range(total_steps):
-            active = [c for c, steps in enumerate(schedules) if step < len(steps)]
-            owners = [c for c in active for _ in schedules[c][step]]
-            examples = [cells[c].train_examples[i] for c in active for i in schedules[c][step]]
-            step_losses = _accumulate_gradients(
-                adapters, examples, owners, len(cells), pad_token_id=pad_token_id,
-                architecture=architecture, device=device,
-                max_examples_per_pass=max_examples_per_pass,
-                max_tokens_per_pass=max_tokens_per_pass,
-            )
-            if settings.max_grad_norm is not None:
-                _clip_per_cell(adapters.adapter_parameters(), settings.max_grad_norm)
-            optimizer.step(active)
-            for c in active:
-                losses[c].append(float(step_losses[c]))
-            if progress is not None:
-                progress(step + 1, total_steps)
+        # The group's dropout draws depend on all its cells, as its packed passes do.
+        with seeded_rng([cell.random_seed for cell in cells], device):
+            for step in range(total_steps):
+                active = [c for c, steps in enumerate(schedules) if step < len(steps)]
+                owners = [c for c in active for _ in schedules[c][step]]
+                examples = [cells[c].train_examples[i] for c in active for i in schedules[c][step]]
+                step_losses = _accumulate_gradients(
+                    adapters, examples, owners, len(cells), pad_token_id=pad_token_id,
+                    architecture=architecture, device=device,
+                    max_examples_per_pass=max_examples_per_pass,
+                    max_tokens_per_pass=max_tokens_per_pass,
+                )
+                if settings.max_grad_norm is not None:
+                    _clip_per_cell(adapters.adapter_parameters(), settings.max_grad_norm)
+                optimizer.step(active)
+                for c in active:
+                    losses[c].append(float(step_losses[c]))
+                if progress is not None:
+                    progress(step + 1, total_steps)
     except BaseException:
         adapters.remove()  # a failed run must not leave the caller's model wrapped
         raise

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate import Accelerator, PartialState
+from accelerate.utils import gather_object
 
 from itransfer.config import ExperimentConfig
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
@@ -28,7 +28,7 @@ from itransfer.eval.inference import EvalItem, ItemResult, Router, evaluate_item
 from itransfer.eval.metrics import ScoredInstance, aggregate, default_scorer
 from itransfer.eval.results import ResultsTable, config_hash
 from itransfer.io_utils import atomic_write_text
-from itransfer.launch import check_launch, make_accelerator
+from itransfer.launch import agreed, check_launch, make_accelerator
 from itransfer.models import LoadedModel, load_model_and_tokenizer
 from itransfer.provenance import write_run_record
 from itransfer.train.checkpoint import STATE_FILE
@@ -96,17 +96,11 @@ class EvalSession:
 
         Every process must plan from the same list: were each to read the table itself, a fast
         process could finish and write a cell before a slow one reads, the two would shard
-        different lists and a cell would be skipped by both. So all wait, the main process
-        reads, and the others receive its answer.
+        different lists and a cell would be skipped by both.
         """
         if force:
             return set()
-        if self.accelerator.num_processes == 1:
-            return self.table.finished_cells()
-        self.accelerator.wait_for_everyone()
-        seen = [self.table.finished_cells() if self.accelerator.is_main_process else None]
-        broadcast_object_list(seen, from_process=0)
-        return seen[0]
+        return agreed(PartialState(), self.table.finished_cells)
 
     def shard(self, items: Sequence[Item]) -> list[Item]:
         return list(items[self.accelerator.process_index :: self.accelerator.num_processes])
