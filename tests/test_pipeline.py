@@ -12,6 +12,7 @@ from itransfer.errors import ConfigError
 from itransfer.eval.results import ResultsTable
 from itransfer.experiment import load_experiment
 from itransfer.pipeline import run_experiment
+from two_processes import launch_two
 
 TINY = {
     "model": {"max_source_length": 64, "max_target_length": 12},
@@ -119,8 +120,6 @@ def test_unknown_scale(tiny_model_dir: Path, tmp_path: Path) -> None:
 def test_two_processes_run_one_experiment(tiny_model_dir: Path, tmp_path: Path) -> None:
     """`accelerate launch -m itransfer run`: the processes share the stages (one set of
     markers, one results table, one report), and a second launch reuses every stage."""
-    from two_processes import launch_two
-
     config = _experiment_file(tmp_path, tiny_model_dir)
     single = run_experiment(load_experiment(config), tmp_path / "one", write_report=False)
     launch_two("-m", "itransfer", "run", config, "--out", tmp_path / "two")

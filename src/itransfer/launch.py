@@ -1,4 +1,5 @@
-"""The one place an :class:`accelerate.Accelerator` is made when the caller brings none.
+"""The one place the launched processes are joined (an :class:`accelerate.Accelerator` when the
+caller brings none, or the bare process group), and how they agree on what they read.
 
 Under ``accelerate launch`` / ``torchrun`` on a machine without a GPU, ``Accelerator()`` sets up
 a single process in each of the launched processes (``DistributedType.NO``): they would train
@@ -37,9 +38,12 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
 
 
+def _needs_cpu_group() -> bool:
+    return launched_processes() > 1 and not _has_gpu()
+
+
 def make_accelerator(**kwargs: Any) -> Accelerator:
-    launched = launched_processes()
-    if launched > 1 and not _has_gpu():
+    if _needs_cpu_group():
         kwargs.setdefault("cpu", True)
     accelerator = Accelerator(**kwargs)
     check_launch(accelerator)
@@ -50,8 +54,7 @@ def make_state() -> PartialState:
     """The launched processes as one group, for code that coordinates stages (which process
     writes, when all wait) without training anything itself; the accelerators the stages make
     later join the same group."""
-    launched = launched_processes()
-    state = PartialState(cpu=launched > 1 and not _has_gpu())
+    state = PartialState(cpu=_needs_cpu_group())
     check_launch(state)
     return state
 

@@ -5,9 +5,8 @@ first k instances of the task's few-shot pool with the paper's settings (Appendi
 alpha 32, dropout 0.05, constant learning rate 1e-3, batch 32, 5 epochs). What a cell trains
 on, in which order, and from which initial LoRA weights are functions of the cell alone
 (:func:`epoch_batches`, :func:`init_lora_a`, and the dropout draws through :func:`seeded_rng`),
-so the sequential PEFT engine here and the
-batched multi-adapter engine (:mod:`itransfer.eval.multilora`) see the same problem and can be
-checked against each other.
+so the sequential PEFT engine here and the batched multi-adapter engine
+(:mod:`itransfer.eval.multilora`) see the same problem and can be checked against each other.
 """
 
 from __future__ import annotations
