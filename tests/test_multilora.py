@@ -18,7 +18,12 @@ from itransfer.eval.lora import (
     train_cell_peft,
 )
 from itransfer.eval.multilora import MultiLoraModel, train_cells_batched
-from itransfer.models import DEFAULT_MODEL, LoadedModel, load_model_and_tokenizer
+from itransfer.models import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    load_model_and_tokenizer,
+    resolve_model_source,
+)
 from itransfer.train.examples import ExampleEncoder, collate
 
 CPU = torch.device("cpu")
@@ -48,6 +53,17 @@ def cells(loaded: LoadedModel) -> list[TransferCell]:
         examples = tuple(encoder.encode(task, instance) for instance in pool)
         built.append(TransferCell(name, shots, "none", 0, examples))
     return built
+
+
+def _model_with_dropout(rate: float, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The bundled T5 built with its own dropout at ``rate`` (it was pre-trained with none)."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    source, _ = resolve_model_source(DEFAULT_MODEL)
+    model = AutoModelForSeq2SeqLM.from_pretrained(
+        source, dropout_rate=rate, use_safetensors=True, local_files_only=True
+    )
+    return model.to(dtype)
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -134,7 +150,7 @@ def test_routing_matches_exported_peft_adapter_and_base(
     )
     adapters = result.adapters
     assert result.losses[2] == []
-    with adapters.route([0, 1, -1]):
+    with adapters.route([0, 1, 2]):
         mixed = _logits(model, batch)
     with adapters.route([0, 0, 0]):
         cell0 = _logits(model, batch)
@@ -221,8 +237,7 @@ def test_a_cells_dropout_does_not_depend_on_what_ran_before(
     # (a sharded evaluation gives each process different cells before it) and in either engine
     # must not move the caller's random state.
     settings = LoraSettings(dropout=0.3, batch_size=4, epochs=1)
-    model = load_model_and_tokenizer(DEFAULT_MODEL).model
-    model.config.dropout_rate = 0.1
+    model = _model_with_dropout(0.1)
     common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "seq2seq",
               "device": CPU}
 
@@ -251,3 +266,75 @@ def test_a_cells_dropout_does_not_depend_on_what_ran_before(
     first = batched_losses()
     torch.manual_seed(4)
     assert batched_losses() == first
+
+
+def _adapter_weights(result, c: int) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.{part}": (layer.lora_A if part == "A" else layer.lora_B)[c].detach().clone()
+        for name, layer in result.adapters.layers.items() for part in "AB"
+    }
+
+
+@pytest.mark.slow
+def test_batched_equals_peft_with_dropout_on(
+    loaded: LoadedModel, cells: list[TransferCell]
+) -> None:
+    # Both engines draw each example's masks from its key (keyed_dropout), so with the default
+    # LoRA dropout and the model's own dropout on they still train the same adapters.
+    settings = replace(SETTINGS, dropout=LoraSettings().dropout, epochs=1)
+    model = _model_with_dropout(0.1, torch.float64)
+    common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "seq2seq",
+              "device": CPU}
+    cells = cells[:2]
+    peft_losses = []
+    for cell in cells:
+        peft_model, losses = train_cell_peft(model, cell, settings, **common)
+        peft_losses.append(losses)
+        model = peft_model.unload()
+    no_dropout = train_cells_batched(model, cells, replace(SETTINGS, epochs=1), **common)
+    no_dropout.adapters.remove()
+    result = train_cells_batched(model, cells, settings, max_examples_per_pass=7, **common)
+    result.adapters.remove()
+    for c in range(len(cells)):
+        assert result.losses[c] == pytest.approx(peft_losses[c], abs=1e-5)
+        # Dropout really is on: without it the losses are different.
+        assert result.losses[c] != pytest.approx(no_dropout.losses[c], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_a_cell_trains_the_same_adapter_in_any_group_and_pass_size(
+    loaded: LoadedModel, cells: list[TransferCell]
+) -> None:
+    # eval.cells_per_group, eval.max_examples_per_pass / max_tokens_per_pass and sharding over
+    # processes only change which cells share a pass and how it is padded: at the default
+    # dropout (LoRA and model) the cell's adapter must not move beyond float64 rounding.
+    settings = replace(SETTINGS, dropout=LoraSettings().dropout)
+    model = _model_with_dropout(0.1, torch.float64)
+    common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "seq2seq",
+              "device": CPU}
+    settings = replace(settings, epochs=1)
+    cell = cells[1]
+    # Cheap company: the k = 5 cell under 39 other seeds.
+    others = [replace(cells[0], seed=seed) for seed in range(1, 40)]
+    forty = [*others[:20], cell, *others[20:]]
+    runs = {
+        "alone": ([cell], 0, {}),
+        "group of 3, passes of <= 64 rows and 4,096 tokens": (
+            [cells[0], cell, cells[2]], 1,
+            {"max_examples_per_pass": 64, "max_tokens_per_pass": 4096},
+        ),
+        "group of 40, passes of 7 rows": (forty, 20, {"max_examples_per_pass": 7}),
+    }
+    weights, losses = {}, {}
+    for label, (group, index, knobs) in runs.items():
+        assert len(group) in (1, 3, 40)
+        result = train_cells_batched(model, group, settings, **common, **knobs)
+        weights[label] = _adapter_weights(result, index)
+        losses[label] = result.losses[index]
+        result.adapters.remove()
+    reference = weights.pop("alone")
+    for label, got in weights.items():
+        assert losses[label] == pytest.approx(losses["alone"], abs=1e-12), label
+        for name, expected in reference.items():
+            # Pass splits reorder float64 sums (~1e-13); another mask would move it by ~1e-3.
+            torch.testing.assert_close(got[name], expected, atol=1e-10, rtol=0, msg=label)

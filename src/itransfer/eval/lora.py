@@ -3,10 +3,11 @@
 A *cell* is one (task, k shots, context, seed): a fresh task-specific LoRA trained on the
 first k instances of the task's few-shot pool with the paper's settings (Appendix B: r 16,
 alpha 32, dropout 0.05, constant learning rate 1e-3, batch 32, 5 epochs). What a cell trains
-on, in which order, and from which initial LoRA weights are functions of the cell alone
-(:func:`epoch_batches`, :func:`init_lora_a`, and the dropout draws through :func:`seeded_rng`),
-so the sequential PEFT engine here and the batched multi-adapter engine
-(:mod:`itransfer.eval.multilora`) see the same problem and can be checked against each other.
+on, in which order, from which initial LoRA weights and with which dropout masks are functions
+of the cell alone (:func:`epoch_batches`, :func:`init_lora_a`,
+:func:`~itransfer.eval.keyed_dropout.example_keys`), so the sequential PEFT engine here and the
+batched multi-adapter engine (:mod:`itransfer.eval.multilora`) train the same adapters and are
+checked against each other with dropout on.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from itransfer.eval.keyed_dropout import example_keys, keyed_dropout
 from itransfer.train.examples import (
     Architecture,
     EncodedExample,
@@ -108,9 +110,8 @@ def init_lora_a(cell: TransferCell, module_name: str, shape: Sequence[int]) -> t
 def seeded_rng(seeds: Sequence[int], device: torch.device) -> Iterator[None]:
     """Torch's global RNG seeded from ``seeds`` inside, and restored after.
 
-    Dropout (the LoRA's and the model's own) draws from the global RNG; unseeded, a cell's
-    result would depend on every cell run before it in the same process, so on the grid's
-    order and on which process of a sharded evaluation got the cell.
+    For draws that cannot be keyed (PEFT's own LoRA initialisation, overwritten anyway): they
+    neither depend on what ran before nor move the caller's random state.
     """
     digest = hashlib.sha256(",".join(map(str, seeds)).encode()).digest()
     devices = [device] if device.type == "cuda" else []
@@ -174,11 +175,12 @@ def train_cell_peft(
         )
         peft_model.train()
         losses: list[float] = []
-        for indices in epoch_batches(cell, settings):
-            loss = batch_loss(
-                peft_model, [cell.train_examples[i] for i in indices],
-                pad_token_id=pad_token_id, architecture=architecture, device=device,
-            )
+        for step, indices in enumerate(epoch_batches(cell, settings)):
+            with keyed_dropout(example_keys(cell.random_seed, step, len(indices))):
+                loss = batch_loss(
+                    peft_model, [cell.train_examples[i] for i in indices],
+                    pad_token_id=pad_token_id, architecture=architecture, device=device,
+                )
             loss.backward()
             if settings.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)

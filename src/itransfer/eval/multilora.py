@@ -51,13 +51,13 @@ import torch
 from torch import nn
 
 from itransfer.eval.inference import plan_batches
+from itransfer.eval.keyed_dropout import example_keys, keyed_dropout
 from itransfer.eval.lora import (
     LoraSettings,
     TransferCell,
     epoch_batches,
     init_lora_a,
     peft_config,
-    seeded_rng,
 )
 from itransfer.io_utils import staged_dir
 from itransfer.train.examples import (
@@ -72,7 +72,6 @@ from itransfer.train.examples import (
 
 logger = logging.getLogger(__name__)
 
-NO_ADAPTER = -1
 _CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by (total_norm + 1e-6)
 _ADAM_BETAS = (0.9, 0.999)  # torch.optim.AdamW defaults
 _ADAM_EPS = 1e-8
@@ -82,8 +81,7 @@ class _Router:
     """The adapter index of each batch row, shared by all layers of one :class:`MultiLoraModel`."""
 
     def __init__(self) -> None:
-        self.indices: torch.Tensor | None = None  # [batch], -1 clamped to 0 (see `keep`)
-        self.keep: torch.Tensor | None = None  # [batch, 1, 1] 0/1, None when no row has -1
+        self.indices: torch.Tensor | None = None  # [batch]
 
 
 class MultiLoraLinear(nn.Module):
@@ -108,7 +106,7 @@ class MultiLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
-        indices, keep = self._router.indices, self._router.keep
+        indices = self._router.indices
         if indices is None:
             raise RuntimeError("MultiLoraLinear called outside MultiLoraModel.route(indices)")
         if x.shape[0] != indices.shape[0]:
@@ -117,20 +115,14 @@ class MultiLoraLinear(nn.Module):
                 "(for beam search / num_return_sequences, repeat_interleave the indices)"
             )
         rows = x.to(self.lora_A.dtype).reshape(x.shape[0], -1, x.shape[-1])
-        scaling = self.scaling
-        if self.training and self.dropout > 0:
-            # Inverted dropout with its 1 / (1 - p) moved into the final scaling: a uniform draw
-            # and one multiply, where F.dropout's Bernoulli draw, divide and multiply took 2.5x
-            # the time (most of the LoRA overhead on CPU).
-            rows = rows * (torch.rand_like(rows) >= self.dropout)
-            scaling = scaling / (1 - self.dropout)
+        # Where PEFT's LoRA drops out (after the base layer), so that inside keyed_dropout both
+        # engines number their dropout calls alike and draw the same masks.
+        rows = nn.functional.dropout(rows, self.dropout, self.training)
         low_rank = torch.bmm(rows, self.lora_A[indices].transpose(1, 2))
-        if keep is not None:
-            low_rank = low_rank * keep  # r wide, cheaper to mask than the output
         # result + scaling * (low_rank @ B^T) in one kernel.
         total = torch.baddbmm(
             result.to(low_rank.dtype).reshape(x.shape[0], -1, result.shape[-1]),
-            low_rank, self.lora_B[indices].transpose(1, 2), alpha=scaling,
+            low_rank, self.lora_B[indices].transpose(1, 2), alpha=self.scaling,
         )
         return total.reshape(result.shape).to(result.dtype)
 
@@ -179,21 +171,19 @@ class MultiLoraModel:
 
     @contextmanager
     def route(self, indices: torch.Tensor | Sequence[int]) -> Iterator[None]:
-        """Within the block, batch row b uses adapter ``indices[b]`` (-1: the base model only)."""
+        """Within the block, batch row b uses adapter ``indices[b]``."""
         device = next(iter(self.layers.values())).lora_A.device
         indices = torch.as_tensor(indices, dtype=torch.long, device=device)
         if indices.dim() != 1:
             raise ValueError(f"route() takes one index per batch row, got shape {indices.shape}")
-        if indices.numel() and (int(indices.max()) >= len(self.cells) or int(indices.min()) < -1):
-            raise ValueError(f"adapter indices must be in [-1, {len(self.cells)})")
-        saved = (self._router.indices, self._router.keep)
-        has_base_rows = bool((indices < 0).any())
-        self._router.indices = indices.clamp(min=0)
-        self._router.keep = (indices >= 0).float().view(-1, 1, 1) if has_base_rows else None
+        if indices.numel() and (int(indices.max()) >= len(self.cells) or int(indices.min()) < 0):
+            raise ValueError(f"adapter indices must be in [0, {len(self.cells)})")
+        saved = self._router.indices
+        self._router.indices = indices
         try:
             yield
         finally:
-            self._router.indices, self._router.keep = saved
+            self._router.indices = saved
 
     def adapter_state(self, cell_index: int) -> dict[str, torch.Tensor]:
         """One cell's weights, keyed as PEFT saves them (``base_model.model.<m>.lora_A.weight``)."""
@@ -269,24 +259,29 @@ def train_cells_batched(
     model.train()
     try:
         # The group's dropout draws depend on all its cells, as its packed passes do.
-        with seeded_rng([cell.random_seed for cell in cells], device):
-            for step in range(total_steps):
-                active = [c for c, steps in enumerate(schedules) if step < len(steps)]
-                owners = [c for c in active for _ in schedules[c][step]]
-                examples = [cells[c].train_examples[i] for c in active for i in schedules[c][step]]
-                step_losses = _accumulate_gradients(
-                    adapters, examples, owners, len(cells), pad_token_id=pad_token_id,
-                    architecture=architecture, device=device,
-                    max_examples_per_pass=max_examples_per_pass,
-                    max_tokens_per_pass=max_tokens_per_pass,
-                )
-                if settings.max_grad_norm is not None:
-                    _clip_per_cell(adapters.adapter_parameters(), settings.max_grad_norm)
-                optimizer.step(active)
-                for c in active:
-                    losses[c].append(float(step_losses[c]))
-                if progress is not None:
-                    progress(step + 1, total_steps)
+        for step in range(total_steps):
+            active = [c for c, steps in enumerate(schedules) if step < len(steps)]
+            owners = [c for c in active for _ in schedules[c][step]]
+            examples = [cells[c].train_examples[i] for c in active for i in schedules[c][step]]
+            # Each example's dropout key is its cell's and its place in the cell's step, so a
+            # cell draws the same masks in any group, pass split or process (keyed_dropout).
+            keys = [
+                key for c in active
+                for key in example_keys(cells[c].random_seed, step, len(schedules[c][step]))
+            ]
+            step_losses = _accumulate_gradients(
+                adapters, examples, owners, keys, len(cells), pad_token_id=pad_token_id,
+                architecture=architecture, device=device,
+                max_examples_per_pass=max_examples_per_pass,
+                max_tokens_per_pass=max_tokens_per_pass,
+            )
+            if settings.max_grad_norm is not None:
+                _clip_per_cell(adapters.adapter_parameters(), settings.max_grad_norm)
+            optimizer.step(active)
+            for c in active:
+                losses[c].append(float(step_losses[c]))
+            if progress is not None:
+                progress(step + 1, total_steps)
     except BaseException:
         adapters.remove()  # a failed run must not leave the caller's model wrapped
         raise
@@ -295,7 +290,8 @@ def train_cells_batched(
 
 
 def _accumulate_gradients(
-    adapters: MultiLoraModel, examples: list[EncodedExample], owners: list[int], n_cells: int,
+    adapters: MultiLoraModel, examples: list[EncodedExample], owners: list[int],
+    dropout_keys: list[int], n_cells: int,
     *, pad_token_id: int, architecture: Architecture, device: torch.device,
     max_examples_per_pass: int | None, max_tokens_per_pass: int | None = None,
 ) -> torch.Tensor:
@@ -316,7 +312,7 @@ def _accumulate_gradients(
         )
         batch = {key: value.to(device) for key, value in batch.items()}
         row_owners = torch.tensor([owners[i] for i in rows], dtype=torch.long)
-        with adapters.route(row_owners):
+        with adapters.route(row_owners), keyed_dropout([dropout_keys[i] for i in rows]):
             per_token = token_losses(adapters.model, batch)
         row_sums = (per_token * target_mask(batch, causal=architecture == "causal")).sum(dim=1)
         weights = (1.0 / token_counts[row_owners]).to(device=device, dtype=row_sums.dtype)
