@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from itransfer.config import DataConfig
+from itransfer.config import DataConfig, LoraConfig
 from itransfer.data import build_context, open_benchmark
 from itransfer.eval.lora import (
-    LoraSettings,
     TransferCell,
     _base_module_name,
     epoch_batches,
@@ -29,7 +28,7 @@ from itransfer.train.examples import ExampleEncoder, collate
 CPU = torch.device("cpu")
 # Small batches and 2 epochs keep the run short; k = 5, 10, 20 give 4, 6 and 10 steps, and the
 # k = 5 and k = 10 cells end each epoch with a partial batch.
-SETTINGS = LoraSettings(dropout=0.0, batch_size=4, epochs=2)
+SETTINGS = LoraConfig(dropout=0.0, batch_size=4, epochs=2)
 SHOTS = (5, 10, 20)
 
 
@@ -141,7 +140,7 @@ def test_routing_matches_exported_peft_adapter_and_base(
     before = _snapshot(model)
     batch = _eval_batch(cells, pad)
     base_logits = _logits(model, batch)
-    settings = LoraSettings(batch_size=4, epochs=1)  # dropout on: export must not depend on it
+    settings = LoraConfig(batch_size=4, epochs=1)  # dropout on: export must not depend on it
     # The last cell has k = 0: its adapter is never trained.
     untrained = TransferCell(cells[0].task, 0, "none", 0, ())
     result = train_cells_batched(
@@ -212,7 +211,7 @@ def test_routed_greedy_generation_uses_each_rows_adapter(
 def test_lm_head_as_a_lora_target(loaded: LoadedModel, cells: list[TransferCell]) -> None:
     # The output layer routes each batch row to its own adapter, so the loss must not narrow
     # its input to the target positions (token_losses leaves such heads alone).
-    settings = LoraSettings(dropout=0.0, batch_size=4, epochs=1, target_modules=("q", "lm_head"))
+    settings = LoraConfig(dropout=0.0, batch_size=4, epochs=1, target_modules=["q", "lm_head"])
     model = load_model_and_tokenizer(DEFAULT_MODEL).model.double()
     common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "seq2seq",
               "device": CPU}
@@ -236,7 +235,7 @@ def test_a_cells_dropout_does_not_depend_on_what_ran_before(
     # With dropout, a cell's result must be the same whether it runs first or after others
     # (a sharded evaluation gives each process different cells before it) and in either engine
     # must not move the caller's random state.
-    settings = LoraSettings(dropout=0.3, batch_size=4, epochs=1)
+    settings = LoraConfig(dropout=0.3, batch_size=4, epochs=1)
     model = _model_with_dropout(0.1)
     common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "seq2seq",
               "device": CPU}
@@ -281,7 +280,7 @@ def test_batched_equals_peft_with_dropout_on(
 ) -> None:
     # Both engines draw each example's masks from its key (keyed_dropout), so with the default
     # LoRA dropout and the model's own dropout on they still train the same adapters.
-    settings = replace(SETTINGS, dropout=LoraSettings().dropout, epochs=1)
+    settings = SETTINGS.model_copy(update={"dropout": LoraConfig().dropout, "epochs": 1})
     model = _model_with_dropout(0.1, torch.float64)
     common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "seq2seq",
               "device": CPU}
@@ -291,7 +290,9 @@ def test_batched_equals_peft_with_dropout_on(
         peft_model, losses = train_cell_peft(model, cell, settings, **common)
         peft_losses.append(losses)
         model = peft_model.unload()
-    no_dropout = train_cells_batched(model, cells, replace(SETTINGS, epochs=1), **common)
+    no_dropout = train_cells_batched(
+        model, cells, SETTINGS.model_copy(update={"epochs": 1}), **common
+    )
     no_dropout.adapters.remove()
     result = train_cells_batched(model, cells, settings, max_examples_per_pass=7, **common)
     result.adapters.remove()
@@ -308,11 +309,11 @@ def test_a_cell_trains_the_same_adapter_in_any_group_and_pass_size(
     # eval.cells_per_group, eval.max_examples_per_pass / max_tokens_per_pass and sharding over
     # processes only change which cells share a pass and how it is padded: at the default
     # dropout (LoRA and model) the cell's adapter must not move beyond float64 rounding.
-    settings = replace(SETTINGS, dropout=LoraSettings().dropout)
+    settings = SETTINGS.model_copy(update={"dropout": LoraConfig().dropout})
     model = _model_with_dropout(0.1, torch.float64)
     common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "seq2seq",
               "device": CPU}
-    settings = replace(settings, epochs=1)
+    settings = settings.model_copy(update={"epochs": 1})
     cell = cells[1]
     # Cheap company: the k = 5 cell under 39 other seeds.
     others = [replace(cells[0], seed=seed) for seed in range(1, 40)]

@@ -128,6 +128,7 @@ class TrainConfig(StrictModel):
     warmup_steps: int = Field(default=500, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0.0)  # AdamW's; the paper states none
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     sampler: dict[str, Any] = Field(default_factory=lambda: {"name": "proportional"})
     mixing: MixingConfig = Field(default_factory=MixingConfig)
@@ -165,6 +166,7 @@ class LoraConfig(StrictModel):
     epochs: int = Field(default=5, ge=1)
     target_modules: list[str] = Field(default_factory=lambda: ["q", "v"], min_length=1)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0.0)  # AdamW's; the paper states none
 
 
 class EvalConfig(StrictModel):

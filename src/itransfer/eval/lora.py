@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from itransfer.config import LoraConfig
 from itransfer.eval.keyed_dropout import example_keys, keyed_dropout
 from itransfer.train.examples import (
     Architecture,
@@ -31,25 +32,6 @@ from itransfer.train.examples import (
     target_mask,
     token_losses,
 )
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA hyper-parameters (paper defaults); ``target_modules`` as in PEFT."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    epochs: int = 5
-    target_modules: tuple[str, ...] = ("q", "v")
-    max_grad_norm: float | None = 1.0
-    weight_decay: float = 0.0
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.r
 
 
 @dataclass(frozen=True)
@@ -73,7 +55,7 @@ class TransferCell:
         return int.from_bytes(digest[:8], "big") % (2**63)
 
 
-def epoch_batches(cell: TransferCell, settings: LoraSettings) -> list[list[int]]:
+def epoch_batches(cell: TransferCell, settings: LoraConfig) -> list[list[int]]:
     """Indices into ``cell.train_examples`` for every optimizer step, epoch after epoch.
 
     Each epoch is a fresh seeded shuffle cut into batches of ``settings.batch_size`` (the last
@@ -132,10 +114,11 @@ def batch_loss(
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 
-def peft_config(settings: LoraSettings, architecture: Architecture) -> Any:
-    from peft import LoraConfig, TaskType
+def peft_config(settings: LoraConfig, architecture: Architecture) -> Any:
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import TaskType
 
-    return LoraConfig(
+    return PeftLoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
@@ -147,7 +130,7 @@ def peft_config(settings: LoraSettings, architecture: Architecture) -> Any:
 def train_cell_peft(
     model: torch.nn.Module,
     cell: TransferCell,
-    settings: LoraSettings,
+    settings: LoraConfig,
     *,
     pad_token_id: int,
     architecture: Architecture,

@@ -50,10 +50,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from itransfer.config import LoraConfig
 from itransfer.eval.inference import plan_batches
 from itransfer.eval.keyed_dropout import example_keys, keyed_dropout
 from itransfer.eval.lora import (
-    LoraSettings,
     TransferCell,
     epoch_batches,
     init_lora_a,
@@ -135,7 +135,7 @@ class MultiLoraModel:
     """
 
     def __init__(
-        self, model: nn.Module, cells: Sequence[TransferCell], settings: LoraSettings,
+        self, model: nn.Module, cells: Sequence[TransferCell], settings: LoraConfig,
         *, architecture: Architecture,
     ) -> None:
         self.model = model
@@ -232,7 +232,7 @@ class BatchedTrainResult:
 def train_cells_batched(
     model: nn.Module,
     cells: Sequence[TransferCell],
-    settings: LoraSettings,
+    settings: LoraConfig,
     *,
     pad_token_id: int,
     architecture: Architecture,
@@ -343,7 +343,7 @@ class _MaskedAdamW:
     correction, so a cell's trajectory is the one a lone AdamW over its own LoRA would follow.
     """
 
-    def __init__(self, parameters: Sequence[nn.Parameter], n_cells: int, settings: LoraSettings):
+    def __init__(self, parameters: Sequence[nn.Parameter], n_cells: int, settings: LoraConfig):
         self.parameters = list(parameters)
         self.lr = settings.learning_rate
         self.weight_decay = settings.weight_decay
@@ -387,7 +387,7 @@ def _column(values: list[float], like: torch.Tensor, shape: tuple[int, ...]) -> 
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(shape)
 
 
-def _is_target(name: str, settings: LoraSettings) -> bool:
+def _is_target(name: str, settings: LoraConfig) -> bool:
     # PEFT's rule for a list of target_modules: the full name, or its last dotted components.
     return any(name == target or name.endswith("." + target) for target in settings.target_modules)
 

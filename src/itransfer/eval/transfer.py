@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from itransfer.config import LoraConfig
 from itransfer.data.sni import Instance, Task
 from itransfer.eval.inference import EvalItem
-from itransfer.eval.lora import LoraSettings, TransferCell, train_cell_peft
+from itransfer.eval.lora import TransferCell, train_cell_peft
 from itransfer.eval.session import (
     EvalSession,
     ProgressCallback,
@@ -42,22 +43,13 @@ class CellWork:
     cell_id: str
 
 
-def lora_settings(session: EvalSession) -> LoraSettings:
-    lora = session.config.eval.lora
-    return LoraSettings(
-        r=lora.r, alpha=lora.alpha, dropout=lora.dropout, learning_rate=lora.learning_rate,
-        batch_size=lora.batch_size, epochs=lora.epochs,
-        target_modules=tuple(lora.target_modules), max_grad_norm=lora.max_grad_norm,
-    )
-
-
 def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellWork], str]:
     """This process's unfinished cells, grouped by task, and the settings hash."""
     eval_config = session.config.eval
-    settings = lora_settings(session)
+    settings = session.config.eval.lora
     settings_hash = session.settings_hash(
-        method="finetune", lora=settings.__dict__, max_new_tokens=eval_config.max_new_tokens,
-        generate=eval_config.generate,
+        method="finetune", lora=settings.model_dump(mode="json"),
+        max_new_tokens=eval_config.max_new_tokens, generate=eval_config.generate,
     )
     done = session.finished_cells(force=force)
     work: list[CellWork] = []
@@ -94,7 +86,7 @@ def evaluate_transfer(
     """Run the transfer grid with ``engine`` (default: the config's); returns rows written."""
     engine = engine or session.config.eval.engine
     work, settings_hash = plan_cells(session, force=force)
-    settings = lora_settings(session)
+    settings = session.config.eval.lora
     run = _run_peft if engine == "peft" else _run_batched
     written = run(session, work, settings, settings_hash, progress)
     return session.finish(written)
@@ -121,7 +113,7 @@ def _cell_rows(
 
 
 def _run_peft(
-    session: EvalSession, work: list[CellWork], settings: LoraSettings, settings_hash: str,
+    session: EvalSession, work: list[CellWork], settings: LoraConfig, settings_hash: str,
     progress: ProgressCallback | None,
 ) -> int:
     eval_config = session.config.eval
@@ -153,7 +145,7 @@ def _run_peft(
 
 
 def _run_batched(
-    session: EvalSession, work: list[CellWork], settings: LoraSettings, settings_hash: str,
+    session: EvalSession, work: list[CellWork], settings: LoraConfig, settings_hash: str,
     progress: ProgressCallback | None,
 ) -> int:
     from itransfer.eval.multilora import train_cells_batched
