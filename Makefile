@@ -1,6 +1,7 @@
 # The two commands a newcomer needs (see README.md):
 #   make quickstart   set up a virtual environment and run the main job
-#   make test         set up the same environment and run the test suite
+#   make test         set up the same environment and run the test suite (end-to-end cases
+#                     marked `slow` excluded; `make test-slow` runs them; CI runs both)
 #
 # TORCH_SPEC picks the torch build installed *before* the package, so pip never pulls a
 # multi-GB CUDA build on a CPU machine. On the project's machines `torch==2.13.0` resolves to a
@@ -13,7 +14,7 @@ BIN := $(VENV)/bin
 TORCH_INSTALL ?= $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test install lint clean
+.PHONY: quickstart test test-slow install lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +30,10 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow" --durations=5
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow --durations=5
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench tools

@@ -10,32 +10,26 @@ all cells together: at global step s every cell that still has an s-th batch (fr
 mean-token loss (so each adapter's gradient is exactly its own cell's), and then every active
 cell gets its own gradient clipping and its own AdamW step.
 
-Why hand-written. PEFT trains one active adapter per forward pass; its mixed-batch inference
-(``adapter_names=``) is inference-only, and ``torch.optim.AdamW`` over stacked tensors would
-share one step count and update (decay, momentum) cells that had no batch at that step.
+What is equal to the sequential PEFT engine (:func:`~itransfer.eval.lora.train_cell_peft`),
+per cell: the initial weights, the batches and their order, the dropout masks (drawn per example
+from the cell's keys, :mod:`itransfer.eval.keyed_dropout`, whatever the group, the pass split or
+the process), the loss, the clipping and AdamW's arithmetic. What is not: reductions run in a
+different order (packed passes pad differently), which is rounding only; but Adam's first steps
+normalise each gradient element, so an element near zero can flip sign: in float32 the adapters
+of the two engines (or of two pass sizes) differ by up to ~1e-4 after 10 steps, in float64 by
+~1e-13 (tests/test_multilora.py).
 
-What is equal to the sequential PEFT engine (:func:`~itransfer.eval.lora.train_cell_peft`):
-the initial weights, the batches and their order, the loss, the clipping (torch's
-``clip_grad_norm_`` incl. its 1e-6) and AdamW's arithmetic, per cell — with dropout 0 the losses
-and weights agree to float rounding (tests/test_multilora.py). What is not: with dropout > 0 the
-dropout masks are different random draws; reductions run in a different order (packed batches
-pad differently). That is rounding only, but Adam's first steps normalise each gradient element,
-so an element near zero can flip sign: in float32, weights after 10 steps differ by up to ~1e-4
-(losses by ~1e-6); in float64 by ~1e-13.
+Why hand-written. PEFT trains one active adapter per forward pass; its mixed-batch inference
+(``adapter_names=``) is inference-only. ``torch.optim.AdamW`` over stacked tensors would share
+one step count and update (decay, momentum) cells that had no batch at that step, hence
+:class:`_MaskedAdamW` and :func:`_clip_per_cell`; one parameter per cell with the stock
+optimiser was measured against them (bench/README.md).
 
 Gather, not group-by-adapter: gathering each row's ``A``/``B`` and using ``bmm`` is one kernel
 per layer whatever the number of cells, with no host sync and no Python loop over adapters.
-Grouping rows by adapter (one matmul per distinct adapter) was 25 % faster for a lone layer on
-CPU (bigger GEMMs), but training 20 cells of the bundled model took the same time either way
-(31-32 s; the LoRA product is a small part of a pass), and on a GPU its per-adapter launches and
-sync grow with the number of cells.
-
-Passes: one pass over a whole global step pads every example to the longest of all cells'
-batches; on CPU, 20 cells took 191 s in single passes and 31 s in sorted passes of 32 examples.
-Capping a pass's padded tokens as well (``max_tokens_per_pass``) lets short examples share
-bigger passes: training the 20 cells of bench/transfer_grid.py took 10.2 s in passes of 32
-rows, 8.5 s in passes of <= 64 rows and <= 2,048-4,096 tokens, against 6.6 s for a plain
-forward/backward of the same examples perfectly packed with no adapters at all.
+Passes are planned by length (``max_examples_per_pass`` rows, ``max_tokens_per_pass`` padded
+tokens) so that short examples share big passes; why these choices, with the measurements
+behind them, is in bench/README.md.
 """
 
 from __future__ import annotations
