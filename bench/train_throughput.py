@@ -36,8 +36,8 @@ from transformers import (
 from itransfer.config import ExperimentConfig, load_config
 from itransfer.data.benchmark import open_benchmark
 from itransfer.data.contexts import build_context
+from itransfer.examples import ExampleEncoder
 from itransfer.models import DEFAULT_MODEL, load_model_and_tokenizer, save_model
-from itransfer.train.examples import ExampleEncoder
 from itransfer.train.loop import instruction_tune
 
 

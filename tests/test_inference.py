@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from itransfer.eval.inference import EvalItem, evaluate_items, plan_batches
+from itransfer.examples import EncodedExample
 from itransfer.models import load_model_and_tokenizer
-from itransfer.train.examples import EncodedExample
 
 
 def test_batches_respect_row_and_token_caps() -> None:

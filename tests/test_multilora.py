@@ -17,13 +17,13 @@ from itransfer.eval.lora import (
     train_cell_peft,
 )
 from itransfer.eval.multilora import MultiLoraModel, train_cells_batched
+from itransfer.examples import ExampleEncoder, collate
 from itransfer.models import (
     DEFAULT_MODEL,
     LoadedModel,
     load_model_and_tokenizer,
     resolve_model_source,
 )
-from itransfer.train.examples import ExampleEncoder, collate
 
 CPU = torch.device("cpu")
 # Small batches and 2 epochs keep the run short; k = 5, 10, 20 give 4, 6 and 10 steps, and the

@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from itransfer.examples import EncodedExample, collate
 from itransfer.models import load_model_and_tokenizer
-from itransfer.train.examples import EncodedExample, collate, token_losses
+from itransfer.token_losses import token_losses
 
 
 def _examples(vocab: int) -> list[EncodedExample]:

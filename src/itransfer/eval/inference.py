@@ -21,14 +21,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from itransfer.train.examples import (
-    Architecture,
-    EncodedExample,
-    collate,
-    padded_parts,
-    target_mask,
-    token_losses,
-)
+from itransfer.examples import Architecture, EncodedExample, collate, padded_parts, target_mask
+from itransfer.token_losses import token_losses
 
 Router = Callable[[list[int]], AbstractContextManager[Any]]
 

@@ -25,13 +25,8 @@ import torch
 
 from itransfer.config import LoraConfig
 from itransfer.eval.keyed_dropout import example_keys, keyed_dropout
-from itransfer.train.examples import (
-    Architecture,
-    EncodedExample,
-    collate,
-    target_mask,
-    token_losses,
-)
+from itransfer.examples import Architecture, EncodedExample, collate, target_mask
+from itransfer.token_losses import token_losses
 
 
 @dataclass(frozen=True)

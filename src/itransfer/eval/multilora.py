@@ -53,16 +53,16 @@ from itransfer.eval.lora import (
     init_lora_a,
     peft_config,
 )
-from itransfer.io_utils import staged_dir
-from itransfer.train.examples import (
+from itransfer.examples import (
     Architecture,
     EncodedExample,
     collate,
     count_targets,
     padded_parts,
     target_mask,
-    token_losses,
 )
+from itransfer.io_utils import staged_dir
+from itransfer.token_losses import token_losses
 
 logger = logging.getLogger(__name__)
 

@@ -27,12 +27,12 @@ from itransfer.errors import ConfigError, DataError, ITransferError
 from itransfer.eval.inference import EvalItem, ItemResult, Router, evaluate_items
 from itransfer.eval.metrics import ScoredInstance, aggregate, default_scorer
 from itransfer.eval.results import ResultsTable, config_hash
+from itransfer.examples import ExampleEncoder
 from itransfer.io_utils import atomic_write_text
 from itransfer.launch import agreed, check_launch, make_accelerator
 from itransfer.models import LoadedModel, load_model_and_tokenizer
 from itransfer.provenance import write_run_record
 from itransfer.train.checkpoint import STATE_FILE
-from itransfer.train.examples import ExampleEncoder
 
 logger = logging.getLogger(__name__)
 Item = TypeVar("Item")

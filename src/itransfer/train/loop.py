@@ -43,20 +43,14 @@ from itransfer.data.benchmark import open_benchmark
 from itransfer.data.contexts import build_context, cut_summary
 from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
 from itransfer.errors import ConfigError, DataError
+from itransfer.examples import EncodedExample, ExampleEncoder, collate, count_targets, target_mask
 from itransfer.io_utils import atomic_write_text
 from itransfer.launch import check_launch, make_accelerator
 from itransfer.models import load_model_and_tokenizer
 from itransfer.provenance import write_run_record
 from itransfer.sampling import build_sampler, plot_sampling_schedule
+from itransfer.token_losses import token_losses
 from itransfer.train import checkpoint as ckpt
-from itransfer.train.examples import (
-    EncodedExample,
-    ExampleEncoder,
-    collate,
-    count_targets,
-    target_mask,
-    token_losses,
-)
 from itransfer.train.tracking import check_sinks_available, open_sinks
 from itransfer.train.unsupervised import UnsupervisedBatches
 from itransfer.train.weights import load_weights, model_fingerprint

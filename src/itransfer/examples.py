@@ -1,5 +1,8 @@
 """Token ids for training and evaluation: (r_k; x) → source ids, y → target ids, and batches.
 
+Shared by instruction tuning (:mod:`itransfer.train`) and evaluation (:mod:`itransfer.eval`);
+the per-token losses both compute from these batches are in :mod:`itransfer.token_losses`.
+
 Seq2seq models (T5) read the source in the encoder and predict the target in the decoder.
 Decoder-only models read ``source + target`` and are trained on the target tokens only (the
 source positions get label -100), as in the paper's conditional generation loss.
@@ -8,10 +11,9 @@ source positions get label -100), as in the paper's conditional generation loss.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -108,103 +110,6 @@ def collate(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def token_losses(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, encoder_outputs: Any = None
-) -> torch.Tensor:
-    """Per-token NLL, shape [batch, target positions], 0 where the label is ignored.
-
-    Computed here rather than by the model's own ``loss`` so that per-example (and so per-task)
-    losses and a global-token normalisation across processes are possible. An encoder-decoder
-    given ``encoder_outputs`` (of this batch's inputs) does not run its encoder again.
-
-    Only the positions that predict a target token go through the output layer: a batch pads
-    every target to its longest, and with a large vocabulary the output projection and softmax
-    of those padding positions would be much of the work (see :func:`_scored_positions_only`).
-    """
-    labels = batch["labels"]
-    inner = _unwrap(model)
-    seq2seq = bool(getattr(inner.config, "is_encoder_decoder", False))
-    targets = labels if seq2seq else labels[:, 1:]
-    scored = targets != IGNORE_INDEX
-    # Hidden position t of a decoder-only model predicts token t + 1; the last predicts nothing.
-    positions = scored if seq2seq else torch.nn.functional.pad(scored, (0, 1), value=False)
-    if seq2seq:
-        decoder_input_ids = inner.prepare_decoder_input_ids_from_labels(labels=labels)
-        source = (
-            {"input_ids": batch["input_ids"]}
-            if encoder_outputs is None
-            else {"encoder_outputs": encoder_outputs}
-        )
-        inputs = {**source, "attention_mask": batch["attention_mask"],
-                  "decoder_input_ids": decoder_input_ids}
-    else:
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    with _scored_positions_only(inner, positions) as gathered:
-        logits = model(**inputs).logits
-    if gathered and logits.dim() == 2 and logits.shape[0] == int(scored.sum()):
-        values = torch.nn.functional.cross_entropy(
-            logits.float(), targets[scored], reduction="none"
-        )
-        return torch.zeros(targets.shape, dtype=values.dtype, device=values.device).masked_scatter(
-            scored, values
-        )
-    if gathered:  # the model reshaped its logits after the output layer: score every position
-        logger.warning("%s: the output layer's input could not be narrowed to the target "
-                       "positions; computing logits everywhere", type(inner).__name__)
-        logits = model(**inputs).logits
-    if not seq2seq:
-        logits = logits[:, :-1]
-    losses = torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    )
-    return losses.view(targets.shape)
-
-
-class _Gathered:
-    """Whether the output layer's input was narrowed (truthy once it was)."""
-
-    def __init__(self) -> None:
-        self.done = False
-
-    def __bool__(self) -> bool:
-        return self.done
-
-
-@contextmanager
-def _scored_positions_only(model: torch.nn.Module, positions: torch.Tensor) -> Iterator[_Gathered]:
-    """Within the block, the output layer sees only the hidden states at ``positions``.
-
-    A forward pre-hook on the model's output embeddings (``lm_head``) gathers those rows, so the
-    model returns logits of shape [n positions, vocab] instead of [batch, length, vocab]; each
-    logit it returns is the one it would have computed anyway. Models without output
-    embeddings, whose head routes batch rows, or whose head gets an input of another shape, are
-    left alone (falsy result).
-    """
-    gathered = _Gathered()
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    # A head that treats batch rows differently (the batched LoRA engine's, routed per row)
-    # needs its [batch, length] input.
-    if not isinstance(head, torch.nn.Module) or getattr(head, "routes_by_batch_row", False):
-        yield gathered
-        return
-
-    def gather(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        hidden = args[0] if args else None
-        if gathered.done or hidden is None or hidden.shape[:-1] != positions.shape:
-            return None
-        gathered.done = True
-        return (hidden[positions], *args[1:])
-
-    handle = head.register_forward_pre_hook(gather)
-    try:
-        yield gathered
-    finally:
-        handle.remove()
-
-
 def target_mask(batch: dict[str, torch.Tensor], *, causal: bool) -> torch.Tensor:
     """Which positions of :func:`token_losses`' output are target tokens."""
     labels = batch["labels"][:, 1:] if causal else batch["labels"]
@@ -222,10 +127,3 @@ def padded_parts(example: EncodedExample, architecture: Architecture) -> tuple[i
     if architecture == "seq2seq":
         return (len(example.source_ids), len(example.target_ids))
     return (len(example),)
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    # DDP and torch.compile wrap the HF model; the helper method lives on the inner one.
-    while hasattr(model, "module"):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
