@@ -8,8 +8,9 @@ Stages and where they live (``--store``, default ``<out>/stages``):
 * ``train-<key>/``: one instruction-tuning run per variant (its trajectory checkpoints);
 * ``eval-<key>/``: the evaluations of one checkpoint (ICL, transfer, seen), a results table;
 
-where ``key`` hashes the stage's resolved config and inputs. Two experiments (or two variants)
-that need the same stage find it done and reuse it — the pre-trained baseline is evaluated once
+where ``key`` hashes the stage's resolved config and inputs, less the settings that change no
+result (``config.RESULT_NEUTRAL_SETTINGS``). Two experiments (or two variants) that need the
+same stage find it done and reuse it — the pre-trained baseline is evaluated once
 for every section — and an interrupted run resumes: finished stages are skipped, a training
 stage continues from its last checkpoint, an evaluation stage after its last finished cells.
 ``--force train:LABEL`` moves that stage aside (never deleting it) and reruns it;
