@@ -160,47 +160,27 @@ def setup(
     accelerator = accelerator or make_accelerator(
         mixed_precision="no" if train.precision == "fp32" else train.precision
     )
-    check_launch(accelerator)
-    world = accelerator.num_processes
-    check_sinks_available(wandb_project=train.wandb_project)
-    if train.batch_size % (world * train.gradient_accumulation):
-        raise ConfigError(
-            f"train.batch_size={train.batch_size} must be divisible by processes ({world}) × "
-            f"train.gradient_accumulation ({train.gradient_accumulation})"
-        )
+    _check_launch(config, accelerator)
     out_dir = Path(out_dir)
     # Every draw below (model init, batches, dropout) follows from this seed, in this order.
     set_seed(config.seed)
 
     # The seen tasks, their training splits (after the data limit) and the sampler over them.
-    benchmark = open_benchmark(config.data, config.seed)
-    task_names = list(benchmark.selection.seen)
-    if not task_names:
-        raise DataError(benchmark.tasks_dir, "no seen (training) tasks in this selection")
-    tasks = [benchmark.task(name) for name in task_names]
-    train_sets = [benchmark.split(name).train for name in task_names]
+    task_names, tasks, train_sets = _seen_training_sets(config)
     task_sizes = [len(instances) for instances in train_sets]
     total_it_steps = train.steps or math.ceil(train.epochs * sum(task_sizes) / train.batch_size)
-    mix_every = train.mixing.every
-    total_optimizer_steps = total_it_steps + (total_it_steps // mix_every if mix_every else 0)
     sampler = build_sampler(
         train.sampler, task_sizes, total_steps=total_it_steps, batch_size=train.batch_size
     )
 
-    # The model and the text each example becomes.
+    # The model, the text each example becomes, and the batches: by P(K), grouped by length.
     loaded = load_model_and_tokenizer(
         config.model.name_or_path,
         architecture=config.model.architecture,
         trust_remote_code=config.model.trust_remote_code,
     )
-    encoder = ExampleEncoder(
-        loaded.tokenizer,
-        loaded.architecture,
-        build_context(config.data.context.name, config.data.context.num_exemplars),
-        max_source_length=config.model.max_source_length,
-        max_target_length=config.model.max_target_length,
-    )
-    examples = TrainingExamples(encoder, tasks, train_sets)
+    examples = TrainingExamples(_encoder(config, loaded.tokenizer, loaded.architecture),
+                                tasks, train_sets)
     stream = TaskBatchStream(
         task_sizes,
         sampler,
@@ -210,15 +190,9 @@ def setup(
         window_batches=train.length_window_batches,
     )
     unsupervised = _unsupervised_batches(config, loaded.tokenizer, loaded.architecture)
-
     model = loaded.model
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay
-    )
-    # Not passed through accelerator.prepare: its scheduler wrapper steps once per process.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, linear_schedule(train.warmup_steps, total_optimizer_steps)
-    )
+    optimizer, scheduler = _optimizer_and_schedule(config, model, total_it_steps)
+
     # The fingerprint and resumed weights concern the whole model, before DDP/FSDP wrap (and
     # FSDP shards) it; the optimizer state is loaded after, each rank taking its part.
     fingerprint = model_fingerprint(model, config.model.name_or_path)
@@ -226,7 +200,7 @@ def setup(
     saved: dict[str, Any] = {}
     if latest is not None:
         saved = ckpt.read_state(latest)
-        check_compatible(latest, saved, fingerprint, config, world)
+        check_compatible(latest, saved, fingerprint, config, accelerator.num_processes)
         load_weights(model, latest)
     model, optimizer = accelerator.prepare(model, optimizer)
 
@@ -245,15 +219,71 @@ def setup(
             "or choose another --out"
         )
     if state.is_main_process:
-        write_run_record(out_dir, config, seed=config.seed)
-        atomic_write_text(
-            out_dir / LOG_FILE, "".join(json.dumps(row) + "\n" for row in state.log)
-        )
-        state.sinks = open_sinks(
-            tensorboard=train.tensorboard, wandb_project=train.wandb_project, out_dir=out_dir,
-            config=config.model_dump(mode="json"), task_names=task_names,
-        )
+        _open_outputs(state)
     return state
+
+
+def _check_launch(config: ExperimentConfig, accelerator: Accelerator) -> None:
+    """Fail on every process, before any work, when the run cannot go as configured."""
+    train = config.train
+    check_launch(accelerator)
+    world = accelerator.num_processes
+    check_sinks_available(wandb_project=train.wandb_project)
+    if train.batch_size % (world * train.gradient_accumulation):
+        raise ConfigError(
+            f"train.batch_size={train.batch_size} must be divisible by processes ({world}) × "
+            f"train.gradient_accumulation ({train.gradient_accumulation})"
+        )
+
+
+def _seen_training_sets(
+    config: ExperimentConfig,
+) -> tuple[list[str], list[Task], list[Sequence[Instance]]]:
+    benchmark = open_benchmark(config.data, config.seed)
+    task_names = list(benchmark.selection.seen)
+    if not task_names:
+        raise DataError(benchmark.tasks_dir, "no seen (training) tasks in this selection")
+    tasks = [benchmark.task(name) for name in task_names]
+    train_sets = [benchmark.split(name).train for name in task_names]
+    return task_names, tasks, train_sets
+
+
+def _encoder(config: ExperimentConfig, tokenizer: Any, architecture: str) -> ExampleEncoder:
+    return ExampleEncoder(
+        tokenizer,
+        architecture,
+        build_context(config.data.context.name, config.data.context.num_exemplars),
+        max_source_length=config.model.max_source_length,
+        max_target_length=config.model.max_target_length,
+    )
+
+
+def _optimizer_and_schedule(
+    config: ExperimentConfig, model: torch.nn.Module, total_it_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    train = config.train
+    mix_every = train.mixing.every
+    # The schedule runs over optimizer steps, unsupervised ones included.
+    total_optimizer_steps = total_it_steps + (total_it_steps // mix_every if mix_every else 0)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay
+    )
+    # Not passed through accelerator.prepare: its scheduler wrapper steps once per process.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, linear_schedule(train.warmup_steps, total_optimizer_steps)
+    )
+    return optimizer, scheduler
+
+
+def _open_outputs(state: TrainState) -> None:
+    """The run record, the log so far (a resumed run's, up to its checkpoint) and the sinks."""
+    config, out_dir = state.config, state.out_dir
+    write_run_record(out_dir, config, seed=config.seed)
+    atomic_write_text(out_dir / LOG_FILE, "".join(json.dumps(row) + "\n" for row in state.log))
+    state.sinks = open_sinks(
+        tensorboard=config.train.tensorboard, wandb_project=config.train.wandb_project,
+        out_dir=out_dir, config=config.model_dump(mode="json"), task_names=state.task_names,
+    )
 
 
 def _unsupervised_batches(
