@@ -61,6 +61,16 @@ def test_stages_run_once_then_are_reused(tiny_model_dir: Path, tmp_path: Path) -
     again = ResultsTable(tmp_path / "run").read()
     assert len(again) == len(frame)
 
+    # Logging and speed settings change no result: with W&B on (which would fail here, without
+    # wandb installed, if anything trained) and other evaluation batches, every stage is reused.
+    base = yaml.safe_load((tmp_path / "experiment.yaml").read_text())["base"]
+    base["train"] |= {"log_every": 2, "wandb_project": "not-used"}
+    base["eval"] |= {"batch_size": 3, "max_batch_tokens": 999, "max_examples_per_pass": 5,
+                     "max_tokens_per_pass": 777, "cells_per_group": 2}
+    knobs = load_experiment(_experiment_file(tmp_path, tiny_model_dir, base=base))
+    third = run_experiment(knobs, tmp_path / "run", write_report=False)
+    assert third.timings == {} and len(third.cached_stages) == len(first.timings)
+
 
 def test_a_second_experiment_reuses_a_shared_store(tiny_model_dir: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"

@@ -8,10 +8,15 @@ import shutil
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
+from scipy import stats
 
+from conftest import write_task
 from itransfer.config import load_config
 from itransfer.errors import ConfigError, DataError
+from itransfer.sampling import build_sampler
 from itransfer.train import checkpoint as ckpt
 from itransfer.train.checkpoint import CheckpointError
 from itransfer.train.loop import instruction_tune
@@ -63,10 +68,34 @@ def test_loss_falls_and_outputs_are_written(tiny_model_dir: Path, tmp_path: Path
     ],
 )
 def test_every_sampler_trains(tiny_model_dir: Path, tmp_path: Path, sampler: str) -> None:
-    result = instruction_tune(
-        _config(tiny_model_dir, "train.steps=6", f"train.sampler={sampler}"), tmp_path / "run"
+    """Batches draw their tasks by the configured P(K), and the loss falls under every sampler.
+
+    Three tasks of very different sizes make the samplers' P(K) far apart (all but reverse
+    annealing and DWA, which start out proportional), and one window of 64 batches drawn at
+    step 0 gives 512 draws to compare with it.
+    """
+    for index, size in enumerate((30, 120, 480)):
+        name = f"task{index:03d}_demo_qa"
+        write_task(tmp_path / "tasks", name, Instances=[
+            {"id": f"{name}-{i}", "input": f"question {i}", "output": [f"answer {i}"]}
+            for i in range(size)
+        ])
+    config = _config(
+        tiny_model_dir, "train.steps=6", f"train.sampler={sampler}",
+        f"data.sni_dir={tmp_path / 'tasks'}", "data.context.name=none",
+        "train.length_window_batches=64",
     )
-    assert result.steps == 6 and all(loss == loss for loss in _losses(result))
+    result = instruction_tune(config, tmp_path / "run")
+    stream = ckpt.read_state(result.final_checkpoint)["stream"]
+    sizes = stream["task_sizes"]
+    drawn = np.zeros(len(sizes))
+    for task, (passes, position) in stream["cursors"].items():
+        drawn[int(task)] = passes * sizes[int(task)] + position
+    assert drawn.sum() == 64 * 8
+    p_k = build_sampler(yaml.safe_load(sampler), sizes, total_steps=6, batch_size=8).weights(0)
+    assert stats.chisquare(drawn, p_k * drawn.sum()).pvalue > 1e-3, (drawn, p_k)
+    losses = _losses(result)
+    assert len(losses) == 6 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.3
 
 
 def test_mixing_adds_unsupervised_steps_without_changing_it_steps(

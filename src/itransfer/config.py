@@ -7,7 +7,8 @@ than a silently ignored setting. :func:`load_config` reports each problem as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -239,6 +240,45 @@ class ExperimentConfig(StrictModel):
                 f"eval.shots {too_many} exceed data.splits.few_shot_pool_size={pool}"
             )
         return self
+
+
+# Settings that change how a run is logged or how fast it computes, never its numbers
+# (evaluation batches and passes regroup the same computations), as dotted keys. The stage keys
+# of `itransfer run` and the resume check ignore them, so turning one on reuses finished work.
+RESULT_NEUTRAL_SETTINGS: frozenset[str] = frozenset({
+    "train.log_every", "train.tensorboard", "train.wandb_project",
+    "eval.batch_size", "eval.max_batch_tokens", "eval.max_examples_per_pass",
+    "eval.max_tokens_per_pass", "eval.cells_per_group",
+})
+# Which checkpoints a run writes and keeps, not the weights it reaches: a run may resume under
+# other values, but a pipeline stage's trajectory (the checkpoints there are to evaluate) is
+# made of them, so the stage keys keep them.
+CHECKPOINT_SCHEDULE_SETTINGS: frozenset[str] = frozenset({
+    "train.checkpoint_every", "train.keep_checkpoints",
+})
+
+
+def result_relevant(
+    config: BaseModel | Mapping[str, Any], *, ignore_checkpoint_schedule: bool = False
+) -> dict[str, Any]:
+    """``config`` as a JSON tree without :data:`RESULT_NEUTRAL_SETTINGS` (and, for a resumed run,
+    :data:`CHECKPOINT_SCHEDULE_SETTINGS`). A mapping is taken as an already dumped config, such
+    as the one a checkpoint saved."""
+    tree = (
+        config.model_dump(mode="json") if isinstance(config, BaseModel)
+        else copy.deepcopy(dict(config))
+    )
+    ignored = RESULT_NEUTRAL_SETTINGS
+    if ignore_checkpoint_schedule:
+        ignored |= CHECKPOINT_SCHEDULE_SETTINGS
+    for dotted in ignored:
+        *sections, key = dotted.split(".")
+        node: Any = tree
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
+    return tree
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

@@ -8,8 +8,9 @@ Stages and where they live (``--store``, default ``<out>/stages``):
 * ``train-<key>/``: one instruction-tuning run per variant (its trajectory checkpoints);
 * ``eval-<key>/``: the evaluations of one checkpoint (ICL, transfer, seen), a results table;
 
-where ``key`` hashes the stage's resolved config and inputs. Two experiments (or two variants)
-that need the same stage find it done and reuse it — the pre-trained baseline is evaluated once
+where ``key`` hashes the stage's resolved config and inputs, less the settings that change no
+result (``config.RESULT_NEUTRAL_SETTINGS``). Two experiments (or two variants) that need the
+same stage find it done and reuse it — the pre-trained baseline is evaluated once
 for every section — and an interrupted run resumes: finished stages are skipped, a training
 stage continues from its last checkpoint, an evaluation stage after its last finished cells.
 ``--force train:LABEL`` moves that stage aside (never deleting it) and reruns it;
@@ -37,7 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from itransfer.config import ExperimentConfig
+from itransfer.config import ExperimentConfig, result_relevant
 from itransfer.errors import ConfigError
 from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable, config_hash
 from itransfer.experiment import PRETRAINED, Experiment
@@ -125,16 +126,23 @@ def _config_of(experiment: Experiment, label: str) -> ExperimentConfig:
 
 
 def _train_key(config: ExperimentConfig) -> str:
-    relevant = {
-        "seed": config.seed,
-        "data": config.data.model_dump(mode="json"),
-        "model": config.model.model_dump(mode="json"),
-        "train": {
-            key: value for key, value in config.train.model_dump(mode="json").items()
-            if key not in ("log_every", "tensorboard", "keep_checkpoints")
-        },
-    }
-    return config_hash(relevant)
+    """The training stage of ``config``; settings that do not change results are left out,
+    but the checkpoint schedule stays (it decides which trajectory checkpoints exist)."""
+    relevant = result_relevant(config)
+    return config_hash({key: relevant[key] for key in ("seed", "data", "model", "train")})
+
+
+def _eval_key(config: ExperimentConfig, checkpoint: str, plan: list[Any]) -> str:
+    """The evaluation stage of ``checkpoint`` (a model, or a training stage's key@step)."""
+    relevant = result_relevant(config)
+    relevant["model"].pop("name_or_path")  # the checkpoint names the weights
+    return config_hash({
+        "checkpoint": checkpoint,
+        "plan": plan,
+        "eval": relevant["eval"],
+        "data": relevant["data"],
+        "model": relevant["model"],
+    })
 
 
 def _finished(stage_dir: Path) -> bool:
@@ -285,13 +293,11 @@ def run_experiment(
                     "transfer_contexts": sorted(plan.contexts) or ["none"]}
         )
         run_config = config.model_copy(update={"eval": eval_config})
-        key = config_hash({
-            "checkpoint": checkpoint if label == PRETRAINED else f"{_train_key(config)}@{step}",
-            "plan": [plan.icl, plan.seen, sorted(plan.shots), sorted(plan.contexts)],
-            "eval": eval_config.model_dump(mode="json"),
-            "data": config.data.model_dump(mode="json"),
-            "model": config.model.model_dump(mode="json", exclude={"name_or_path"}),
-        })
+        key = _eval_key(
+            run_config,
+            checkpoint if label == PRETRAINED else f"{_train_key(config)}@{step}",
+            [plan.icl, plan.seen, sorted(plan.shots), sorted(plan.contexts)],
+        )
         stage_dir = store / f"eval-{key}"
         name = f"eval:{label}@{step}"
         forced = name in force or f"eval:{label}" in force

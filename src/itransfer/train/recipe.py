@@ -1,0 +1,354 @@
+"""An instruction-tuning run's explicit state, and the setup that builds (or resumes) it.
+
+:func:`setup` turns a config into a :class:`TrainState`: the seen tasks and their training
+splits, the sampler P(K) over them, the batch stream, the model, optimizer and schedule, and,
+with ``resume``, everything the latest checkpoint saved (counters, sampler, stream and corpus
+positions, optimizer, RNGs), restored exactly. The parts that advance the state (one step, a
+checkpoint, clean-up) and the loop calling them are in :mod:`itransfer.train.loop`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from itransfer.config import ExperimentConfig, TrainConfig, result_relevant
+from itransfer.data.batching import TaskBatchStream
+from itransfer.data.benchmark import open_benchmark
+from itransfer.data.contexts import build_context
+from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
+from itransfer.data.sni import Instance, Task
+from itransfer.errors import ConfigError, DataError
+from itransfer.examples import EncodedExample, ExampleEncoder
+from itransfer.io_utils import atomic_write_text
+from itransfer.launch import check_launch, make_accelerator
+from itransfer.models import load_model_and_tokenizer
+from itransfer.provenance import write_run_record
+from itransfer.sampling import TaskSampler, build_sampler
+from itransfer.train import checkpoint as ckpt
+from itransfer.train.tracking import MetricSink, check_sinks_available, open_sinks
+from itransfer.train.unsupervised import UnsupervisedBatches
+from itransfer.train.weights import load_weights, model_fingerprint
+
+logger = logging.getLogger(__name__)
+
+LOG_FILE = "train_log.jsonl"
+
+
+@dataclass
+class TrainingExamples:
+    """The seen tasks' training instances, each encoded on first use and then kept."""
+
+    encoder: ExampleEncoder
+    tasks: list[Task]
+    train_sets: list[Sequence[Instance]]
+    encoded: dict[tuple[int, int], EncodedExample] = field(default_factory=dict)
+
+    def __call__(self, task: int, instance: int) -> EncodedExample:
+        key = (task, instance)
+        if key not in self.encoded:
+            instance_data = self.train_sets[task][instance]
+            self.encoded[key] = self.encoder.encode(self.tasks[task], instance_data)
+        return self.encoded[key]
+
+
+@dataclass
+class Throughput:
+    """Examples and real (non-pad) tokens since the last logged row."""
+
+    started: float = field(default_factory=time.perf_counter)
+    examples: int = 0
+    tokens: int = 0
+
+    def add(self, examples: int, tokens: int) -> None:
+        self.examples += examples
+        self.tokens += tokens
+
+    def rates(self) -> dict[str, float]:
+        """samples/s and tokens/s over the window, then a new window starts."""
+        elapsed = time.perf_counter() - self.started
+        measured = {
+            "samples_per_s": self.examples / elapsed, "tokens_per_s": self.tokens / elapsed
+        }
+        self.restart()
+        return measured
+
+    def restart(self) -> None:
+        self.started, self.examples, self.tokens = time.perf_counter(), 0, 0
+
+
+@dataclass
+class TrainState:
+    """Everything an instruction-tuning run holds between two steps.
+
+    The counters, sampler, batch stream, corpus position, optimizer, scheduler and RNGs are
+    what a checkpoint saves; the rest is rebuilt from the config by :func:`setup`.
+    """
+
+    config: ExperimentConfig
+    out_dir: Path
+    accelerator: Accelerator
+    task_names: list[str]
+    total_it_steps: int
+    sampler: TaskSampler
+    stream: TaskBatchStream
+    unsupervised: UnsupervisedBatches | None
+    examples: TrainingExamples
+    model: torch.nn.Module  # as accelerate prepared it (DDP/FSDP-wrapped under several processes)
+    tokenizer: Any
+    architecture: str
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    fingerprint: dict[str, Any]
+    sinks: list[MetricSink] = field(default_factory=list)
+    it_step: int = 0  # instruction-tuning steps done
+    optimizer_step: int = 0  # also counts the unsupervised steps
+    log: list[dict[str, Any]] = field(default_factory=list)
+    last_task_losses: dict[int, float] = field(default_factory=dict)
+    last_saved: Path | None = None
+    saved_step: int | None = None  # the step of last_saved
+    throughput: Throughput = field(default_factory=Throughput)
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.config.train
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Linear warm-up to the peak learning rate, then linear decay to 0 (Appendix B)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        remaining = total_steps - step
+        return max(0.0, remaining / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+# --- setup ---------------------------------------------------------------------------------
+
+
+def setup(
+    config: ExperimentConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    accelerator: Accelerator | None = None,
+) -> TrainState:
+    """Build the run's state: data, sampler, model, optimizer; with ``resume``, restore the
+    latest checkpoint under ``out_dir`` exactly. The main process opens the metric sinks."""
+    train = config.train
+    accelerator = accelerator or make_accelerator(
+        mixed_precision="no" if train.precision == "fp32" else train.precision
+    )
+    _check_launch(config, accelerator)
+    out_dir = Path(out_dir)
+    # Every draw below (model init, batches, dropout) follows from this seed, in this order.
+    set_seed(config.seed)
+
+    # The seen tasks, their training splits (after the data limit) and the sampler over them.
+    task_names, tasks, train_sets = _seen_training_sets(config)
+    task_sizes = [len(instances) for instances in train_sets]
+    total_it_steps = train.steps or math.ceil(train.epochs * sum(task_sizes) / train.batch_size)
+    sampler = build_sampler(
+        train.sampler, task_sizes, total_steps=total_it_steps, batch_size=train.batch_size
+    )
+
+    # The model, the text each example becomes, and the batches: by P(K), grouped by length.
+    loaded = load_model_and_tokenizer(
+        config.model.name_or_path,
+        architecture=config.model.architecture,
+        trust_remote_code=config.model.trust_remote_code,
+    )
+    examples = TrainingExamples(_encoder(config, loaded.tokenizer, loaded.architecture),
+                                tasks, train_sets)
+    stream = TaskBatchStream(
+        task_sizes,
+        sampler,
+        batch_size=train.batch_size,
+        seed=config.seed,
+        length_of=lambda task, instance: len(examples(task, instance)),
+        window_batches=train.length_window_batches,
+    )
+    unsupervised = _unsupervised_batches(config, loaded.tokenizer, loaded.architecture)
+    model = loaded.model
+    optimizer, scheduler = _optimizer_and_schedule(config, model, total_it_steps)
+
+    # The fingerprint and resumed weights concern the whole model, before DDP/FSDP wrap (and
+    # FSDP shards) it; the optimizer state is loaded after, each rank taking its part.
+    fingerprint = model_fingerprint(model, config.model.name_or_path)
+    latest = ckpt.latest_checkpoint(out_dir / "checkpoints") if resume else None
+    saved: dict[str, Any] = {}
+    if latest is not None:
+        saved = ckpt.read_state(latest)
+        check_compatible(latest, saved, fingerprint, config, accelerator.num_processes)
+        load_weights(model, latest)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    state = TrainState(
+        config=config, out_dir=out_dir, accelerator=accelerator, task_names=task_names,
+        total_it_steps=total_it_steps, sampler=sampler, stream=stream,
+        unsupervised=unsupervised, examples=examples, model=model, tokenizer=loaded.tokenizer,
+        architecture=loaded.architecture, optimizer=optimizer, scheduler=scheduler,
+        fingerprint=fingerprint,
+    )
+    if latest is not None:
+        _restore(state, latest, saved)
+    elif state.is_main_process and ckpt.list_checkpoints(state.checkpoints_dir):
+        raise ConfigError(
+            f"{out_dir} already holds checkpoints; pass --resume to continue that run "
+            "or choose another --out"
+        )
+    if state.is_main_process:
+        _open_outputs(state)
+    return state
+
+
+def _check_launch(config: ExperimentConfig, accelerator: Accelerator) -> None:
+    """Fail on every process, before any work, when the run cannot go as configured."""
+    train = config.train
+    check_launch(accelerator)
+    world = accelerator.num_processes
+    check_sinks_available(wandb_project=train.wandb_project)
+    if train.batch_size % (world * train.gradient_accumulation):
+        raise ConfigError(
+            f"train.batch_size={train.batch_size} must be divisible by processes ({world}) × "
+            f"train.gradient_accumulation ({train.gradient_accumulation})"
+        )
+
+
+def _seen_training_sets(
+    config: ExperimentConfig,
+) -> tuple[list[str], list[Task], list[Sequence[Instance]]]:
+    benchmark = open_benchmark(config.data, config.seed)
+    task_names = list(benchmark.selection.seen)
+    if not task_names:
+        raise DataError(benchmark.tasks_dir, "no seen (training) tasks in this selection")
+    tasks = [benchmark.task(name) for name in task_names]
+    train_sets = [benchmark.split(name).train for name in task_names]
+    return task_names, tasks, train_sets
+
+
+def _encoder(config: ExperimentConfig, tokenizer: Any, architecture: str) -> ExampleEncoder:
+    return ExampleEncoder(
+        tokenizer,
+        architecture,
+        build_context(config.data.context.name, config.data.context.num_exemplars),
+        max_source_length=config.model.max_source_length,
+        max_target_length=config.model.max_target_length,
+    )
+
+
+def _optimizer_and_schedule(
+    config: ExperimentConfig, model: torch.nn.Module, total_it_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    train = config.train
+    mix_every = train.mixing.every
+    # The schedule runs over optimizer steps, unsupervised ones included.
+    total_optimizer_steps = total_it_steps + (total_it_steps // mix_every if mix_every else 0)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay
+    )
+    # Not passed through accelerator.prepare: its scheduler wrapper steps once per process.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, linear_schedule(train.warmup_steps, total_optimizer_steps)
+    )
+    return optimizer, scheduler
+
+
+def _open_outputs(state: TrainState) -> None:
+    """The run record, the log so far (a resumed run's, up to its checkpoint) and the sinks."""
+    config, out_dir = state.config, state.out_dir
+    write_run_record(out_dir, config, seed=config.seed)
+    atomic_write_text(out_dir / LOG_FILE, "".join(json.dumps(row) + "\n" for row in state.log))
+    state.sinks = open_sinks(
+        tensorboard=config.train.tensorboard, wandb_project=config.train.wandb_project,
+        out_dir=out_dir, config=config.model_dump(mode="json"), task_names=state.task_names,
+    )
+
+
+def _unsupervised_batches(
+    config: ExperimentConfig, tokenizer: Any, architecture: str
+) -> UnsupervisedBatches | None:
+    mixing = config.train.mixing
+    if not mixing.every:
+        return None
+    source = BUNDLED_CORPUS if mixing.source == "bundled" else mixing.source
+    return UnsupervisedBatches(
+        lambda: iter_corpus_documents(source, seed=config.seed),
+        tokenizer,
+        architecture,
+        batch_size=config.train.batch_size,
+        max_length=mixing.max_length,
+        seed=config.seed,
+    )
+
+
+def _restore(state: TrainState, checkpoint: Path, saved: dict[str, Any]) -> None:
+    """Everything but the weights (loaded before accelerate wrapped the model)."""
+    ckpt.load_optimizer_state(state.model, state.optimizer, checkpoint)
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.sampler.load_state_dict(saved["sampler"])
+    state.stream.load_state_dict(saved["stream"])
+    if state.unsupervised is not None:
+        state.unsupervised.load_state_dict(saved["unsupervised"])
+    ckpt.restore_rng_state(ckpt.read_rank_rng(checkpoint, state.accelerator.process_index))
+    state.it_step, state.optimizer_step = saved["it_step"], saved["optimizer_step"]
+    state.log = _read_log(state.out_dir, up_to_step=state.it_step)
+    logger.info("resumed from %s at step %d", checkpoint, state.it_step)
+
+
+def check_compatible(
+    checkpoint: Path, saved: dict[str, Any], fingerprint: dict[str, Any],
+    config: ExperimentConfig, world: int,
+) -> None:
+    """Refuse to resume a checkpoint of another model, config or number of processes."""
+    if saved.get("model") != fingerprint:
+        raise ckpt.CheckpointError(
+            f"{checkpoint} belongs to another model ({saved.get('model')}); this config "
+            f"builds {fingerprint}"
+        )
+    saved_config = result_relevant(saved.get("config", {}), ignore_checkpoint_schedule=True)
+    current = result_relevant(config, ignore_checkpoint_schedule=True)
+    differing = [key for key in ("seed", "data", "model") if saved_config.get(key) != current[key]]
+    saved_train = saved_config.get("train", {})
+    differing += [
+        f"train.{key}" for key, value in current["train"].items() if saved_train.get(key) != value
+    ]
+    if differing:
+        raise ckpt.CheckpointError(
+            f"{checkpoint} was written with a different config ({', '.join(differing)} differ); "
+            "resume with the run's own config.yaml"
+        )
+    if saved.get("world_size") != world:
+        raise ckpt.CheckpointError(
+            f"{checkpoint} was written by {saved.get('world_size')} processes; resuming with "
+            f"{world} would draw different batches per process"
+        )
+
+
+def _read_log(out_dir: Path, *, up_to_step: int) -> list[dict[str, Any]]:
+    path = out_dir / LOG_FILE
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [row for row in rows if row["step"] <= up_to_step]

@@ -1,0 +1,94 @@
+"""One list of settings that do not change results: the stage keys of `itransfer run` ignore
+exactly those, and change with every setting that does change a result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from itransfer.config import (
+    CHECKPOINT_SCHEDULE_SETTINGS,
+    RESULT_NEUTRAL_SETTINGS,
+    ExperimentConfig,
+    load_config,
+    result_relevant,
+)
+from itransfer.pipeline import _eval_key, _train_key
+
+# A value other than the default for each setting that must not change results.
+NEUTRAL_TOGGLES: dict[str, Any] = {
+    "train.log_every": 7,
+    "train.tensorboard": False,
+    "train.wandb_project": "itransfer-test",
+    "eval.batch_size": 3,
+    "eval.max_batch_tokens": 999,
+    "eval.max_examples_per_pass": 5,
+    "eval.max_tokens_per_pass": 777,
+    "eval.cells_per_group": 2,
+}
+# Settings that do change what a stage produces (the checkpoint schedule decides which
+# trajectory checkpoints a training stage holds; save_adapters writes files; the engines agree
+# only to rounding).
+RESULT_TOGGLES: dict[str, Any] = {
+    "seed": 1,
+    "train.learning_rate": 1e-3,
+    "train.sampler": {"name": "uniform"},
+    "train.checkpoint_every": 5,
+    "train.keep_checkpoints": 2,
+    "data.splits.max_train_instances_per_task": 10,
+    "model.max_source_length": 64,
+    "eval.lora.r": 4,
+    "eval.engine": "peft",
+    "eval.save_adapters": True,
+    "eval.max_new_tokens": 8,
+}
+PLAN = [True, False, [0, 5], ["none"]]
+
+
+def _with(key: str, value: Any) -> ExperimentConfig:
+    return load_config(None, [f"{key}={value!r}"])
+
+
+def _keys(config: ExperimentConfig) -> tuple[str, str]:
+    """(train stage key, key of the evaluation stage of its step-6 checkpoint)."""
+    train_key = _train_key(config)
+    return train_key, _eval_key(config, f"{train_key}@6", PLAN)
+
+
+def test_every_listed_setting_has_a_toggle_here() -> None:
+    assert set(NEUTRAL_TOGGLES) == RESULT_NEUTRAL_SETTINGS
+    assert not set(RESULT_TOGGLES) & RESULT_NEUTRAL_SETTINGS
+
+
+@pytest.mark.parametrize("key", sorted(NEUTRAL_TOGGLES))
+def test_a_result_neutral_setting_keeps_the_stage_keys(key: str) -> None:
+    base = load_config(None, [])
+    toggled = _with(key, NEUTRAL_TOGGLES[key])
+    assert toggled.model_dump() != base.model_dump()  # the toggle did change the config
+    assert _keys(toggled) == _keys(base)
+
+
+@pytest.mark.parametrize("key", sorted(RESULT_TOGGLES))
+def test_a_result_changing_setting_changes_its_stage_key(key: str) -> None:
+    base_train, base_eval = _keys(load_config(None, []))
+    train_key, eval_key = _keys(_with(key, RESULT_TOGGLES[key]))
+    assert eval_key != base_eval  # an evaluation reads the trained checkpoint's key too
+    if key.startswith("eval."):
+        assert train_key == base_train
+    else:
+        assert train_key != base_train
+
+
+def test_result_relevant_reads_a_saved_config_and_drops_the_schedule_only_on_resume() -> None:
+    saved = load_config(None, ["train.checkpoint_every=5", "train.wandb_project=x"]).model_dump(
+        mode="json"
+    )
+    for_stage = result_relevant(saved)
+    for_resume = result_relevant(saved, ignore_checkpoint_schedule=True)
+    assert "wandb_project" not in for_stage["train"] and "batch_size" not in for_stage["eval"]
+    assert for_stage["train"]["checkpoint_every"] == 5
+    assert not {key.split(".")[1] for key in CHECKPOINT_SCHEDULE_SETTINGS} & set(
+        for_resume["train"]
+    )
+    assert saved["train"]["wandb_project"] == "x"  # the caller's tree is left as it was

@@ -1,0 +1,221 @@
+"""Each part of the instruction-tuning recipe on its own: setup (fresh and resumed), one step,
+the checkpoint it writes and reads back, and clean-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from itransfer.config import load_config
+from itransfer.data.benchmark import open_benchmark
+from itransfer.sampling import UniformSampler
+from itransfer.train import checkpoint as ckpt
+from itransfer.train import loop
+from itransfer.train.loop import (
+    cleanup,
+    instruction_tune,
+    save_checkpoint,
+    train_step,
+    unsupervised_step,
+)
+from itransfer.train.recipe import LOG_FILE, TrainState, check_compatible, setup
+
+
+def _config(model_dir: Path, *overrides: str):
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            "model.max_source_length=96",
+            "model.max_target_length=32",
+            "train.batch_size=8",
+            "train.warmup_steps=2",
+            "train.learning_rate=3e-3",
+            "train.log_every=1",
+            "train.tensorboard=false",
+            "train.length_window_batches=4",
+            *overrides,
+        ],
+    )
+
+
+def _weights(state: TrainState) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in state.model.state_dict().items()}
+
+
+def _inner_optimizer(state: TrainState) -> torch.optim.Optimizer:
+    return getattr(state.optimizer, "optimizer", state.optimizer)  # accelerate's wrapper
+
+
+class RecordingSink:
+    def __init__(self, fail_on_close: bool = False) -> None:
+        self.closed = False
+        self.fail_on_close = fail_on_close
+
+    def log(self, row: dict[str, Any], weights: np.ndarray, task_losses: dict) -> None:
+        del row, weights, task_losses
+
+    def close(self) -> None:
+        self.closed = True
+        if self.fail_on_close:
+            raise OSError("disk full")
+
+
+def test_setup_builds_a_fresh_state(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config(
+        tiny_model_dir, "train.steps=5", "train.sampler={name: uniform}",
+        "data.splits.max_train_instances_per_task=50", "train.tensorboard=true",
+    )
+    state = setup(config, tmp_path / "run")
+    try:
+        assert (state.it_step, state.optimizer_step, state.total_it_steps) == (0, 0, 5)
+        assert state.log == [] and state.unsupervised is None
+        benchmark = open_benchmark(config.data, config.seed)
+        assert state.task_names == list(benchmark.selection.seen)
+        sizes = [len(benchmark.split(name).train) for name in state.task_names]
+        assert max(sizes) == 50  # the data limit applies to the sizes the sampler sees
+        assert isinstance(state.sampler, UniformSampler)
+        assert list(state.sampler.task_sizes) == sizes
+        np.testing.assert_allclose(state.sampler.weights(0), 1 / len(sizes))
+        optimizer = _inner_optimizer(state)
+        assert isinstance(optimizer, torch.optim.AdamW)
+        # Warm-up: the first step runs at 1/warmup_steps of the peak rate.
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-3 / 2)
+        trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        assert trained == {id(p) for p in state.model.parameters()}
+        assert (tmp_path / "run" / LOG_FILE).read_text() == ""
+        assert (tmp_path / "run" / "config.yaml").is_file()
+        assert len(state.sinks) == 1  # TensorBoard, opened by the main process
+    finally:
+        cleanup(state)
+    assert state.sinks == []
+
+
+def test_setup_with_mixing_builds_the_corpus_batches(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config(tiny_model_dir, "train.steps=6", "train.mixing.every=3")
+    state = setup(config, tmp_path / "run")
+    weights = _weights(state)
+    documents_read = state.unsupervised.state_dict()["documents_read"]
+    loss = unsupervised_step(state)
+    assert loss == loss and loss > 0
+    assert (state.it_step, state.optimizer_step) == (0, 1)  # mixing steps are not IT steps
+    assert state.unsupervised.state_dict()["documents_read"] > documents_read
+    assert any(not torch.equal(weights[name], value) for name, value in _weights(state).items())
+    cleanup(state)
+
+
+def test_train_step_updates_the_model_and_moves_on(tiny_model_dir: Path, tmp_path: Path) -> None:
+    state = setup(_config(tiny_model_dir, "train.steps=5"), tmp_path / "run")
+    before = _weights(state)
+    stream_before = state.stream.state_dict()
+    row = train_step(state)
+    assert (state.it_step, state.optimizer_step) == (1, 1)
+    assert row["step"] == 1 and row["loss"] > 0 and row["tokens"] > 0
+    after = _weights(state)
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    # The first step drew a window of 4 batches and consumed one; the next consumes another.
+    assert stream_before["cursors"] == {} and state.stream.state_dict()["cursors"]
+    assert len(state.stream.state_dict()["pending"]) == 3
+    assert train_step(state)["step"] == 2 and len(state.stream.state_dict()["pending"]) == 2
+    assert state.last_task_losses and set(state.last_task_losses) <= set(
+        range(len(state.task_names))
+    )
+    assert state.throughput.examples == 16
+    cleanup(state)
+
+
+def test_checkpoint_reads_back_to_an_identical_state(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config(
+        tiny_model_dir, "train.steps=8", "train.mixing.every=2",
+        "train.sampler={name: dwa, window: 2}",
+    )
+    state = setup(config, tmp_path / "run")
+    for _ in range(3):
+        train_step(state)
+    unsupervised_step(state)
+    folder = save_checkpoint(state)
+    cleanup(state)
+    assert folder == tmp_path / "run" / "checkpoints" / "step-0000003"
+    assert state.last_saved == folder and state.saved_step == 3
+    assert {"model.safetensors", "optimizer.safetensors", ckpt.STATE_FILE,
+            "rng-rank0.safetensors"} <= {path.name for path in folder.iterdir()}
+    saved_rng = ckpt.read_rank_rng(folder, 0)["torch_cpu"]
+
+    torch.manual_seed(12345)  # resuming must not depend on where the RNG happens to be
+    resumed = setup(config, tmp_path / "run", resume=True)
+    assert torch.equal(torch.get_rng_state(), saved_rng)
+    assert (resumed.it_step, resumed.optimizer_step) == (3, 4)
+    assert resumed.sampler.state_dict() == state.sampler.state_dict()
+    assert resumed.stream.state_dict() == state.stream.state_dict()
+    assert resumed.unsupervised.state_dict() == state.unsupervised.state_dict()
+    assert resumed.scheduler.state_dict() == state.scheduler.state_dict()
+    original, restored = _weights(state), _weights(resumed)
+    assert all(torch.equal(original[name], restored[name]) for name in original)
+    moments = _inner_optimizer(state).state_dict()["state"]
+    restored_moments = _inner_optimizer(resumed).state_dict()["state"]
+    assert all(
+        torch.equal(moments[index]["exp_avg"], restored_moments[index]["exp_avg"])
+        for index in moments
+    )
+
+    # The next step (dropout included) is the same from either state.
+    torch.set_rng_state(saved_rng)
+    expected = train_step(state)
+    torch.set_rng_state(saved_rng)
+    assert train_step(resumed) == expected
+    cleanup(resumed)
+
+
+def test_resume_check_ignores_only_settings_that_do_not_change_results(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = _config(tiny_model_dir, "train.steps=6")
+    saved = {"model": {"fingerprint": 1}, "config": config.model_dump(mode="json"),
+             "world_size": 1}
+    for harmless in ("train.log_every=5", "train.tensorboard=true", "train.wandb_project=x",
+                     "train.checkpoint_every=2", "train.keep_checkpoints=1"):
+        resumed = _config(tiny_model_dir, "train.steps=6", harmless)
+        check_compatible(tmp_path, saved, {"fingerprint": 1}, resumed, world=1)
+    for changed, field in (("train.learning_rate=1e-3", "train.learning_rate"),
+                           ("seed=1", "seed"), ("train.sampler={name: uniform}", "train.sampler")):
+        resumed = _config(tiny_model_dir, "train.steps=6", changed)
+        with pytest.raises(ckpt.CheckpointError, match=rf"\({field} differ"):
+            check_compatible(tmp_path, saved, {"fingerprint": 1}, resumed, world=1)
+
+
+def test_cleanup_closes_every_sink_even_when_one_fails(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    state = setup(_config(tiny_model_dir, "train.steps=2"), tmp_path / "run")
+    sinks = [RecordingSink(), RecordingSink(fail_on_close=True), RecordingSink()]
+    state.sinks = list(sinks)
+    with pytest.raises(OSError, match="disk full"):
+        cleanup(state)
+    assert all(sink.closed for sink in sinks) and state.sinks == []
+
+
+def test_the_loop_cleans_up_after_an_error(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = RecordingSink()
+    real_setup, real_step = loop.setup, loop.train_step
+
+    def setup_with_sink(*args: Any, **kwargs: Any) -> TrainState:
+        state = real_setup(*args, **kwargs)
+        state.sinks.append(sink)
+        return state
+
+    def failing_second_step(state: TrainState) -> dict[str, Any]:
+        if state.it_step == 1:
+            raise RuntimeError("CUDA out of memory")
+        return real_step(state)
+
+    monkeypatch.setattr(loop, "setup", setup_with_sink)
+    monkeypatch.setattr(loop, "train_step", failing_second_step)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        instruction_tune(_config(tiny_model_dir, "train.steps=4"), tmp_path / "run")
+    assert sink.closed
