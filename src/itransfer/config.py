@@ -146,10 +146,11 @@ class TrainConfig(StrictModel):
     wandb_project: str | None = None  # log to Weights & Biases too (needs `wandb`)
 
 
-EVALUATION_GROUPS = (
-    "unseen", "unseen_synthetic", "heldout_domain", "heldout_adversarial",
-    "heldout_generalization",
-)
+EVALUATION_TASK_GROUPS = ("unseen", "unseen_synthetic", "heldout_domain", "heldout_adversarial")
+"""Selection groups of evaluation tasks: split into test + few-shot pool, never trained on."""
+
+EVAL_TASK_GROUP_CHOICES = (*EVALUATION_TASK_GROUPS, "heldout_generalization")
+"""What ``eval.task_groups`` accepts: an evaluation group, or held-out domain + adversarial."""
 
 
 class LoraConfig(StrictModel):
@@ -195,9 +196,11 @@ class EvalConfig(StrictModel):
     @field_validator("task_groups")
     @classmethod
     def _known_groups(cls, groups: list[str]) -> list[str]:
-        unknown = [group for group in groups if group not in EVALUATION_GROUPS]
+        unknown = [group for group in groups if group not in EVAL_TASK_GROUP_CHOICES]
         if unknown:
-            raise ValueError(f"unknown task groups {unknown}; known: {list(EVALUATION_GROUPS)}")
+            raise ValueError(
+                f"unknown task groups {unknown}; known: {list(EVAL_TASK_GROUP_CHOICES)}"
+            )
         return groups
 
     @field_validator("icl_context")
