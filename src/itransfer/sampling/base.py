@@ -114,7 +114,8 @@ class TaskSampler(ABC):
 
     ``task_sizes`` are training-set sizes after any per-task data cap, indexed like the
     training loop's task list. ``total_steps`` and ``batch_size`` describe the whole run, for
-    samplers whose schedule or budget depends on it.
+    samplers whose schedule or budget depends on it. ``config`` holds the sampler's parameters,
+    an instance of the config class it was registered with.
     """
 
     name: ClassVar[str]
@@ -196,7 +197,8 @@ def build_sampler(
     total_steps: int,
     batch_size: int,
 ) -> TaskSampler:
-    """Build the sampler a config names, e.g. ``{"name": "temperature", "temperature": 2.0}``."""
+    """Build the sampler a config names: a :class:`SamplerConfig` (``train.sampler``) or a
+    spec mapping such as ``{"name": "temperature", "temperature": 2.0}``."""
     config = spec if isinstance(spec, SamplerConfig) else parse_sampler_spec(spec)
     sampler_class = SAMPLERS[config.name]
     return sampler_class(config, task_sizes, total_steps=total_steps, batch_size=batch_size)
@@ -251,7 +253,8 @@ def sampling_schedule(sampler: TaskSampler, steps: Sequence[int]) -> np.ndarray:
 
 
 def number_at_least(minimum: float, *, inclusive: bool = False) -> BeforeValidator:
-    """Pydantic check of a sampler parameter: a finite real number above ``minimum``.
+    """Pydantic check of a sampler parameter: a finite real number (not a bool, not text)
+    above ``minimum``, or equal to it when ``inclusive``.
 
     Messages leave the value out; the config error (or :func:`parse_sampler_spec`) adds it.
     """
@@ -270,12 +273,14 @@ def number_at_least(minimum: float, *, inclusive: bool = False) -> BeforeValidat
     return BeforeValidator(check)
 
 
-def _numeric(text: Any) -> bool:
-    try:
-        float(text)
-    except (TypeError, ValueError):
+def _numeric(value: Any) -> bool:
+    if not isinstance(value, str):
         return False
-    return isinstance(text, str)
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def integer_at_least(minimum: int) -> BeforeValidator:
