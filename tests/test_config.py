@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from itransfer.config import ExperimentConfig, load_config
 from itransfer.errors import ConfigError
 from itransfer.provenance import write_run_record
+from itransfer.sampling import ReverseAnnealingSampler, build_sampler
+from itransfer.sampling.rates import temperature_rates
 
 
 def _yaml(tmp_path: Path, text: str) -> Path:
@@ -68,6 +71,67 @@ def test_unknown_context_and_override_errors() -> None:
         load_config(None, ["seed"])
     with pytest.raises(ConfigError, match="seed: Input should be a valid integer"):
         load_config(None, ["seed.x=1"])
+
+
+RA_YAML = "train:\n  sampler: {name: reverse_annealing, %s}\n"
+
+
+def test_misspelt_sampler_parameter_is_one_line_naming_its_key(tmp_path: Path) -> None:
+    path = _yaml(tmp_path, RA_YAML % "max_temprature: 100")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: train.sampler.max_temprature: unknown key (got 100)"
+
+
+@pytest.mark.parametrize(
+    ("parameter", "value", "shown"),
+    [
+        ("max_temperature", "[1000]", "[1000]"),
+        ("max_temperature", "hot", "'hot'"),
+        ("max_temperature", "true", "True"),
+        ("start_temperature", ".nan", "nan"),
+    ],
+)
+def test_mistyped_sampler_parameter_is_one_line_naming_its_key(
+    tmp_path: Path, parameter: str, value: str, shown: str
+) -> None:
+    path = _yaml(tmp_path, RA_YAML % f"{parameter}: {value}")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: train.sampler.{parameter}: must be a number >= 1")
+    assert message.endswith(f"(got {shown})")
+
+
+def test_sampler_parameter_override_reaches_the_sampler(tmp_path: Path) -> None:
+    path = _yaml(tmp_path, RA_YAML % "max_temperature: 1000")
+    config = load_config(path, ["train.sampler.max_temperature=100"])
+    sampler = build_sampler(config.train.sampler, [10, 40, 50], total_steps=10, batch_size=4)
+    assert isinstance(sampler, ReverseAnnealingSampler)
+    assert (sampler.max_temperature, sampler.temperature(10)) == (100, 100)
+    np.testing.assert_array_equal(sampler.weights(10), temperature_rates([10, 40, 50], 100))
+    with pytest.raises(ConfigError, match=r"train\.sampler\.max_temperature: must be >= 1"):
+        load_config(path, ["train.sampler.max_temperature=0.5"])
+
+
+def test_sampler_written_with_or_without_its_defaults_is_one_config(tmp_path: Path) -> None:
+    # The stage cache keys hash the dumped config: spelling a default out must not retrain.
+    implicit = load_config(_yaml(tmp_path, "train: {sampler: {name: reverse_annealing}}\n"))
+    explicit = load_config(_yaml(tmp_path, RA_YAML % "max_temperature: 1000"))
+    assert implicit.model_dump(mode="json") == explicit.model_dump(mode="json")
+    assert implicit.train.sampler.model_dump() == {
+        "name": "reverse_annealing", "start_temperature": 1.0, "max_temperature": 1000.0
+    }
+
+
+def test_unknown_or_bare_sampler_lists_the_known_ones() -> None:
+    for spec in ("{name: annealing}", "uniform", "{temperature: 2}"):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [f"train.sampler={spec}"])
+        message = str(info.value)
+        assert "\n" not in message and ": train.sampler: expected a mapping {name:" in message
+        assert "proportional, reverse_annealing" in message
 
 
 def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:

@@ -22,7 +22,14 @@ from itransfer.train.objectives import (
     span_corruption_raw_length,
     split_prefix_lm,
 )
-from itransfer.train.pretrain import PretrainConfig, build_model, prefix_lm_loss, pretrain
+from itransfer.train.pretrain import (
+    PretrainConfig,
+    build_model,
+    collate_pairs,
+    phase_schedule,
+    prefix_lm_loss,
+    pretrain,
+)
 
 SENTINELS = [99, 98, 97, 96]
 
@@ -99,6 +106,23 @@ def test_prefix_lm_split_keeps_text_order() -> None:
         source, target = split_prefix_lm(window, rng, max_input=16, max_target=8)
         assert 1 <= len(source) <= 16 and 1 <= len(target) <= 8
         assert target[0] == source[-1] + 1
+
+
+def test_pairs_are_padded_as_instruction_tuning_pads() -> None:
+    batch = collate_pairs([([5, 6, 1], [7, 1]), ([8, 1], [9, 10, 11, 1])])
+    assert batch["input_ids"].tolist() == [[5, 6, 1], [8, 1, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[7, 1, -100, -100], [9, 10, 11, 1]]
+
+
+def test_phase_schedule_is_the_shipped_checkpoints() -> None:
+    factor = phase_schedule(warmup_steps=200, steps=2000)
+    assert factor(0) == 1 / 200 and factor(99) == 0.5
+    # The decay line starts at step 0, so the end of warm-up is already below the peak lr
+    # (the instruction-tuning schedule is at 1.0 there and halfway, at step 1100, at 0.5).
+    assert factor(199) == 1801 / 2000 and factor(1000) == 0.5 and factor(2000) == 0.0
+    # Warm-up is capped at a tenth of the phase (+1): 20 steps warm up for 3, not 200.
+    assert phase_schedule(warmup_steps=200, steps=20)(0) == 1 / 3
 
 
 def test_config_rejects_bad_values() -> None:

@@ -8,15 +8,21 @@ import math
 import numpy as np
 import pytest
 
+from itransfer.config import TrainConfig
 from itransfer.errors import ConfigError
 from itransfer.sampling import (
     SAMPLERS,
     DWASampler,
+    SamplerConfig,
+    TemperatureSampler,
+    UniformConfig,
     build_sampler,
+    parse_sampler_spec,
     plot_sampling_schedule,
+    register_sampler,
     sampling_schedule,
 )
-from itransfer.sampling.rates import effective_num_tasks, unimax_allocation
+from itransfer.sampling.rates import effective_num_tasks, unimax_allocation, unimax_rates
 
 SIZES = [10, 40, 50]
 TOTAL_STEPS = 1000
@@ -49,6 +55,64 @@ def test_registry_names_every_sampler() -> None:
         "examples_proportional_capped",
         "unimax",
     }
+
+
+# One spec per sampler with every parameter off its default; a new sampler must add one.
+NON_DEFAULT_SPECS = {
+    "proportional": {"name": "proportional"},
+    "uniform": {"name": "uniform"},
+    "temperature": {"name": "temperature", "temperature": 2.5},
+    "reverse_annealing": {"name": "reverse_annealing", "start_temperature": 2.0,
+                          "max_temperature": 100.0},
+    "dwa": {"name": "dwa", "temperature": 0.5, "window": 3, "base": "uniform"},
+    "examples_proportional_capped": {"name": "examples_proportional_capped", "cap": 30.0},
+    "unimax": {"name": "unimax", "max_epochs": 2.0},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_has_a_config_that_round_trips(name: str) -> None:
+    config_class = SAMPLERS[name].config_class
+    assert issubclass(config_class, SamplerConfig) and config_class.registered_name() == name
+    config = parse_sampler_spec(NON_DEFAULT_SPECS[name])
+    assert type(config) is config_class
+    assert config.model_dump() == NON_DEFAULT_SPECS[name]
+    assert config_class.model_validate(config.model_dump()) == config
+    # Through the experiment config's union, as YAML and the stage cache keys see it.
+    dumped = TrainConfig(sampler=config).model_dump(mode="json")
+    assert TrainConfig.model_validate(dumped).sampler == config
+    # The sampler reads its parameters from the config, not from defaults of its own.
+    sampler = build_sampler(config, SIZES, total_steps=TOTAL_STEPS, batch_size=BATCH_SIZE)
+    assert sampler.config is config
+    for parameter, value in config.model_dump(exclude={"name"}).items():
+        assert getattr(sampler, parameter) == value
+
+
+def test_config_defaults_are_the_samplers_defaults() -> None:
+    defaults = {
+        name: SAMPLERS[name].config_class.model_construct().model_dump(exclude={"name"})
+        for name in SAMPLERS
+    }
+    assert defaults == {
+        "proportional": {},
+        "uniform": {},
+        "temperature": {"temperature": 1.0},
+        "reverse_annealing": {"start_temperature": 1.0, "max_temperature": 1000.0},
+        "dwa": {"temperature": 1.0, "window": 50, "base": "proportional"},
+        "examples_proportional_capped": {},  # cap is required
+        "unimax": {"max_epochs": 1.0},
+    }
+    assert SAMPLERS["examples_proportional_capped"].config_class.model_fields["cap"].is_required()
+
+
+def test_a_config_must_carry_its_samplers_name() -> None:
+    with pytest.raises(ValueError, match=r"defaults to 'uniform'.*registers as 'flat'"):
+        register_sampler("flat", config=UniformConfig)
+
+
+def test_a_sampler_refuses_another_samplers_config() -> None:
+    with pytest.raises(TypeError, match="takes a TemperatureConfig, got UniformConfig"):
+        TemperatureSampler(UniformConfig(), SIZES, total_steps=1, batch_size=1)
 
 
 def test_proportional_follows_sizes() -> None:
@@ -105,6 +169,7 @@ def test_unimax_hand_worked_allocation() -> None:
     np.testing.assert_allclose(unimax_allocation(SIZES, 90, 2), [20, 35, 35])
     # One epoch: min(30, 10) = 10; min(80/2, 40) = 40; min(40, 50) = 40.
     np.testing.assert_allclose(unimax_allocation(SIZES, 90, 1), [10, 40, 40])
+    np.testing.assert_allclose(unimax_rates(SIZES, 90, 1), [10 / 90, 40 / 90, 40 / 90])
     sampler = make({"name": "unimax", "max_epochs": 1}, total_steps=45)  # 45 * 4 = 180 > 100
     assert_distribution(sampler.weights(0), [0.1, 0.4, 0.5])
     sampler = build_sampler(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_task
-from itransfer.config import DataConfig, SelectionConfig
+from itransfer.config import EVALUATION_TASK_GROUPS, DataConfig, SelectionConfig
 from itransfer.data import open_benchmark
 from itransfer.data.index import build_index
 from itransfer.data.selection import select_tasks
@@ -49,6 +49,8 @@ def test_groups_partition_the_tasks(slice_selection) -> None:
     names += list(slice_selection.excluded)
     assert len(names) == len(set(names)) == 194
     assert not set(groups["seen"]) & set(slice_selection.heldout_generalization)
+    # Every group but the training one is split as evaluation tasks (test + few-shot pool).
+    assert set(groups) - {"seen"} == set(EVALUATION_TASK_GROUPS)
 
 
 def _index(tmp_path: Path, tasks: dict[str, dict]) -> list:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -24,6 +24,13 @@ from pydantic import (
 
 from itransfer import paper_constants as paper
 from itransfer.errors import ConfigError
+from itransfer.sampling import SAMPLERS, ProportionalConfig, SamplerConfig, sampler_config_union
+
+if TYPE_CHECKING:
+    SamplerSpec = SamplerConfig
+else:
+    # Built from the registry: one member per registered sampler, chosen by `name`.
+    SamplerSpec = sampler_config_union()
 
 
 class StrictModel(BaseModel):
@@ -131,7 +138,7 @@ class TrainConfig(StrictModel):
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     weight_decay: float = Field(default=0.0, ge=0.0)  # AdamW's; the paper states none
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    sampler: dict[str, Any] = Field(default_factory=lambda: {"name": "proportional"})
+    sampler: SamplerSpec = Field(default_factory=ProportionalConfig)
     mixing: MixingConfig = Field(default_factory=MixingConfig)
     checkpoint_every: int = Field(default=0, ge=0)  # 0: only the final checkpoint
     keep_checkpoints: int | None = Field(default=None, ge=1)  # None keeps the whole trajectory
@@ -140,20 +147,12 @@ class TrainConfig(StrictModel):
     tensorboard: bool = True
     wandb_project: str | None = None  # log to Weights & Biases too (needs `wandb`)
 
-    @field_validator("sampler")
-    @classmethod
-    def _known_sampler(cls, spec: dict[str, Any]) -> dict[str, Any]:
-        from itransfer.sampling import build_sampler
 
-        # Building over two dummy tasks checks the name and parameters before any data loads.
-        build_sampler(spec, [1, 2], total_steps=1, batch_size=1)
-        return spec
+EVALUATION_TASK_GROUPS = ("unseen", "unseen_synthetic", "heldout_domain", "heldout_adversarial")
+"""Selection groups of evaluation tasks: split into test + few-shot pool, never trained on."""
 
-
-EVALUATION_GROUPS = (
-    "unseen", "unseen_synthetic", "heldout_domain", "heldout_adversarial",
-    "heldout_generalization",
-)
+EVAL_TASK_GROUP_CHOICES = (*EVALUATION_TASK_GROUPS, "heldout_generalization")
+"""What ``eval.task_groups`` accepts: an evaluation group, or held-out domain + adversarial."""
 
 
 class LoraConfig(StrictModel):
@@ -200,9 +199,11 @@ class EvalConfig(StrictModel):
     @field_validator("task_groups")
     @classmethod
     def _known_groups(cls, groups: list[str]) -> list[str]:
-        unknown = [group for group in groups if group not in EVALUATION_GROUPS]
+        unknown = [group for group in groups if group not in EVAL_TASK_GROUP_CHOICES]
         if unknown:
-            raise ValueError(f"unknown task groups {unknown}; known: {list(EVALUATION_GROUPS)}")
+            raise ValueError(
+                f"unknown task groups {unknown}; known: {list(EVAL_TASK_GROUP_CHOICES)}"
+            )
         return groups
 
     @field_validator("icl_context")
@@ -284,12 +285,23 @@ def result_relevant(
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "<top level>"
+        key = _dotted_key(error["loc"]) or "<top level>"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         lines.append(f"{source}: {key}: {message} (got {error.get('input')!r})")
     return "\n".join(lines)
+
+
+def _dotted_key(location: Sequence[int | str]) -> str:
+    parts: list[str] = []
+    for part in location:
+        # Pydantic puts the chosen member of the sampler union (its name) in the location;
+        # the YAML has no such level: `train.sampler.reverse_annealing.x` is `train.sampler.x`.
+        if parts and parts[-1] == "sampler" and part in SAMPLERS:
+            continue
+        parts.append(str(part))
+    return ".".join(parts)
 
 
 def parse_override(override: str) -> tuple[list[str], Any]:

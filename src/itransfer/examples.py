@@ -73,11 +73,11 @@ class ExampleEncoder:
         )
         return encoded.text
 
-    def encode(self, task: Task, instance: Instance, *, with_target: bool = True) -> EncodedExample:
+    def encode(self, task: Task, instance: Instance) -> EncodedExample:
         source = self._source_ids(self.source_text(task, instance.input))
         # The context encoder already fit the text to the budget; this guards odd tokenizers.
         source = source[: self.max_source_length]
-        target = self._target_ids(instance.outputs[0]) if with_target else []
+        target = self._target_ids(instance.outputs[0])
         return EncodedExample(tuple(source), tuple(target))
 
 

@@ -380,8 +380,8 @@ def _write_manifest(
         config = experiment.variants[label]
         models[label] = {
             "kind": "instruction_tuned",
-            "sampler": config.train.sampler.get("name"),
-            "sampler_spec": config.train.sampler,
+            "sampler": config.train.sampler.name,
+            "sampler_spec": config.train.sampler.model_dump(mode="json"),
             "data_limit": config.data.splits.max_train_instances_per_task,
             "mixing_every": config.train.mixing.every,
             "final_step": max(steps) if steps else 0,

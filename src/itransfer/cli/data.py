@@ -16,7 +16,8 @@ from itransfer.cli.common import (
     file_progress,
     resolve_config,
 )
-from itransfer.data.benchmark import EVALUATION_GROUPS, open_benchmark
+from itransfer.config import EVALUATION_TASK_GROUPS
+from itransfer.data.benchmark import open_benchmark
 from itransfer.data.contexts import CONTEXTS, build_context
 from itransfer.data.selection import TaskSelection
 from itransfer.errors import ConfigError
@@ -138,7 +139,7 @@ def show(
         reason = benchmark.selection.excluded[task_name]
         raise ConfigError(f"task {task_name} is excluded from the selection: {reason}")
     task_split = benchmark.split(task_name)
-    role = split or ("test" if group in EVALUATION_GROUPS else "train")
+    role = split or ("test" if group in EVALUATION_TASK_GROUPS else "train")
     if role not in ("train", "validation", "test", "few_shot"):
         raise ConfigError(f"--split {role}: expected train, validation, test or few_shot")
     instances = task_split.few_shot_pool if role == "few_shot" else getattr(task_split, role)

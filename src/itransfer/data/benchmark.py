@@ -7,14 +7,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from itransfer.config import DataConfig
+from itransfer.config import EVALUATION_TASK_GROUPS, DataConfig
 from itransfer.data.index import TaskIndex, build_index
 from itransfer.data.selection import TaskSelection, select_tasks
 from itransfer.data.sni import Task, parse_task
 from itransfer.data.splits import TaskSplit, split_evaluation_task, split_seen_task
 from itransfer.errors import DataError
-
-EVALUATION_GROUPS = ("unseen", "unseen_synthetic", "heldout_domain", "heldout_adversarial")
 
 
 def bundled_sni_dir() -> Path:
@@ -55,7 +53,7 @@ class SNIBenchmark:
         """Seen tasks get train/validation/test; evaluation tasks get test + few-shot pool."""
         group = self.group_of(name)
         task = self.task(name)
-        if group in EVALUATION_GROUPS:
+        if group in EVALUATION_TASK_GROUPS:
             return split_evaluation_task(task, self.config.splits, self.seed)
         return split_seen_task(task, self.config.splits, self.seed)
 

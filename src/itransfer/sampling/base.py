@@ -3,31 +3,66 @@
 A sampler turns training-set sizes (and, for adaptive samplers, observed per-task losses) into
 P(K), the distribution the training loop draws each batch's task from. YAML names a sampler and
 its parameters, e.g. ``sampler: {name: reverse_annealing, max_temperature: 1000}``.
+
+As in PEFT (``register_peft_method(name=..., config_cls=..., model_cls=...)``), each sampler is
+a pydantic config class registered together with its implementation, so the experiment config
+validates every sampler parameter like any other key (:func:`sampler_config_union`).
 """
 
 from __future__ import annotations
 
-import inspect
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar, Union
 
 import numpy as np
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Tag,
+    ValidationError,
+)
 
 from itransfer.errors import ConfigError
 
 SAMPLERS: dict[str, type[TaskSampler]] = {}
 """Every registered sampler class, by the name configs use."""
 
-# Arguments every sampler receives from the training setup rather than from the YAML spec.
-_SETUP_ARGUMENTS = frozenset({"self", "task_sizes", "total_steps", "batch_size"})
-
 SamplerClass = TypeVar("SamplerClass", bound="type[TaskSampler]")
 
 
-def register_sampler(name: str) -> Callable[[SamplerClass], SamplerClass]:
-    """Class decorator: make a sampler buildable from a spec ``{"name": name, ...}``."""
+class SamplerConfig(BaseModel):
+    """A sampler's parameters as YAML writes them: ``{name: <sampler>, <parameter>: <value>}``.
+
+    Each sampler subclasses this with ``name: Literal["<its name>"]`` and one typed field per
+    parameter, defaults included; the sampler reads its parameters from it.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str
+
+    @classmethod
+    def registered_name(cls) -> str:
+        """The ``name`` this config class stands for (its ``Literal`` default)."""
+        default = cls.model_fields["name"].default
+        if not isinstance(default, str):
+            raise TypeError(f"{cls.__qualname__}.name needs its sampler's name as default")
+        return default
+
+
+def register_sampler(
+    name: str, *, config: type[SamplerConfig]
+) -> Callable[[SamplerClass], SamplerClass]:
+    """Class decorator: make a sampler buildable from ``config`` (a spec ``{"name": name}``)."""
+    if config.registered_name() != name:
+        raise ValueError(
+            f"{config.__qualname__}.name defaults to {config.registered_name()!r}, "
+            f"but the sampler registers as {name!r}"
+        )
 
     def register(sampler_class: SamplerClass) -> SamplerClass:
         existing = SAMPLERS.get(name)
@@ -38,10 +73,40 @@ def register_sampler(name: str) -> Callable[[SamplerClass], SamplerClass]:
         ):
             raise ValueError(f"sampler name {name!r} is already used by {existing.__qualname__}")
         sampler_class.name = name
+        sampler_class.config_class = config
         SAMPLERS[name] = sampler_class
         return sampler_class
 
     return register
+
+
+def sampler_config_union() -> Any:
+    """Type of a config field holding any registered sampler's config, chosen by ``name``.
+
+    A pydantic discriminated union of the config classes, so an unknown or misspelt parameter,
+    or a value of the wrong type, is reported at ``<field>.<parameter>`` like any other key.
+    """
+    known = ", ".join(sorted(SAMPLERS))
+    members = tuple(
+        Annotated[SAMPLERS[name].config_class, Tag(name)] for name in sorted(SAMPLERS)
+    )
+    return Annotated[
+        Union[members],  # noqa: UP007 -- a union built at runtime from the registry
+        Discriminator(
+            _spec_name,
+            custom_error_type="unknown_sampler",
+            custom_error_message=(
+                f"expected a mapping {{name: <sampler>, <parameter>: <value>, ...}} "
+                f"naming one of the known samplers: {known}"
+            ),
+        ),
+    ]
+
+
+def _spec_name(spec: Any) -> Any:
+    name = spec.get("name") if isinstance(spec, Mapping) else getattr(spec, "name", None)
+    # Anything but a registered name falls through to the union's "unknown sampler" error.
+    return name if isinstance(name, str) and name in SAMPLERS else None
 
 
 class TaskSampler(ABC):
@@ -49,20 +114,27 @@ class TaskSampler(ABC):
 
     ``task_sizes`` are training-set sizes after any per-task data cap, indexed like the
     training loop's task list. ``total_steps`` and ``batch_size`` describe the whole run, for
-    samplers whose schedule or budget depends on it.
+    samplers whose schedule or budget depends on it. ``config`` holds the sampler's parameters,
+    an instance of the config class it was registered with.
     """
 
     name: ClassVar[str]
+    config_class: ClassVar[type[SamplerConfig]]
 
     def __init__(
-        self, task_sizes: Sequence[int], *, total_steps: int, batch_size: int, **params: Any
+        self,
+        config: SamplerConfig,
+        task_sizes: Sequence[int],
+        *,
+        total_steps: int,
+        batch_size: int,
     ) -> None:
-        if params:
-            parameter, value = next(iter(params.items()))
-            raise ConfigError(
-                f"sampler {self.name!r} has no parameter {parameter!r} (given {value!r}); "
-                f"its parameters are: {_describe_parameters(type(self))}"
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"sampler {self.name!r} takes a {self.config_class.__qualname__}, "
+                f"got {type(config).__qualname__}"
             )
+        self.config = config
         self.task_sizes = _check_task_sizes(self.name, task_sizes)
         self.total_steps = check_int(self.name, "total_steps", total_steps, minimum=1)
         self.batch_size = check_int(self.name, "batch_size", batch_size, minimum=1)
@@ -70,17 +142,6 @@ class TaskSampler(ABC):
     @property
     def num_tasks(self) -> int:
         return int(self.task_sizes.size)
-
-    @classmethod
-    def parameter_names(cls) -> tuple[str, ...]:
-        """The spec keys this sampler accepts besides ``name``."""
-        signature = inspect.signature(cls.__init__)
-        return tuple(
-            parameter.name
-            for parameter in signature.parameters.values()
-            if parameter.name not in _SETUP_ARGUMENTS
-            and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
-        )
 
     @abstractmethod
     def weights(self, step: int) -> np.ndarray:
@@ -130,9 +191,21 @@ class FixedSampler(TaskSampler):
 
 
 def build_sampler(
-    spec: Mapping[str, Any], task_sizes: Sequence[int], *, total_steps: int, batch_size: int
+    spec: SamplerConfig | Mapping[str, Any],
+    task_sizes: Sequence[int],
+    *,
+    total_steps: int,
+    batch_size: int,
 ) -> TaskSampler:
-    """Build the sampler a config names, e.g. ``{"name": "temperature", "temperature": 2.0}``."""
+    """Build the sampler a config names: a :class:`SamplerConfig` (``train.sampler``) or a
+    spec mapping such as ``{"name": "temperature", "temperature": 2.0}``."""
+    config = spec if isinstance(spec, SamplerConfig) else parse_sampler_spec(spec)
+    sampler_class = SAMPLERS[config.name]
+    return sampler_class(config, task_sizes, total_steps=total_steps, batch_size=batch_size)
+
+
+def parse_sampler_spec(spec: Mapping[str, Any]) -> SamplerConfig:
+    """The typed config of a spec given as a mapping; a ConfigError names sampler and key."""
     known = ", ".join(sorted(SAMPLERS))
     if not isinstance(spec, Mapping) or "name" not in spec:
         raise ConfigError(
@@ -143,22 +216,29 @@ def build_sampler(
     sampler_class = SAMPLERS.get(name) if isinstance(name, str) else None
     if sampler_class is None:
         raise ConfigError(f"unknown sampler {name!r}; known samplers: {known}")
-    params = {key: value for key, value in spec.items() if key != "name"}
-    accepted = sampler_class.parameter_names()
-    for key, value in params.items():
-        if key not in accepted:
-            raise ConfigError(
-                f"sampler {name!r} has no parameter {key!r} (given {value!r}); "
-                f"its parameters are: {_describe_parameters(sampler_class)}"
-            )
-    signature = inspect.signature(sampler_class.__init__)
-    for key in accepted:
-        if signature.parameters[key].default is inspect.Parameter.empty and key not in params:
-            raise ConfigError(
-                f"sampler {name!r} needs parameter {key!r}; "
-                f"its parameters are: {_describe_parameters(sampler_class)}"
-            )
-    return sampler_class(task_sizes, total_steps=total_steps, batch_size=batch_size, **params)
+    config_class = sampler_class.config_class
+    try:
+        return config_class.model_validate(dict(spec))
+    except ValidationError as exc:
+        raise ConfigError(
+            "\n".join(_describe_error(name, config_class, error) for error in exc.errors())
+        ) from exc
+
+
+def _describe_error(name: str, config_class: type[SamplerConfig], error: Any) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return (
+            f"sampler {name!r} has no parameter {key!r} (given {error['input']!r}); "
+            f"its parameters are: {_describe_parameters(config_class)}"
+        )
+    if error["type"] == "missing":
+        return (
+            f"sampler {name!r} needs parameter {key!r}; "
+            f"its parameters are: {_describe_parameters(config_class)}"
+        )
+    message = error["msg"].removeprefix("Value error, ")
+    return f"sampler {name!r}: parameter {key!r} {message}, got {error['input']!r}"
 
 
 def sampling_schedule(sampler: TaskSampler, steps: Sequence[int]) -> np.ndarray:
@@ -172,24 +252,46 @@ def sampling_schedule(sampler: TaskSampler, steps: Sequence[int]) -> np.ndarray:
     return np.stack([sampler.weights(int(step)) for step in steps])
 
 
-def check_number(
-    sampler: str, parameter: str, value: Any, *, minimum: float, inclusive: bool = False
-) -> float:
-    """``value`` as a float, or a ConfigError naming the sampler, parameter and value."""
+def number_at_least(minimum: float, *, inclusive: bool = False) -> BeforeValidator:
+    """Pydantic check of a sampler parameter: a finite real number (not a bool, not text)
+    above ``minimum``, or equal to it when ``inclusive``.
+
+    Messages leave the value out; the config error (or :func:`parse_sampler_spec`) adds it.
+    """
     bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
-    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not is_number or not np.isfinite(value):
-        # PyYAML reads `1e3` (no dot, no sign) as a string, a common surprise in sweeps.
-        hint = " (YAML reads 1e3 as text; write 1000 or 1.0e+3)" if isinstance(value, str) else ""
-        raise ConfigError(
-            f"sampler {sampler!r}: parameter {parameter!r} must be a number {bound}, "
-            f"got {value!r}{hint}"
-        )
-    if value < minimum or (value == minimum and not inclusive):
-        raise ConfigError(
-            f"sampler {sampler!r}: parameter {parameter!r} must be {bound}, got {value!r}"
-        )
-    return float(value)
+
+    def check(value: Any) -> float:
+        is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not is_number or not np.isfinite(value):
+            # PyYAML reads `1e3` (no dot, no sign) as a string, a common surprise in sweeps.
+            hint = " (YAML reads 1e3 as text; write 1000 or 1.0e+3)" if _numeric(value) else ""
+            raise ValueError(f"must be a number {bound}{hint}")
+        if value < minimum or (value == minimum and not inclusive):
+            raise ValueError(f"must be {bound}")
+        return float(value)
+
+    return BeforeValidator(check)
+
+
+def _numeric(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def integer_at_least(minimum: int) -> BeforeValidator:
+    """Pydantic check of a sampler parameter: an integer (not a bool) ``>= minimum``."""
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise ValueError(f"must be an integer >= {minimum}")
+        return int(value)
+
+    return BeforeValidator(check)
 
 
 def check_int(sampler: str, parameter: str, value: Any, *, minimum: int) -> int:
@@ -213,10 +315,10 @@ def _check_task_sizes(sampler: str, task_sizes: Sequence[int]) -> np.ndarray:
     return np.asarray(task_sizes, dtype=np.int64)
 
 
-def _describe_parameters(sampler_class: type[TaskSampler]) -> str:
-    signature = inspect.signature(sampler_class.__init__)
-    described = []
-    for name in sampler_class.parameter_names():
-        default = signature.parameters[name].default
-        described.append(name if default is inspect.Parameter.empty else f"{name}={default!r}")
+def _describe_parameters(config_class: type[SamplerConfig]) -> str:
+    described = [
+        key if field.is_required() else f"{key}={field.default!r}"
+        for key, field in config_class.model_fields.items()
+        if key != "name"
+    ]
     return ", ".join(described) if described else "(none)"

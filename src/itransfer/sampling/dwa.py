@@ -5,18 +5,38 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
+from pydantic import BeforeValidator
 
 from itransfer.errors import ConfigError
-from itransfer.sampling.base import TaskSampler, check_int, check_number, register_sampler
+from itransfer.sampling.base import (
+    SamplerConfig,
+    TaskSampler,
+    integer_at_least,
+    number_at_least,
+    register_sampler,
+)
 from itransfer.sampling.rates import loss_ratio_rates, proportional_rates, uniform_rates
 
-_BASES = ("proportional", "uniform")
+Base = Literal["proportional", "uniform"]
 
 
-@register_sampler("dwa")
+def _known_base(base: Any) -> Any:
+    if base not in get_args(Base):
+        raise ValueError(f"must be one of {', '.join(get_args(Base))}")
+    return base
+
+
+class DWAConfig(SamplerConfig):
+    name: Literal["dwa"] = "dwa"
+    temperature: Annotated[float, number_at_least(0.0)] = 1.0
+    window: Annotated[int, integer_at_least(1)] = 50
+    base: Annotated[Base, BeforeValidator(_known_base)] = "proportional"
+
+
+@register_sampler("dwa", config=DWAConfig)
 class DWASampler(TaskSampler):
     """Sample tasks more whose loss has been falling slowly, or rising, lately.
 
@@ -43,26 +63,19 @@ class DWASampler(TaskSampler):
 
     def __init__(
         self,
+        config: DWAConfig,
         task_sizes: Sequence[int],
         *,
         total_steps: int,
         batch_size: int,
-        temperature: float = 1.0,
-        window: int = 50,
-        base: str = "proportional",
     ) -> None:
-        super().__init__(task_sizes, total_steps=total_steps, batch_size=batch_size)
-        self.temperature = check_number(self.name, "temperature", temperature, minimum=0.0)
-        self.window = check_int(self.name, "window", window, minimum=1)
-        if base not in _BASES:
-            raise ConfigError(
-                f"sampler {self.name!r}: parameter 'base' must be one of {', '.join(_BASES)}, "
-                f"got {base!r}"
-            )
-        self.base = base
+        super().__init__(config, task_sizes, total_steps=total_steps, batch_size=batch_size)
+        self.temperature = config.temperature
+        self.window = config.window
+        self.base = config.base
         self._base_rates = (
             proportional_rates(self.task_sizes)
-            if base == "proportional"
+            if self.base == "proportional"
             else uniform_rates(self.num_tasks)
         )
         self._loss_history: list[deque[float]] = [

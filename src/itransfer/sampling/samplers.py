@@ -4,22 +4,35 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import ValidationInfo, field_validator
 
-from itransfer.sampling.base import FixedSampler, TaskSampler, check_number, register_sampler
+from itransfer.sampling.base import (
+    FixedSampler,
+    SamplerConfig,
+    TaskSampler,
+    number_at_least,
+    register_sampler,
+)
 from itransfer.sampling.rates import (
     capped_rates,
     proportional_rates,
     temperature_rates,
     uniform_rates,
     unimax_allocation,
+    unimax_rates,
 )
 
 logger = logging.getLogger(__name__)
 
 
-@register_sampler("proportional")
+class ProportionalConfig(SamplerConfig):
+    name: Literal["proportional"] = "proportional"
+
+
+@register_sampler("proportional", config=ProportionalConfig)
 class ProportionalSampler(FixedSampler):
     """p_k ∝ n_k, the paper's default (Wang et al., 2022).
 
@@ -30,7 +43,11 @@ class ProportionalSampler(FixedSampler):
         return proportional_rates(self.task_sizes)
 
 
-@register_sampler("uniform")
+class UniformConfig(SamplerConfig):
+    name: Literal["uniform"] = "uniform"
+
+
+@register_sampler("uniform", config=UniformConfig)
 class UniformSampler(FixedSampler):
     """p_k = 1/K (§4, "Uniform Sampling")."""
 
@@ -38,48 +55,61 @@ class UniformSampler(FixedSampler):
         return uniform_rates(self.num_tasks)
 
 
-@register_sampler("temperature")
+class TemperatureConfig(SamplerConfig):
+    name: Literal["temperature"] = "temperature"
+    temperature: Annotated[float, number_at_least(0.0)] = 1.0
+
+
+@register_sampler("temperature", config=TemperatureConfig)
 class TemperatureSampler(FixedSampler):
     """p_k ∝ n_k^(1/T): T=1 is proportional, large T approaches uniform."""
 
     def __init__(
         self,
+        config: TemperatureConfig,
         task_sizes: Sequence[int],
         *,
         total_steps: int,
         batch_size: int,
-        temperature: float = 1.0,
     ) -> None:
-        super().__init__(task_sizes, total_steps=total_steps, batch_size=batch_size)
-        self.temperature = check_number(self.name, "temperature", temperature, minimum=0.0)
+        super().__init__(config, task_sizes, total_steps=total_steps, batch_size=batch_size)
+        self.temperature = config.temperature
 
     def _compute_weights(self) -> np.ndarray:
         return temperature_rates(self.task_sizes, self.temperature)
 
 
-@register_sampler("examples_proportional_capped")
-class CappedProportionalSampler(FixedSampler):
-    """p_k ∝ min(n_k, cap): T5's examples-proportional mixing (Raffel et al., 2020).
+class CappedProportionalConfig(SamplerConfig):
+    name: Literal["examples_proportional_capped"] = "examples_proportional_capped"
+    # No default: T5 tuned the cap per mixture, and no value suits every task collection.
+    cap: Annotated[float, number_at_least(0.0)]
 
-    ``cap`` has no default: T5 tuned it per mixture, and no value suits every task collection.
-    """
+
+@register_sampler("examples_proportional_capped", config=CappedProportionalConfig)
+class CappedProportionalSampler(FixedSampler):
+    """p_k ∝ min(n_k, cap): T5's examples-proportional mixing (Raffel et al., 2020)."""
 
     def __init__(
         self,
+        config: CappedProportionalConfig,
         task_sizes: Sequence[int],
         *,
         total_steps: int,
         batch_size: int,
-        cap: float,
     ) -> None:
-        super().__init__(task_sizes, total_steps=total_steps, batch_size=batch_size)
-        self.cap = check_number(self.name, "cap", cap, minimum=0.0)
+        super().__init__(config, task_sizes, total_steps=total_steps, batch_size=batch_size)
+        self.cap = config.cap
 
     def _compute_weights(self) -> np.ndarray:
         return capped_rates(self.task_sizes, self.cap)
 
 
-@register_sampler("unimax")
+class UniMaxConfig(SamplerConfig):
+    name: Literal["unimax"] = "unimax"
+    max_epochs: Annotated[float, number_at_least(0.0)] = 1.0
+
+
+@register_sampler("unimax", config=UniMaxConfig)
 class UniMaxSampler(FixedSampler):
     """UniMax (Chung et al., 2023): as uniform as the budget allows, at most N epochs per task.
 
@@ -91,14 +121,14 @@ class UniMaxSampler(FixedSampler):
 
     def __init__(
         self,
+        config: UniMaxConfig,
         task_sizes: Sequence[int],
         *,
         total_steps: int,
         batch_size: int,
-        max_epochs: float = 1.0,
     ) -> None:
-        super().__init__(task_sizes, total_steps=total_steps, batch_size=batch_size)
-        self.max_epochs = check_number(self.name, "max_epochs", max_epochs, minimum=0.0)
+        super().__init__(config, task_sizes, total_steps=total_steps, batch_size=batch_size)
+        self.max_epochs = config.max_epochs
 
     @property
     def budget(self) -> int:
@@ -115,10 +145,25 @@ class UniMaxSampler(FixedSampler):
             self.num_tasks,
             self.max_epochs,
         )
-        return allocation / allocation.sum()
+        return unimax_rates(self.task_sizes, self.budget, self.max_epochs)
 
 
-@register_sampler("reverse_annealing")
+class ReverseAnnealingConfig(SamplerConfig):
+    name: Literal["reverse_annealing"] = "reverse_annealing"
+    # Declared before max_temperature, whose check reads it.
+    start_temperature: Annotated[float, number_at_least(1.0, inclusive=True)] = 1.0
+    max_temperature: Annotated[float, number_at_least(1.0, inclusive=True)] = 1000.0
+
+    @field_validator("max_temperature")
+    @classmethod
+    def _not_below_start(cls, max_temperature: float, info: ValidationInfo) -> float:
+        start = info.data.get("start_temperature")
+        if start is not None and max_temperature < start:
+            raise ValueError(f"must be >= start_temperature ({start:g})")
+        return max_temperature
+
+
+@register_sampler("reverse_annealing", config=ReverseAnnealingConfig)
 class ReverseAnnealingSampler(TaskSampler):
     """Temperature sampling whose T rises linearly over training (§4, Appendix B).
 
@@ -130,24 +175,15 @@ class ReverseAnnealingSampler(TaskSampler):
 
     def __init__(
         self,
+        config: ReverseAnnealingConfig,
         task_sizes: Sequence[int],
         *,
         total_steps: int,
         batch_size: int,
-        max_temperature: float = 1000.0,
-        start_temperature: float = 1.0,
     ) -> None:
-        super().__init__(task_sizes, total_steps=total_steps, batch_size=batch_size)
-        self.start_temperature = check_number(
-            self.name, "start_temperature", start_temperature, minimum=1.0, inclusive=True
-        )
-        self.max_temperature = check_number(
-            self.name,
-            "max_temperature",
-            max_temperature,
-            minimum=self.start_temperature,
-            inclusive=True,
-        )
+        super().__init__(config, task_sizes, total_steps=total_steps, batch_size=batch_size)
+        self.start_temperature = config.start_temperature
+        self.max_temperature = config.max_temperature
 
     def temperature(self, step: int) -> float:
         """T at ``step``; held at ``max_temperature`` past ``total_steps``."""

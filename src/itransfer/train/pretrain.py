@@ -42,6 +42,7 @@ from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
 from itransfer.errors import ConfigError, ITransferError
 from itransfer.io_utils import atomic_write_text
 from itransfer.models import save_model
+from itransfer.train.examples import IGNORE_INDEX, EncodedExample, collate
 from itransfer.train.objectives import (
     apply_span_corruption,
     random_spans_noise_mask,
@@ -57,8 +58,6 @@ from itransfer.train.tokenizer_recipe import (
 )
 
 logger = logging.getLogger(__name__)
-
-LABEL_IGNORE = -100
 
 
 @dataclass(frozen=True)
@@ -166,18 +165,10 @@ def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def collate(pairs: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
-    """Right-pad encoder inputs with pad and labels with -100 (ignored by the loss)."""
-    input_length = max(len(source) for source, _ in pairs)
-    label_length = max(len(target) for _, target in pairs)
-    input_ids = torch.full((len(pairs), input_length), PAD_ID, dtype=torch.long)
-    attention_mask = torch.zeros((len(pairs), input_length), dtype=torch.long)
-    labels = torch.full((len(pairs), label_length), LABEL_IGNORE, dtype=torch.long)
-    for row, (source, target) in enumerate(pairs):
-        input_ids[row, : len(source)] = torch.tensor(source)
-        attention_mask[row, : len(source)] = 1
-        labels[row, : len(target)] = torch.tensor(target)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+def collate_pairs(pairs: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    """A T5 batch of (encoder input, target) id pairs, padded as instruction tuning pads."""
+    examples = [EncodedExample(tuple(source), tuple(target)) for source, target in pairs]
+    return collate(examples, pad_token_id=PAD_ID, architecture="seq2seq")
 
 
 def span_corruption_batches(
@@ -192,7 +183,7 @@ def span_corruption_batches(
                 len(window), config.noise_density, config.mean_noise_span_length, rng
             )
             pairs.append(apply_span_corruption(window, mask, sentinels))
-        yield collate(pairs)
+        yield collate_pairs(pairs)
 
 
 def prefix_lm_batches(
@@ -205,7 +196,7 @@ def prefix_lm_batches(
             )
             for _ in range(config.batch_size)
         ]
-        yield collate(pairs)
+        yield collate_pairs(pairs)
 
 
 # --------------------------------------------------------------------------- model + loop
@@ -234,6 +225,23 @@ def build_model(config: PretrainConfig, vocab_size: int) -> T5ForConditionalGene
     return T5ForConditionalGeneration(t5_config)
 
 
+def phase_schedule(warmup_steps: int, steps: int) -> Callable[[int], float]:
+    """LR factor of one pre-training phase: the lower of a warm-up ramp and a decay to 0.
+
+    Not the instruction-tuning loop's ``linear_schedule`` (nor transformers'
+    ``get_linear_schedule_with_warmup``, which also starts at 0): the decay line runs from step
+    0 rather than from the end of warm-up, and warm-up is capped at a tenth of the phase (so
+    short test runs still decay), which puts the peak a little below ``lr``. The shipped
+    ``itransfer:tiny-t5`` was trained with exactly this; changing it changes the recipe.
+    """
+    warmup = max(1, min(warmup_steps, steps // 10 + 1))
+
+    def factor(step: int) -> float:
+        return min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps)))
+
+    return factor
+
+
 def train_phase(
     model: T5ForConditionalGeneration,
     batches: Iterator[dict[str, torch.Tensor]],
@@ -248,10 +256,8 @@ def train_phase(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    warmup = max(1, min(config.warmup_steps, steps // 10 + 1))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps))),
+        optimizer, phase_schedule(config.warmup_steps, steps)
     )
     model.train()
     losses: list[float] = []
@@ -295,8 +301,8 @@ def prefix_lm_loss(
     model.eval()
     total_loss, total_tokens = 0.0, 0
     for start in range(0, len(pairs), batch_size):
-        batch = collate(pairs[start:start + batch_size])
-        tokens = int((batch["labels"] != LABEL_IGNORE).sum())
+        batch = collate_pairs(pairs[start:start + batch_size])
+        tokens = int((batch["labels"] != IGNORE_INDEX).sum())
         total_loss += float(model(**batch).loss) * tokens
         total_tokens += tokens
     return total_loss / total_tokens
