@@ -40,9 +40,9 @@ from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGene
 
 from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
 from itransfer.errors import ConfigError, ITransferError
+from itransfer.examples import IGNORE_INDEX, EncodedExample, collate
 from itransfer.io_utils import atomic_write_text
 from itransfer.models import save_model
-from itransfer.train.examples import IGNORE_INDEX, EncodedExample, collate
 from itransfer.train.objectives import (
     apply_span_corruption,
     random_spans_noise_mask,
