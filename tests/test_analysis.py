@@ -17,10 +17,10 @@ from scipy import stats
 
 from itransfer.analysis import correlations as corr
 from itransfer.analysis import seen_fit
-from itransfer.analysis.manifest import parse_manifest
 from itransfer.analysis.paper import PAPER_FINDINGS
 from itransfer.analysis.report import write_report
 from itransfer.eval.results import ResultsTable
+from itransfer.schema import MixingSection, RunManifest, TransferSection
 
 SHOTS = (0, 5, 10, 20, 40)
 TRAJECTORY = (100, 200, 300)
@@ -270,12 +270,14 @@ def test_sampler_summary(frame: pd.DataFrame) -> None:
 
 
 def test_manifest_accepts_the_with_alias_and_defaults() -> None:
-    manifest = parse_manifest(manifest_dict())
-    assert manifest.mixing is not None and manifest.mixing.with_ == "it-mix3"
+    manifest = RunManifest.model_validate(manifest_dict())
+    mixing = manifest.section(MixingSection)
+    assert mixing is not None and mixing.with_ == "it-mix3"
     assert manifest.pretrained == "pretrained"
     assert manifest.trajectory_of("it-proportional") == (0, *TRAJECTORY)
     assert manifest.final_step("pretrained") == 0
-    assert parse_manifest(manifest_dict(sections=set())).transfer is None
+    assert RunManifest.model_validate(manifest_dict(sections=set())).section(
+        TransferSection) is None
 
 
 # --- the report ----------------------------------------------------------------------------
