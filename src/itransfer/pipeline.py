@@ -16,8 +16,8 @@ stage continues from its last checkpoint, an evaluation stage after its last fin
 ``--force eval:LABEL`` re-measures that model's evaluations (newer rows win).
 
 The run folder gets ``results/`` (every evaluation stage's rows, labelled with the
-experiment's model names), ``manifest.json`` (models, sections, timings, config, provenance)
-and the report.
+experiment's model names), ``manifest.json`` (a :class:`itransfer.schema.RunManifest`: models,
+sections, timings, config, provenance) and the report.
 
 Under ``accelerate launch`` every process runs this same driver: training and evaluation
 stages are split across them, whether a stage is done is decided once for all (by the main

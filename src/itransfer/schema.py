@@ -23,6 +23,7 @@ Adding a paper section
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,13 +94,13 @@ class Section(StrictModel):
     figures: ClassVar[tuple[str, ...]] = ()  # report figures shown under the heading
     analysis: ClassVar[str] = ""  # "module:Class" of its analysis in itransfer.analysis
 
+    @abstractmethod
     def model_labels(self) -> list[str]:
         """Every model label this section refers to."""
-        raise NotImplementedError
 
+    @abstractmethod
     def needs(self, eval_config: EvalConfig) -> list[Need]:
         """The evaluations this section's analysis reads (``eval_config``: the base's)."""
-        raise NotImplementedError
 
 
 SECTION_TYPES: dict[str, type[Section]] = {}
@@ -231,6 +232,7 @@ def _trajectory_needs(labels: list[str], shots: int) -> list[Need]:
 
 def _validate_sections(raw: Any) -> dict[str, Section]:
     """``sections:`` → section objects in registry order; errors keep the section's key."""
+    # Already validated: the pipeline hands the experiment's sections on to the manifest.
     if isinstance(raw, Mapping) and all(isinstance(value, Section) for value in raw.values()):
         return dict(raw)
     if not isinstance(raw, Mapping):
