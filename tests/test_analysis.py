@@ -17,10 +17,10 @@ from scipy import stats
 
 from itransfer.analysis import correlations as corr
 from itransfer.analysis import seen_fit
-from itransfer.analysis.manifest import parse_manifest
 from itransfer.analysis.paper import PAPER_FINDINGS
 from itransfer.analysis.report import write_report
 from itransfer.eval.results import ResultsTable
+from itransfer.schema import SECTION_TYPES, MixingSection, RunManifest, TransferSection
 
 SHOTS = (0, 5, 10, 20, 40)
 TRAJECTORY = (100, 200, 300)
@@ -270,12 +270,14 @@ def test_sampler_summary(frame: pd.DataFrame) -> None:
 
 
 def test_manifest_accepts_the_with_alias_and_defaults() -> None:
-    manifest = parse_manifest(manifest_dict())
-    assert manifest.mixing is not None and manifest.mixing.with_ == "it-mix3"
+    manifest = RunManifest.model_validate(manifest_dict())
+    mixing = manifest.section(MixingSection)
+    assert mixing is not None and mixing.with_ == "it-mix3"
     assert manifest.pretrained == "pretrained"
     assert manifest.trajectory_of("it-proportional") == (0, *TRAJECTORY)
     assert manifest.final_step("pretrained") == 0
-    assert parse_manifest(manifest_dict(sections=set())).transfer is None
+    assert RunManifest.model_validate(manifest_dict(sections=set())).section(
+        TransferSection) is None
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -308,6 +310,17 @@ def test_write_report_full_run(tmp_path: Path) -> None:
         pixels = np.asarray(Image.open(io.BytesIO(image)).convert("L"), dtype=float)
         assert min(pixels.shape) >= 200 and pixels.std() > 5 and (pixels < 128).mean() > 0.001
     assert len(paths.figures) == 8 and all(path.is_file() for path in paths.figures.values())
+    # each figure sits under the heading of the section that shows it, in the registry's order
+    headings = [match.start() for section_cls in SECTION_TYPES.values()
+                if (match := re.search(f"<h2>{re.escape(section_cls.title)}</h2>", text))]
+    assert len(headings) == len(SECTION_TYPES) and headings == sorted(headings)
+    assert set(paths.figures) == {name for section_cls in SECTION_TYPES.values()
+                                  for name in section_cls.figures}
+    for section_cls in SECTION_TYPES.values():
+        for name in section_cls.figures:
+            heading = text.index(f"<h2>{section_cls.title}</h2>")
+            figure = text.index(f"<figcaption>{name}</figcaption>")
+            assert heading < figure < text.index("<h2>", heading + 1)
     # the paper's numbers beside this run's
     assert "0.936" in text and "4.96e-42" in text and "0.705" in text and "0.621" in text
     verdicts = findings_rows(text)

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from itransfer.errors import ConfigError
+from itransfer.errors import ConfigError, DataError
 from itransfer.eval.results import ResultsTable
 from itransfer.experiment import load_experiment
 from itransfer.pipeline import run_experiment
+from itransfer.schema import MANIFEST_VERSION, read_manifest
 from two_processes import launch_two
 
 TINY = {
@@ -52,12 +53,20 @@ def test_stages_run_once_then_are_reused(tiny_model_dir: Path, tmp_path: Path) -
     assert set(frame["model"]) == {"pretrained", "it-a", "it-b"}
     assert set(frame[frame["model"] == "it-a"]["checkpoint_step"]) == {3, 6}
     assert set(frame["method"]) == {"icl", "finetune", "seen"}
-    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["models"]["it-a"]["trajectory_steps"] == [3, 6]
-    assert manifest["sections"]["trajectory"]["phase_split_step"] == 3
+    raw = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert raw["models"]["it-a"]["trajectory_steps"] == [3, 6]
+    assert raw["sections"]["trajectory"]["phase_split_step"] == 3
+    manifest = read_manifest(tmp_path / "run")  # what the analysis reads: the same model
+    assert manifest.version == MANIFEST_VERSION and manifest.experiment == "pipeline-test"
+    assert manifest.sections == experiment.spec.sections
+    assert list(manifest.sections) == ["transfer", "samplers", "trajectory"]
+    assert manifest.final_step("it-a") == 6 and manifest.trajectory_of("it-a") == (0, 3, 6)
+    assert manifest.models["it-b"].sampler == "uniform"
+    assert manifest.models["pretrained"].kind == "pretrained"
 
     second = run_experiment(experiment, tmp_path / "run", write_report=False)
     assert second.timings == {} and len(second.cached_stages) == len(first.timings)
+    assert read_manifest(tmp_path / "run").timings == manifest.timings  # kept, not emptied
     again = ResultsTable(tmp_path / "run").read()
     assert len(again) == len(frame)
 
@@ -119,6 +128,18 @@ def test_out_dir_of_another_experiment(tiny_model_dir: Path, tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="someone-else"):
         run_experiment(experiment, out, write_report=False)
     assert json.loads(manifest.read_text()) == {"experiment": "someone-else"}
+
+
+def test_out_dir_with_a_manifest_of_a_newer_format(tiny_model_dir: Path,
+                                                    tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps(
+        {"version": MANIFEST_VERSION + 1, "experiment": "pipeline-test"}))
+    experiment = load_experiment(_experiment_file(tmp_path, tiny_model_dir))
+    with pytest.raises(DataError, match=f"manifest format version {MANIFEST_VERSION + 1}"):
+        run_experiment(experiment, out, write_report=False)
+    assert not (out / "stages").exists()
 
 
 def test_unknown_scale(tiny_model_dir: Path, tmp_path: Path) -> None:

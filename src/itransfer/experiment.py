@@ -13,7 +13,8 @@ An experiment YAML (``configs/paper/*.yaml``, ``configs/quickstart.yaml``)::
     scales:                                                         # named override sets
       tiny: {base: {...}, variants: {...}}
 
-``pretrained`` is always available: the base model before instruction tuning.
+``pretrained`` is always available: the base model before instruction tuning. Each key of
+``sections`` is a section class of :mod:`itransfer.schema`, which validates its settings.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from itransfer.config import (
     ExperimentConfig,
@@ -33,47 +34,7 @@ from itransfer.config import (
     validate_tree,
 )
 from itransfer.errors import ConfigError
-
-PRETRAINED = "pretrained"
-
-
-class TransferSection(StrictModel):
-    pretrained: str = PRETRAINED
-    instruction_tuned: str
-    correlation_shots: int = 5
-    correlation_context: str = "none"
-
-
-class DataLimitsSection(StrictModel):
-    models: dict[str, str]  # limit (as text) → variant label
-    delta: tuple[str, str]  # the two variants whose per-task changes are correlated
-    shots: int = 5
-
-
-class SamplersSection(StrictModel):
-    models: dict[str, str]  # sampler name → variant label
-
-
-class TrajectorySection(StrictModel):
-    model: str
-    phase_split_step: int = Field(ge=1)
-    shots: int = 5
-
-
-class MixingSection(StrictModel):
-    with_: str = Field(alias="with")
-    without: str
-    shots: int = 5
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class Sections(StrictModel):
-    transfer: TransferSection | None = None
-    data_limits: DataLimitsSection | None = None
-    samplers: SamplersSection | None = None
-    trajectory: TrajectorySection | None = None
-    mixing: MixingSection | None = None
+from itransfer.schema import PRETRAINED, Sections
 
 
 class ExperimentSpec(StrictModel):
@@ -81,36 +42,20 @@ class ExperimentSpec(StrictModel):
     title: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    sections: Sections = Field(default_factory=Sections)
+    sections: Sections = Field(default_factory=dict)
     scales: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _sections_name_known_models(self) -> ExperimentSpec:
         known = {PRETRAINED, *self.variants}
-        for section, labels in section_models(self.sections).items():
-            missing = [label for label in labels if label not in known]
+        for key, section in self.sections.items():
+            missing = [label for label in section.model_labels() if label not in known]
             if missing:
                 raise ValueError(
-                    f"sections.{section} names {missing}, which are not variants "
+                    f"sections.{key} names {missing}, which are not variants "
                     f"(known: {sorted(known)})"
                 )
         return self
-
-
-def section_models(sections: Sections) -> dict[str, list[str]]:
-    """Every model label each section refers to."""
-    found: dict[str, list[str]] = {}
-    if sections.transfer:
-        found["transfer"] = [sections.transfer.pretrained, sections.transfer.instruction_tuned]
-    if sections.data_limits:
-        found["data_limits"] = [*sections.data_limits.models.values(), *sections.data_limits.delta]
-    if sections.samplers:
-        found["samplers"] = list(sections.samplers.models.values())
-    if sections.trajectory:
-        found["trajectory"] = [sections.trajectory.model]
-    if sections.mixing:
-        found["mixing"] = [sections.mixing.with_, sections.mixing.without]
-    return found
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -17,8 +17,8 @@ stage continues from its last checkpoint, an evaluation stage after its last fin
 ``--force eval:LABEL`` re-measures that model's evaluations (newer rows win).
 
 The run folder gets ``results/`` (every evaluation stage's rows, labelled with the
-experiment's model names), ``manifest.json`` (models, sections, timings, config, provenance)
-and the report.
+experiment's model names), ``manifest.json`` (a :class:`itransfer.schema.RunManifest`: models,
+sections, timings, config, provenance) and the report.
 
 Under ``accelerate launch`` every process runs this same driver: training and evaluation
 stages are split across them, whether a stage is done is decided once for all (by the main
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,13 +41,22 @@ import pyarrow.parquet as pq
 from itransfer.config import ExperimentConfig, result_relevant
 from itransfer.errors import ConfigError
 from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable, config_hash
-from itransfer.experiment import PRETRAINED, Experiment
+from itransfer.experiment import Experiment
 from itransfer.io_utils import atomic_write_text, staged_dir
 from itransfer.launch import agreed, make_state
 from itransfer.provenance import git_revision, package_versions, write_run_record
+from itransfer.schema import (
+    MANIFEST,
+    MANIFEST_VERSION,
+    PRETRAINED,
+    EvalPlan,
+    ModelInfo,
+    RunManifest,
+    When,
+    read_manifest,
+)
 
 STAGE_FILE = "stage.json"
-MANIFEST = "manifest.json"
 
 
 class Reporter(Protocol):
@@ -67,16 +76,6 @@ class SilentReporter:
 
 
 @dataclass
-class EvalPlan:
-    """What to measure on one checkpoint."""
-
-    icl: bool = False
-    seen: bool = False
-    shots: set[int] = field(default_factory=set)
-    contexts: set[str] = field(default_factory=set)
-
-
-@dataclass
 class RunSummary:
     out_dir: Path
     timings: dict[str, float]
@@ -84,40 +83,13 @@ class RunSummary:
     cached_stages: list[str]
 
 
-def plan_evaluations(experiment: Experiment) -> dict[tuple[str, str], EvalPlan]:
-    """(model label, "final" | "trajectory") → what each section needs measured."""
-    plans: dict[tuple[str, str], EvalPlan] = {}
-
-    def need(label: str, when: str, *, icl: bool = False, seen: bool = False,
-             shots: set[int] | None = None, contexts: set[str] | None = None) -> None:
-        plan = plans.setdefault((label, when), EvalPlan())
-        plan.icl |= icl
-        plan.seen |= seen
-        plan.shots |= shots or set()
-        plan.contexts |= contexts or set()
-
-    sections = experiment.spec.sections
-    eval_config = experiment.base.eval
-    if sections.transfer:
-        for label in (sections.transfer.pretrained, sections.transfer.instruction_tuned):
-            need(label, "final", icl=True, shots=set(eval_config.shots),
-                 contexts=set(eval_config.transfer_contexts))
-    if sections.data_limits:
-        limits = sections.data_limits
-        for label in {*limits.models.values(), *limits.delta}:
-            need(label, "final", icl=True, shots={limits.shots}, contexts={"none"})
-    if sections.samplers:
-        for label in sections.samplers.models.values():
-            need(label, "final", icl=True, seen=True)
-    trajectories: list[tuple[str, int]] = []
-    if sections.trajectory:
-        trajectories.append((sections.trajectory.model, sections.trajectory.shots))
-    if sections.mixing:
-        trajectories += [(sections.mixing.with_, sections.mixing.shots),
-                         (sections.mixing.without, sections.mixing.shots)]
-    for label, shots in trajectories:
-        need(label, "trajectory", icl=True, shots={shots}, contexts={"none"})
-        need(PRETRAINED, "final", icl=True, shots={shots}, contexts={"none"})
+def plan_evaluations(experiment: Experiment) -> dict[tuple[str, When], EvalPlan]:
+    """(model label, "final" | "trajectory") → what the sections need measured, merged."""
+    plans: dict[tuple[str, When], EvalPlan] = {}
+    for section in experiment.spec.sections.values():
+        for need in section.needs(experiment.base.eval):
+            key = (need.model, need.when)
+            plans[key] = plans.get(key, EvalPlan()) | need.plan
     return plans
 
 
@@ -165,9 +137,8 @@ def _set_aside(stage_dir: Path) -> None:
 
 
 def _check_out_dir(out_dir: Path, experiment: Experiment) -> None:
-    manifest = out_dir / MANIFEST
-    if manifest.is_file():
-        previous = json.loads(manifest.read_text(encoding="utf-8")).get("experiment")
+    if (out_dir / MANIFEST).is_file():
+        previous = read_manifest(out_dir).experiment
         if previous != experiment.name:
             raise ConfigError(
                 f"{out_dir} holds the results of experiment '{previous}', not "
@@ -279,11 +250,7 @@ def run_experiment(
             targets = {step: str(checkpoints[label][step]) for step in chosen}
         for step, checkpoint in targets.items():
             combined, _ = merged.get((label, step), (EvalPlan(), checkpoint))
-            combined.icl |= plan.icl
-            combined.seen |= plan.seen
-            combined.shots |= plan.shots
-            combined.contexts |= plan.contexts
-            merged[(label, step)] = (combined, checkpoint)
+            merged[(label, step)] = (combined | plan, checkpoint)
 
     eval_stages: list[tuple[str, int, Path]] = []
     for (label, step), (plan, checkpoint) in sorted(merged.items()):
@@ -372,43 +339,37 @@ def _write_manifest(
     out_dir: Path, experiment: Experiment, checkpoints: dict[str, dict[int, Path]],
     timings: dict[str, float], store: Path,
 ) -> None:
-    models: dict[str, Any] = {PRETRAINED: {"kind": "pretrained",
-                                           "name_or_path": experiment.base.model.name_or_path}}
+    models = {PRETRAINED: ModelInfo(kind="pretrained",
+                                    name_or_path=experiment.base.model.name_or_path)}
     for label, steps in checkpoints.items():
         if label == PRETRAINED:
             continue
         config = experiment.variants[label]
-        models[label] = {
-            "kind": "instruction_tuned",
-            "sampler": config.train.sampler.name,
-            "sampler_spec": config.train.sampler.model_dump(mode="json"),
-            "data_limit": config.data.splits.max_train_instances_per_task,
-            "mixing_every": config.train.mixing.every,
-            "final_step": max(steps) if steps else 0,
-            "trajectory_steps": sorted(steps),
-            "stage": str(next(iter(steps.values())).parent.parent) if steps else None,
-        }
-    previous_timings: dict[str, float] = {}
-    manifest_path = out_dir / MANIFEST
-    if manifest_path.is_file():
-        previous_timings = json.loads(manifest_path.read_text(encoding="utf-8")).get(
-            "timings", {}
+        models[label] = ModelInfo(
+            kind="instruction_tuned",
+            sampler=config.train.sampler.name,
+            sampler_spec=config.train.sampler.model_dump(mode="json"),
+            data_limit=config.data.splits.max_train_instances_per_task,
+            mixing_every=config.train.mixing.every,
+            final_step=max(steps) if steps else 0,
+            trajectory_steps=tuple(sorted(steps)),
+            stage=str(next(iter(steps.values())).parent.parent) if steps else None,
         )
-    manifest = {
-        "experiment": experiment.name,
-        "title": experiment.spec.title,
-        "source": experiment.source,
-        "models": models,
-        "sections": experiment.spec.sections.model_dump(mode="json", by_alias=True,
-                                                        exclude_none=True),
-        "timings": {**previous_timings, **timings},
-        "store": str(store),
-        "config": experiment.base.model_dump(mode="json"),
-        "variants": {label: config.model_dump(mode="json")
-                     for label, config in experiment.variants.items()},
-        "versions": package_versions(),
-        "git": git_revision(),
-    }
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
-
-
+    manifest_path = out_dir / MANIFEST
+    previous_timings = read_manifest(out_dir).timings if manifest_path.is_file() else {}
+    manifest = RunManifest(
+        version=MANIFEST_VERSION,
+        experiment=experiment.name,
+        title=experiment.spec.title,
+        source=experiment.source,
+        models=models,
+        sections=experiment.spec.sections,
+        timings={**previous_timings, **timings},
+        store=str(store),
+        config=experiment.base.model_dump(mode="json"),
+        variants={label: config.model_dump(mode="json")
+                  for label, config in experiment.variants.items()},
+        versions=package_versions(),
+        git=git_revision(),
+    )
+    atomic_write_text(manifest_path, manifest.to_json())

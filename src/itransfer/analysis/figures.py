@@ -285,16 +285,18 @@ def plot_phase_deltas(trajectory: TrajectoryAnalysis | None, out_dir: Path) -> P
 
 def draw_all(analysis: RunAnalysis, out_dir: Path) -> dict[str, Path]:
     """Every figure this run's sections allow, keyed by the paper figure it reproduces."""
+    transfer, limits = analysis.of(TransferAnalysis), analysis.of(DataLimitsAnalysis)
+    samplers, trajectory = analysis.of(SamplersAnalysis), analysis.of(TrajectoryAnalysis)
     drawers: dict[str, Callable[[], Path | None]] = {
-        "Figure 1 (left)": lambda: plot_transfer_curves(analysis.transfer, out_dir),
-        "Figure 1 (right)": lambda: plot_transfer_vs_icl(analysis.transfer, out_dir),
-        "Figure 2 (left)": lambda: plot_data_limits(analysis.data_limits, out_dir),
-        "Figure 2 (right)": lambda: plot_data_limit_deltas(analysis.data_limits, out_dir),
-        "Figure 3 (left)": lambda: plot_sampler_summary(analysis.samplers, out_dir),
-        "Figure 3 (centre, right)": lambda: plot_size_binned(analysis.samplers, out_dir),
-        "Figure 4 (left)": lambda: plot_trajectories(analysis.trajectory, analysis.mixing,
+        "Figure 1 (left)": lambda: plot_transfer_curves(transfer, out_dir),
+        "Figure 1 (right)": lambda: plot_transfer_vs_icl(transfer, out_dir),
+        "Figure 2 (left)": lambda: plot_data_limits(limits, out_dir),
+        "Figure 2 (right)": lambda: plot_data_limit_deltas(limits, out_dir),
+        "Figure 3 (left)": lambda: plot_sampler_summary(samplers, out_dir),
+        "Figure 3 (centre, right)": lambda: plot_size_binned(samplers, out_dir),
+        "Figure 4 (left)": lambda: plot_trajectories(trajectory, analysis.of(MixingAnalysis),
                                                      out_dir),
-        "Figure 4 (centre, right)": lambda: plot_phase_deltas(analysis.trajectory, out_dir),
+        "Figure 4 (centre, right)": lambda: plot_phase_deltas(trajectory, out_dir),
     }
     drawn = {}
     for name, draw in drawers.items():

@@ -17,7 +17,14 @@ from scipy import stats
 
 from itransfer.analysis.correlations import MIN_TASKS, Correlation
 from itransfer.analysis.paper import PAPER_FINDINGS, Finding
-from itransfer.analysis.sections import RunAnalysis
+from itransfer.analysis.sections import (
+    DataLimitsAnalysis,
+    MixingAnalysis,
+    RunAnalysis,
+    SamplersAnalysis,
+    TrajectoryAnalysis,
+    TransferAnalysis,
+)
 
 ALPHA = 0.05
 REPRODUCES = "reproduces"
@@ -55,7 +62,7 @@ def evaluate_findings(analysis: RunAnalysis) -> list[FindingResult]:
     }
     results = []
     for finding in PAPER_FINDINGS:
-        if getattr(analysis, finding.section) is None:
+        if finding.section not in analysis.sections:
             continue
         results.append(evaluators[finding.id](analysis, finding))
     return results
@@ -98,7 +105,7 @@ def _p_text(p_value: float) -> str:
 
 
 def _it_harms_transfer(analysis: RunAnalysis, finding: Finding) -> FindingResult:
-    transfer = analysis.transfer
+    transfer = analysis.of(TransferAnalysis)
     assert transfer is not None
     curves = transfer.loss_curves
     curves = curves[(curves["context"] == "none") & (curves["shots"] > 0)]
@@ -118,7 +125,7 @@ def _it_harms_transfer(analysis: RunAnalysis, finding: Finding) -> FindingResult
 
 
 def _it_improves_icl(analysis: RunAnalysis, finding: Finding) -> FindingResult:
-    transfer = analysis.transfer
+    transfer = analysis.of(TransferAnalysis)
     assert transfer is not None
     pretrained = transfer.icl_means.get("pre-trained", float("nan"))
     tuned = transfer.icl_means.get("instruction-tuned", float("nan"))
@@ -147,15 +154,16 @@ def _correlation_result(finding: Finding, correlation: Correlation, extra: str =
 
 
 def _ft_icl_correlation(analysis: RunAnalysis, finding: Finding) -> FindingResult:
-    assert analysis.transfer is not None
-    return _correlation_result(finding, analysis.transfer.correlation)
+    transfer = analysis.of(TransferAnalysis)
+    assert transfer is not None
+    return _correlation_result(finding, transfer.correlation)
 
 
 # --- §3.2 ----------------------------------------------------------------------------------
 
 
 def _less_data_helps(analysis: RunAnalysis, finding: Finding) -> FindingResult:
-    limits = analysis.data_limits
+    limits = analysis.of(DataLimitsAnalysis)
     assert limits is not None
     summary = limits.summary.dropna(subset=["icl_loss", "finetune_loss"], how="all")
     if len(summary) < 2:
@@ -171,7 +179,7 @@ def _less_data_helps(analysis: RunAnalysis, finding: Finding) -> FindingResult:
 
 
 def _delta_correlation(analysis: RunAnalysis, finding: Finding) -> FindingResult:
-    limits = analysis.data_limits
+    limits = analysis.of(DataLimitsAnalysis)
     assert limits is not None
     return _correlation_result(finding, limits.correlation,
                                f"; Δ = {limits.after} − {limits.before}")
@@ -181,7 +189,7 @@ def _delta_correlation(analysis: RunAnalysis, finding: Finding) -> FindingResult
 
 
 def _proportional_best(analysis: RunAnalysis, finding: Finding) -> FindingResult:
-    samplers = analysis.samplers
+    samplers = analysis.of(SamplersAnalysis)
     assert samplers is not None
     summary = samplers.summary.set_index("sampler")
     names = {name.lower(): name for name in summary.index}
@@ -207,7 +215,7 @@ def _proportional_best(analysis: RunAnalysis, finding: Finding) -> FindingResult
 
 
 def _early_phase(analysis: RunAnalysis, finding: Finding) -> FindingResult:
-    trajectory = analysis.trajectory
+    trajectory = analysis.of(TrajectoryAnalysis)
     assert trajectory is not None
     early, late = trajectory.phases.early, trajectory.phases.late
     label = f"; steps 0 → {trajectory.phases.split_step}"
@@ -223,7 +231,7 @@ def _early_phase(analysis: RunAnalysis, finding: Finding) -> FindingResult:
 
 
 def _late_phase(analysis: RunAnalysis, finding: Finding) -> FindingResult:
-    trajectory = analysis.trajectory
+    trajectory = analysis.of(TrajectoryAnalysis)
     assert trajectory is not None
     phases = trajectory.phases
     early, late = phases.early, phases.late
@@ -246,7 +254,7 @@ def _method_curve(curves: pd.DataFrame, method: str) -> pd.Series:
 
 
 def _icl_improves_throughout(analysis: RunAnalysis, finding: Finding) -> FindingResult:
-    trajectory = analysis.trajectory
+    trajectory = analysis.of(TrajectoryAnalysis)
     assert trajectory is not None
     icl = _method_curve(trajectory.curves, "icl")
     if len(icl) < 2:
@@ -260,7 +268,7 @@ def _icl_improves_throughout(analysis: RunAnalysis, finding: Finding) -> Finding
 
 
 def _forgetting_then_recovery(analysis: RunAnalysis, finding: Finding) -> FindingResult:
-    trajectory = analysis.trajectory
+    trajectory = analysis.of(TrajectoryAnalysis)
     assert trajectory is not None
     tuned = _method_curve(trajectory.curves, "finetune")
     split = trajectory.phases.split_step
@@ -281,7 +289,7 @@ def _mixing_effect(method: str) -> Callable[[RunAnalysis, Finding], FindingResul
     name = "FT" if method == "finetune" else "ICL"
 
     def evaluate(analysis: RunAnalysis, finding: Finding) -> FindingResult:
-        mixing = analysis.mixing
+        mixing = analysis.of(MixingAnalysis)
         assert mixing is not None
         curves = mixing.curves[(mixing.curves["method"] == method) & (mixing.curves["step"] > 0)]
         wide = curves.pivot_table(index="step", columns="label", values="mean")

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 FindingKind = Literal["correlation", "direction"]
-Section = Literal["transfer", "data_limits", "samplers", "trajectory", "mixing"]
 
 
 @dataclass(frozen=True)
 class Finding:
     id: str
     paper_section: str  # the paper's numbering, e.g. "3.1"
-    section: Section  # the manifest section whose models it needs
+    section: str  # the key of the section (itransfer.schema) whose analysis it reads
     figure: str
     claim: str
     kind: FindingKind

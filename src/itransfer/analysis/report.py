@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,30 +31,17 @@ from itransfer.analysis.findings import (
     FindingResult,
     evaluate_findings,
 )
-from itransfer.analysis.manifest import RunManifest, read_manifest
+from itransfer.analysis.html import details, table
 from itransfer.analysis.sections import RunAnalysis, analyse
 from itransfer.eval.results import ResultsTable
 from itransfer.io_utils import atomic_write_text
+from itransfer.schema import RunManifest, read_manifest
 
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 FIGURES_DIR = "figures"
 # A symbol beside each verdict so the table reads without colour.
 VERDICT_MARKS = {REPRODUCES: "✓", NOT_SIGNIFICANT: "≈", PARTLY: "◐", FAILS: "✗", UNDEFINED: "?"}
-SECTION_TITLES = {
-    "transfer": "§3.1 Instruction tuning harms transfer; transfer correlates with ICL",
-    "data_limits": "§3.2 Less data per task improves transfer and ICL",
-    "samplers": "§4 Multi-task generalization vs ICL (task samplers)",
-    "trajectory": "§5.1 The trajectory of ICL and forgetting",
-    "mixing": "§5.2 Continual training on unsupervised data",
-}
-SECTION_FIGURES = {
-    "transfer": ("Figure 1 (left)", "Figure 1 (right)"),
-    "data_limits": ("Figure 2 (left)", "Figure 2 (right)"),
-    "samplers": ("Figure 3 (left)", "Figure 3 (centre, right)"),
-    "trajectory": ("Figure 4 (left)", "Figure 4 (centre, right)"),
-    "mixing": (),  # drawn into Figure 4 (left) with the trajectory
-}
 
 
 @dataclass(frozen=True)
@@ -82,31 +68,12 @@ def write_report(run_dir: Path, *, n_boot: int = 2000, seed: int = 0) -> ReportP
 # --- formatting helpers ------------------------------------------------------------------
 
 
-def _number(value: float | None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if value != 0 and abs(value) < 10 ** -digits:
-        return f"{value:.2e}"
-    return f"{value:.{digits}f}"
-
-
 def _paper_cell(result: FindingResult) -> str:
     return result.finding.paper_text
 
 
 def _verdict_cell(result: FindingResult) -> str:
     return f"{VERDICT_MARKS.get(result.verdict, '')} {result.verdict}".strip()
-
-
-def _table(frame: pd.DataFrame, *, index: bool = False) -> str:
-    if frame.empty:
-        return "<p><em>no rows</em></p>"
-    return frame.to_html(index=index, border=0, classes="data", na_rep="—",
-                         float_format=lambda value: _number(value, 4))
-
-
-def _details(summary: str, body: str) -> str:
-    return f"<details><summary>{html.escape(summary)}</summary>{body}</details>"
 
 
 def _image(name: str, path: Path) -> str:
@@ -151,13 +118,11 @@ def render_html(analysis: RunAnalysis, findings: list[FindingResult],
         "<h2>Findings: the paper vs this run</h2>",
         _findings_html(findings),
     ]
-    for section in SECTION_TITLES:
-        if getattr(analysis, section) is None:
-            continue
-        parts.append(f"<h2>{html.escape(SECTION_TITLES[section])}</h2>")
-        parts.extend(_image(name, figures[name]) for name in SECTION_FIGURES[section]
-                     if name in figures)
-        parts.append(_section_tables(analysis, section))
+    for key, section_analysis in analysis.sections.items():
+        section = manifest.sections[key]
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        parts.extend(_image(name, figures[name]) for name in section.figures if name in figures)
+        parts.append(section_analysis.tables_html())
     parts.extend(_provenance_html(manifest))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
@@ -181,47 +146,7 @@ def _findings_html(findings: list[FindingResult]) -> str:
     how = "".join(f"<li><b>{html.escape(r.finding.id)}</b>: "
                   f"{html.escape(r.finding.how_to_compute)}</li>" for r in findings)
     return (f'<table class="data">{header}{"".join(rows)}</table>{legend}'
-            + _details("How each number is computed", f"<ul>{how}</ul>"))
-
-
-def _section_tables(analysis: RunAnalysis, section: str) -> str:
-    if section == "transfer" and analysis.transfer is not None:
-        transfer = analysis.transfer
-        curves = transfer.loss_curves.pivot_table(index=["label", "context"], columns="shots",
-                                                  values="mean")
-        return ("<h3>Mean fine-tuning test loss by k</h3>" + _table(curves, index=True)
-                + _details(f"Per-task values ({len(transfer.scatter)} tasks)",
-                           _table(transfer.scatter, index=True)))
-    if section == "data_limits" and analysis.data_limits is not None:
-        limits = analysis.data_limits
-        return ("<h3>Mean loss by data limit</h3>" + _table(limits.summary)
-                + _details(f"Per-task changes, {limits.after} − {limits.before} "
-                           f"({len(limits.deltas)} tasks)", _table(limits.deltas, index=True)))
-    if section == "samplers" and analysis.samplers is not None:
-        samplers = analysis.samplers
-        binned = samplers.binned
-        body = _table(samplers.summary)
-        if not binned.empty:
-            body += "<h3>Seen-task loss by training-set size</h3>" + _table(
-                binned.pivot_table(index=["split", "label"], columns="bin", values="mean",
-                                   observed=True), index=True)
-        return body
-    if section == "trajectory" and analysis.trajectory is not None:
-        trajectory = analysis.trajectory
-        phases = trajectory.phases
-        return ("<h3>Mean loss by step</h3>"
-                + _table(trajectory.curves.pivot_table(index="method", columns="step",
-                                                       values="mean"), index=True)
-                + _details(f"Early phase per task: {phases.early.describe()}",
-                           _table(phases.early_table, index=True))
-                + _details(f"Late phase per task: {phases.late.describe()}",
-                           _table(phases.late_table, index=True)))
-    if section == "mixing" and analysis.mixing is not None:
-        curves = analysis.mixing.curves
-        return ("<p>Drawn in Figure 4 (left) above.</p><h3>Mean loss by step</h3>"
-                + _table(curves.pivot_table(index=["method", "label"], columns="step",
-                                            values="mean"), index=True))
-    return ""
+            + details("How each number is computed", f"<ul>{how}</ul>"))
 
 
 def _git_text(git: Mapping[str, Any]) -> str:
@@ -233,23 +158,23 @@ def _git_text(git: Mapping[str, Any]) -> str:
 
 def _provenance_html(manifest: RunManifest) -> list[str]:
     models = pd.DataFrame.from_records([
-        {"label": info.label, "kind": info.kind, "sampler": info.sampler,
+        {"label": label, "kind": info.kind, "sampler": info.sampler,
          "data_limit": info.data_limit, "mixing_every": info.mixing_every,
          "final_step": info.final_step,
          "trajectory_steps": ", ".join(str(step) for step in info.trajectory_steps)}
-        for info in manifest.models.values()
+        for label, info in manifest.models.items()
     ])
     timings = sorted(manifest.timings.items())
     return [
         "<h2>Provenance</h2>",
-        "<h3>Models</h3>", _table(models),
+        "<h3>Models</h3>", table(models),
         "<h3>Stage timings (seconds)</h3>",
         _key_values((name, f"{seconds:.1f}") for name, seconds in timings) if timings
         else "<p><em>none recorded</em></p>",
         "<h3>Versions</h3>", _key_values(sorted(manifest.versions.items())),
         "<h3>Git</h3>", _key_values(sorted(manifest.git.items())),
         "<h3>Resolved configuration</h3>",
-        _details("config", f"<pre>{html.escape(json.dumps(manifest.config, indent=1))}</pre>"),
+        details("config", f"<pre>{html.escape(json.dumps(manifest.config, indent=1))}</pre>"),
     ]
 
 

@@ -1,104 +1,77 @@
 """Every table and correlation one run's report needs, computed once per paper section.
 
-:func:`analyse` turns (results table, manifest) into a :class:`RunAnalysis`; the figures, the
-findings and the report all read from it, so each number is computed in one place. A section
-absent from the manifest is None here and vanishes from everything downstream.
+Each section class of :mod:`itransfer.schema` points (``analysis = "module:Class"``) at its
+analysis here: a class whose ``compute`` turns (results table, manifest, section) into the
+section's tables and whose ``tables_html`` renders them for the report. :func:`analyse` runs
+the analysis of every section the manifest has; the figures, the findings and the report all
+read from the resulting :class:`RunAnalysis`, so each number is computed in one place.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import pandas as pd
 
 from itransfer.analysis import correlations as corr
 from itransfer.analysis import seen_fit
-from itransfer.analysis.manifest import (
-    DataLimitsSpec,
-    MixingSpec,
+from itransfer.analysis.html import details, table
+from itransfer.schema import (
+    DataLimitsSection,
+    MixingSection,
     RunManifest,
-    SamplersSpec,
-    TrajectorySpec,
-    TransferSpec,
+    SamplersSection,
+    Section,
+    TrajectorySection,
+    TransferSection,
 )
 
 
-@dataclass(frozen=True)
-class TransferAnalysis:
-    """§3.1, Figure 1."""
+class SectionAnalysis(Protocol):
+    """What a section's ``analysis`` pointer names."""
 
-    spec: TransferSpec
-    loss_curves: pd.DataFrame  # label, context, shots → mean fine-tuning loss
-    rouge_curves: pd.DataFrame  # the same for ROUGE-L (empty when nothing was generated)
-    scatter: pd.DataFrame  # per task: finetune, icl (IT model)
-    correlation: corr.Correlation
-    icl_means: dict[str, float]  # label → mean ICL loss
-    per_task_finetune: pd.DataFrame  # per task: pretrained, instruction_tuned (mean over k > 0)
-    per_task_icl: pd.DataFrame  # per task: pretrained, instruction_tuned
+    @classmethod
+    def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: Any, *,
+                n_boot: int, seed: int) -> SectionAnalysis: ...
+
+    def tables_html(self) -> str: ...
 
 
-@dataclass(frozen=True)
-class DataLimitsAnalysis:
-    """§3.2, Figure 2."""
-
-    spec: DataLimitsSpec
-    summary: pd.DataFrame  # per limit: icl_loss, finetune_loss
-    before: str
-    after: str
-    deltas: pd.DataFrame  # per task: icl/finetune before, after, delta
-    correlation: corr.Correlation
-
-
-@dataclass(frozen=True)
-class SamplersAnalysis:
-    """§4, Figure 3."""
-
-    spec: SamplersSpec
-    summary: pd.DataFrame  # per sampler: seen train/test loss, ICL loss
-    binned: pd.DataFrame  # per sampler, split and size bin: mean seen loss
-
-
-@dataclass(frozen=True)
-class TrajectoryAnalysis:
-    """§5.1, Figure 4 (left, centre, right)."""
-
-    spec: TrajectorySpec
-    curves: pd.DataFrame  # step, method (icl | finetune) → mean loss
-    phases: corr.PhaseCorrelations
-
-
-@dataclass(frozen=True)
-class MixingAnalysis:
-    """§5.2, Figure 4 (left)."""
-
-    spec: MixingSpec
-    curves: pd.DataFrame  # label (with | without), step, method → mean loss
+AnalysisT = TypeVar("AnalysisT")
 
 
 @dataclass(frozen=True)
 class RunAnalysis:
     manifest: RunManifest
     num_rows: int
-    transfer: TransferAnalysis | None = None
-    data_limits: DataLimitsAnalysis | None = None
-    samplers: SamplersAnalysis | None = None
-    trajectory: TrajectoryAnalysis | None = None
-    mixing: MixingAnalysis | None = None
+    sections: dict[str, SectionAnalysis] = field(default_factory=dict)  # by section key
+
+    def of(self, kind: type[AnalysisT]) -> AnalysisT | None:
+        """This run's analysis of class ``kind``; None when the run lacks that section."""
+        for found in self.sections.values():
+            if isinstance(found, kind):
+                return found
+        return None
+
+
+def analysis_class(section: Section) -> type[SectionAnalysis]:
+    """The class ``type(section).analysis`` names ("module:Class")."""
+    module_name, _, class_name = type(section).analysis.partition(":")
+    found: type[SectionAnalysis] = getattr(importlib.import_module(module_name), class_name)
+    return found
 
 
 def analyse(
     frame: pd.DataFrame, manifest: RunManifest, *, n_boot: int = 2000, seed: int = 0
 ) -> RunAnalysis:
-    """Compute every section the manifest names (None for the others)."""
-    return RunAnalysis(
-        manifest=manifest,
-        num_rows=len(frame),
-        transfer=_transfer(frame, manifest, n_boot, seed) if manifest.transfer else None,
-        data_limits=_data_limits(frame, manifest, n_boot, seed) if manifest.data_limits else None,
-        samplers=_samplers(frame, manifest) if manifest.samplers else None,
-        trajectory=_trajectory(frame, manifest, seed) if manifest.trajectory else None,
-        mixing=_mixing(frame, manifest) if manifest.mixing else None,
-    )
+    """Compute every section the manifest names, in the manifest's (the registry's) order."""
+    sections = {
+        key: analysis_class(section).compute(frame, manifest, section, n_boot=n_boot, seed=seed)
+        for key, section in manifest.sections.items()
+    }
+    return RunAnalysis(manifest=manifest, num_rows=len(frame), sections=sections)
 
 
 def evaluated_step(frame: pd.DataFrame, manifest: RunManifest, label: str) -> int | None:
@@ -123,31 +96,54 @@ def trajectory_steps(frame: pd.DataFrame, manifest: RunManifest, label: str) -> 
     return tuple(sorted({0, *found.tolist()}))
 
 
-def _transfer(frame: pd.DataFrame, manifest: RunManifest, n_boot: int, seed: int
-              ) -> TransferAnalysis:
-    spec = manifest.transfer
-    assert spec is not None
-    labels = {"pre-trained": spec.pretrained, "instruction-tuned": spec.instruction_tuned}
-    steps = {label: step for label, model in labels.items()
-             if (step := evaluated_step(frame, manifest, model)) is not None}
-    scatter = corr.transfer_vs_icl(
-        frame, spec.instruction_tuned, shots=spec.correlation_shots,
-        context=spec.correlation_context, step=steps.get("instruction-tuned"),
-    )
-    pretrained_rows = corr.model_rows(frame, spec.pretrained, steps.get("pre-trained"))
-    tuned_rows = corr.model_rows(frame, spec.instruction_tuned, steps.get("instruction-tuned"))
-    return TransferAnalysis(
-        spec=spec,
-        loss_curves=corr.transfer_curves(frame, labels, metric="loss", steps=steps),
-        rouge_curves=corr.transfer_curves(frame, labels, metric="rougeL", steps=steps),
-        scatter=scatter,
-        correlation=corr.spearman(scatter["finetune"], scatter["icl"], n_boot=n_boot, seed=seed),
-        icl_means={label: float(corr.icl_values(rows).mean())
-                   for label, rows in (("pre-trained", pretrained_rows),
-                                       ("instruction-tuned", tuned_rows))},
-        per_task_finetune=_paired(_few_shot_mean(pretrained_rows), _few_shot_mean(tuned_rows)),
-        per_task_icl=_paired(corr.icl_values(pretrained_rows), corr.icl_values(tuned_rows)),
-    )
+@dataclass(frozen=True)
+class TransferAnalysis:
+    """§3.1, Figure 1."""
+
+    spec: TransferSection
+    loss_curves: pd.DataFrame  # label, context, shots → mean fine-tuning loss
+    rouge_curves: pd.DataFrame  # the same for ROUGE-L (empty when nothing was generated)
+    scatter: pd.DataFrame  # per task: finetune, icl (IT model)
+    correlation: corr.Correlation
+    icl_means: dict[str, float]  # label → mean ICL loss
+    per_task_finetune: pd.DataFrame  # per task: pretrained, instruction_tuned (mean over k > 0)
+    per_task_icl: pd.DataFrame  # per task: pretrained, instruction_tuned
+
+    @classmethod
+    def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: TransferSection, *,
+                n_boot: int, seed: int) -> TransferAnalysis:
+        labels = {"pre-trained": section.pretrained,
+                  "instruction-tuned": section.instruction_tuned}
+        steps = {label: step for label, model in labels.items()
+                 if (step := evaluated_step(frame, manifest, model)) is not None}
+        scatter = corr.transfer_vs_icl(
+            frame, section.instruction_tuned, shots=section.correlation_shots,
+            context=section.correlation_context, step=steps.get("instruction-tuned"),
+        )
+        pretrained_rows = corr.model_rows(frame, section.pretrained, steps.get("pre-trained"))
+        tuned_rows = corr.model_rows(frame, section.instruction_tuned,
+                                     steps.get("instruction-tuned"))
+        return cls(
+            spec=section,
+            loss_curves=corr.transfer_curves(frame, labels, metric="loss", steps=steps),
+            rouge_curves=corr.transfer_curves(frame, labels, metric="rougeL", steps=steps),
+            scatter=scatter,
+            correlation=corr.spearman(scatter["finetune"], scatter["icl"], n_boot=n_boot,
+                                      seed=seed),
+            icl_means={label: float(corr.icl_values(rows).mean())
+                       for label, rows in (("pre-trained", pretrained_rows),
+                                           ("instruction-tuned", tuned_rows))},
+            per_task_finetune=_paired(_few_shot_mean(pretrained_rows),
+                                      _few_shot_mean(tuned_rows)),
+            per_task_icl=_paired(corr.icl_values(pretrained_rows), corr.icl_values(tuned_rows)),
+        )
+
+    def tables_html(self) -> str:
+        curves = self.loss_curves.pivot_table(index=["label", "context"], columns="shots",
+                                              values="mean")
+        return ("<h3>Mean fine-tuning test loss by k</h3>" + table(curves, index=True)
+                + details(f"Per-task values ({len(self.scatter)} tasks)",
+                          table(self.scatter, index=True)))
 
 
 def _few_shot_mean(rows: pd.DataFrame) -> pd.Series:
@@ -162,63 +158,120 @@ def _paired(pretrained: pd.Series, tuned: pd.Series) -> pd.DataFrame:
     return pd.concat({"pretrained": pretrained, "instruction_tuned": tuned}, axis=1).dropna()
 
 
-def _data_limits(frame: pd.DataFrame, manifest: RunManifest, n_boot: int, seed: int
-                 ) -> DataLimitsAnalysis:
-    spec = manifest.data_limits
-    assert spec is not None
-    ordered = sorted(spec.models.items(), key=lambda item: corr.limit_sort_key(item[0]))
-    if spec.delta is not None:
-        before, after = spec.delta
-    else:
-        # The paper's Figure 2 (right) goes from the largest limit to a small one.
-        before, after = ordered[-1][1], ordered[0][1]
-    deltas = corr.model_deltas(
-        frame, before, after, shots=spec.shots,
-        before_step=evaluated_step(frame, manifest, before),
-        after_step=evaluated_step(frame, manifest, after),
-    )
-    return DataLimitsAnalysis(
-        spec=spec,
-        summary=corr.data_limit_summary(frame, spec.models, shots=spec.shots),
-        before=before, after=after, deltas=deltas,
-        correlation=corr.delta_correlation(deltas, n_boot=n_boot, seed=seed),
-    )
+@dataclass(frozen=True)
+class DataLimitsAnalysis:
+    """§3.2, Figure 2."""
+
+    spec: DataLimitsSection
+    summary: pd.DataFrame  # per limit: icl_loss, finetune_loss
+    before: str
+    after: str
+    deltas: pd.DataFrame  # per task: icl/finetune before, after, delta
+    correlation: corr.Correlation
+
+    @classmethod
+    def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: DataLimitsSection, *,
+                n_boot: int, seed: int) -> DataLimitsAnalysis:
+        before, after = section.delta
+        deltas = corr.model_deltas(
+            frame, before, after, shots=section.shots,
+            before_step=evaluated_step(frame, manifest, before),
+            after_step=evaluated_step(frame, manifest, after),
+        )
+        return cls(
+            spec=section,
+            summary=corr.data_limit_summary(frame, section.models, shots=section.shots),
+            before=before, after=after, deltas=deltas,
+            correlation=corr.delta_correlation(deltas, n_boot=n_boot, seed=seed),
+        )
+
+    def tables_html(self) -> str:
+        return ("<h3>Mean loss by data limit</h3>" + table(self.summary)
+                + details(f"Per-task changes, {self.after} − {self.before} "
+                          f"({len(self.deltas)} tasks)", table(self.deltas, index=True)))
 
 
-def _samplers(frame: pd.DataFrame, manifest: RunManifest) -> SamplersAnalysis:
-    spec = manifest.samplers
-    assert spec is not None
-    steps = {name: step for name, model in spec.models.items()
-             if (step := evaluated_step(frame, manifest, model)) is not None}
-    return SamplersAnalysis(
-        spec=spec,
-        summary=seen_fit.sampler_summary(frame, spec.models, steps=steps),
-        binned=seen_fit.size_binned_seen_losses(frame, spec.models, steps=steps),
-    )
+@dataclass(frozen=True)
+class SamplersAnalysis:
+    """§4, Figure 3."""
+
+    spec: SamplersSection
+    summary: pd.DataFrame  # per sampler: seen train/test loss, ICL loss
+    binned: pd.DataFrame  # per sampler, split and size bin: mean seen loss
+
+    @classmethod
+    def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: SamplersSection, *,
+                n_boot: int, seed: int) -> SamplersAnalysis:
+        steps = {name: step for name, model in section.models.items()
+                 if (step := evaluated_step(frame, manifest, model)) is not None}
+        return cls(
+            spec=section,
+            summary=seen_fit.sampler_summary(frame, section.models, steps=steps),
+            binned=seen_fit.size_binned_seen_losses(frame, section.models, steps=steps),
+        )
+
+    def tables_html(self) -> str:
+        body = table(self.summary)
+        if not self.binned.empty:
+            body += "<h3>Seen-task loss by training-set size</h3>" + table(
+                self.binned.pivot_table(index=["split", "label"], columns="bin",
+                                        values="mean", observed=True), index=True)
+        return body
 
 
-def _trajectory(frame: pd.DataFrame, manifest: RunManifest, seed: int) -> TrajectoryAnalysis:
-    spec = manifest.trajectory
-    assert spec is not None
-    steps = trajectory_steps(frame, manifest, spec.model)
-    return TrajectoryAnalysis(
-        spec=spec,
-        curves=corr.trajectory_curves(frame, spec.model, steps, pretrained=manifest.pretrained,
-                                      shots=spec.shots),
-        phases=corr.phase_correlations(
-            frame, spec.model, split_step=spec.phase_split_step, final_step=max(steps),
-            pretrained=manifest.pretrained, shots=spec.shots, seed=seed,
-        ),
-    )
+@dataclass(frozen=True)
+class TrajectoryAnalysis:
+    """§5.1, Figure 4 (left, centre, right)."""
+
+    spec: TrajectorySection
+    curves: pd.DataFrame  # step, method (icl | finetune) → mean loss
+    phases: corr.PhaseCorrelations
+
+    @classmethod
+    def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: TrajectorySection, *,
+                n_boot: int, seed: int) -> TrajectoryAnalysis:
+        steps = trajectory_steps(frame, manifest, section.model)
+        return cls(
+            spec=section,
+            curves=corr.trajectory_curves(frame, section.model, steps,
+                                          pretrained=manifest.pretrained, shots=section.shots),
+            phases=corr.phase_correlations(
+                frame, section.model, split_step=section.phase_split_step,
+                final_step=max(steps), pretrained=manifest.pretrained, shots=section.shots,
+                seed=seed,
+            ),
+        )
+
+    def tables_html(self) -> str:
+        phases = self.phases
+        return ("<h3>Mean loss by step</h3>"
+                + table(self.curves.pivot_table(index="method", columns="step",
+                                                values="mean"), index=True)
+                + details(f"Early phase per task: {phases.early.describe()}",
+                          table(phases.early_table, index=True))
+                + details(f"Late phase per task: {phases.late.describe()}",
+                          table(phases.late_table, index=True)))
 
 
-def _mixing(frame: pd.DataFrame, manifest: RunManifest) -> MixingAnalysis:
-    spec = manifest.mixing
-    assert spec is not None
-    curves = []
-    for label, model in (("with mixing", spec.with_), ("without mixing", spec.without)):
-        steps = trajectory_steps(frame, manifest, model)
-        curve = corr.trajectory_curves(frame, model, steps, pretrained=manifest.pretrained,
-                                       shots=spec.shots)
-        curves.append(curve.assign(label=label))
-    return MixingAnalysis(spec=spec, curves=pd.concat(curves, ignore_index=True))
+@dataclass(frozen=True)
+class MixingAnalysis:
+    """§5.2, Figure 4 (left)."""
+
+    spec: MixingSection
+    curves: pd.DataFrame  # label (with | without), step, method → mean loss
+
+    @classmethod
+    def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: MixingSection, *,
+                n_boot: int, seed: int) -> MixingAnalysis:
+        curves = []
+        for label, model in (("with mixing", section.with_), ("without mixing", section.without)):
+            steps = trajectory_steps(frame, manifest, model)
+            curve = corr.trajectory_curves(frame, model, steps, pretrained=manifest.pretrained,
+                                           shots=section.shots)
+            curves.append(curve.assign(label=label))
+        return cls(spec=section, curves=pd.concat(curves, ignore_index=True))
+
+    def tables_html(self) -> str:
+        return ("<p>Drawn in Figure 4 (left) above.</p><h3>Mean loss by step</h3>"
+                + table(self.curves.pivot_table(index=["method", "label"], columns="step",
+                                                values="mean"), index=True))
