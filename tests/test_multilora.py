@@ -274,7 +274,6 @@ def _adapter_weights(result, c: int) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.mark.slow
 def test_batched_equals_peft_with_dropout_on(
     loaded: LoadedModel, cells: list[TransferCell]
 ) -> None:
@@ -302,7 +301,6 @@ def test_batched_equals_peft_with_dropout_on(
         assert result.losses[c] != pytest.approx(no_dropout.losses[c], abs=1e-3)
 
 
-@pytest.mark.slow
 def test_a_cell_trains_the_same_adapter_in_any_group_and_pass_size(
     loaded: LoadedModel, cells: list[TransferCell]
 ) -> None:
