@@ -14,30 +14,12 @@ import yaml
 from scipy import stats
 
 from conftest import write_task
-from itransfer.config import load_config
 from itransfer.errors import ConfigError, DataError
 from itransfer.sampling import build_sampler
 from itransfer.train import checkpoint as ckpt
 from itransfer.train.checkpoint import CheckpointError
 from itransfer.train.loop import instruction_tune
-
-
-def _config(model_dir: Path, *overrides: str):
-    return load_config(
-        None,
-        [
-            f"model.name_or_path={model_dir}",
-            "model.max_source_length=96",
-            "model.max_target_length=32",
-            "train.batch_size=8",
-            "train.warmup_steps=2",
-            "train.learning_rate=3e-3",
-            "train.log_every=1",
-            "train.tensorboard=false",
-            "train.length_window_batches=4",
-            *overrides,
-        ],
-    )
+from tiny_configs import tiny_train_config as _config
 
 
 def _losses(result) -> list[float]:

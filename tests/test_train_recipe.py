@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from itransfer.config import load_config
 from itransfer.data.benchmark import open_benchmark
 from itransfer.sampling import UniformSampler
 from itransfer.train import checkpoint as ckpt
@@ -23,24 +22,7 @@ from itransfer.train.loop import (
     unsupervised_step,
 )
 from itransfer.train.recipe import LOG_FILE, TrainState, check_compatible, setup
-
-
-def _config(model_dir: Path, *overrides: str):
-    return load_config(
-        None,
-        [
-            f"model.name_or_path={model_dir}",
-            "model.max_source_length=96",
-            "model.max_target_length=32",
-            "train.batch_size=8",
-            "train.warmup_steps=2",
-            "train.learning_rate=3e-3",
-            "train.log_every=1",
-            "train.tensorboard=false",
-            "train.length_window_batches=4",
-            *overrides,
-        ],
-    )
+from tiny_configs import tiny_train_config as _config
 
 
 def _weights(state: TrainState) -> dict[str, torch.Tensor]:
