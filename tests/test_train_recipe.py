@@ -201,3 +201,19 @@ def test_the_loop_cleans_up_after_an_error(
     with pytest.raises(RuntimeError, match="out of memory"):
         instruction_tune(_config(tiny_model_dir, "train.steps=4"), tmp_path / "run")
     assert sink.closed
+
+
+def test_a_checkpoint_that_saved_only_the_given_sampler_keys_resumes(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Before sampler configs were typed, a checkpoint saved `train.sampler` as the user wrote
+    # it; the same sampler with its defaults filled in is the same run.
+    config = _config(tiny_model_dir, "train.steps=6", "train.sampler={name: reverse_annealing}")
+    dumped = config.model_dump(mode="json")
+    assert len(dumped["train"]["sampler"]) > 1  # the typed config fills in the defaults
+    dumped["train"]["sampler"] = {"name": "reverse_annealing"}
+    saved = {"model": {"fingerprint": 1}, "config": dumped, "world_size": 1}
+    check_compatible(tmp_path, saved, {"fingerprint": 1}, config, world=1)
+    dumped["train"]["sampler"] = {"name": "reverse_annealing", "max_temperature": 10}
+    with pytest.raises(ckpt.CheckpointError, match=r"\(train\.sampler differ"):
+        check_compatible(tmp_path, saved, {"fingerprint": 1}, config, world=1)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from pydantic import ValidationError
 
 from itransfer.config import ExperimentConfig, TrainConfig, result_relevant
 from itransfer.data.batching import TaskBatchStream
@@ -331,6 +332,7 @@ def check_compatible(
     current = result_relevant(config, ignore_checkpoint_schedule=True)
     differing = [key for key in ("seed", "data", "model") if saved_config.get(key) != current[key]]
     saved_train = saved_config.get("train", {})
+    saved_train["sampler"] = _with_sampler_defaults(saved_train.get("sampler"))
     differing += [
         f"train.{key}" for key, value in current["train"].items() if saved_train.get(key) != value
     ]
@@ -344,6 +346,18 @@ def check_compatible(
             f"{checkpoint} was written by {saved.get('world_size')} processes; resuming with "
             f"{world} would draw different batches per process"
         )
+
+
+def _with_sampler_defaults(saved_sampler: Any) -> Any:
+    """A saved ``train.sampler`` with its config's defaults filled in: checkpoints written
+    before sampler configs were typed saved only the keys the user gave."""
+    if not isinstance(saved_sampler, dict):
+        return saved_sampler
+    try:
+        typed = TrainConfig.model_validate({"sampler": saved_sampler}).sampler
+    except ValidationError:
+        return saved_sampler  # reported below as a differing train.sampler
+    return typed.model_dump(mode="json")
 
 
 def _read_log(out_dir: Path, *, up_to_step: int) -> list[dict[str, Any]]:
