@@ -70,7 +70,10 @@ def keep_mask(
         raise RuntimeError(
             f"keyed dropout got a tensor of {shape[0]} rows but {row_keys.shape[0]} row keys"
         )
-    keys = _mix64(row_keys.to(device) ^ _mix64(torch.tensor(call + 1, device=device)))
+    # The call's key is mixed on the CPU and applied as a Python int: no host-to-device copy
+    # per dropout call.
+    call_key = int(_mix64(torch.tensor(call + 1)))
+    keys = _mix64(row_keys.to(device) ^ call_key)
     trailing = shape[-2:] if len(shape) > 2 else shape[-1:]
     leading = shape[1 : len(shape) - len(trailing)]
     for size in leading:
@@ -94,6 +97,7 @@ class _KeyedDropoutMode(TorchFunctionMode):
     def __init__(self, row_keys: torch.Tensor) -> None:
         super().__init__()
         self.row_keys = row_keys
+        self._row_keys_on: dict[torch.device, torch.Tensor] = {}  # copied once per device
         self.calls = 0
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
@@ -149,7 +153,10 @@ class _KeyedDropoutMode(TorchFunctionMode):
         return weights @ value
 
     def _next_mask(self, input: torch.Tensor, p: float) -> torch.Tensor:
-        mask = keep_mask(input.shape, self.row_keys, self.calls, p, input.device)
+        if input.device not in self._row_keys_on:
+            self._row_keys_on[input.device] = self.row_keys.to(input.device)
+        row_keys = self._row_keys_on[input.device]
+        mask = keep_mask(input.shape, row_keys, self.calls, p, input.device)
         self.calls += 1
         return mask
 
