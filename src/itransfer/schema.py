@@ -172,6 +172,9 @@ class SamplersSection(Section):
     analysis = "itransfer.analysis.sections:SamplersAnalysis"
 
     models: dict[str, str]  # sampler name → variant label
+    # §4: "We sweep over T = 10^{2,3,4,5} and report the two highest performing methods based
+    # on seen task validation data": how many reverse-annealing runs Figure 3 keeps.
+    keep_reverse_annealing: int = Field(default=2, ge=1)
 
     def model_labels(self) -> list[str]:
         return list(self.models.values())

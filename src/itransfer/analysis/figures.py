@@ -173,13 +173,13 @@ def plot_data_limit_deltas(limits: DataLimitsAnalysis | None, out_dir: Path) -> 
 
 
 def plot_sampler_summary(samplers: SamplersAnalysis | None, out_dir: Path) -> Path | None:
-    """F3 left: per sampler, mean seen train and test loss and unseen ICL loss (hatched bars)."""
+    """F3 left: per compared sampler, mean seen train/test loss and unseen ICL loss (bars)."""
     bars = (("seen_train_loss", "seen tasks: train loss"),
             ("seen_test_loss", "seen tasks: test loss"),
             ("icl_loss", "unseen tasks: ICL loss"))
-    if samplers is None or samplers.summary[[c for c, _ in bars]].isna().all(axis=None):
+    if samplers is None or samplers.compared[[c for c, _ in bars]].isna().all(axis=None):
         return None
-    summary = samplers.summary
+    summary = samplers.compared  # the paper's four; the report lists the others in a table
     positions = np.arange(len(summary))
     width = 0.8 / len(bars)
     figure, (axes,) = _figure(width_per_panel=max(5.0, 1.6 * len(summary)))

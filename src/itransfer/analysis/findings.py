@@ -191,24 +191,28 @@ def _delta_correlation(analysis: RunAnalysis, finding: Finding) -> FindingResult
 def _proportional_best(analysis: RunAnalysis, finding: Finding) -> FindingResult:
     samplers = analysis.of(SamplersAnalysis)
     assert samplers is not None
-    summary = samplers.summary.set_index("sampler")
-    names = {name.lower(): name for name in summary.index}
-    if "proportional" not in names:
-        return _undefined(finding, "no sampler named \"proportional\" in this run")
-    if len(summary) < 2:
-        return _undefined(finding, "needs at least two samplers")
-    proportional = names["proportional"]
+    compared = samplers.compared.set_index("sampler")
+    proportional = [name for name, kind in compared["sampler_kind"].items()
+                    if kind == "proportional"]
+    if not proportional:
+        return _undefined(finding, "no proportional-sampling model in this run")
+    if len(compared) < 2:
+        return _undefined(finding, "needs proportional and at least one of the samplers it is "
+                                   "compared with")
+    best = proportional[0]
     ranks, parts = [], []
     for column, label in (("seen_test_loss", "seen test"), ("icl_loss", "unseen ICL")):
-        values = summary[column].dropna()
-        if proportional not in values.index or len(values) < 2:
+        values = compared[column].dropna()
+        if best not in values.index or len(values) < 2:
             parts.append(f"{label}: not measured")
             continue
-        rank = int(values.rank(method="min")[proportional])
+        rank = int(values.rank(method="min")[best])
         ranks.append(rank)
         parts.append(f"{label} rank {rank}/{len(values)}")
     verdict = _count_verdict(sum(rank == 1 for rank in ranks), len(ranks))
-    return FindingResult(finding, verdict, None, None, "proportional: " + "; ".join(parts))
+    among = ", ".join(compared.index)
+    return FindingResult(finding, verdict, None, None,
+                         f"{best} among {{{among}}}: " + "; ".join(parts))
 
 
 # --- §5.1 ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ read from the resulting :class:`RunAnalysis`, so each number is computed in one 
 
 from __future__ import annotations
 
+import html
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -193,30 +194,74 @@ class DataLimitsAnalysis:
 
 @dataclass(frozen=True)
 class SamplersAnalysis:
-    """§4, Figure 3."""
+    """§4, Figure 3: the paper's four samplers compared, the rest beside them."""
 
     spec: SamplersSection
-    summary: pd.DataFrame  # per sampler: seen train/test loss, ICL loss
-    binned: pd.DataFrame  # per sampler, split and size bin: mean seen loss
+    summary: pd.DataFrame  # per sampler (every one trained): seen losses, ICL loss, role
+    binned: pd.DataFrame  # per compared sampler, split and size bin: mean seen loss
+    comparison: seen_fit.SamplerComparison
 
     @classmethod
     def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: SamplersSection, *,
                 n_boot: int, seed: int) -> SamplersAnalysis:
         steps = {name: step for name, model in section.models.items()
                  if (step := evaluated_step(frame, manifest, model)) is not None}
+        summary = seen_fit.sampler_summary(frame, section.models, steps=steps)
+        infos = {name: manifest.models.get(model) for name, model in section.models.items()}
+        kinds = {name: seen_fit.sampler_kind(name, info.sampler if info else None)
+                 for name, info in infos.items()}
+        comparison = seen_fit.compare_samplers(
+            summary, kinds,
+            {name: (info.sampler_spec or {}) if info else {} for name, info in infos.items()},
+            keep=section.keep_reverse_annealing,
+        )
+        summary["sampler_kind"] = summary["sampler"].map(kinds)
+        summary["in_figure_3"] = summary["sampler"].isin(comparison.compared)
+        compared_models = {name: section.models[name] for name in comparison.compared}
         return cls(
-            spec=section,
-            summary=seen_fit.sampler_summary(frame, section.models, steps=steps),
-            binned=seen_fit.size_binned_seen_losses(frame, section.models, steps=steps),
+            spec=section, summary=summary, comparison=comparison,
+            binned=seen_fit.size_binned_seen_losses(frame, compared_models, steps=steps),
         )
 
+    @property
+    def compared(self) -> pd.DataFrame:
+        """The summary rows of the samplers Figure 3 compares, in its order."""
+        return (self.summary.set_index("sampler").loc[list(self.comparison.compared)]
+                .reset_index())
+
+    @property
+    def others(self) -> pd.DataFrame:
+        return self.summary[~self.summary["in_figure_3"]].reset_index(drop=True)
+
     def tables_html(self) -> str:
-        body = table(self.summary)
+        comparison = self.comparison
+        columns = ["sampler", "model", "sampler_kind", "seen_train_loss", "seen_validation_loss",
+                   "seen_test_loss", "icl_loss", "n_seen_tasks", "n_unseen_tasks"]
+        body = ("<p>Compared as in Figure 3: proportional, uniform and the best "
+                f"{self.spec.keep_reverse_annealing} reverse-annealing runs by mean seen-task "
+                "validation loss (§4).</p>" + table(self.compared[columns]))
+        if not comparison.sweep.empty:
+            kept = comparison.sweep[comparison.sweep["kept"]]
+            chosen = "; ".join(
+                f"{row.sampler} (T_max={_number(row.max_temperature)}, {row.schedule} schedule, "
+                f"validation loss {row.seen_validation_loss:.4f})" for row in kept.itertuples())
+            body += ("<h3>Reverse-annealing sweep, ranked on seen validation loss</h3>"
+                     f"<p>Kept: {html.escape(chosen or 'none (no validation loss)')}.</p>"
+                     + table(comparison.sweep))
+        if comparison.notes:
+            body += "<p><em>" + html.escape("; ".join(comparison.notes)) + ".</em></p>"
+        if not self.others.empty:
+            body += ("<h3>Other samplers (not in the paper's comparison)</h3>"
+                     + table(self.others[columns]))
         if not self.binned.empty:
             body += "<h3>Seen-task loss by training-set size</h3>" + table(
                 self.binned.pivot_table(index=["split", "label"], columns="bin",
                                         values="mean", observed=True), index=True)
         return body
+
+
+def _number(value: object) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
 
 
 @dataclass(frozen=True)
