@@ -327,6 +327,7 @@ def test_write_report_full_run(tmp_path: Path) -> None:
     assert set(verdicts) == {finding.id for finding in PAPER_FINDINGS}
     assert verdicts["3.1-ft-icl-correlation"].endswith("reproduces")
     assert verdicts["3.1-it-harms-transfer"].endswith("reproduces")
+    assert verdicts["3.1-it-harms-transfer-rouge"].endswith("reproduces")
     assert verdicts["4-proportional-best"].endswith("reproduces")
     assert verdicts["5.2-mixing-reduces-forgetting"].endswith("reproduces")
     assert verdicts["3.2-delta-correlation"].endswith("does not reproduce")  # planted ρ < 0
@@ -368,3 +369,26 @@ def test_report_without_results_rows(tmp_path: Path) -> None:
     paths = write_report(run_dir, n_boot=10)
     text = paths.html.read_text(encoding="utf-8")
     assert "undefined" in text and embedded_pngs(text) == []
+
+
+def test_it_harms_transfer_is_judged_per_context_and_metric() -> None:
+    """Plant harm without context only: both findings are partial and name each context."""
+    from itransfer.analysis.findings import PARTLY, evaluate_findings
+    from itransfer.analysis.sections import analyse
+
+    rows = []
+    for record in build_rows(num_tasks=12):
+        if (record["model"] == "it-proportional" and record["method"] == "finetune"
+                and record["context"] == "exemplars" and record["split"] == "test"):
+            # IT with exemplars adapts better than PT: loss far lower, ROUGE-L far higher
+            shift = -10.0 if record["metric"] == "loss" else 100.0
+            record = {**record, "value": record["value"] + shift}
+        rows.append(record)
+    manifest = RunManifest.model_validate(manifest_dict(sections={"transfer"}))
+    results = {result.finding.id: result
+               for result in evaluate_findings(analyse(pd.DataFrame(rows), manifest, n_boot=10))}
+    for finding_id in ("3.1-it-harms-transfer", "3.1-it-harms-transfer-rouge"):
+        result = results[finding_id]
+        assert result.verdict == PARTLY, (finding_id, result.run_text)
+        assert "context none" in result.run_text and "context exemplars" in result.run_text
+        assert "IT worse at 4/4 k" in result.run_text and "IT worse at 0/4 k" in result.run_text

@@ -47,7 +47,8 @@ class FindingResult:
 def evaluate_findings(analysis: RunAnalysis) -> list[FindingResult]:
     """Every paper finding whose section this run has, in the paper's order."""
     evaluators: dict[str, Callable[[RunAnalysis, Finding], FindingResult]] = {
-        "3.1-it-harms-transfer": _it_harms_transfer,
+        "3.1-it-harms-transfer": _it_harms_transfer("loss"),
+        "3.1-it-harms-transfer-rouge": _it_harms_transfer("rougeL"),
         "3.1-it-improves-icl": _it_improves_icl,
         "3.1-ft-icl-correlation": _ft_icl_correlation,
         "3.2-less-data-helps": _less_data_helps,
@@ -104,24 +105,53 @@ def _p_text(p_value: float) -> str:
 # --- §3.1 ----------------------------------------------------------------------------------
 
 
-def _it_harms_transfer(analysis: RunAnalysis, finding: Finding) -> FindingResult:
-    transfer = analysis.of(TransferAnalysis)
-    assert transfer is not None
-    curves = transfer.loss_curves
-    curves = curves[(curves["context"] == "none") & (curves["shots"] > 0)]
-    wide = curves.pivot_table(index="shots", columns="label", values="mean")
-    if {"pre-trained", "instruction-tuned"} - set(wide.columns):
-        return _undefined(finding, "fine-tuning loss missing for one of the two models")
-    gaps = (wide["instruction-tuned"] - wide["pre-trained"]).dropna()
-    if gaps.empty:
-        return _undefined(finding, "no k > 0 measured for both models")
-    per_task = transfer.per_task_finetune
-    p_value = _paired_p(per_task["pretrained"], per_task["instruction_tuned"])
-    harmed = int((gaps > 0).sum())
-    verdict = _qualify(_count_verdict(harmed, gaps.size), p_value)
-    text = (f"IT − PT loss {gaps.mean():+.3f} on average; IT higher at {harmed}/{gaps.size} "
-            f"k ∈ {{{', '.join(str(k) for k in gaps.index)}}}{_p_text(p_value)}")
-    return FindingResult(finding, verdict, float(gaps.mean()), _nan_to_none(p_value), text)
+def _it_harms_transfer(metric: str) -> Callable[[RunAnalysis, Finding], FindingResult]:
+    """§3.1: "Pre-trained models adapt faster and with higher accuracy to unseen tasks than
+    instruction-tuned models, even when fine-tuning leverages in-context exemplars" — judged on
+    every fine-tuning context run (no context and exemplars), for loss (IT higher is harm) or
+    ROUGE-L (IT lower is harm), each context with its paired Wilcoxon test over tasks."""
+    name, harm_sign = ("loss", 1.0) if metric == "loss" else ("ROUGE-L", -1.0)
+
+    def evaluate(analysis: RunAnalysis, finding: Finding) -> FindingResult:
+        transfer = analysis.of(TransferAnalysis)
+        assert transfer is not None
+        curves = transfer.loss_curves if metric == "loss" else transfer.rouge_curves
+        if curves.empty:
+            return _undefined(finding, f"no fine-tuning {name} measured")
+        curves = curves[curves["shots"] > 0]
+        harmed = total = 0
+        p_values, parts, mean_gaps = [], [], []
+        for context in _contexts_none_first(curves["context"]):
+            wide = curves[curves["context"] == context].pivot_table(
+                index="shots", columns="label", values="mean")
+            if {"pre-trained", "instruction-tuned"} - set(wide.columns):
+                continue
+            gaps = (wide["instruction-tuned"] - wide["pre-trained"]).dropna()
+            if gaps.empty:
+                continue
+            per_task = transfer.per_task_finetune.get((context, metric))
+            p_value = (float("nan") if per_task is None else
+                       _paired_p(per_task["pretrained"], per_task["instruction_tuned"]))
+            context_harmed = int((harm_sign * gaps > 0).sum())
+            harmed, total = harmed + context_harmed, total + gaps.size
+            p_values.append(p_value)
+            mean_gaps.append(float(gaps.mean()))
+            parts.append(f"context {context}: IT − PT {gaps.mean():+.3f}, IT worse at "
+                         f"{context_harmed}/{gaps.size} k{_p_text(p_value)}")
+        if not total:
+            return _undefined(finding, f"fine-tuning {name} missing for one of the two models")
+        verdict = _count_verdict(harmed, total)
+        if verdict == REPRODUCES and any(math.isnan(p) or p >= ALPHA for p in p_values):
+            verdict = NOT_SIGNIFICANT
+        worst_p = max(p_values) if not any(math.isnan(p) for p in p_values) else float("nan")
+        return FindingResult(finding, verdict, float(np.mean(mean_gaps)), _nan_to_none(worst_p),
+                             "; ".join(parts))
+
+    return evaluate
+
+
+def _contexts_none_first(contexts: pd.Series) -> list[str]:
+    return sorted(set(contexts.dropna()), key=lambda context: (context != "none", context))
 
 
 def _it_improves_icl(analysis: RunAnalysis, finding: Finding) -> FindingResult:

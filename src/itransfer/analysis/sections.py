@@ -107,7 +107,8 @@ class TransferAnalysis:
     scatter: pd.DataFrame  # per task: finetune, icl (IT model)
     correlation: corr.Correlation
     icl_means: dict[str, float]  # label → mean ICL loss
-    per_task_finetune: pd.DataFrame  # per task: pretrained, instruction_tuned (mean over k > 0)
+    # (context, metric) → per task: pretrained, instruction_tuned (mean over k > 0)
+    per_task_finetune: dict[tuple[str, str], pd.DataFrame]
     per_task_icl: pd.DataFrame  # per task: pretrained, instruction_tuned
 
     @classmethod
@@ -134,8 +135,12 @@ class TransferAnalysis:
             icl_means={label: float(corr.icl_values(rows).mean())
                        for label, rows in (("pre-trained", pretrained_rows),
                                            ("instruction-tuned", tuned_rows))},
-            per_task_finetune=_paired(_few_shot_mean(pretrained_rows),
-                                      _few_shot_mean(tuned_rows)),
+            per_task_finetune={
+                (context, metric): _paired(_few_shot_mean(pretrained_rows, context, metric),
+                                           _few_shot_mean(tuned_rows, context, metric))
+                for context in _finetune_contexts(pretrained_rows, tuned_rows)
+                for metric in ("loss", "rougeL")
+            },
             per_task_icl=_paired(corr.icl_values(pretrained_rows), corr.icl_values(tuned_rows)),
         )
 
@@ -147,10 +152,19 @@ class TransferAnalysis:
                           table(self.scatter, index=True)))
 
 
-def _few_shot_mean(rows: pd.DataFrame) -> pd.Series:
-    """Per task: fine-tuning loss (no context) averaged over every k > 0 that was run."""
+def _finetune_contexts(*frames: pd.DataFrame) -> list[str]:
+    """The fine-tuning contexts run, "none" first (the paper's main curve)."""
+    found = set()
+    for rows in frames:
+        found |= set(rows.loc[rows["method"] == "finetune", "context"].dropna())
+    return sorted(found, key=lambda context: (context != "none", context))
+
+
+def _few_shot_mean(rows: pd.DataFrame, context: str = "none", metric: str = "loss"
+                   ) -> pd.Series:
+    """Per task: a fine-tuning metric (one context) averaged over every k > 0 that was run."""
     tuned = rows[(rows["method"] == "finetune") & (rows["split"] == "test")
-                 & (rows["metric"] == "loss") & (rows["context"] == "none")
+                 & (rows["metric"] == metric) & (rows["context"] == context)
                  & (rows["shots"] > 0)]
     return tuned.groupby(["task", "shots"])["value"].mean().groupby("task").mean()
 
