@@ -331,6 +331,8 @@ def test_write_report_full_run(tmp_path: Path) -> None:
     assert verdicts["4-proportional-best"].endswith("reproduces")
     assert verdicts["5.2-mixing-reduces-forgetting"].endswith("reproduces")
     assert verdicts["3.2-delta-correlation"].endswith("does not reproduce")  # planted ρ < 0
+    # every correlation has its difficulty-controlled partner (4: §3.1, §3.2, two §5.1 phases)
+    assert text.count("partial ρ=") == 4 and text.count("of ρ survives") == 4
     # provenance
     assert "abc123" in text and "train:it-proportional" in text and "61.2" in text
     markdown = paths.markdown.read_text(encoding="utf-8")

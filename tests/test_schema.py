@@ -26,6 +26,7 @@ from itransfer.schema import (
     MANIFEST_VERSION,
     PRETRAINED,
     SECTION_TYPES,
+    DataLimitsSection,
     EvalPlan,
     MixingSection,
     Need,
@@ -78,8 +79,19 @@ def test_trajectory_sections_need_the_pretrained_model_as_step_zero() -> None:
     needs = MixingSection.model_validate({"with": "a", "without": "b", "shots": 10}).needs(
         EvalConfig())
     expected = plan(shots=(10,), contexts=("none",))
+    # k = 0 as well: the pre-trained model's zero-shot loss is the task-difficulty control
     assert needs == [Need("a", "trajectory", expected), Need("b", "trajectory", expected),
-                     Need(PRETRAINED, "final", expected)]
+                     Need(PRETRAINED, "final", plan(shots=(0, 10), contexts=("none",)))]
+
+
+def test_correlating_sections_measure_the_difficulty_control() -> None:
+    """§3.2 asks for the pre-trained model's k = 0 loss although it trains no pre-trained cell."""
+    section = DataLimitsSection.model_validate(
+        {"models": {"10": "it-a", "all": "it-b"}, "delta": ["it-a", "it-b"], "shots": 5})
+    needs = {need.model: need for need in section.needs(EvalConfig())}
+    assert needs[PRETRAINED].plan == EvalPlan(shots=frozenset({0}),
+                                              contexts=frozenset({"none"}))
+    assert needs["it-a"].plan == plan(shots=(5,), contexts=("none",))
 
 
 # --- sections in experiment YAML -----------------------------------------------------------

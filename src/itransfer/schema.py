@@ -83,6 +83,11 @@ def _transfer_plan(shots: Iterable[int], contexts: Iterable[str] = ("none",)) ->
     return EvalPlan(icl=True, shots=frozenset(shots), contexts=frozenset(contexts))
 
 
+# The control of the task-difficulty confound (analysis.correlations.zero_shot_difficulty):
+# the pre-trained model's test loss at k = 0 with no context, one forward pass per test item.
+DIFFICULTY_PLAN = EvalPlan(shots=frozenset({0}), contexts=frozenset({"none"}))
+
+
 # --- sections ------------------------------------------------------------------------------
 
 
@@ -140,7 +145,8 @@ class TransferSection(Section):
 
     def needs(self, eval_config: EvalConfig) -> list[Need]:
         plan = _transfer_plan(eval_config.shots, eval_config.transfer_contexts)
-        return [Need(label, "final", plan) for label in self.model_labels()]
+        return [*(Need(label, "final", plan) for label in self.model_labels()),
+                Need(self.pretrained, "final", DIFFICULTY_PLAN)]
 
 
 @register_section("data_limits")
@@ -160,7 +166,8 @@ class DataLimitsSection(Section):
 
     def needs(self, eval_config: EvalConfig) -> list[Need]:
         plan = _transfer_plan({self.shots})
-        return [Need(label, "final", plan) for label in dict.fromkeys(self.model_labels())]
+        return [*(Need(label, "final", plan) for label in dict.fromkeys(self.model_labels())),
+                Need(PRETRAINED, "final", DIFFICULTY_PLAN)]
 
 
 @register_section("samplers")
@@ -230,7 +237,7 @@ def _trajectory_needs(labels: list[str], shots: int) -> list[Need]:
     """Every checkpoint of each model, and the pre-trained model as their step 0."""
     plan = _transfer_plan({shots})
     return [*(Need(label, "trajectory", plan) for label in labels),
-            Need(PRETRAINED, "final", plan)]
+            Need(PRETRAINED, "final", plan | DIFFICULTY_PLAN)]
 
 
 def _validate_sections(raw: Any) -> dict[str, Section]:

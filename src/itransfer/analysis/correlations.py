@@ -112,6 +112,130 @@ def _bootstrap_ci(
     return float(low), float(high)
 
 
+# --- the task-difficulty confound -----------------------------------------------------------
+
+DIFFICULTY = "the pre-trained model's zero-shot loss"
+
+
+@dataclass(frozen=True)
+class PartialCorrelation:
+    """Spearman's rho of x and y with a per-task control z partialled out of both, the plain
+    rho on the same tasks, and a permutation-test p-value for the partial rho.
+
+    Across tasks, fine-tuning loss and ICL loss can correlate only because some tasks have
+    harder targets for every method; with ``z`` a measure of that difficulty, the partial
+    rho is what is left of the relation once difficulty is accounted for.
+    """
+
+    rho: float
+    p_value: float  # two-sided, from permuting one side's residual ranks
+    plain_rho: float  # Spearman's rho of x and y on the same n tasks
+    n: int
+    n_permutations: int
+    control: str = DIFFICULTY
+    reason: str = ""
+
+    @property
+    def defined(self) -> bool:
+        return not math.isnan(self.rho)
+
+    @property
+    def surviving(self) -> float:
+        """The partial rho as a fraction of the plain one (NaN when the plain rho is 0)."""
+        if not self.defined or self.plain_rho == 0 or math.isnan(self.plain_rho):
+            return float("nan")
+        return self.rho / self.plain_rho
+
+    def describe(self) -> str:
+        if not self.defined:
+            return f"partial ρ undefined ({self.reason})"
+        survives = "" if math.isnan(self.surviving) else f", {self.surviving:.0%} of ρ survives"
+        return (f"partial ρ={self.rho:.3f} given {self.control} (permutation p="
+                f"{self.p_value:.2g}, n={self.n}{survives})")
+
+
+def partial_spearman(
+    x: Sequence[float] | np.ndarray | pd.Series,
+    y: Sequence[float] | np.ndarray | pd.Series,
+    control: Sequence[float] | np.ndarray | pd.Series,
+    *,
+    n_permutations: int = 2000,
+    seed: int = 0,
+    label: str = DIFFICULTY,
+) -> PartialCorrelation:
+    """Partial Spearman correlation of x and y given ``control``, with a permutation p-value.
+
+    The ranks of x and y are each regressed (least squares, with an intercept) on the ranks of
+    ``control``; the partial rho is Pearson's r of the two residuals, which equals the usual
+    first-order formula (r_xy − r_xz·r_yz) / √((1 − r_xz²)(1 − r_yz²)) on ranks. Its p-value
+    permutes one residual against the other (Kennedy's permutation of residuals), so it needs
+    no normality assumption: p = (1 + #{|r_perm| ≥ |r|}) / (1 + n_permutations). Triples with a
+    NaN are dropped; fewer than :data:`MIN_TASKS` + 1 tasks, or a constant side, is undefined.
+    """
+    xs, ys, zs = (np.asarray(values, dtype=float) for values in (x, y, control))
+    if not xs.shape == ys.shape == zs.shape:
+        raise ValueError(f"values differ in length: {xs.shape}, {ys.shape}, {zs.shape}")
+    keep = ~(np.isnan(xs) | np.isnan(ys) | np.isnan(zs))
+    xs, ys, zs = xs[keep], ys[keep], zs[keep]
+    n = int(xs.size)
+    nan = float("nan")
+
+    def undefined(reason: str) -> PartialCorrelation:
+        return PartialCorrelation(nan, nan, nan, n, n_permutations, label, reason)
+
+    # One more task than a plain correlation: partialling out the control costs a degree.
+    if n < MIN_TASKS + 1:
+        return undefined(f"fewer than {MIN_TASKS + 1} tasks (n={n})")
+    if min(np.ptp(xs), np.ptp(ys), np.ptp(zs)) == 0:
+        return undefined(f"constant values (n={n})")
+    rank_z = stats.rankdata(zs)
+    design = np.column_stack([np.ones(n), rank_z])
+
+    def residual(values: np.ndarray) -> np.ndarray:
+        ranks = stats.rankdata(values)
+        coefficients, *_ = np.linalg.lstsq(design, ranks, rcond=None)
+        return ranks - design @ coefficients
+
+    residual_x, residual_y = residual(xs), residual(ys)
+    # Ranks are O(n), so residuals this small are rounding: x or y is a linear function of the
+    # control's ranks and nothing is left to relate.
+    if min(np.abs(residual_x).max(), np.abs(residual_y).max()) < 1e-9 * n:
+        return undefined(f"fully explained by {label} (n={n})")
+    norm = math.sqrt(float((residual_x**2).sum() * (residual_y**2).sum()))
+    rho = float((residual_x * residual_y).sum() / norm)
+    rng = np.random.default_rng(seed)
+    shuffled = residual_y[np.argsort(rng.random((n_permutations, n)), axis=1)]
+    permuted = (shuffled * residual_x).sum(axis=1) / norm
+    exceed = int((np.abs(permuted) >= abs(rho) - 1e-12).sum())
+    p_value = (1 + exceed) / (1 + n_permutations)
+    plain = float(stats.spearmanr(xs, ys).statistic)
+    return PartialCorrelation(rho, p_value, plain, n, n_permutations, label)
+
+
+def zero_shot_difficulty(frame: pd.DataFrame, pretrained: str) -> pd.Series:
+    """Per task: the pre-trained model's test loss with no fine-tuning and no context (k = 0).
+
+    The control for the difficulty confound: a task whose targets are long or rare is hard
+    for every method, so its loss is high for fine-tuning and ICL alike.
+    """
+    rows = model_rows(frame, pretrained, 0)
+    return finetune_values(rows, 0, "none")
+
+
+def difficulty_partial(
+    table: pd.DataFrame, x: str, y: str, difficulty: pd.Series, *, seed: int = 0,
+    n_permutations: int = 2000,
+) -> PartialCorrelation:
+    """:func:`partial_spearman` of two columns of a per-task ``table`` given ``difficulty``."""
+    if difficulty.empty:
+        nan = float("nan")
+        return PartialCorrelation(nan, nan, nan, 0, n_permutations, DIFFICULTY,
+                                  "the pre-trained model's k = 0 loss was not measured")
+    joined = table[[x, y]].join(difficulty.rename("difficulty"), how="inner")
+    return partial_spearman(joined[x], joined[y], joined["difficulty"], seed=seed,
+                            n_permutations=n_permutations)
+
+
 # --- selecting per-task values -------------------------------------------------------------
 
 

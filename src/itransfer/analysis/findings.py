@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from itransfer.analysis.correlations import MIN_TASKS, Correlation
+from itransfer.analysis.correlations import MIN_TASKS, Correlation, PartialCorrelation
 from itransfer.analysis.paper import PAPER_FINDINGS, Finding
 from itransfer.analysis.sections import (
     DataLimitsAnalysis,
@@ -169,10 +169,13 @@ def _it_improves_icl(analysis: RunAnalysis, finding: Finding) -> FindingResult:
     return FindingResult(finding, verdict, gap, _nan_to_none(p_value), text)
 
 
-def _correlation_result(finding: Finding, correlation: Correlation, extra: str = ""
-                        ) -> FindingResult:
+def _correlation_result(finding: Finding, correlation: Correlation, extra: str = "",
+                        partial: PartialCorrelation | None = None) -> FindingResult:
+    if partial is not None:
+        extra += f"; {partial.describe()}"
     if not correlation.defined:
-        return FindingResult(finding, UNDEFINED, None, None, correlation.describe(), correlation)
+        return FindingResult(finding, UNDEFINED, None, None, correlation.describe() + extra,
+                             correlation)
     if correlation.rho <= 0:
         verdict = FAILS
     elif correlation.p_value < ALPHA:
@@ -186,7 +189,7 @@ def _correlation_result(finding: Finding, correlation: Correlation, extra: str =
 def _ft_icl_correlation(analysis: RunAnalysis, finding: Finding) -> FindingResult:
     transfer = analysis.of(TransferAnalysis)
     assert transfer is not None
-    return _correlation_result(finding, transfer.correlation)
+    return _correlation_result(finding, transfer.correlation, partial=transfer.partial)
 
 
 # --- §3.2 ----------------------------------------------------------------------------------
@@ -212,7 +215,7 @@ def _delta_correlation(analysis: RunAnalysis, finding: Finding) -> FindingResult
     limits = analysis.of(DataLimitsAnalysis)
     assert limits is not None
     return _correlation_result(finding, limits.correlation,
-                               f"; Δ = {limits.after} − {limits.before}")
+                               f"; Δ = {limits.after} − {limits.before}", limits.partial)
 
 
 # --- §4 ------------------------------------------------------------------------------------
@@ -252,7 +255,7 @@ def _early_phase(analysis: RunAnalysis, finding: Finding) -> FindingResult:
     trajectory = analysis.of(TrajectoryAnalysis)
     assert trajectory is not None
     early, late = trajectory.phases.early, trajectory.phases.late
-    label = f"; steps 0 → {trajectory.phases.split_step}"
+    label = f"; steps 0 → {trajectory.phases.split_step}; {trajectory.early_partial.describe()}"
     if not early.defined:
         return FindingResult(finding, UNDEFINED, None, None, early.describe() + label, early)
     if not late.defined:
@@ -270,7 +273,7 @@ def _late_phase(analysis: RunAnalysis, finding: Finding) -> FindingResult:
     phases = trajectory.phases
     early, late = phases.early, phases.late
     label = f"; steps {phases.split_step} → {phases.final_step}"
-    result = _correlation_result(finding, late, label)
+    result = _correlation_result(finding, late, label, trajectory.late_partial)
     if result.verdict in (UNDEFINED, FAILS):
         return result
     if not early.defined:
@@ -278,7 +281,7 @@ def _late_phase(analysis: RunAnalysis, finding: Finding) -> FindingResult:
     if late.rho <= early.rho:
         return FindingResult(finding, FAILS, late.rho, late.p_value,
                              f"{late.describe()}{label} — not above the early phase "
-                             f"(ρ={early.rho:.3f})", late)
+                             f"(ρ={early.rho:.3f}); {trajectory.late_partial.describe()}", late)
     return result
 
 

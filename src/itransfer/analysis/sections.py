@@ -106,6 +106,7 @@ class TransferAnalysis:
     rouge_curves: pd.DataFrame  # the same for ROUGE-L (empty when nothing was generated)
     scatter: pd.DataFrame  # per task: finetune, icl (IT model)
     correlation: corr.Correlation
+    partial: corr.PartialCorrelation  # the correlation with task difficulty partialled out
     icl_means: dict[str, float]  # label → mean ICL loss
     # (context, metric) → per task: pretrained, instruction_tuned (mean over k > 0)
     per_task_finetune: dict[tuple[str, str], pd.DataFrame]
@@ -132,6 +133,9 @@ class TransferAnalysis:
             scatter=scatter,
             correlation=corr.spearman(scatter["finetune"], scatter["icl"], n_boot=n_boot,
                                       seed=seed),
+            partial=corr.difficulty_partial(
+                scatter, "finetune", "icl",
+                corr.zero_shot_difficulty(frame, section.pretrained), seed=seed),
             icl_means={label: float(corr.icl_values(rows).mean())
                        for label, rows in (("pre-trained", pretrained_rows),
                                            ("instruction-tuned", tuned_rows))},
@@ -183,6 +187,7 @@ class DataLimitsAnalysis:
     after: str
     deltas: pd.DataFrame  # per task: icl/finetune before, after, delta
     correlation: corr.Correlation
+    partial: corr.PartialCorrelation  # the correlation with task difficulty partialled out
 
     @classmethod
     def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: DataLimitsSection, *,
@@ -198,6 +203,9 @@ class DataLimitsAnalysis:
             summary=corr.data_limit_summary(frame, section.models, shots=section.shots),
             before=before, after=after, deltas=deltas,
             correlation=corr.delta_correlation(deltas, n_boot=n_boot, seed=seed),
+            partial=corr.difficulty_partial(
+                deltas, "finetune_delta", "icl_delta",
+                corr.zero_shot_difficulty(frame, manifest.pretrained), seed=seed),
         )
 
     def tables_html(self) -> str:
@@ -285,20 +293,28 @@ class TrajectoryAnalysis:
     spec: TrajectorySection
     curves: pd.DataFrame  # step, method (icl | finetune) → mean loss
     phases: corr.PhaseCorrelations
+    early_partial: corr.PartialCorrelation  # each phase's correlation, difficulty partialled out
+    late_partial: corr.PartialCorrelation
 
     @classmethod
     def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: TrajectorySection, *,
                 n_boot: int, seed: int) -> TrajectoryAnalysis:
         steps = trajectory_steps(frame, manifest, section.model)
+        phases = corr.phase_correlations(
+            frame, section.model, split_step=section.phase_split_step,
+            final_step=max(steps), pretrained=manifest.pretrained, shots=section.shots,
+            seed=seed,
+        )
+        difficulty = corr.zero_shot_difficulty(frame, manifest.pretrained)
         return cls(
             spec=section,
             curves=corr.trajectory_curves(frame, section.model, steps,
                                           pretrained=manifest.pretrained, shots=section.shots),
-            phases=corr.phase_correlations(
-                frame, section.model, split_step=section.phase_split_step,
-                final_step=max(steps), pretrained=manifest.pretrained, shots=section.shots,
-                seed=seed,
-            ),
+            phases=phases,
+            early_partial=corr.difficulty_partial(phases.early_table, "finetune_delta",
+                                                  "icl_delta", difficulty, seed=seed),
+            late_partial=corr.difficulty_partial(phases.late_table, "finetune_delta",
+                                                 "icl_delta", difficulty, seed=seed),
         )
 
     def tables_html(self) -> str:
