@@ -16,6 +16,7 @@ from itransfer.models import (
     LoadedModel,
     bundled_model_dir,
     load_model_and_tokenizer,
+    model_facts,
     save_model,
 )
 
@@ -149,3 +150,18 @@ def test_save_model_is_atomic_when_writing_fails(
     # A failed overwrite keeps the previous complete checkpoint.
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_model_facts_count_parameters_without_loading_weights(tiny_t5: LoadedModel,
+                                                              tmp_path: Path) -> None:
+    facts = model_facts(DEFAULT_MODEL)
+    assert facts is not None
+    # tied input/output embeddings count once, as in the loaded model
+    assert facts.num_parameters == sum(p.numel() for p in tiny_t5.model.parameters())
+    assert facts.vocab_size == tiny_t5.model.config.vocab_size
+    _tiny_causal_model(tmp_path / "gpt")
+    causal = model_facts(tmp_path / "gpt")
+    assert causal is not None
+    loaded = load_model_and_tokenizer(tmp_path / "gpt").model
+    assert causal.num_parameters == loaded.num_parameters()
+    assert model_facts(tmp_path / "missing") is None  # a report never fails on its header

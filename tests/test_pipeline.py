@@ -11,6 +11,7 @@ import yaml
 from itransfer.errors import ConfigError, DataError
 from itransfer.eval.results import ResultsTable
 from itransfer.experiment import load_experiment
+from itransfer.models import load_model_and_tokenizer
 from itransfer.pipeline import run_experiment
 from itransfer.schema import MANIFEST_VERSION, read_manifest
 from two_processes import launch_two
@@ -63,6 +64,9 @@ def test_stages_run_once_then_are_reused(tiny_model_dir: Path, tmp_path: Path) -
     assert manifest.final_step("it-a") == 6 and manifest.trajectory_of("it-a") == (0, 3, 6)
     assert manifest.models["it-b"].sampler == "uniform"
     assert manifest.models["pretrained"].kind == "pretrained"
+    tiny = load_model_and_tokenizer(tiny_model_dir).model  # the report's scale facts
+    assert manifest.models["pretrained"].num_parameters == tiny.num_parameters()
+    assert manifest.models["pretrained"].vocab_size == tiny.config.vocab_size
 
     second = run_experiment(experiment, tmp_path / "run", write_report=False)
     assert second.timings == {} and len(second.cached_stages) == len(first.timings)

@@ -133,6 +133,38 @@ def load_model_and_tokenizer(
     return LoadedModel(model=model, tokenizer=tokenizer, architecture=chosen, source=source)
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a report says about a model's scale, read without loading its weights."""
+
+    num_parameters: int
+    vocab_size: int
+
+
+def model_facts(name_or_path: str | Path, *, trust_remote_code: bool = False
+                ) -> ModelFacts | None:
+    """Parameter count and output vocabulary of a model, from its config alone.
+
+    The model is built on the meta device (no memory, no weights read) and its distinct
+    parameters counted, so tied embeddings count once. Never downloads: a hub model that is not
+    in the local cache, or a config this transformers cannot build, gives None.
+    """
+    try:
+        source, _ = resolve_model_source(name_or_path)
+        config = AutoConfig.from_pretrained(source, local_files_only=True,
+                                            trust_remote_code=trust_remote_code)
+        model_class = (AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False)
+                       else AutoModelForCausalLM)
+        with torch.device("meta"):
+            model = model_class.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, ITransferError) as exc:
+        logger.info("no scale facts for %s: %s", name_or_path, exc)
+        return None
+    vocab_size = int(model.get_output_embeddings().weight.shape[0])
+    return ModelFacts(num_parameters=sum(p.numel() for p in model.parameters()),
+                      vocab_size=vocab_size)
+
+
 def _choose_architecture(
     config: PretrainedConfig, requested: str, source: str
 ) -> Architecture:

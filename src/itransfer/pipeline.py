@@ -44,6 +44,7 @@ from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable, config_has
 from itransfer.experiment import Experiment
 from itransfer.io_utils import atomic_write_text, staged_dir
 from itransfer.launch import agreed, make_state
+from itransfer.models import model_facts
 from itransfer.provenance import git_revision, package_versions, write_run_record
 from itransfer.schema import (
     MANIFEST,
@@ -339,8 +340,13 @@ def _write_manifest(
     out_dir: Path, experiment: Experiment, checkpoints: dict[str, dict[int, Path]],
     timings: dict[str, float], store: Path,
 ) -> None:
-    models = {PRETRAINED: ModelInfo(kind="pretrained",
-                                    name_or_path=experiment.base.model.name_or_path)}
+    base_model = experiment.base.model
+    facts = model_facts(base_model.name_or_path, trust_remote_code=base_model.trust_remote_code)
+    models = {PRETRAINED: ModelInfo(
+        kind="pretrained", name_or_path=base_model.name_or_path,
+        num_parameters=facts.num_parameters if facts else None,
+        vocab_size=facts.vocab_size if facts else None,
+    )}
     for label, steps in checkpoints.items():
         if label == PRETRAINED:
             continue

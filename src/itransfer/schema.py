@@ -285,6 +285,8 @@ class ModelInfo(StrictModel):
 
     kind: Literal["pretrained", "instruction_tuned"] = "instruction_tuned"
     name_or_path: str | None = None
+    num_parameters: int | None = None  # the pre-trained model's; None when unknown
+    vocab_size: int | None = None  # rows of the output layer: ln of it is the uniform-guess loss
     sampler: str | None = None
     sampler_spec: dict[str, Any] | None = None
     data_limit: int | None = None

@@ -32,6 +32,7 @@ from itransfer.analysis.findings import (
     evaluate_findings,
 )
 from itransfer.analysis.html import details, table
+from itransfer.analysis.scale import NEAR_UNIFORM_SHARE, ScaleAssessment, assess_scale
 from itransfer.analysis.sections import RunAnalysis, analyse
 from itransfer.eval.results import ResultsTable
 from itransfer.io_utils import atomic_write_text
@@ -58,10 +59,12 @@ def write_report(run_dir: Path, *, n_boot: int = 2000, seed: int = 0) -> ReportP
     frame = ResultsTable(run_dir).read()
     analysis = analyse(frame, manifest, n_boot=n_boot, seed=seed)
     findings = evaluate_findings(analysis)
+    scale = assess_scale(frame, analysis, findings)
     figures = draw_all(analysis, run_dir / FIGURES_DIR)
     html_path, markdown_path = run_dir / REPORT_HTML, run_dir / REPORT_MD
-    atomic_write_text(html_path, render_html(analysis, findings, figures))
-    atomic_write_text(markdown_path, render_markdown(analysis, findings, figures, run_dir))
+    atomic_write_text(html_path, render_html(analysis, findings, figures, scale))
+    atomic_write_text(markdown_path,
+                      render_markdown(analysis, findings, figures, run_dir, scale))
     return ReportPaths(html=html_path, markdown=markdown_path, figures=figures)
 
 
@@ -72,8 +75,37 @@ def _paper_cell(result: FindingResult) -> str:
     return result.finding.paper_text
 
 
-def _verdict_cell(result: FindingResult) -> str:
-    return f"{VERDICT_MARKS.get(result.verdict, '')} {result.verdict}".strip()
+def _verdict_cell(result: FindingResult, scale: ScaleAssessment | None = None) -> str:
+    verdict = f"{VERDICT_MARKS.get(result.verdict, '')} {result.verdict}".strip()
+    return f"{verdict} (pipeline check)" if scale is not None and scale.pipeline_check else verdict
+
+
+def _parameters_text(count: int | None) -> str:
+    if count is None:
+        return "unknown"
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if count >= size:
+            return f"{count / size:.1f}{unit} ({count:,})"
+    return f"{count:,}"
+
+
+def _scale_summary(scale: ScaleAssessment) -> str:
+    """One sentence: the model's size and how far the run's losses are from a uniform guess."""
+    parts = [f"model: {_parameters_text(scale.num_parameters)} parameters"]
+    if scale.uniform_loss is not None:
+        parts.append(f"uniform-guess loss ln {scale.vocab_size} = {scale.uniform_loss:.2f}")
+    losses = scale.models[["icl_loss", "finetune_loss_k>0"]].min(axis=1).dropna()
+    if not losses.empty:
+        parts.append(f"best mean unseen loss {losses.min():.2f}")
+    rouge = scale.models[["icl_rougeL", "finetune_rougeL_k>0"]].max(axis=1).dropna()
+    if not rouge.empty:
+        parts.append(f"best mean ROUGE-L {rouge.max():.1f}")
+    return "; ".join(parts)
+
+
+def _pipeline_check_text(scale: ScaleAssessment) -> str:
+    return ("Every verdict below is a pipeline check, not a finding: "
+            + "; ".join(scale.pipeline_check_reasons) + ".")
 
 
 def _image(name: str, path: Path) -> str:
@@ -102,7 +134,7 @@ pre { background: #f4f4f4; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
 
 
 def render_html(analysis: RunAnalysis, findings: list[FindingResult],
-                figures: Mapping[str, Path]) -> str:
+                figures: Mapping[str, Path], scale: ScaleAssessment | None = None) -> str:
     manifest = analysis.manifest
     title = manifest.title or manifest.experiment or "itransfer run"
     parts = [
@@ -115,8 +147,9 @@ def render_html(analysis: RunAnalysis, findings: list[FindingResult],
             ("results rows", analysis.num_rows),
             ("git commit", _git_text(manifest.git)),
         ]),
+        *([_scale_html(scale)] if scale is not None else []),
         "<h2>Findings: the paper vs this run</h2>",
-        _findings_html(findings),
+        _findings_html(findings, scale),
     ]
     for key, section_analysis in analysis.sections.items():
         section = manifest.sections[key]
@@ -128,7 +161,24 @@ def render_html(analysis: RunAnalysis, findings: list[FindingResult],
     return "\n".join(parts) + "\n"
 
 
-def _findings_html(findings: list[FindingResult]) -> str:
+def _scale_html(scale: ScaleAssessment) -> str:
+    parts = ["<h2>Scale and power</h2>", f"<p>{html.escape(_scale_summary(scale))}.</p>"]
+    if scale.pipeline_check:
+        parts.append(f"<p><b>{html.escape(_pipeline_check_text(scale))}</b></p>")
+    parts.append(details(
+        f"Mean unseen-task loss and ROUGE-L per model ({len(scale.models)} models)",
+        "<p>A model whose mean loss reaches "
+        f"{NEAR_UNIFORM_SHARE:.0%} of the uniform-guess loss has learned next to nothing."
+        "</p>" + table(scale.models)))
+    if not scale.power.empty:
+        parts.append(
+            "<p>Tasks behind each correlation, the smallest |ρ| they make significant "
+            "(p &lt; 0.05, two-sided) and the |ρ| they detect with 80% power:</p>"
+            + table(scale.power))
+    return "".join(parts)
+
+
+def _findings_html(findings: list[FindingResult], scale: ScaleAssessment | None = None) -> str:
     if not findings:
         return "<p>This run has no section of the paper to compare.</p>"
     header = ("<tr><th>§</th><th>Figure</th><th>Claim</th><th>Paper</th><th>This run</th>"
@@ -139,7 +189,8 @@ def _findings_html(findings: list[FindingResult]) -> str:
         cells = [finding.paper_section, finding.figure, finding.claim, _paper_cell(result),
                  result.run_text]
         rows.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells)
-                    + f'<td class="verdict">{html.escape(_verdict_cell(result))}</td></tr>')
+                    + f'<td class="verdict">{html.escape(_verdict_cell(result, scale))}'
+                    + "</td></tr>")
     legend = ("<p>✓ reproduces · ≈ right direction, not significant (p ≥ 0.05) · ◐ partly · "
               "✗ does not reproduce · ? undefined (too few tasks or points). Correlations "
               "need at least 3 tasks.</p>")
@@ -186,17 +237,22 @@ def _markdown_cell(text: str) -> str:
 
 
 def render_markdown(analysis: RunAnalysis, findings: list[FindingResult],
-                    figures: Mapping[str, Path], run_dir: Path) -> str:
+                    figures: Mapping[str, Path], run_dir: Path,
+                    scale: ScaleAssessment | None = None) -> str:
     manifest = analysis.manifest
     lines = [f"# {manifest.title or manifest.experiment or 'itransfer run'}", "",
              f"Experiment `{manifest.experiment}` · {analysis.num_rows} result rows · "
              f"git {_git_text(manifest.git)} · full report: [{REPORT_HTML}]({REPORT_HTML})", ""]
+    if scale is not None:
+        lines += [f"Scale: {_scale_summary(scale)}.", ""]
+        if scale.pipeline_check:
+            lines += [f"**{_pipeline_check_text(scale)}**", ""]
     if findings:
         lines += ["| § | Claim | Paper | This run | Verdict |", "|---|---|---|---|---|"]
         lines += [
             "| " + " | ".join(_markdown_cell(cell) for cell in (
                 result.finding.paper_section, result.finding.claim, _paper_cell(result),
-                result.run_text, _verdict_cell(result))) + " |"
+                result.run_text, _verdict_cell(result, scale))) + " |"
             for result in findings
         ]
         counts = pd.Series([result.verdict for result in findings]).value_counts()

@@ -1,0 +1,128 @@
+"""What a run can show: the model's scale, its distance from guessing, each correlation's power.
+
+A miniature's verdicts are easy to mistake for findings. The report's header therefore states
+the model's parameter count, each evaluated model's mean unseen-task loss beside the loss of a
+uniform guess over the vocabulary (ln V) and its mean ROUGE-L, and for every correlation the
+number of tasks behind it with the smallest |ρ| that many tasks can show. When the models have
+learned next to nothing (mean loss near ln V) or generate nothing ROUGE-L can score, every
+verdict is a check that the pipeline runs, not evidence about the paper's claims.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from scipy import stats
+
+from itransfer.analysis.correlations import model_rows
+from itransfer.analysis.findings import FindingResult
+from itransfer.analysis.sections import RunAnalysis, evaluated_step
+
+ALPHA = 0.05
+POWER = 0.8
+# A model whose mean loss is at least this share of ln V predicts about as well as a uniform
+# guess over the vocabulary: its per-task differences are noise, not transfer.
+NEAR_UNIFORM_SHARE = 0.9
+
+
+def critical_rho(n: int, alpha: float = ALPHA) -> float:
+    """The smallest |ρ| with a two-sided p < ``alpha`` over ``n`` tasks (t approximation,
+    the one :func:`scipy.stats.spearmanr` uses for its p-value); NaN below 3 tasks."""
+    if n < 3:
+        return float("nan")
+    t = float(stats.t.ppf(1 - alpha / 2, n - 2))
+    return t / math.sqrt(n - 2 + t * t)
+
+
+def detectable_rho(n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The |ρ| that ``n`` tasks detect (p < ``alpha``) with probability ``power``.
+
+    Fisher's z with the variance of Spearman's rho, 1.06 / (n − 3) (Fieller, Hartley &
+    Pearson, 1957): |ρ| = tanh((z_{1−α/2} + z_power) · √(1.06 / (n − 3))); NaN below 4 tasks.
+    """
+    if n < 4:
+        return float("nan")
+    z = float(stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power))
+    return min(1.0, math.tanh(z * math.sqrt(1.06 / (n - 3))))
+
+
+@dataclass(frozen=True)
+class ScaleAssessment:
+    num_parameters: int | None
+    vocab_size: int | None
+    models: pd.DataFrame  # per model: step, mean ICL / fine-tuning loss, mean ROUGE-L, tasks
+    power: pd.DataFrame  # per correlation finding: n, critical |ρ|, |ρ| detectable at 80 %
+    pipeline_check_reasons: tuple[str, ...]
+
+    @property
+    def uniform_loss(self) -> float | None:
+        return math.log(self.vocab_size) if self.vocab_size else None
+
+    @property
+    def pipeline_check(self) -> bool:
+        """True when the verdicts check the pipeline rather than test the paper."""
+        return bool(self.pipeline_check_reasons)
+
+
+def _unseen_means(rows: pd.DataFrame, method: str, metric: str) -> tuple[float, int]:
+    chosen = rows[(rows["method"] == method) & (rows["metric"] == metric)
+                  & (rows["split"] == "test")]
+    if method == "finetune":
+        chosen = chosen[chosen["shots"] > 0]
+    per_task = chosen.groupby("task")["value"].mean()
+    return (float(per_task.mean()) if not per_task.empty else float("nan"), int(per_task.size))
+
+
+def assess_scale(frame: pd.DataFrame, analysis: RunAnalysis,
+                 findings: Sequence[FindingResult]) -> ScaleAssessment:
+    manifest = analysis.manifest
+    pretrained = manifest.models.get(manifest.pretrained)
+    num_parameters = pretrained.num_parameters if pretrained else None
+    vocab_size = pretrained.vocab_size if pretrained else None
+    records = []
+    for label in manifest.models:
+        step = evaluated_step(frame, manifest, label) if not frame.empty else None
+        rows = model_rows(frame, label, step) if not frame.empty else frame
+        if rows.empty:
+            continue
+        icl_loss, n_tasks = _unseen_means(rows, "icl", "loss")
+        finetune_loss, _ = _unseen_means(rows, "finetune", "loss")
+        icl_rouge, _ = _unseen_means(rows, "icl", "rougeL")
+        finetune_rouge, _ = _unseen_means(rows, "finetune", "rougeL")
+        records.append({"model": label, "step": int(rows["checkpoint_step"].iloc[0]),
+                        "icl_loss": icl_loss, "finetune_loss_k>0": finetune_loss,
+                        "icl_rougeL": icl_rouge, "finetune_rougeL_k>0": finetune_rouge,
+                        "n_tasks": n_tasks})
+    models = pd.DataFrame.from_records(
+        records, columns=["model", "step", "icl_loss", "finetune_loss_k>0", "icl_rougeL",
+                          "finetune_rougeL_k>0", "n_tasks"])
+    power = pd.DataFrame.from_records(
+        [{"finding": result.finding.id, "n_tasks": result.correlation.n,
+          "rho": result.correlation.rho,
+          "critical_abs_rho_p<0.05": critical_rho(result.correlation.n),
+          "abs_rho_detectable_80%": detectable_rho(result.correlation.n)}
+         for result in findings if result.correlation is not None],
+        columns=["finding", "n_tasks", "rho", "critical_abs_rho_p<0.05",
+                 "abs_rho_detectable_80%"])
+    return ScaleAssessment(num_parameters, vocab_size, models, power,
+                           _pipeline_check_reasons(models, vocab_size))
+
+
+def _pipeline_check_reasons(models: pd.DataFrame, vocab_size: int | None) -> tuple[str, ...]:
+    reasons = []
+    if models.empty:
+        return ("no model has unseen-task results",)
+    losses = models[["icl_loss", "finetune_loss_k>0"]].min(axis=1).dropna()
+    if vocab_size and not losses.empty:
+        uniform = math.log(vocab_size)
+        best = float(losses.min())
+        if best >= NEAR_UNIFORM_SHARE * uniform:
+            reasons.append(f"the best mean loss, {best:.2f}, is {best / uniform:.0%} of the "
+                           f"uniform-guess loss ln {vocab_size} = {uniform:.2f}")
+    rouge = models[["icl_rougeL", "finetune_rougeL_k>0"]]
+    if rouge.notna().any(axis=None) and not (rouge.fillna(0) > 0).any(axis=None):
+        reasons.append("no generation scores above ROUGE-L 0")
+    return tuple(reasons)
