@@ -434,6 +434,26 @@ def trajectory_curves(
     return pd.DataFrame.from_records(records, columns=columns)
 
 
+def trajectory_points(
+    frame: pd.DataFrame, model: str, steps: Sequence[int], *, pretrained: str = "pretrained",
+    shots: int = 5, context: str = "none", metric: str = "loss",
+) -> pd.DataFrame:
+    """Per task and step of a trajectory: ICL and k-shot fine-tuning ``metric`` (long form:
+    step, task, icl, finetune), what the paired tests between two steps read."""
+    tables = []
+    for step in sorted(set(steps)):
+        rows = model_rows(frame, model, step, pretrained=pretrained)
+        table = pd.concat({"icl": icl_values(rows, metric),
+                           "finetune": finetune_values(rows, shots, context, metric)}, axis=1)
+        if not table.empty:
+            table.index.name = "task"
+            tables.append(table.reset_index().assign(step=int(step)))
+    columns = ["step", "task", "icl", "finetune"]
+    if not tables:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(tables, ignore_index=True)[columns]
+
+
 def mean_losses(
     frame: pd.DataFrame, model: str, *, step: int | None = None, shots: int = 5,
     context: str = "none", pretrained: str | None = None,

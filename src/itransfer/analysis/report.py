@@ -23,13 +23,16 @@ import pandas as pd
 
 from itransfer.analysis.figures import draw_all
 from itransfer.analysis.findings import (
+    ALPHA,
     FAILS,
     NOT_SIGNIFICANT,
     PARTLY,
     REPRODUCES,
     UNDEFINED,
+    WEAK_RHO,
     FindingResult,
     evaluate_findings,
+    holm_summary,
 )
 from itransfer.analysis.html import details, table
 from itransfer.analysis.scale import NEAR_UNIFORM_SHARE, ScaleAssessment, assess_scale
@@ -58,7 +61,7 @@ def write_report(run_dir: Path, *, n_boot: int = 2000, seed: int = 0) -> ReportP
     manifest = read_manifest(run_dir)
     frame = ResultsTable(run_dir).read()
     analysis = analyse(frame, manifest, n_boot=n_boot, seed=seed)
-    findings = evaluate_findings(analysis)
+    findings = evaluate_findings(analysis, n_boot=n_boot, seed=seed)
     scale = assess_scale(frame, analysis, findings)
     figures = draw_all(analysis, run_dir / FIGURES_DIR)
     html_path, markdown_path = run_dir / REPORT_HTML, run_dir / REPORT_MD
@@ -178,22 +181,32 @@ def _scale_html(scale: ScaleAssessment) -> str:
     return "".join(parts)
 
 
+def _test_cell(result: FindingResult) -> str:
+    """The test behind a verdict, with its Holm-adjusted p-value."""
+    if not result.test:
+        return "—"
+    holm_text = "" if result.holm_p is None else f" · Holm-adjusted p={result.holm_p:.2g}"
+    return result.test + holm_text
+
+
 def _findings_html(findings: list[FindingResult], scale: ScaleAssessment | None = None) -> str:
     if not findings:
         return "<p>This run has no section of the paper to compare.</p>"
     header = ("<tr><th>§</th><th>Figure</th><th>Claim</th><th>Paper</th><th>This run</th>"
-              "<th>Verdict</th></tr>")
+              "<th>Test</th><th>Verdict</th></tr>")
     rows = []
     for result in findings:
         finding = result.finding
         cells = [finding.paper_section, finding.figure, finding.claim, _paper_cell(result),
-                 result.run_text]
+                 result.run_text, _test_cell(result)]
         rows.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells)
                     + f'<td class="verdict">{html.escape(_verdict_cell(result, scale))}'
                     + "</td></tr>")
-    legend = ("<p>✓ reproduces · ≈ right direction, not significant (p ≥ 0.05) · ◐ partly · "
-              "✗ does not reproduce · ? undefined (too few tasks or points). Correlations "
-              "need at least 3 tasks.</p>")
+    legend = (f"<p>✓ reproduces: the claimed direction holds everywhere and its test passes at "
+              f"α = {ALPHA} (every test, for a claim made of several) · ≈ the direction holds, "
+              "a test does not pass · ◐ partly · ✗ does not reproduce · ? undefined (too few "
+              f"tasks or points). A correlation is weak below ρ = {WEAK_RHO}. "
+              f"{html.escape(holm_summary(findings))}</p>")
     how = "".join(f"<li><b>{html.escape(r.finding.id)}</b>: "
                   f"{html.escape(r.finding.how_to_compute)}</li>" for r in findings)
     return (f'<table class="data">{header}{"".join(rows)}</table>{legend}'
@@ -248,16 +261,18 @@ def render_markdown(analysis: RunAnalysis, findings: list[FindingResult],
         if scale.pipeline_check:
             lines += [f"**{_pipeline_check_text(scale)}**", ""]
     if findings:
-        lines += ["| § | Claim | Paper | This run | Verdict |", "|---|---|---|---|---|"]
+        lines += ["| § | Claim | Paper | This run | Test | Verdict |",
+                  "|---|---|---|---|---|---|"]
         lines += [
             "| " + " | ".join(_markdown_cell(cell) for cell in (
                 result.finding.paper_section, result.finding.claim, _paper_cell(result),
-                result.run_text, _verdict_cell(result, scale))) + " |"
+                result.run_text, _test_cell(result), _verdict_cell(result, scale))) + " |"
             for result in findings
         ]
         counts = pd.Series([result.verdict for result in findings]).value_counts()
         lines += ["", "Verdicts: " + ", ".join(f"{count} {verdict}"
-                                               for verdict, count in counts.items()), ""]
+                                               for verdict, count in counts.items()) + ". "
+                  + holm_summary(findings), ""]
     else:
         lines += ["This run has no section of the paper to compare.", ""]
     if figures:

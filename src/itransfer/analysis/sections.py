@@ -188,11 +188,22 @@ class DataLimitsAnalysis:
     deltas: pd.DataFrame  # per task: icl/finetune before, after, delta
     correlation: corr.Correlation
     partial: corr.PartialCorrelation  # the correlation with task difficulty partialled out
+    # per task: the largest limit ("before") and the smallest ("after"), for the paired tests
+    extremes: pd.DataFrame
 
     @classmethod
     def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: DataLimitsSection, *,
                 n_boot: int, seed: int) -> DataLimitsAnalysis:
         before, after = section.delta
+        summary = corr.data_limit_summary(frame, section.models, shots=section.shots)
+        measured = summary.dropna(subset=["icl_loss", "finetune_loss"], how="all")
+        extremes = pd.DataFrame()
+        if len(measured) >= 2:
+            largest, smallest = measured.iloc[-1]["model"], measured.iloc[0]["model"]
+            extremes = corr.model_deltas(
+                frame, largest, smallest, shots=section.shots,
+                before_step=evaluated_step(frame, manifest, largest),
+                after_step=evaluated_step(frame, manifest, smallest))
         deltas = corr.model_deltas(
             frame, before, after, shots=section.shots,
             before_step=evaluated_step(frame, manifest, before),
@@ -200,7 +211,7 @@ class DataLimitsAnalysis:
         )
         return cls(
             spec=section,
-            summary=corr.data_limit_summary(frame, section.models, shots=section.shots),
+            summary=summary, extremes=extremes,
             before=before, after=after, deltas=deltas,
             correlation=corr.delta_correlation(deltas, n_boot=n_boot, seed=seed),
             partial=corr.difficulty_partial(
@@ -222,6 +233,8 @@ class SamplersAnalysis:
     summary: pd.DataFrame  # per sampler (every one trained): seen losses, ICL loss, role
     binned: pd.DataFrame  # per compared sampler, split and size bin: mean seen loss
     comparison: seen_fit.SamplerComparison
+    per_task_seen_test: pd.DataFrame  # seen task × compared sampler: test loss
+    per_task_icl: pd.DataFrame  # unseen task × compared sampler: ICL loss
 
     @classmethod
     def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: SamplersSection, *,
@@ -243,6 +256,12 @@ class SamplersAnalysis:
         return cls(
             spec=section, summary=summary, comparison=comparison,
             binned=seen_fit.size_binned_seen_losses(frame, compared_models, steps=steps),
+            per_task_seen_test=pd.DataFrame({
+                name: seen_fit.seen_task_table(frame, model, steps.get(name))["test_loss"]
+                for name, model in compared_models.items()}),
+            per_task_icl=pd.DataFrame({
+                name: corr.icl_values(corr.model_rows(frame, model, steps.get(name)))
+                for name, model in compared_models.items()}),
         )
 
     @property
@@ -292,6 +311,7 @@ class TrajectoryAnalysis:
 
     spec: TrajectorySection
     curves: pd.DataFrame  # step, method (icl | finetune) → mean loss
+    points: pd.DataFrame  # per step and task: icl, finetune loss (for the paired tests)
     phases: corr.PhaseCorrelations
     early_partial: corr.PartialCorrelation  # each phase's correlation, difficulty partialled out
     late_partial: corr.PartialCorrelation
@@ -309,6 +329,8 @@ class TrajectoryAnalysis:
         return cls(
             spec=section,
             curves=corr.trajectory_curves(frame, section.model, steps,
+                                          pretrained=manifest.pretrained, shots=section.shots),
+            points=corr.trajectory_points(frame, section.model, steps,
                                           pretrained=manifest.pretrained, shots=section.shots),
             phases=phases,
             early_partial=corr.difficulty_partial(phases.early_table, "finetune_delta",
@@ -334,17 +356,22 @@ class MixingAnalysis:
 
     spec: MixingSection
     curves: pd.DataFrame  # label (with | without), step, method → mean loss
+    points: pd.DataFrame  # label, step, task → icl, finetune loss (for the paired tests)
 
     @classmethod
     def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: MixingSection, *,
                 n_boot: int, seed: int) -> MixingAnalysis:
-        curves = []
+        curves, points = [], []
         for label, model in (("with mixing", section.with_), ("without mixing", section.without)):
             steps = trajectory_steps(frame, manifest, model)
             curve = corr.trajectory_curves(frame, model, steps, pretrained=manifest.pretrained,
                                            shots=section.shots)
             curves.append(curve.assign(label=label))
-        return cls(spec=section, curves=pd.concat(curves, ignore_index=True))
+            points.append(corr.trajectory_points(frame, model, steps,
+                                                 pretrained=manifest.pretrained,
+                                                 shots=section.shots).assign(label=label))
+        return cls(spec=section, curves=pd.concat(curves, ignore_index=True),
+                   points=pd.concat(points, ignore_index=True))
 
     def tables_html(self) -> str:
         return ("<p>Drawn in Figure 4 (left) above.</p><h3>Mean loss by step</h3>"
