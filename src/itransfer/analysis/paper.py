@@ -75,7 +75,8 @@ PAPER_FINDINGS: tuple[Finding, ...] = (
         kind="direction", paper_value=None, paper_p=None,
         paper_text="smallest limit has lower ICL and FT loss than the largest",
         how_to_compute="Mean ICL loss and 5-shot fine-tuning loss of the smallest-limit model "
-                       "minus those of the largest-limit model (both should be negative).",
+                       "minus those of the largest-limit model (both should be negative); a "
+                       "paired Wilcoxon test over tasks for each.",
     ),
     Finding(
         id="3.2-delta-correlation", paper_section="3.2", section="data_limits",
@@ -95,7 +96,8 @@ PAPER_FINDINGS: tuple[Finding, ...] = (
                        "reverse-annealing runs with the lowest mean seen-task validation loss; "
                        "DWA and the other runs are reported apart), rank by mean seen-task test "
                        "loss and by mean unseen ICL loss; proportional should rank first on "
-                       "both.",
+                       "both, and stay first in at least 95% of bootstrap resamples of the "
+                       "tasks.",
     ),
     Finding(
         id="5.1-early-phase-correlation", paper_section="5.1", section="trajectory",
@@ -104,7 +106,9 @@ PAPER_FINDINGS: tuple[Finding, ...] = (
         kind="correlation", paper_value=0.245, paper_p=0.019,
         paper_text="Spearman ρ = 0.245 (p = 0.019), steps 0 → 50k",
         how_to_compute="Spearman's rho between per-task Δ 5-shot LoRA loss and Δ ICL loss "
-                       "from step 0 (pre-trained) to the phase split step.",
+                       "from step 0 (pre-trained) to the phase split step. Weak means ρ < 0.4, "
+                       "shown by a one-sided bootstrap bound below 0.4 or by a paired bootstrap "
+                       "over tasks putting it significantly below the late phase's ρ.",
     ),
     Finding(
         id="5.1-late-phase-correlation", paper_section="5.1", section="trajectory",
@@ -113,8 +117,9 @@ PAPER_FINDINGS: tuple[Finding, ...] = (
         kind="correlation", paper_value=0.621, paper_p=None,
         paper_text="Spearman ρ = 0.621, steps 50k → end (higher than the early phase)",
         how_to_compute="Spearman's rho between per-task Δ 5-shot LoRA loss and Δ ICL loss "
-                       "from the phase split step to the final step; should exceed the early "
-                       "phase's rho.",
+                       "from the phase split step to the final step; should be significant and "
+                       "exceed the early phase's rho (paired bootstrap over tasks of the "
+                       "difference, CI above 0).",
     ),
     Finding(
         id="5.1-icl-improves-throughout", paper_section="5.1", section="trajectory",
@@ -123,7 +128,8 @@ PAPER_FINDINGS: tuple[Finding, ...] = (
         kind="direction", paper_value=None, paper_p=None,
         paper_text="ICL loss decreases at every checkpoint",
         how_to_compute="Mean unseen ICL loss at each trajectory step (step 0 = pre-trained); "
-                       "count the steps where it decreases.",
+                       "between every two consecutive checkpoints a paired Wilcoxon test over "
+                       "tasks, each of which must show a decrease.",
     ),
     Finding(
         id="5.1-forgetting-then-recovery", paper_section="5.1", section="trajectory",
@@ -132,7 +138,7 @@ PAPER_FINDINGS: tuple[Finding, ...] = (
         kind="direction", paper_value=None, paper_p=None,
         paper_text="FT loss rises 0 → split step, then falls to the end",
         how_to_compute="Mean 5-shot LoRA loss at step 0, the phase split step and the final "
-                       "step: should rise then fall.",
+                       "step: should rise then fall, each change with a paired Wilcoxon test.",
     ),
     Finding(
         id="5.2-mixing-reduces-forgetting", paper_section="5.2", section="mixing",
@@ -140,14 +146,16 @@ PAPER_FINDINGS: tuple[Finding, ...] = (
         claim="Mixing in unsupervised data reduces forgetting (lower fine-tuning loss)",
         kind="direction", paper_value=None, paper_p=None,
         paper_text="with mixing: lower FT loss throughout training",
-        how_to_compute="Mean 5-shot LoRA loss with vs without mixing at each common step > 0.",
+        how_to_compute="Mean 5-shot LoRA loss with vs without mixing at each common step > 0, "
+                       "with a paired Wilcoxon test over tasks at each.",
     ),
     Finding(
         id="5.2-mixing-improves-icl", paper_section="5.2", section="mixing", figure="4 (left)",
         claim="Mixing in unsupervised data improves ICL",
         kind="direction", paper_value=None, paper_p=None,
         paper_text="with mixing: lower ICL loss at the end of training",
-        how_to_compute="Mean unseen ICL loss with vs without mixing at each common step > 0.",
+        how_to_compute="Mean unseen ICL loss with vs without mixing at each common step > 0, "
+                       "with a paired Wilcoxon test over tasks at each.",
     ),
 )
 
