@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
-from tests.test_analysis import build_rows, make_run, manifest_dict
 
 from itransfer.analysis.report import write_report
 from itransfer.analysis.scale import critical_rho, detectable_rho
+from test_analysis import build_rows, make_run, manifest_dict
 
 
 @pytest.mark.parametrize("n", [5, 15, 93])

@@ -267,3 +267,32 @@ def test_a_registered_section_is_validated_planned_and_reported(tmp_path: Path) 
     html = write_report(run_dir, n_boot=10).html.read_text(encoding="utf-8")
     assert "<h2>Probe: mean ICL loss</h2>" in html
     assert "probe: mean ICL loss 2.0000" in html  # 2 × mean(0, 1, 2)
+
+
+def test_a_scale_may_set_section_settings_and_they_are_validated(tmp_path: Path) -> None:
+    path = tmp_path / "experiment.yaml"
+    spec = {"name": "x", "variants": {"it-a": {}},
+            "sections": {"trajectory": {"model": "it-a", "phase_split_step": 80}},
+            "scales": {"long": {"base": {"train": {"steps": 900}},
+                                "sections": {"trajectory": {"phase_split_step": 300}}},
+                       "broken": {"sections": {"trajectory": {"phase_split_step": 0}}},
+                       "typo": {"section": {}}}}
+    path.write_text(yaml.safe_dump(spec))
+    default, long = load_experiment(path), load_experiment(path, scale="long")
+    assert default.spec.sections["trajectory"].phase_split_step == 80
+    trajectory = long.spec.sections["trajectory"]
+    assert isinstance(trajectory, TrajectorySection) and trajectory.phase_split_step == 300
+    assert trajectory.model == "it-a" and long.base.train.steps == 900
+    with pytest.raises(ConfigError, match=r"scale broken.*phase_split_step"):
+        load_experiment(path, scale="broken")
+    with pytest.raises(ConfigError, match="may set base, variants and sections"):
+        load_experiment(path, scale="typo")
+
+
+def test_the_small_quickstart_places_its_phase_split_on_a_checkpoint() -> None:
+    small = load_experiment(QUICKSTART, scale="small")
+    trajectory = small.spec.sections["trajectory"]
+    assert isinstance(trajectory, TrajectorySection)
+    every = small.base.train.checkpoint_every
+    assert trajectory.phase_split_step % every == 0 and small.base.train.steps % every == 0
+    assert small.base.train.steps // every >= 6  # several checkpoints after the split

@@ -11,7 +11,7 @@ An experiment YAML (``configs/paper/*.yaml``, ``configs/quickstart.yaml``)::
     sections:                                                       # which analyses to run
       transfer: {pretrained: pretrained, instruction_tuned: it-proportional}
     scales:                                                         # named override sets
-      tiny: {base: {...}, variants: {...}}
+      tiny: {base: {...}, variants: {...}, sections: {...}}
 
 ``pretrained`` is always available: the base model before instruction tuning. Each key of
 ``sections`` is a section class of :mod:`itransfer.schema`, which validates its settings.
@@ -93,20 +93,24 @@ def load_experiment(
         if scale not in spec.scales:
             known = sorted(spec.scales) or "none"
             raise ConfigError(f"{path}: no scale '{scale}' (known: {known})")
-        scaled = spec.scales[scale]
-        unknown = set(scaled) - {"base", "variants"}
+        scaled = spec.scales[scale] or {}
+        unknown = set(scaled) - {"base", "variants", "sections"}
         if unknown:
-            raise ConfigError(f"{path}: scales.{scale} may set base and variants, not {unknown}")
-        spec = spec.model_copy(
-            update={
-                "base": _merge(spec.base, scaled.get("base", {})),
-                "variants": {
-                    label: _merge(values, scaled.get("variants", {}).get(label, {}))
-                    for label, values in spec.variants.items()
-                },
-            }
-        )
+            raise ConfigError(
+                f"{path}: scales.{scale} may set base, variants and sections, not {unknown}")
+        # Merged on the YAML tree and validated again, so a scale's section settings (e.g. a
+        # phase split that matches its shorter training) get the same checks as the spec's.
+        raw = {
+            **raw,
+            "base": _merge(raw.get("base") or {}, scaled.get("base") or {}),
+            "variants": {
+                label: _merge(values or {}, (scaled.get("variants") or {}).get(label) or {})
+                for label, values in (raw.get("variants") or {}).items()
+            },
+            "sections": _merge(raw.get("sections") or {}, scaled.get("sections") or {}),
+        }
         source += f" (scale {scale})"
+        spec = validate_tree(raw, source, model=ExperimentSpec)
     base_tree = copy.deepcopy(spec.base)
     source += apply_overrides(base_tree, overrides or [])
     base = validate_tree(base_tree, f"{source}: base")

@@ -86,8 +86,17 @@ def quickstart_config() -> Path:
 
 
 def quickstart(
-    out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Run folder."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run folder (default runs/quickstart, runs/quickstart-small)."
+    ),
+    scale: str | None = typer.Option(
+        None, "--scale",
+        help="small: ~30 min on 2 cores, 2,000 steps and 8 checkpoints, enough for the tests "
+             "behind the verdicts to say more (default: the ~6 min miniature).",
+    ),
     overrides: list[str] | None = SetOption,
 ) -> None:
     """The main job: a miniature of the whole paper on the embedded default, on a CPU."""
-    _run(quickstart_config(), out, None, overrides, None, None)
+    if out is None:
+        out = Path("runs/quickstart" if scale is None else f"runs/quickstart-{scale}")
+    _run(quickstart_config(), out, scale, overrides, None, None)
