@@ -22,6 +22,7 @@ from itransfer.sampling import (
     register_sampler,
     sampling_schedule,
 )
+from itransfer.sampling.plot import _plot_steps, describe_sampler
 from itransfer.sampling.rates import (
     ANNEALING_SCHEDULES,
     annealed_temperature,
@@ -398,3 +399,18 @@ def test_schedule_and_plot(tmp_path) -> None:
     )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 1000
+
+
+def test_schedule_figure_names_the_samplers_parameters() -> None:
+    sampler = make({"name": "reverse_annealing", "max_temperature": 100, "schedule": "log_linear"})
+    assert describe_sampler(sampler) == (
+        "reverse_annealing (start_temperature=1, max_temperature=100, schedule=log_linear)"
+    )
+    assert describe_sampler(make({"name": "uniform"})) == "uniform"
+
+
+def test_schedule_figure_samples_the_start_of_the_run_densely() -> None:
+    # Under the linear reading P(K) changes almost entirely in the first 1-2% of the run.
+    steps = _plot_steps(10_000, 50)
+    assert steps[0] == 0 and steps[-1] == 10_000 and np.all(np.diff(steps) > 0)
+    assert np.sum(steps < 10_000 / 49) >= 8  # not just step 0, as evenly spaced points give
