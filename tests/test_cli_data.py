@@ -7,6 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from itransfer import paper_constants as paper
 from itransfer.cli import app
 from itransfer.data.benchmark import bundled_sni_dir
 
@@ -47,6 +48,38 @@ def test_bundled_default_needs_no_sni_dir() -> None:
     assert payload["heldout_generalization"]
     size = sum(f.stat().st_size for f in bundled_sni_dir().parent.rglob("*") if f.is_file())
     assert size < 10.5e6
+
+
+def test_summary_puts_the_papers_counts_beside_the_bundled_slices() -> None:
+    result = runner.invoke(app, ["data", "summary", "--json"])
+    assert result.exit_code == 0, result.output  # a slice differing from the paper is no error
+    payload = json.loads(result.stdout)
+    comparison = payload["paper_comparison"]
+    groups = {(row["group"], row["what"]): row for row in comparison["groups"]}
+    assert groups["seen", "tasks"] == {"group": "seen", "what": "tasks",
+                                       "found": len(payload["seen"]), "paper": 619,
+                                       "matches": False}
+    assert groups["unseen", "tasks"]["paper"] == 93 and groups["unseen", "tasks"]["found"] == len(
+        payload["unseen"])
+    # Category counts against the task files' own "Categories", read here without the index.
+    categories_of = {
+        path.stem: json.loads(path.read_text(encoding="utf-8"))["Categories"]
+        for path in bundled_sni_dir().glob("*.json")
+    }
+    rows = comparison["categories"]
+    assert {row["what"] for row in rows if row["paper"] is not None} == set(
+        paper.SEEN_CATEGORIES) | set(paper.UNSEEN_CATEGORIES)
+    for row in rows:
+        found = sum(row["what"] in categories_of[name] for name in payload[row["group"]])
+        assert row["found"] == found, row
+        assert row["matches"] == (None if row["paper"] is None else found == row["paper"]), row
+    assert comparison["matches"] is False and comparison["differences"] == sum(
+        row["matches"] is False for row in rows + comparison["groups"])
+
+    table = runner.invoke(app, ["data", "summary"], env={"COLUMNS": "160"})
+    assert table.exit_code == 0, table.output
+    assert "✗ -" in table.output and "paper" in table.output
+    assert f"{comparison['differences']} of {comparison['compared']} counts differ" in table.output
 
 
 def test_show_prints_inputs_and_targets_exactly(sni_slice: Path) -> None:

@@ -121,7 +121,8 @@ def test_sampler_written_with_or_without_its_defaults_is_one_config(tmp_path: Pa
     explicit = load_config(_yaml(tmp_path, RA_YAML % "max_temperature: 1000"))
     assert implicit.model_dump(mode="json") == explicit.model_dump(mode="json")
     assert implicit.train.sampler.model_dump() == {
-        "name": "reverse_annealing", "start_temperature": 1.0, "max_temperature": 1000.0
+        "name": "reverse_annealing", "start_temperature": 1.0, "max_temperature": 1000.0,
+        "schedule": "linear",
     }
 
 

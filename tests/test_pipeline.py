@@ -12,7 +12,7 @@ from itransfer.errors import ConfigError, DataError
 from itransfer.eval.results import ResultsTable
 from itransfer.experiment import load_experiment
 from itransfer.models import load_model_and_tokenizer
-from itransfer.pipeline import run_experiment
+from itransfer.pipeline import _write_manifest, run_experiment
 from itransfer.schema import MANIFEST_VERSION, read_manifest
 from two_processes import launch_two
 
@@ -83,6 +83,28 @@ def test_stages_run_once_then_are_reused(tiny_model_dir: Path, tmp_path: Path) -
     knobs = load_experiment(_experiment_file(tmp_path, tiny_model_dir, base=base))
     third = run_experiment(knobs, tmp_path / "run", write_report=False)
     assert third.timings == {} and len(third.cached_stages) == len(first.timings)
+
+
+def test_the_manifest_states_the_annealing_schedule(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # The §4 report reads sampler_spec["schedule"]: present even where the YAML left it out.
+    variants = {
+        "it-ra": {"train": {"sampler": {"name": "reverse_annealing", "max_temperature": 100}}},
+        "it-ra-log": {"train": {"sampler": {"name": "reverse_annealing",
+                                            "schedule": "log_linear"}}},
+        "it-b": {"train": {"sampler": {"name": "uniform"}}},
+    }
+    experiment = load_experiment(_experiment_file(
+        tmp_path, tiny_model_dir, variants=variants,
+        sections={"samplers": {"models": {"ra": "it-ra", "ra-log": "it-ra-log", "u": "it-b"}}},
+    ))
+    fake_checkpoint = {6: tmp_path / "store" / "train" / "key" / "checkpoints" / "step-6"}
+    _write_manifest(tmp_path / "run", experiment, dict.fromkeys(variants, fake_checkpoint),
+                    {}, tmp_path / "store")
+    models = read_manifest(tmp_path / "run").models
+    assert models["it-ra"].sampler_spec == {"name": "reverse_annealing", "start_temperature": 1.0,
+                                            "max_temperature": 100.0, "schedule": "linear"}
+    assert models["it-ra-log"].sampler_spec["schedule"] == "log_linear"
+    assert models["it-b"].sampler_spec == {"name": "uniform"}
 
 
 def test_a_second_experiment_reuses_a_shared_store(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -22,7 +22,14 @@ from itransfer.sampling import (
     register_sampler,
     sampling_schedule,
 )
-from itransfer.sampling.rates import effective_num_tasks, unimax_allocation, unimax_rates
+from itransfer.sampling.plot import _plot_steps, describe_sampler
+from itransfer.sampling.rates import (
+    ANNEALING_SCHEDULES,
+    annealed_temperature,
+    effective_num_tasks,
+    unimax_allocation,
+    unimax_rates,
+)
 
 SIZES = [10, 40, 50]
 TOTAL_STEPS = 1000
@@ -63,7 +70,7 @@ NON_DEFAULT_SPECS = {
     "uniform": {"name": "uniform"},
     "temperature": {"name": "temperature", "temperature": 2.5},
     "reverse_annealing": {"name": "reverse_annealing", "start_temperature": 2.0,
-                          "max_temperature": 100.0},
+                          "max_temperature": 100.0, "schedule": "log_linear"},
     "dwa": {"name": "dwa", "temperature": 0.5, "window": 3, "base": "uniform"},
     "examples_proportional_capped": {"name": "examples_proportional_capped", "cap": 30.0},
     "unimax": {"name": "unimax", "max_epochs": 2.0},
@@ -97,7 +104,8 @@ def test_config_defaults_are_the_samplers_defaults() -> None:
         "proportional": {},
         "uniform": {},
         "temperature": {"temperature": 1.0},
-        "reverse_annealing": {"start_temperature": 1.0, "max_temperature": 1000.0},
+        "reverse_annealing": {"start_temperature": 1.0, "max_temperature": 1000.0,
+                              "schedule": "linear"},
         "dwa": {"temperature": 1.0, "window": 50, "base": "proportional"},
         "examples_proportional_capped": {},  # cap is required
         "unimax": {"max_epochs": 1.0},
@@ -157,6 +165,80 @@ def test_reverse_annealing_custom_start() -> None:
     assert sampler.temperature(0) == 2
     assert sampler.temperature(TOTAL_STEPS // 4) == 2 + 8 / 4
     assert_distribution(sampler.weights(0), sqrt_weights(SIZES, 2))
+
+
+# T0=1, T_max=1000 over 1000 steps, worked by hand at the start, a quarter, half, the end and
+# past it. inverse_linear: 1/T = 1 - 0.999 p; log_linear: T = 1000^p.
+HAND_TEMPERATURES = {
+    "linear": [1.0, 250.75, 500.5, 1000.0, 1000.0],
+    "inverse_linear": [1.0, 1 / 0.75025, 1 / 0.5005, 1000.0, 1000.0],
+    "log_linear": [1.0, 10**0.75, 10**1.5, 1000.0, 1000.0],
+}
+
+
+@pytest.mark.parametrize("schedule", sorted(HAND_TEMPERATURES))
+def test_annealed_temperature_matches_hand_values(schedule: str) -> None:
+    temperatures = [
+        annealed_temperature(step, 1000, start=1.0, end=1000.0, schedule=schedule)
+        for step in (0, 250, 500, 1000, 3000)
+    ]
+    np.testing.assert_allclose(temperatures, HAND_TEMPERATURES[schedule], rtol=1e-12)
+
+
+def test_annealed_temperature_from_another_start() -> None:
+    # T0=2, T_max=8 at half-way: arithmetic, harmonic and geometric means of the end points.
+    halfway = {schedule: annealed_temperature(5, 10, start=2.0, end=8.0, schedule=schedule)
+               for schedule in ANNEALING_SCHEDULES}
+    assert halfway == pytest.approx({"linear": 5.0, "inverse_linear": 3.2, "log_linear": 4.0})
+
+
+def test_annealed_temperature_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="unknown temperature schedule 'cosine'"):
+        annealed_temperature(0, 10, start=1.0, end=2.0, schedule="cosine")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="start <= end"):
+        annealed_temperature(0, 10, start=3.0, end=2.0)
+
+
+def test_reverse_annealing_defaults_to_the_linear_schedule() -> None:
+    config = parse_sampler_spec({"name": "reverse_annealing"})
+    assert config.schedule == "linear"
+    sampler = make({"name": "reverse_annealing"})
+    assert sampler.temperature(TOTAL_STEPS // 2) == 500.5
+
+
+@pytest.mark.parametrize("schedule", sorted(HAND_TEMPERATURES))
+def test_reverse_annealing_follows_its_schedule(schedule: str) -> None:
+    sampler = make({"name": "reverse_annealing", "max_temperature": 1000, "schedule": schedule})
+    for step, temperature in zip((0, 250, 500, 1000, 3000), HAND_TEMPERATURES[schedule],
+                                 strict=True):
+        assert sampler.temperature(step) == pytest.approx(temperature, rel=1e-12)
+        assert_distribution(sampler.weights(step), sqrt_weights(SIZES, temperature))
+
+
+def test_reverse_annealing_schedules_order_the_spread_of_p_k() -> None:
+    # At every step inside the run linear is hottest and inverse_linear coolest, so P(K) is
+    # spread over more tasks under linear: the point of the alternative readings.
+    spread = {
+        schedule: effective_num_tasks(sampling_schedule(
+            make({"name": "reverse_annealing", "schedule": schedule}), [100, 500, 900]))
+        for schedule in ANNEALING_SCHEDULES
+    }
+    assert np.all(spread["linear"] > spread["log_linear"])
+    assert np.all(spread["log_linear"] > spread["inverse_linear"])
+
+
+def test_unknown_schedule_names_the_parameter() -> None:
+    with pytest.raises(ConfigError, match=r"reverse_annealing.*'schedule'.*got 'cosine'"):
+        parse_sampler_spec({"name": "reverse_annealing", "schedule": "cosine"})
+
+
+def test_effective_num_tasks() -> None:
+    assert effective_num_tasks(np.full(7, 1 / 7)) == pytest.approx(7.0)
+    assert effective_num_tasks(np.array([0.0, 1.0, 0.0])) == pytest.approx(1.0)
+    # p = (1/2, 1/4, 1/4): H = 1.5 log 2, so exp(H) = 2^1.5.
+    assert effective_num_tasks(np.array([0.5, 0.25, 0.25])) == pytest.approx(2**1.5)
+    # Row-wise over a schedule, as the figure uses it.
+    np.testing.assert_allclose(effective_num_tasks(np.array([[0.5, 0.5], [1.0, 0.0]])), [2, 1])
 
 
 def test_examples_proportional_capped() -> None:
@@ -317,3 +399,18 @@ def test_schedule_and_plot(tmp_path) -> None:
     )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 1000
+
+
+def test_schedule_figure_names_the_samplers_parameters() -> None:
+    sampler = make({"name": "reverse_annealing", "max_temperature": 100, "schedule": "log_linear"})
+    assert describe_sampler(sampler) == (
+        "reverse_annealing (start_temperature=1, max_temperature=100, schedule=log_linear)"
+    )
+    assert describe_sampler(make({"name": "uniform"})) == "uniform"
+
+
+def test_schedule_figure_samples_the_start_of_the_run_densely() -> None:
+    # Under the linear reading P(K) changes almost entirely in the first 1-2% of the run.
+    steps = _plot_steps(10_000, 50)
+    assert steps[0] == 0 and steps[-1] == 10_000 and np.all(np.diff(steps) > 0)
+    assert np.sum(steps < 10_000 / 49) >= 8  # not just step 0, as evenly spaced points give

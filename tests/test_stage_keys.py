@@ -92,3 +92,22 @@ def test_result_relevant_reads_a_saved_config_and_drops_the_schedule_only_on_res
         for_resume["train"]
     )
     assert saved["train"]["wandb_project"] == "x"  # the caller's tree is left as it was
+
+
+def test_the_annealing_schedule_is_result_relevant_and_linear_keeps_older_keys() -> None:
+    ra = "train.sampler={name: reverse_annealing, max_temperature: 100}"
+    implicit = load_config(None, [ra])
+    explicit = load_config(None, [ra.replace("}", ", schedule: linear}")])
+    # Stage keys from before `schedule` existed hashed exactly these keys: linear keeps them.
+    legacy_sampler = {"name": "reverse_annealing", "start_temperature": 1.0,
+                      "max_temperature": 100.0}
+    assert result_relevant(implicit)["train"]["sampler"] == legacy_sampler
+    assert _keys(explicit) == _keys(implicit)
+    # Only the key omits it; the config (and so config.yaml and the manifest) states it.
+    assert implicit.model_dump()["train"]["sampler"]["schedule"] == "linear"
+    keys = {_keys(implicit)[0]}
+    for schedule in ("inverse_linear", "log_linear"):
+        other = load_config(None, [ra.replace("}", f", schedule: {schedule}}}")])
+        assert result_relevant(other)["train"]["sampler"]["schedule"] == schedule
+        keys.add(_keys(other)[0])
+    assert len(keys) == 3  # each schedule is a training run of its own

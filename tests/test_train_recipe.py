@@ -217,3 +217,26 @@ def test_a_checkpoint_that_saved_only_the_given_sampler_keys_resumes(
     dumped["train"]["sampler"] = {"name": "reverse_annealing", "max_temperature": 10}
     with pytest.raises(ckpt.CheckpointError, match=r"\(train\.sampler differ"):
         check_compatible(tmp_path, saved, {"fingerprint": 1}, config, world=1)
+
+
+def test_a_checkpoint_from_before_the_annealing_schedule_resumes_as_linear(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Reverse annealing was linear in T before `schedule` existed; such a checkpoint's sampler
+    # has every other key and is the same run as today's default, not as another schedule.
+    config = _config(tiny_model_dir, "train.steps=6", "train.sampler={name: reverse_annealing}")
+    assert config.train.sampler.schedule == "linear"
+    dumped = config.model_dump(mode="json")
+    del dumped["train"]["sampler"]["schedule"]
+    saved = {"model": {"fingerprint": 1}, "config": dumped, "world_size": 1}
+    check_compatible(tmp_path, saved, {"fingerprint": 1}, config, world=1)
+    for schedule in ("inverse_linear", "log_linear"):
+        other = _config(tiny_model_dir, "train.steps=6",
+                        f"train.sampler={{name: reverse_annealing, schedule: {schedule}}}")
+        with pytest.raises(ckpt.CheckpointError, match=r"\(train\.sampler differ"):
+            check_compatible(tmp_path, saved, {"fingerprint": 1}, other, world=1)
+        # And the other way round: a checkpoint of another schedule is not today's default.
+        saved_other = {**saved, "config": other.model_dump(mode="json")}
+        with pytest.raises(ckpt.CheckpointError, match=r"\(train\.sampler differ"):
+            check_compatible(tmp_path, saved_other, {"fingerprint": 1}, config, world=1)
+        check_compatible(tmp_path, saved_other, {"fingerprint": 1}, other, world=1)

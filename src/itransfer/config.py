@@ -263,8 +263,9 @@ def result_relevant(
     config: BaseModel | Mapping[str, Any], *, ignore_checkpoint_schedule: bool = False
 ) -> dict[str, Any]:
     """``config`` as a JSON tree without :data:`RESULT_NEUTRAL_SETTINGS` (and, for a resumed run,
-    :data:`CHECKPOINT_SCHEDULE_SETTINGS`). A mapping is taken as an already dumped config, such
-    as the one a checkpoint saved."""
+    :data:`CHECKPOINT_SCHEDULE_SETTINGS`), nor sampler parameters at their
+    :attr:`~itransfer.sampling.SamplerConfig.legacy_defaults`. A mapping is taken as an already
+    dumped config, such as the one a checkpoint saved."""
     tree = (
         config.model_dump(mode="json") if isinstance(config, BaseModel)
         else copy.deepcopy(dict(config))
@@ -279,7 +280,20 @@ def result_relevant(
             node = node.get(section) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(key, None)
+    _drop_legacy_sampler_defaults(tree)
     return tree
+
+
+def _drop_legacy_sampler_defaults(tree: dict[str, Any]) -> None:
+    # Keys computed before such a parameter existed did not contain it; at the value that
+    # reproduces those runs, leaving it out keeps their keys.
+    train = tree.get("train")
+    sampler = train.get("sampler") if isinstance(train, dict) else None
+    if not isinstance(sampler, dict) or sampler.get("name") not in SAMPLERS:
+        return
+    for key, legacy_value in SAMPLERS[sampler["name"]].config_class.legacy_defaults.items():
+        if key in sampler and sampler[key] == legacy_value:
+            del sampler[key]
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

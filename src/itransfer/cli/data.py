@@ -19,6 +19,7 @@ from itransfer.cli.common import (
 from itransfer.config import EVALUATION_TASK_GROUPS
 from itransfer.data.benchmark import open_benchmark
 from itransfer.data.contexts import CONTEXTS, build_context
+from itransfer.data.paper_counts import PAPER_NOTES, CountCheck, PaperComparison, compare_with_paper
 from itransfer.data.selection import TaskSelection
 from itransfer.errors import ConfigError
 from itransfer.io_utils import atomic_write_text
@@ -55,7 +56,8 @@ def summary(
         None, "--out", help="Also write summary.json with the run's config and provenance here."
     ),
 ) -> None:
-    """Per-split task counts and per-category counts of the paper's task selection."""
+    """Per-split task counts and per-category counts of the paper's task selection, each beside
+    the paper's number (§2.4, Tables 1–2) with differences flagged ✗."""
     config = resolve_config(config_path, overrides, sni_dir)
     benchmark = open_benchmark(
         config.data,
@@ -65,39 +67,65 @@ def summary(
     )
     payload = benchmark.selection.to_json()
     payload["tasks_dir"] = str(benchmark.tasks_dir)
+    comparison = compare_with_paper(benchmark.selection)
+    payload["paper_comparison"] = comparison.to_json()
     if out is not None:
         atomic_write_text(out / "summary.json", json.dumps(payload, indent=2) + "\n")
         write_run_record(out, config, seed=config.seed)
     if json_output:
         typer.echo(json.dumps(payload))
         return
-    _print_summary(benchmark.selection, str(benchmark.tasks_dir))
+    _print_summary(benchmark.selection, comparison, str(benchmark.tasks_dir))
 
 
-def _print_summary(selection: TaskSelection, tasks_dir: str) -> None:
+def _delta(check: CountCheck | None) -> str:
+    """✓ when the paper's count matches, ✗ and found − paper when not, blank without one."""
+    if check is None or check.delta is None:
+        return ""
+    return "[green]✓[/green]" if check.matches else f"[red]✗ {check.delta:+d}[/red]"
+
+
+def _paper(check: CountCheck | None) -> str:
+    return "" if check is None or check.paper is None else str(check.paper)
+
+
+def _print_summary(selection: TaskSelection, comparison: PaperComparison, tasks_dir: str) -> None:
     groups = selection.groups()
-    counts = Table(title=f"Task selection of {tasks_dir}")
+    group_checks = {(check.group, check.what): check for check in comparison.groups}
+    counts = Table(
+        title=f"Task selection of {tasks_dir}",
+        caption="paper: §2.4 (blank where the paper gives no count); Δ = found − paper",
+    )
     counts.add_column("split")
-    counts.add_column("tasks", justify="right")
+    for header in ("tasks", "paper", "Δ", "categories", "paper", "Δ"):
+        counts.add_column(header, justify="right")
     for group, names in groups.items():
-        counts.add_row(GROUP_TITLES[group], str(len(names)))
+        tasks, categories = group_checks[group, "tasks"], group_checks[group, "categories"]
+        counts.add_row(GROUP_TITLES[group], str(len(names)), _paper(tasks), _delta(tasks),
+                       str(categories.found), _paper(categories), _delta(categories))
     counts.add_row("excluded", str(len(selection.excluded)), style="dim")
     console.print(counts)
 
     by_category = Table(
         title="Tasks per category",
         caption="syn = synthetic; held-dom/held-adv = held out for evaluation domains/"
-        "adversarial sources",
+        "adversarial sources; paper = Table 1 (seen) or Table 2 (unseen), Δ against that column",
     )
     by_category.add_column("category", no_wrap=True)
     for group in groups:
         title = SHORT_TITLES[group]
         by_category.add_column(title, justify="right", no_wrap=True, min_width=len(title))
+    by_category.add_column("paper", justify="right", no_wrap=True)
+    by_category.add_column("Δ", justify="right", no_wrap=True)
     per_group = {group: selection.category_counts(group) for group in groups}
-    categories = sorted({c for counts_ in per_group.values() for c in counts_})
+    # The paper's categories are listed even where the selection has none of their tasks.
+    listed = {check.what: check for check in comparison.categories if check.paper is not None}
+    categories = sorted({c for counts_ in per_group.values() for c in counts_} | set(listed))
     for category in categories:
+        check = listed.get(category)
         by_category.add_row(
-            category, *(str(per_group[group].get(category, "")) for group in groups)
+            category, *(str(per_group[group].get(category, "")) for group in groups),
+            _paper(check), _delta(check),
         )
     console.print(by_category)
 
@@ -108,6 +136,21 @@ def _print_summary(selection: TaskSelection, tasks_dir: str) -> None:
         for name, reason in sorted(selection.excluded.items()):
             excluded.add_row(name, reason)
         console.print(excluded)
+    _print_paper_verdict(comparison)
+
+
+def _print_paper_verdict(comparison: PaperComparison) -> None:
+    differing = len(comparison.differences)
+    if differing == 0:
+        console.print(f"[green]All {comparison.compared} counts the paper gives match.[/green]")
+    else:
+        console.print(
+            f"[yellow]{differing} of {comparison.compared} counts differ from the paper (✗).[/]"
+            " Expected unless the tasks are the full SNI repository (1,616 tasks) and the"
+            " selection is the paper's: its numbers come from all of SNI."
+        )
+    for note in PAPER_NOTES:
+        console.print(f"Note: {note}.", style="dim")
 
 
 @data_app.command("show")

@@ -43,6 +43,12 @@ class SamplerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    # Parameters added after runs were already keyed, each with the value that reproduces what
+    # runs did before it existed. Stage keys and the resume check leave such a parameter out
+    # at that value (config.result_relevant), so a run cached or checkpointed before it was
+    # added is still found, while any other value makes a different run.
+    legacy_defaults: ClassVar[Mapping[str, Any]] = {}
+
     name: str
 
     @classmethod

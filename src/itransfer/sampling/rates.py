@@ -7,7 +7,9 @@ they can be unit-tested against their formulas; the sampler classes wrap them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -46,6 +48,48 @@ def temperature_rates(sizes: Sequence[int] | np.ndarray, temperature: float) -> 
         raise ValueError(f"temperature must be > 0, got {temperature}")
     # In log space so that T near 0 (n_k^(1/T) overflows) stays finite.
     return _softmax(np.log(_as_sizes(sizes)) / temperature)
+
+
+AnnealingSchedule = Literal["linear", "inverse_linear", "log_linear"]
+"""How a temperature moves from its start to its end value over a run (see
+:func:`annealed_temperature`)."""
+ANNEALING_SCHEDULES: tuple[str, ...] = get_args(AnnealingSchedule)
+
+
+def annealed_temperature(
+    step: int, total_steps: int, *, start: float, end: float, schedule: AnnealingSchedule = "linear"
+) -> float:
+    """The temperature at ``step`` of ``total_steps`` as it heats from ``start`` to ``end``.
+
+    With progress ``p = min(step / total_steps, 1)`` (held at ``end`` past the last step):
+
+    - ``linear``: ``T = start + (end - start) * p``;
+    - ``inverse_linear``: ``1/T = 1/start + (1/end - 1/start) * p``;
+    - ``log_linear``: ``log T = log start + (log end - log start) * p`` (geometric).
+
+    For ``p_k ∝ n_k^(1/T)`` the exponent 1/T is what shapes P(K): ``linear`` brings it near 0
+    (near-uniform sampling) within the first percent of a run heated to 1,000,
+    ``inverse_linear`` moves it at a constant rate, ``log_linear`` in between.
+    """
+    if schedule not in ANNEALING_SCHEDULES:
+        raise ValueError(
+            f"unknown temperature schedule {schedule!r}; known: {', '.join(ANNEALING_SCHEDULES)}"
+        )
+    if not 0 < start <= end:
+        raise ValueError(f"need 0 < start <= end, got start={start} and end={end}")
+    if total_steps < 1 or step < 0:
+        raise ValueError(f"need total_steps >= 1 and step >= 0, got {total_steps} and {step}")
+    progress = min(step / total_steps, 1.0)
+    # The end points are returned as given, so no schedule misses T_max by a rounding error.
+    if progress == 0.0:
+        return float(start)
+    if progress == 1.0:
+        return float(end)
+    if schedule == "linear":
+        return start + (end - start) * progress
+    if schedule == "inverse_linear":
+        return 1.0 / (1.0 / start + (1.0 / end - 1.0 / start) * progress)
+    return math.exp(math.log(start) + (math.log(end) - math.log(start)) * progress)
 
 
 def capped_rates(sizes: Sequence[int] | np.ndarray, cap: float) -> np.ndarray:
@@ -104,5 +148,7 @@ def entropy(weights: np.ndarray) -> np.ndarray:
 
 
 def effective_num_tasks(weights: np.ndarray) -> np.ndarray:
-    """exp(entropy): K for uniform sampling, 1 when a single task gets all the mass."""
+    """exp(entropy in nats) of each P(K) along the last axis (its perplexity): K for uniform
+    sampling, 1 when a single task gets all the mass, and in between how many equally likely
+    tasks would spread the mass as evenly."""
     return np.exp(entropy(weights))

@@ -328,11 +328,17 @@ def check_compatible(
             f"{checkpoint} belongs to another model ({saved.get('model')}); this config "
             f"builds {fingerprint}"
         )
-    saved_config = result_relevant(saved.get("config", {}), ignore_checkpoint_schedule=True)
+    saved_tree = dict(saved.get("config", {}))
+    if isinstance(saved_tree.get("train"), dict):
+        # Filled in before result_relevant, which then treats both configs alike.
+        saved_tree["train"] = {
+            **saved_tree["train"],
+            "sampler": _with_sampler_defaults(saved_tree["train"].get("sampler")),
+        }
+    saved_config = result_relevant(saved_tree, ignore_checkpoint_schedule=True)
     current = result_relevant(config, ignore_checkpoint_schedule=True)
     differing = [key for key in ("seed", "data", "model") if saved_config.get(key) != current[key]]
     saved_train = saved_config.get("train", {})
-    saved_train["sampler"] = _with_sampler_defaults(saved_train.get("sampler"))
     differing += [
         f"train.{key}" for key, value in current["train"].items() if saved_train.get(key) != value
     ]

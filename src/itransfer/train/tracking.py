@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +19,7 @@ import numpy as np
 
 from itransfer.errors import ConfigError
 from itransfer.io_utils import atomic_write_text
+from itransfer.sampling.rates import effective_num_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ class MetricSink(Protocol):
 
 def sampling_summary(weights: np.ndarray) -> dict[str, float]:
     """The effective number of tasks (exp of the entropy of P(K)) and the largest weight."""
-    entropy = float(-(weights * np.log(np.clip(weights, 1e-300, None))).sum())
-    return {"effective_num_tasks": math.exp(entropy), "max_weight": float(weights.max())}
+    return {"effective_num_tasks": float(effective_num_tasks(weights)),
+            "max_weight": float(weights.max())}
 
 
 class TensorBoardSink:
