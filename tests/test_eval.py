@@ -194,17 +194,20 @@ def test_checkpoint_that_does_not_match_its_tokenizer(tiny_model_dir: Path, tmp_
 
 def test_batched_engine_matches_peft_engine(tmp_path: Path) -> None:
     # The bundled model has no dropout; with LoRA dropout 0 both engines solve the same problem.
-    config = _config("eval.shots=[0, 5, 10]", "eval.transfer_contexts=[none]",
+    # Two seeds: each engine must train every seed on that seed's own draw (k = 10 with batches
+    # of 8 also ends each epoch with a partial batch).
+    config = _config("eval.shots=[0, 10]", "eval.seeds=[0, 1]", "eval.transfer_contexts=[none]",
                      "eval.max_tasks=2", "eval.lora.dropout=0.0")
     frames = {}
     for engine in ("peft", "batched"):
         session = open_session(config, DEFAULT_MODEL, tmp_path / engine)
         evaluate_transfer(session, engine=engine)
         frame = session.table.read()
-        frames[engine] = frame.set_index(["task", "shots", "split", "metric"])["value"]
+        frames[engine] = frame.set_index(["task", "shots", "seed", "split", "metric"])["value"]
     peft, batched = frames["peft"].sort_index(), frames["batched"].sort_index()
     assert list(peft.index) == list(batched.index)
-    losses = [key for key in peft.index if key[3] in ("loss", "final_train_loss")]
+    assert {key[2] for key in peft.index if key[1] == 10} == {0, 1}
+    losses = [key for key in peft.index if key[4] in ("loss", "final_train_loss")]
     for key in losses:
         assert batched[key] == pytest.approx(peft[key], abs=2e-4), key
 
