@@ -192,8 +192,8 @@ def seed_spread(
     """Per task: ``mean``, ``std`` (ddof 1; NaN for one seed) and ``n_seeds`` of one model's
     k-shot fine-tuning test ``metric`` across seeds.
 
-    ``mean`` is the value the correlations use (:func:`finetune_values`); repeated rows of one
-    seed are averaged first, so each seed counts once.
+    Repeated rows of one seed are averaged first, so each seed counts once; with one row per
+    seed, ``mean`` is the value the correlations use (:func:`finetune_values`).
     """
     rows = model_rows(frame, model, step)
     chosen = rows[(rows["method"] == "finetune") & (rows["metric"] == metric)
