@@ -19,6 +19,7 @@ from itransfer.analysis import correlations as corr
 from itransfer.analysis import seen_fit
 from itransfer.analysis.paper import PAPER_FINDINGS
 from itransfer.analysis.report import write_report
+from itransfer.analysis.sections import TransferAnalysis, analyse
 from itransfer.eval.results import ResultsTable
 from itransfer.schema import SECTION_TYPES, MixingSection, RunManifest, TransferSection
 
@@ -197,6 +198,65 @@ def test_transfer_vs_icl_averages_seeds_and_recovers_planted_correlation(
     assert result.rho > 0.95
     assert result.rho == pytest.approx(stats.spearmanr(table["finetune"], table["icl"])[0])
     assert result.ci_low <= result.rho <= result.ci_high
+
+
+def spread_rows() -> tuple[list[dict[str, Any]], dict[str, tuple[float, float, int]]]:
+    """5-shot rows of model "m" at step 10 with a planted (mean, std across seeds, seeds) per
+    task, among rows the spread must ignore."""
+    planted = {"t0": (2.0, 0.1, 3), "t1": (3.0, 0.3, 3), "t2": (1.0, 0.2, 3), "t3": (4.0, 0.0, 1)}
+    rows = []
+    common = {"model": "m", "checkpoint_step": 10, "method": "finetune", "context": "none"}
+    for task, (mean, std, count) in planted.items():
+        # Offsets -1, 0, +1 times std: the sample std (ddof 1) of three seeds is std exactly.
+        for seed, offset in list(zip((0, 1, 2), (-1.0, 0.0, 1.0), strict=True))[:count]:
+            value = mean + offset * std if count > 1 else mean
+            at = {**common, "task": task, "seed": seed, "shots": 5}
+            if task == "t1" and seed == 1:  # two rows of one seed (two config hashes) count once
+                rows += [row(**at, value=value - 0.5, config_hash="old"),
+                         row(**at, value=value + 0.5)]
+            else:
+                rows.append(row(**at, value=value))
+            rows += [row(**{**at, "shots": 10}, value=99.0),  # another k
+                     row(**{**at, "context": "exemplars"}, value=99.0),  # another context
+                     row(**at, metric="rougeL", value=99.0),
+                     row(**at, split="train", metric="final_train_loss", value=99.0),
+                     row(**{**at, "checkpoint_step": 5}, value=99.0),  # an earlier step
+                     row(**{**at, "model": "other"}, value=99.0)]
+    return rows, planted
+
+
+def test_seed_spread_recovers_planted_mean_std_and_seed_counts() -> None:
+    rows, planted = spread_rows()
+    spread = corr.seed_spread(pd.DataFrame.from_records(rows), "m", shots=5, context="none")
+    assert list(spread.index) == sorted(planted)
+    for task, (mean, std, count) in planted.items():
+        assert spread.loc[task, "mean"] == pytest.approx(mean)
+        assert spread.loc[task, "n_seeds"] == count
+        if count > 1:
+            assert spread.loc[task, "std"] == pytest.approx(std)
+        else:
+            assert np.isnan(spread.loc[task, "std"])  # one seed: no spread, not zero
+    summary = corr.summarize_spread(spread)
+    assert summary.median_std == pytest.approx(0.2)  # of 0.1, 0.3, 0.2; the 1-seed task left out
+    assert summary.between_task_std == pytest.approx(np.std([2.0, 3.0, 1.0, 4.0], ddof=1))
+    assert (summary.min_seeds, summary.max_seeds, summary.n_tasks) == (1, 3, 4)
+    assert summary.describe().startswith("1–3 seeds per task, 4 tasks: median per-task std")
+    assert corr.seed_spread(pd.DataFrame.from_records(rows), "m", shots=20).empty
+
+
+def test_report_shows_the_seed_spread_only_with_several_seeds(frame: pd.DataFrame) -> None:
+    manifest = RunManifest.model_validate(manifest_dict(sections={"transfer"}))
+    transfer = analyse(frame, manifest, n_boot=10).of(TransferAnalysis)
+    assert transfer is not None
+    # The synthetic runs have two seeds at ±0.05 around each task's value: std 0.1 / √2.
+    assert (transfer.seed_spread["n_seeds"] == 2).all() and len(transfer.seed_spread) == 30
+    assert transfer.seed_spread["std"].to_numpy() == pytest.approx(0.1 / np.sqrt(2))
+    assert np.allclose(transfer.seed_spread["mean"], transfer.scatter["finetune"])
+    shown = transfer.tables_html()
+    assert "Seed spread of the 5-shot fine-tuning loss" in shown and "0.071" in shown
+    assert shown.count("<details>") == 2  # the per-task values, and the spread per task
+    one_seed = analyse(frame[frame["seed"] == 0], manifest, n_boot=10).of(TransferAnalysis)
+    assert one_seed is not None and "Seed spread" not in one_seed.tables_html()
 
 
 def test_model_deltas_recover_planted_negative_relation(frame: pd.DataFrame) -> None:

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from itransfer import paper_constants as paper
 from itransfer.cli import app
-from itransfer.data.benchmark import bundled_sni_dir
+from itransfer.config import DataConfig
+from itransfer.data.benchmark import bundled_sni_dir, open_benchmark
 
 runner = CliRunner()
 
@@ -115,3 +116,20 @@ def test_show_unknown_task_and_bad_split_are_errors(sni_slice: Path) -> None:
               "--split", "dev"],
     )
     assert "--split dev" in str(result.exception)
+
+
+def test_show_few_shot_lists_a_seeds_draw() -> None:
+    task = "task1342_amazon_us_reviews_title"
+    split = open_benchmark(DataConfig(), 0).split(task)
+    shown = {}
+    for seed in (0, 1):
+        result = runner.invoke(app, ["data", "show", task, "--split", "few_shot", "-n", "5",
+                                     "--draw-seed", str(seed)])
+        assert result.exit_code == 0, result.output
+        shown[seed] = [line.removeprefix("id ") for line in result.output.splitlines()
+                       if line.startswith("id ")]
+        # -n k shows exactly the k-shot set that seed fine-tunes on, in its order.
+        assert shown[seed] == [i.id for i in split.few_shot_subset(5, seed=seed)]
+    assert shown[0] != shown[1]
+    result = runner.invoke(app, ["data", "show", task, "--split", "test", "--draw-seed", "1"])
+    assert result.exit_code != 0 and "--draw-seed" in str(result.exception)

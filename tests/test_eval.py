@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from itransfer.config import load_config
 from itransfer.errors import ITransferError
+from itransfer.eval import transfer
 from itransfer.eval.icl import evaluate_icl
 from itransfer.eval.inference import evaluate_items
 from itransfer.eval.scoring_files import score_files
 from itransfer.eval.seen import evaluate_seen
 from itransfer.eval.session import open_session
-from itransfer.eval.transfer import evaluate_transfer, plan_cells
+from itransfer.eval.transfer import CellWork, evaluate_transfer, plan_cells
 from itransfer.models import DEFAULT_MODEL, bundled_model_dir
 
 
@@ -85,6 +88,85 @@ def test_cells_use_nested_few_shot_subsets(tiny_model_dir: Path, tmp_path: Path)
     assert not {i.id for i in split.few_shot_pool} & {i.id for i in split.test}
 
 
+# Three seeds over a pool of 100: two seeds draw the same 20-shot set with probability
+# 1 / C(100, 20) ~ 2e-21, so equal sets would be a bug.
+SEEDED_GRID = ("eval.shots=[0, 5, 10, 20]", "eval.seeds=[2, 0, 1]", "eval.max_tasks=3",
+               "data.splits.few_shot_pool_size=100")
+Cells = dict[tuple[str, int, str, int], CellWork]
+
+
+def _by_cell(work: list[CellWork]) -> Cells:
+    return {(w.cell.task, w.cell.shots, w.cell.context, w.cell.seed): w for w in work}
+
+
+def test_each_seed_trains_on_its_own_nested_draw(tiny_model_dir: Path, tmp_path: Path) -> None:
+    session = open_session(_config(*SEEDED_GRID), tiny_model_dir, tmp_path)
+    cells = _by_cell(plan_cells(session)[0])
+    tasks = sorted({task for task, *_ in cells})
+    assert len(tasks) == 3
+    for task in tasks:
+        split = session.benchmark.split(task)
+        for context in ("none", "exemplars"):
+            # k = 0 trains nothing, so it runs once, under the smallest seed.
+            assert [key[3] for key in cells if key[:3] == (task, 0, context)] == [0]
+            for seed in (0, 1, 2):
+                tuned = {k: cells[(task, k, context, seed)].cell.train_examples
+                         for k in (5, 10, 20)}
+                expected = tuple(session.items(session.benchmark.task(task),
+                                               split.few_shot_subset(20, seed=seed), context))
+                assert tuned[20] == tuple(item.example for item in expected)
+                assert tuned[10][:5] == tuned[5] and tuned[20][:10] == tuned[10]
+            drawn = {frozenset(cells[(task, 20, context, seed)].cell.train_examples)
+                     for seed in (0, 1, 2)}
+            assert len(drawn) == 3
+        # The test set never moves: every cell of the task is evaluated on the same instances.
+        mine = [w for key, w in cells.items() if key[0] == task]
+        assert all(w.test_instances == split.test for w in mine)
+        assert len({tuple(item.example for item in w.test_items) for w in mine
+                    if w.cell.context == "none"}) == 1
+
+
+def test_a_draw_does_not_depend_on_the_rest_of_the_grid(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = open_session(_config(*SEEDED_GRID), tiny_model_dir, tmp_path)
+    full_work, settings_hash = plan_cells(session)
+    full = _by_cell(full_work)
+    tasks = list(dict.fromkeys(key[0] for key in full))
+    # One task, one seed, one k, one context: the same examples as in the full grid.
+    narrow = session.config.model_copy(update={"eval": session.config.eval.model_copy(
+        update={"tasks": [tasks[1]], "seeds": [2], "shots": [10], "transfer_contexts": ["none"]}
+    )})
+    (only,) = plan_cells(replace(session, config=narrow))[0]
+    assert only.cell.train_examples == full[(tasks[1], 10, "none", 2)].cell.train_examples
+    # The second of two processes gets every other task, each cell with the same examples.
+    second = replace(session, accelerator=SimpleNamespace(process_index=1, num_processes=2))
+    shard = _by_cell(plan_cells(second)[0])
+    assert {key[0] for key in shard} == {tasks[1]}
+    assert all(w.cell == full[key].cell and w.cell_id == full[key].cell_id
+               for key, w in shard.items())
+    # Another draw scheme is another settings hash, so cells drawn the old way are redone.
+    monkeypatch.setattr(transfer, "FEW_SHOT_DRAWS", "first-k-of-the-pool")
+    assert plan_cells(session)[1] != settings_hash
+
+
+def test_transfer_rows_record_each_seed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config("eval.shots=[0, 5]", "eval.seeds=[0, 1]", "eval.transfer_contexts=[none]",
+                     "eval.max_tasks=1")
+    session = open_session(config, tiny_model_dir, tmp_path)
+    evaluate_transfer(session, engine="peft")
+    frame = session.table.read()
+    losses = frame[(frame["metric"] == "loss") & (frame["split"] == "test")]
+    assert sorted(zip(losses["shots"], losses["seed"], strict=True)) == [(0, 0), (5, 0), (5, 1)]
+    assert all(f"seed={seed}" in cell for seed, cell in zip(losses["seed"], losses["cell"],
+                                                             strict=True))
+    tuned = losses[losses["shots"] == 5].set_index("seed")["value"]
+    assert tuned[0] != pytest.approx(tuned[1], abs=1e-6)  # other examples, another LoRA
+    task = frame["task"].iloc[0]
+    for seed in (0, 1):
+        assert (tmp_path / "predictions" / f"finetune-none-k5-seed{seed}-{task}.jsonl").is_file()
+
+
 def test_seen_task_fit_rows(tiny_model_dir: Path, tmp_path: Path) -> None:
     config = _config("eval.seen_max_instances=3")
     session = open_session(config, tiny_model_dir, tmp_path)
@@ -112,17 +194,20 @@ def test_checkpoint_that_does_not_match_its_tokenizer(tiny_model_dir: Path, tmp_
 
 def test_batched_engine_matches_peft_engine(tmp_path: Path) -> None:
     # The bundled model has no dropout; with LoRA dropout 0 both engines solve the same problem.
-    config = _config("eval.shots=[0, 5, 10]", "eval.transfer_contexts=[none]",
+    # Two seeds: each engine must train every seed on that seed's own draw (k = 10 with batches
+    # of 8 also ends each epoch with a partial batch).
+    config = _config("eval.shots=[0, 10]", "eval.seeds=[0, 1]", "eval.transfer_contexts=[none]",
                      "eval.max_tasks=2", "eval.lora.dropout=0.0")
     frames = {}
     for engine in ("peft", "batched"):
         session = open_session(config, DEFAULT_MODEL, tmp_path / engine)
         evaluate_transfer(session, engine=engine)
         frame = session.table.read()
-        frames[engine] = frame.set_index(["task", "shots", "split", "metric"])["value"]
+        frames[engine] = frame.set_index(["task", "shots", "seed", "split", "metric"])["value"]
     peft, batched = frames["peft"].sort_index(), frames["batched"].sort_index()
     assert list(peft.index) == list(batched.index)
-    losses = [key for key in peft.index if key[3] in ("loss", "final_train_loss")]
+    assert {key[2] for key in peft.index if key[1] == 10} == {0, 1}
+    losses = [key for key in peft.index if key[4] in ("loss", "final_train_loss")]
     for key in losses:
         assert batched[key] == pytest.approx(peft[key], abs=2e-4), key
 

@@ -54,18 +54,22 @@ def test_batched_transfer_grid_does_not_depend_on_processes_or_speed_knobs(
 ) -> None:
     # The default engine with the default LoRA dropout (0.05): one process training every
     # cell of a task in one group and pass, against two processes training groups of 2 cells in
-    # passes of 3 examples. Only float32 rounding may differ.
-    grid = [*OVERRIDES, "eval.shots=[0,5,10]", "eval.transfer_contexts=[none]",
+    # passes of 3 examples. Only float32 rounding may differ. Two seeds: each seed's k-shot
+    # draw must not depend on which process trains it.
+    grid = [*OVERRIDES, "eval.shots=[0,5]", "eval.seeds=[0,1]", "eval.transfer_contexts=[none]",
             "eval.lora.epochs=2", "eval.lora.batch_size=4"]
     _run_one(TRANSFER_SCRIPT, str(tiny_model_dir), str(tmp_path / "one"), *grid)
     launch_two(
         TRANSFER_SCRIPT, str(tiny_model_dir), str(tmp_path / "two"), *grid,
         "eval.cells_per_group=2", "eval.max_examples_per_pass=3",
     )
-    one, two = _table(tmp_path / "one"), _table(tmp_path / "two")
+    cell_columns = [*COLUMNS, "shots", "seed"]
+    one, two = ((_table(tmp_path / out).sort_values(cell_columns).reset_index(drop=True))
+                for out in ("one", "two"))
     assert set(one["method"]) == {"finetune"}
+    assert set(zip(one["shots"], one["seed"], strict=True)) == {(0, 0), (5, 0), (5, 1)}
     assert len(one) == len(two) > 0
-    assert one[[*COLUMNS, "shots"]].equals(two[[*COLUMNS, "shots"]])
+    assert one[cell_columns].equals(two[cell_columns])
     losses = one["metric"] == "loss"
     assert (one.loc[losses, "value"] - two.loc[losses, "value"]).abs().max() < 1e-4
     assert (one.loc[~losses, "value"] - two.loc[~losses, "value"]).abs().max() < 1e-6

@@ -48,7 +48,7 @@ def cells(loaded: LoadedModel) -> list[TransferCell]:
     built = []
     for name, shots in zip(unseen, SHOTS, strict=True):
         task = benchmark.task(name)
-        pool = benchmark.split(name).few_shot_subset(shots)
+        pool = benchmark.split(name).few_shot_subset(shots, seed=0)
         examples = tuple(encoder.encode(task, instance) for instance in pool)
         built.append(TransferCell(name, shots, "none", 0, examples))
     return built

@@ -43,6 +43,20 @@ def test_quickstart_covers_every_section() -> None:
     assert plans[("it-proportional", "trajectory")].icl
 
 
+def test_few_shot_experiments_run_three_seeds_at_full_scale_and_one_when_tiny() -> None:
+    tuned = []
+    for path in PAPER_CONFIGS:
+        for scale, seeds in ((None, [0, 1, 2]), ("tiny", [0])):
+            experiment = load_experiment(path, scale=scale)
+            if not any(plan.shots for plan in plan_evaluations(experiment).values()):
+                continue  # no LoRA cells, nothing to draw
+            tuned.append(path.stem)
+            configs = [experiment.base, *experiment.variants.values()]
+            assert all(config.eval.seeds == seeds for config in configs), (path.stem, scale)
+    assert sorted(set(tuned)) == ["sec3_1_transfer", "sec3_2_data_limits", "sec5_1_trajectory",
+                                  "sec5_2_mixing"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", PAPER_CONFIGS, ids=[path.stem for path in PAPER_CONFIGS])
 def test_paper_experiment_at_tiny_scale(config: Path, tmp_path: Path) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,12 @@ import pytest
 from conftest import write_task
 from itransfer.config import SplitConfig
 from itransfer.data.sni import Instance, parse_task
-from itransfer.data.splits import shuffled_order, split_evaluation_task, split_seen_task
+from itransfer.data.splits import (
+    few_shot_draw,
+    shuffled_order,
+    split_evaluation_task,
+    split_seen_task,
+)
 from itransfer.errors import DataError
 
 
@@ -55,13 +63,58 @@ def test_evaluation_split_is_100_test_plus_40_few_shot_disjoint(tmp_path: Path) 
     assert split.train == () and split.validation == ()
 
 
-def test_few_shot_subsets_are_nested(tmp_path: Path) -> None:
+def test_few_shot_subsets_are_nested_within_a_seed(tmp_path: Path) -> None:
     split = split_evaluation_task(_task(tmp_path, 250), SplitConfig(), seed=0)
-    subsets = [_ids(split.few_shot_subset(k)) for k in (0, 5, 10, 20, 40)]
-    for smaller, larger in itertools.pairwise(subsets):
-        assert larger[: len(smaller)] == smaller
+    pool = set(_ids(split.few_shot_pool))
+    for seed in (0, 1, 7):
+        subsets = [_ids(split.few_shot_subset(k, seed=seed)) for k in (0, 5, 10, 20, 40)]
+        assert [len(subset) for subset in subsets] == [0, 5, 10, 20, 40]
+        for smaller, larger in itertools.pairwise(subsets):
+            assert larger[: len(smaller)] == smaller
+        assert set(subsets[-1]) == pool  # k = 40 is the whole pool, reordered
     with pytest.raises(DataError, match="k=41 exceeds the few-shot pool of 40"):
-        split.few_shot_subset(41)
+        split.few_shot_subset(41, seed=0)
+
+
+# A pool of 400 from which 20 are drawn: two seeds pick the same set with probability
+# 1 / C(400, 20) < 1e-33, so any collision is a bug, not chance.
+BIG_POOL = SplitConfig(unseen_test_size=100, few_shot_pool_size=400)
+
+
+def test_each_seed_draws_its_own_k_shot_set(tmp_path: Path) -> None:
+    split = split_evaluation_task(_task(tmp_path, 600), BIG_POOL, seed=0)
+    drawn = {seed: frozenset(_ids(split.few_shot_subset(20, seed=seed))) for seed in range(5)}
+    assert len(set(drawn.values())) == 5
+    # Seed 0 draws too: it does not keep the pool's own order (no seed is special).
+    assert _ids(split.few_shot_subset(20, seed=0)) != _ids(split.few_shot_pool[:20])
+    assert all(subset <= set(_ids(split.few_shot_pool)) for subset in drawn.values())
+
+
+def test_a_draw_depends_only_on_split_seed_task_and_seed(tmp_path: Path) -> None:
+    task = _task(tmp_path, 600)
+    split = split_evaluation_task(task, BIG_POOL, seed=3)
+    again = split_evaluation_task(_task(tmp_path / "elsewhere", 600), BIG_POOL, seed=3)
+    assert _ids(again.few_shot_subset(20, seed=1)) == _ids(split.few_shot_subset(20, seed=1))
+    assert split.few_shot_indices(20, seed=1) == few_shot_draw(400, 3, task.name, 1)[:20]
+    # Another split seed or another task name draws differently.
+    assert few_shot_draw(400, 4, task.name, 1) != few_shot_draw(400, 3, task.name, 1)
+    assert few_shot_draw(400, 3, "task002_other", 1) != few_shot_draw(400, 3, task.name, 1)
+    assert sorted(few_shot_draw(400, 3, task.name, 1)) == list(range(400))
+    # The test set does not depend on the fine-tuning seed: it is drawn before any seed is.
+    assert _ids(again.test) == _ids(split.test)
+    assert not set(_ids(split.test)) & set(_ids(split.few_shot_pool))
+
+
+def test_a_draw_is_the_same_in_every_process() -> None:
+    # Python salts str hashes per process; a draw keyed on hash() would differ between these.
+    code = ("from itransfer.data.splits import few_shot_draw; "
+            "print(few_shot_draw(400, 0, 'task001_demo', 2))")
+    printed = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": hash_seed}).stdout.strip()
+        for hash_seed in ("1", "2")
+    }
+    assert printed == {str(few_shot_draw(400, 0, "task001_demo", 2))}
 
 
 def test_evaluation_task_needs_140_instances(tmp_path: Path) -> None:

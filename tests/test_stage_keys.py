@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from itransfer import pipeline
 from itransfer.config import (
     CHECKPOINT_SCHEDULE_SETTINGS,
     RESULT_NEUTRAL_SETTINGS,
@@ -14,7 +15,8 @@ from itransfer.config import (
     load_config,
     result_relevant,
 )
-from itransfer.pipeline import _eval_key, _train_key
+from itransfer.pipeline import _eval_key, _plan_key, _train_key
+from itransfer.schema import EvalPlan
 
 # A value other than the default for each setting that must not change results.
 NEUTRAL_TOGGLES: dict[str, Any] = {
@@ -111,3 +113,18 @@ def test_the_annealing_schedule_is_result_relevant_and_linear_keeps_older_keys()
         assert result_relevant(other)["train"]["sampler"]["schedule"] == schedule
         keys.add(_keys(other)[0])
     assert len(keys) == 3  # each schedule is a training run of its own
+
+
+def test_only_stages_with_lora_cells_name_the_draw_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(None, [])
+    plans = {"cells": EvalPlan(icl=True, shots=frozenset({0, 5}), contexts=frozenset({"none"})),
+             "icl": EvalPlan(icl=True, seen=True)}
+
+    def keys() -> dict[str, str]:
+        return {name: _eval_key(config, "ckpt@6", _plan_key(plan)) for name, plan in plans.items()}
+
+    before = keys()
+    monkeypatch.setattr(pipeline, "FEW_SHOT_DRAWS", "first-k-of-the-pool")
+    after = keys()
+    assert after["cells"] != before["cells"]  # drawn otherwise: recomputed, not reused
+    assert after["icl"] == before["icl"]  # nothing drawn: stays cached

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from itransfer.config import ExperimentConfig, result_relevant
+from itransfer.data.splits import FEW_SHOT_DRAWS
 from itransfer.errors import ConfigError
 from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable, config_hash
 from itransfer.experiment import Experiment
@@ -116,6 +117,14 @@ def _eval_key(config: ExperimentConfig, checkpoint: str, plan: list[Any]) -> str
         "data": relevant["data"],
         "model": relevant["model"],
     })
+
+
+def _plan_key(plan: EvalPlan) -> list[Any]:
+    """What an evaluation stage measures, for its key. Only stages with LoRA cells name the
+    k-shot draw scheme: when the draws change those are recomputed rather than reused, while
+    ICL and seen-task stages stay cached."""
+    key: list[Any] = [plan.icl, plan.seen, sorted(plan.shots), sorted(plan.contexts)]
+    return [*key, FEW_SHOT_DRAWS] if plan.shots else key
 
 
 def _finished(stage_dir: Path) -> bool:
@@ -264,7 +273,7 @@ def run_experiment(
         key = _eval_key(
             run_config,
             checkpoint if label == PRETRAINED else f"{_train_key(config)}@{step}",
-            [plan.icl, plan.seen, sorted(plan.shots), sorted(plan.contexts)],
+            _plan_key(plan),
         )
         stage_dir = store / f"eval-{key}"
         name = f"eval:{label}@{step}"

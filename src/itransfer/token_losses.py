@@ -53,7 +53,7 @@ def token_losses(
         logits = model(**inputs).logits
     if gathered and logits.dim() == 2 and logits.shape[0] == int(scored.sum()):
         values = torch.nn.functional.cross_entropy(
-            logits.float(), targets[scored], reduction="none"
+            _at_least_float32(logits), targets[scored], reduction="none"
         )
         return torch.zeros(targets.shape, dtype=values.dtype, device=values.device).masked_scatter(
             scored, values
@@ -65,12 +65,19 @@ def token_losses(
     if not seq2seq:
         logits = logits[:, :-1]
     losses = torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)),
+        _at_least_float32(logits).reshape(-1, logits.size(-1)),
         targets.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="none",
     )
     return losses.view(targets.shape)
+
+
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    # Half-precision logits are upcast for a stable softmax; float64 ones are kept, since
+    # rounding them to float32 would make a float64 model's losses depend on how its batch was
+    # padded (one float32 ulp per token), which the float64 equivalence tests must not see.
+    return logits if logits.dtype == torch.float64 else logits.float()
 
 
 class _Gathered:

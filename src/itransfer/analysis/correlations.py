@@ -2,7 +2,9 @@
 
 Pure functions on the tidy results DataFrame (:class:`itransfer.eval.results.ResultsTable`):
 nothing here reads files or draws. Every per-task value is first averaged over ``seed`` (and
-any other repeated measurement) so each task counts once, as in the paper's scatter plots.
+any other repeated measurement) so each task counts once, as in the paper's scatter plots; a
+fine-tuning seed is a k-shot draw, a LoRA initialisation and dropout masks, and
+:func:`seed_spread` shows how far a task's value moves between seeds.
 
 A *point* of a trajectory is a model label and an instruction-tuning step; step 0 is the
 pre-trained model, so ``pretrained=`` names the label whose rows stand in for step 0.
@@ -302,6 +304,64 @@ def finetune_values(
     rows: pd.DataFrame, shots: int, context: str = "none", metric: str = "loss"
 ) -> pd.Series:
     return task_values(rows, method="finetune", metric=metric, shots=shots, context=context)
+
+
+# --- spread across fine-tuning seeds ---------------------------------------------------------
+
+
+def seed_spread(
+    frame: pd.DataFrame, model: str, *, shots: int = 5, context: str = "none",
+    step: int | None = None, metric: str = "loss",
+) -> pd.DataFrame:
+    """Per task: ``mean``, ``std`` (ddof 1; NaN for one seed) and ``n_seeds`` of one model's
+    k-shot fine-tuning test ``metric`` across seeds.
+
+    Repeated rows of one seed are averaged first, so each seed counts once; with one row per
+    seed, ``mean`` is the value the correlations use (:func:`finetune_values`).
+    """
+    rows = model_rows(frame, model, step)
+    chosen = rows[(rows["method"] == "finetune") & (rows["metric"] == metric)
+                  & (rows["split"] == "test") & (rows["shots"] == shots)
+                  & (rows["context"] == context)]
+    per_seed = chosen.groupby(["task", "seed"])["value"].mean().astype(float)
+    spread = per_seed.groupby(level="task").agg(["mean", "std", "count"])
+    spread = spread.rename(columns={"count": "n_seeds"}).astype({"n_seeds": int})
+    spread.index.name = "task"
+    return spread.sort_index()
+
+
+@dataclass(frozen=True)
+class SpreadSummary:
+    """One line on a :func:`seed_spread` table: the typical per-task std across seeds, beside
+    how much the tasks' means differ (seed noise small against it leaves task rankings, and so
+    the rank correlations, alone)."""
+
+    median_std: float  # over tasks with at least two seeds
+    between_task_std: float  # std of the per-task means
+    min_seeds: int
+    max_seeds: int
+    n_tasks: int
+
+    def describe(self) -> str:
+        seeds = (f"{self.max_seeds}" if self.min_seeds == self.max_seeds
+                 else f"{self.min_seeds}–{self.max_seeds}")
+        return (f"{seeds} seeds per task, {self.n_tasks} tasks: median per-task std across "
+                f"seeds {self.median_std:.3f} (std of the task means {self.between_task_std:.3f})")
+
+
+def summarize_spread(spread: pd.DataFrame) -> SpreadSummary:
+    """The :class:`SpreadSummary` of a :func:`seed_spread` table (NaNs when it is empty)."""
+    nan = float("nan")
+    if spread.empty:
+        return SpreadSummary(nan, nan, 0, 0, 0)
+    stds = spread["std"].dropna()
+    means = spread["mean"]
+    return SpreadSummary(
+        median_std=float(stds.median()) if not stds.empty else nan,
+        between_task_std=float(means.std(ddof=1)) if len(means) > 1 else nan,
+        min_seeds=int(spread["n_seeds"].min()), max_seeds=int(spread["n_seeds"].max()),
+        n_tasks=len(spread),
+    )
 
 
 # --- §3.1: fine-tuning transfer vs ICL ---------------------------------------------------------

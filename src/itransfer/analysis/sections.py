@@ -111,6 +111,8 @@ class TransferAnalysis:
     # (context, metric) → per task: pretrained, instruction_tuned (mean over k > 0)
     per_task_finetune: dict[tuple[str, str], pd.DataFrame]
     per_task_icl: pd.DataFrame  # per task: pretrained, instruction_tuned
+    # per task: mean, std, n_seeds of the IT model's correlation_shots fine-tuning loss
+    seed_spread: pd.DataFrame
 
     @classmethod
     def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: TransferSection, *,
@@ -146,6 +148,10 @@ class TransferAnalysis:
                 for metric in ("loss", "rougeL")
             },
             per_task_icl=_paired(corr.icl_values(pretrained_rows), corr.icl_values(tuned_rows)),
+            seed_spread=corr.seed_spread(
+                frame, section.instruction_tuned, shots=section.correlation_shots,
+                context=section.correlation_context, step=steps.get("instruction-tuned"),
+            ),
         )
 
     def tables_html(self) -> str:
@@ -153,7 +159,22 @@ class TransferAnalysis:
                                               values="mean")
         return ("<h3>Mean fine-tuning test loss by k</h3>" + table(curves, index=True)
                 + details(f"Per-task values ({len(self.scatter)} tasks)",
-                          table(self.scatter, index=True)))
+                          table(self.scatter, index=True))
+                + self._seed_spread_html())
+
+    def _seed_spread_html(self) -> str:
+        # With one seed there is no spread to show (every std would be undefined).
+        if self.seed_spread.empty or self.seed_spread["n_seeds"].max() < 2:
+            return ""
+        spec = self.spec
+        summary = corr.summarize_spread(self.seed_spread).describe()
+        # The line is the summary of a <details>: always visible, the per-task table folded.
+        return details(
+            f"Seed spread of the {spec.correlation_shots}-shot fine-tuning loss (context "
+            f"{spec.correlation_context}) of {spec.instruction_tuned} (the values above average "
+            f"the seeds): {summary}",
+            table(self.seed_spread, index=True),
+        )
 
 
 def _finetune_contexts(*frames: pd.DataFrame) -> list[str]:

@@ -166,6 +166,12 @@ def show(
         "--split",
         help="train, validation, test or few_shot (default: train for seen tasks, else test).",
     ),
+    draw_seed: int | None = typer.Option(
+        None,
+        "--draw-seed",
+        help="With --split few_shot: the pool in this fine-tuning seed's draw order, so -n k "
+        "shows the k-shot set that seed trains on (default: seed 0).",
+    ),
     max_input_tokens: int | None = typer.Option(
         None, "--max-input-tokens", help="Length budget (whitespace tokens here)."
     ),
@@ -185,11 +191,20 @@ def show(
     role = split or ("test" if group in EVALUATION_TASK_GROUPS else "train")
     if role not in ("train", "validation", "test", "few_shot"):
         raise ConfigError(f"--split {role}: expected train, validation, test or few_shot")
-    instances = task_split.few_shot_pool if role == "few_shot" else getattr(task_split, role)
+    if draw_seed is not None and role != "few_shot":
+        raise ConfigError(f"--draw-seed applies to --split few_shot, not --split {role}")
+    label = role
+    if role == "few_shot":
+        # Each seed trains on the first k of its own permutation of the pool; show that order.
+        seed = 0 if draw_seed is None else draw_seed
+        instances = task_split.few_shot_subset(len(task_split.few_shot_pool), seed=seed)
+        label = f"few_shot (seed {seed}'s draw order)"
+    else:
+        instances = getattr(task_split, role)
     if not instances:
         raise ConfigError(f"task {task_name} ({group}) has no '{role}' instances")
     budget = max_input_tokens or config.data.context.max_input_tokens
-    console.rule(f"{task_name} · {group} · split={role} · context={context_name}", style="cyan")
+    console.rule(f"{task_name} · {group} · split={label} · context={context_name}", style="cyan")
     for instance in instances[:num_instances]:
         encoded = encoder.encode(benchmark.task(task_name), instance.input, max_tokens=budget)
         console.print(f"[bold]id[/bold] {instance.id}", highlight=False)

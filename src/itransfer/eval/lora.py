@@ -1,7 +1,7 @@
 """Few-shot LoRA transfer cells (§3.1) and the sequential PEFT engine, the reference.
 
 A *cell* is one (task, k shots, context, seed): a fresh task-specific LoRA trained on the
-first k instances of the task's few-shot pool with the paper's settings (Appendix B: r 16,
+seed's k-shot draw from the task's few-shot pool with the paper's settings (Appendix B: r 16,
 alpha 32, dropout 0.05, constant learning rate 1e-3, batch 32, 5 epochs). What a cell trains
 on, in which order, from which initial LoRA weights and with which dropout masks are functions
 of the cell alone (:func:`epoch_batches`, :func:`init_lora_a`,
@@ -37,7 +37,7 @@ class TransferCell:
     shots: int
     context: str
     seed: int
-    train_examples: tuple[EncodedExample, ...]  # the first `shots` of the few-shot pool
+    train_examples: tuple[EncodedExample, ...]  # the seed's `shots`-instance draw of the pool
 
     @property
     def key(self) -> str:

@@ -1,16 +1,21 @@
 """Few-shot LoRA transfer (§3.1): how easily a checkpoint's parameters adapt to unseen tasks.
 
-The grid is tasks × k (nested subsets of each task's 40-instance few-shot pool; k = 0 is the
-model as is) × fine-tuning context (``none``, or the instruction-tuning context) × seeds. Every
-cell trains a fresh task-specific LoRA and measures test loss and ROUGE-L on the task's test
-instances. Two engines produce the same numbers:
+The grid is tasks × k × fine-tuning context (``none``, or the instruction-tuning context) ×
+seeds. Every cell trains a fresh task-specific LoRA and measures test loss and ROUGE-L on the
+task's test instances. A seed fixes both what the LoRA trains on and how: seed s draws its own
+k-shot sets from the task's 40-instance few-shot pool (a permutation of the pool per (task, s);
+within a seed the k = 5, 10, 20, 40 sets are nested, see :mod:`itransfer.data.splits`) and
+seeds the LoRA initialisation, the batch order and the dropout masks. The test instances are
+the same for every seed. k = 0 is the model as is: it neither draws nor trains, so it is
+evaluated once, under the smallest seed. Two engines produce the same numbers:
 
 * ``peft``: one PEFT LoRA per cell, trained and evaluated one after another (the reference);
 * ``batched``: the LoRAs of up to ``eval.cells_per_group`` cells trained in the same forward
   passes, each example routed to its own adapter (:mod:`itransfer.eval.multilora`).
 
-Work is split by task across processes; each finished group of cells is appended to the
-results table at once, so an interrupted grid resumes after the last finished cells.
+Both read the cells :func:`plan_cells` built, so they train on the same draws. Work is split by
+task across processes; each finished group of cells is appended to the results table at once,
+so an interrupted grid resumes after the last finished cells.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 from itransfer.config import LoraConfig
 from itransfer.data.sni import Instance, Task
+from itransfer.data.splits import FEW_SHOT_DRAWS
 from itransfer.eval.inference import EvalItem
 from itransfer.eval.lora import TransferCell, train_cell_peft
 from itransfer.eval.session import (
@@ -44,13 +50,20 @@ class CellWork:
 
 
 def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellWork], str]:
-    """This process's unfinished cells, grouped by task, and the settings hash."""
+    """This process's unfinished cells, grouped by task, and the settings hash.
+
+    A cell's training examples are its seed's k-shot draw from the task's few-shot pool; the
+    draw is a function of (split seed, task, seed) alone, so it is the same whichever other
+    seeds, k or tasks are planned and whichever process gets the task.
+    """
     eval_config = session.config.eval
     settings = session.config.eval.lora
     settings_hash = session.settings_hash(
         method="finetune", lora=settings.model_dump(mode="json"),
         max_new_tokens=eval_config.max_new_tokens, generate=eval_config.generate,
+        draws=FEW_SHOT_DRAWS,
     )
+    seeds = list(dict.fromkeys(eval_config.seeds))
     done = session.finished_cells(force=force)
     work: list[CellWork] = []
     for name in session.shard(evaluation_tasks(session)):
@@ -61,9 +74,10 @@ def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellW
             pool = [encoder.encode(task, instance) for instance in split.few_shot_pool]
             test_items = None
             for shots in eval_config.shots:
-                subset = split.few_shot_subset(shots)  # raises for k beyond the pool
-                for seed in eval_config.seeds:
-                    cell = TransferCell(name, shots, context, seed, tuple(pool[: len(subset)]))
+                # k = 0 neither draws nor trains: every seed would measure the same model.
+                for seed in seeds if shots > 0 else [min(seeds)]:
+                    drawn = split.few_shot_indices(shots, seed=seed)  # raises beyond the pool
+                    cell = TransferCell(name, shots, context, seed, tuple(pool[i] for i in drawn))
                     cell_id = (
                         f"finetune|{session.model_label}|{session.checkpoint_step}|{cell.key}|"
                         f"{settings_hash}"
