@@ -19,8 +19,15 @@ from itransfer.analysis import correlations as corr
 from itransfer.analysis import seen_fit
 from itransfer.analysis.paper import PAPER_FINDINGS
 from itransfer.analysis.report import write_report
+from itransfer.analysis.sections import DataLimitsAnalysis
 from itransfer.eval.results import ResultsTable
-from itransfer.schema import SECTION_TYPES, MixingSection, RunManifest, TransferSection
+from itransfer.schema import (
+    SECTION_TYPES,
+    DataLimitsSection,
+    MixingSection,
+    RunManifest,
+    TransferSection,
+)
 
 SHOTS = (0, 5, 10, 20, 40)
 TRAJECTORY = (100, 200, 300)
@@ -368,3 +375,27 @@ def test_report_without_results_rows(tmp_path: Path) -> None:
     paths = write_report(run_dir, n_boot=10)
     text = paths.html.read_text(encoding="utf-8")
     assert "undefined" in text and embedded_pngs(text) == []
+
+
+def test_data_limits_table_states_each_models_step_budget(tmp_path: Path) -> None:
+    raw = manifest_dict(sections={"data_limits"})
+    raw["models"]["it-limit10"].update(budget="steps", total_steps=300)
+    raw["models"]["it-limit100"].update(budget="epochs", total_steps=30)
+    manifest = RunManifest.model_validate(raw)
+    frame = pd.DataFrame.from_records(build_rows(num_tasks=5))
+    limits = DataLimitsAnalysis.compute(frame, manifest, manifest.section(DataLimitsSection),
+                                        n_boot=10, seed=0)
+    assert limits.summary.set_index("model")[["budget", "total_steps"]].to_dict("index") == {
+        "it-limit10": {"budget": "steps", "total_steps": 300},
+        "it-limit100": {"budget": "epochs", "total_steps": 30},
+    }
+    report = write_report(make_run(tmp_path, build_rows(num_tasks=5), raw), n_boot=10)
+    html = report.html.read_text(encoding="utf-8")
+    assert "<b>steps</b>: as many steps as the same run without the data limit" in html
+    assert "<b>epochs</b>: train.epochs passes over" in html and "differ in budget" in html
+    # A manifest written before budgets were recorded still reports, and says so.
+    old = make_run(tmp_path / "old", build_rows(num_tasks=5),
+                   manifest_dict(sections={"data_limits"}))
+    assert "Step budget: not recorded" in write_report(old, n_boot=10).html.read_text("utf-8")
+
+

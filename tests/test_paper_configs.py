@@ -15,8 +15,10 @@ from itransfer.eval.results import ResultsTable
 from itransfer.experiment import load_experiment
 from itransfer.pipeline import plan_evaluations, run_experiment
 from itransfer.schema import MANIFEST_VERSION, SECTION_TYPES, read_manifest
+from itransfer.train.recipe import instruction_tuning_steps
 
-PAPER_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "paper").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "paper"
+PAPER_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -95,3 +97,27 @@ def test_paper_experiment_at_tiny_scale(config: Path, tmp_path: Path) -> None:
     images = embedded_pngs(html)
     assert len(images) == html.count("<figcaption>") >= 1
     assert all(image.startswith(PNG_MAGIC) and len(image) > 1000 for image in images)
+
+
+@pytest.mark.slow
+def test_data_limits_at_tiny_scale_under_each_step_budget(tmp_path: Path) -> None:
+    config, store = CONFIG_DIR / "sec3_2_data_limits.yaml", tmp_path / "stages"
+    # The base has no data limit: its step count is the unlimited run's.
+    unlimited = instruction_tuning_steps(load_experiment(config, scale="tiny").base)
+    totals: dict[str, dict[str, int | None]] = {}
+    for budget in ("epochs", "steps"):
+        experiment = load_experiment(config, scale="tiny", overrides=[f"train.budget={budget}"])
+        summary = run_experiment(experiment, tmp_path / budget, store=store)
+        manifest = read_manifest(tmp_path / budget)
+        models = {label: manifest.models[label] for label in experiment.variants}
+        assert {info.budget for info in models.values()} == {budget}
+        assert all(info.final_step == info.total_steps for info in models.values())
+        totals[budget] = {label: info.total_steps for label, info in models.items()}
+        assert summary.report is not None
+        html = summary.report.read_text(encoding="utf-8")
+        assert f"Step budget (column <code>budget</code>): <b>{budget}</b>" in html
+    assert set(totals["steps"].values()) == {unlimited}
+    epochs = totals["epochs"]
+    assert epochs["it-limit10"] < epochs["it-limit50"] < epochs["it-limit100"] < unlimited
+    # Every limit trained apart under each budget: the two never shared a training stage.
+    assert len(list(store.glob("train-*"))) == 2 * len(epochs)

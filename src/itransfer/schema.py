@@ -44,8 +44,9 @@ from itransfer.errors import DataError
 
 PRETRAINED = "pretrained"  # the base model before instruction tuning; step 0 of trajectories
 MANIFEST = "manifest.json"
-# 1: manifests written before this field existed (same shape); 2: with ``version``.
-MANIFEST_VERSION = 2
+# 1: manifests written before this field existed (same shape); 2: with ``version``; 3: models
+# record their step budget (``ModelInfo.budget``, ``total_steps``; absent in 1 and 2).
+MANIFEST_VERSION = 3
 
 
 # --- what to measure -----------------------------------------------------------------------
@@ -279,6 +280,11 @@ class ModelInfo(StrictModel):
     sampler_spec: dict[str, Any] | None = None
     data_limit: int | None = None
     mixing_every: int | None = None
+    # What set the number of instruction-tuning steps (§3.2): "epochs" (train.epochs over the
+    # run's own, limited data), "steps" (the unlimited run's step count) or "fixed"
+    # (train.steps); None for the pre-trained model and in manifests before version 3.
+    budget: Literal["epochs", "steps", "fixed"] | None = None
+    total_steps: int | None = None  # instruction-tuning steps of the whole run
     final_step: int = 0
     trajectory_steps: tuple[int, ...] = ()
     stage: str | None = None

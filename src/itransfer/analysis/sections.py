@@ -163,7 +163,7 @@ class DataLimitsAnalysis:
     """§3.2, Figure 2."""
 
     spec: DataLimitsSection
-    summary: pd.DataFrame  # per limit: icl_loss, finetune_loss
+    summary: pd.DataFrame  # per limit: icl_loss, finetune_loss, the model's budget and steps
     before: str
     after: str
     deltas: pd.DataFrame  # per task: icl/finetune before, after, delta
@@ -178,15 +178,25 @@ class DataLimitsAnalysis:
             before_step=evaluated_step(frame, manifest, before),
             after_step=evaluated_step(frame, manifest, after),
         )
+        summary = corr.data_limit_summary(frame, section.models, shots=section.shots)
+        # Which step budget trained each model: under "epochs" a smaller limit also means
+        # fewer steps, so the report must say which one produced each number (§3.2).
+        infos = [manifest.models.get(model) for model in summary["model"]]
+        summary = summary.assign(
+            budget=[info.budget if info else None for info in infos],
+            total_steps=pd.array([info.total_steps if info else None for info in infos],
+                                 dtype="Int64"),
+        )
         return cls(
             spec=section,
-            summary=corr.data_limit_summary(frame, section.models, shots=section.shots),
+            summary=summary,
             before=before, after=after, deltas=deltas,
             correlation=corr.delta_correlation(deltas, n_boot=n_boot, seed=seed),
         )
 
     def tables_html(self) -> str:
-        return ("<h3>Mean loss by data limit</h3>" + table(self.summary)
+        return ("<h3>Mean loss by data limit</h3>" + _budget_note(self.summary["budget"])
+                + table(self.summary)
                 + details(f"Per-task changes, {self.after} − {self.before} "
                           f"({len(self.deltas)} tasks)", table(self.deltas, index=True)))
 
@@ -275,3 +285,21 @@ class MixingAnalysis:
         return ("<p>Drawn in Figure 4 (left) above.</p><h3>Mean loss by step</h3>"
                 + table(self.curves.pivot_table(index=["method", "label"], columns="step",
                                                 values="mean"), index=True))
+
+
+BUDGET_MEANINGS = {
+    "epochs": "train.epochs passes over the model's own (limited) training data",
+    "steps": "as many steps as the same run without the data limit",
+    "fixed": "train.steps, set explicitly",
+}
+
+
+def _budget_note(budgets: pd.Series) -> str:
+    """One line saying what set each model's step count (``budget`` column of the summary)."""
+    named = [budget for budget in dict.fromkeys(budgets.dropna()) if budget in BUDGET_MEANINGS]
+    if not named:
+        return "<p>Step budget: not recorded (a manifest written before version 3).</p>"
+    meanings = "; ".join(f"<b>{budget}</b>: {BUDGET_MEANINGS[budget]}" for budget in named)
+    mixed = " The models differ in budget." if len(named) > 1 else ""
+    return f"<p>Step budget (column <code>budget</code>): {meanings}.{mixed}</p>"
+
