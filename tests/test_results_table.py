@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -64,3 +65,21 @@ def test_results_show(tmp_path: Path) -> None:
     assert "finetune" in result.output and "2.000" in result.output and "10.000" in result.output
     empty = CliRunner().invoke(app, ["results", "show", str(tmp_path / "nothing")])
     assert isinstance(empty.exception, DataError)
+
+
+def test_a_table_written_before_task_group_still_reads(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from itransfer.eval.results import SCHEMA
+
+    old_schema = pa.schema([field for field in SCHEMA if field.name != "task_group"])
+    table = ResultsTable(tmp_path)
+    table.root.mkdir(parents=True)
+    old = {**_row("loss", 2.0), "written_at": "2024-01-01T00:00:00"}
+    pq.write_table(pa.Table.from_pylist([old], schema=old_schema),
+                   table.root / "part-old.parquet")
+    table.append([{**_row("loss", 1.0, cell="c2", shots=10), "task_group": "heldout_domain"}])
+    frame = table.read().set_index("cell")
+    assert frame.loc["c1", "value"] == 2.0 and pd.isna(frame.loc["c1", "task_group"])
+    assert frame.loc["c2", "task_group"] == "heldout_domain"

@@ -180,7 +180,7 @@ class EvalConfig(StrictModel):
 
     task_groups: list[str] = Field(default_factory=lambda: ["unseen"], min_length=1)
     tasks: list[str] | None = None  # explicit task names instead of the groups
-    max_tasks: int | None = Field(default=None, ge=1)  # the first N tasks (quick runs)
+    max_tasks: int | None = Field(default=None, ge=1)  # first N of each group (quick runs)
     icl_context: str = "exemplars"
     shots: list[int] = Field(default_factory=lambda: [0, 5, 10, 20, 40], min_length=1)
     transfer_contexts: list[str] = Field(default_factory=lambda: ["none", "exemplars"])
