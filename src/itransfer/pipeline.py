@@ -38,7 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from itransfer.config import ExperimentConfig, result_relevant
+from itransfer.config import EVALUATION_TASK_GROUPS, ExperimentConfig, result_relevant
 from itransfer.errors import ConfigError
 from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable, config_hash
 from itransfer.experiment import Experiment
@@ -261,9 +261,14 @@ def run_experiment(
     eval_stages: list[tuple[str, int, Path]] = []
     for (label, step), (plan, checkpoint) in sorted(merged.items()):
         config = _config_of(experiment, label)
+        # A section's extra groups (held-out tasks) join the config's, in a fixed order
+        # so that the stage key does not depend on which section asked first.
+        extra_groups = [group for group in EVALUATION_TASK_GROUPS
+                        if group in plan.task_groups and group not in config.eval.task_groups]
         eval_config = config.eval.model_copy(
             update={"shots": sorted(plan.shots) or [0],
-                    "transfer_contexts": sorted(plan.contexts) or ["none"]}
+                    "transfer_contexts": sorted(plan.contexts) or ["none"],
+                    "task_groups": [*config.eval.task_groups, *extra_groups]}
         )
         run_config = config.model_copy(update={"eval": eval_config})
         key = _eval_key(
