@@ -29,12 +29,29 @@ def embedded_pngs(html: str) -> list[bytes]:
     ]
 
 
-def test_all_five_sections_have_a_config() -> None:
+def test_every_section_has_a_config() -> None:
     names = {path.stem for path in PAPER_CONFIGS}
     assert names == {"sec3_1_transfer", "sec3_2_data_limits", "sec4_sampling",
-                     "sec5_1_trajectory", "sec5_2_mixing"}
+                     "sec5_1_trajectory", "sec5_1_no_context", "sec5_1_task_id",
+                     "sec5_2_mixing"}
     for path in PAPER_CONFIGS:  # full scale names the paper's model
         assert load_experiment(path).base.model.name_or_path == "google/t5-large-lm-adapt"
+    ran = {key for path in PAPER_CONFIGS for key in load_experiment(path).spec.sections}
+    assert ran == set(SECTION_TYPES)
+    listed = (CONFIG_DIR / "README.md").read_text(encoding="utf-8")
+    assert all(f"`{path.name}`" in listed for path in PAPER_CONFIGS)
+
+
+def test_the_extra_trajectories_differ_from_5_1_only_in_the_training_context() -> None:
+    reference = load_experiment(CONFIG_DIR / "sec5_1_trajectory.yaml", scale="tiny")
+    for stem, context in (("sec5_1_no_context", "none"), ("sec5_1_task_id", "task_id")):
+        experiment = load_experiment(CONFIG_DIR / f"{stem}.yaml", scale="tiny")
+        (label, config), = experiment.variants.items()
+        assert config.data.context.name == context
+        assert experiment.spec.sections["trajectory"].model == label
+        expected = reference.base.model_copy(deep=True)
+        expected.data.context.name = context
+        assert config == expected
 
 
 def test_quickstart_covers_every_section_of_the_paper() -> None:
