@@ -60,9 +60,15 @@ def test_rows_need_every_column(tmp_path: Path) -> None:
 
 def test_results_show(tmp_path: Path) -> None:
     ResultsTable(tmp_path).append([_row("loss", 2.0), _row("rougeL", 10.0)])
+    # A held-out task's row is its own line, not averaged into the unrecorded group's.
+    ResultsTable(tmp_path).append([{**_row("loss", 5.0, cell="c3"), "task": "task002_y",
+                                    "task_group": "heldout_domain"}])
     result = CliRunner().invoke(app, ["results", "show", str(tmp_path)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "finetune" in result.output and "2.000" in result.output and "10.000" in result.output
+    lines = result.output.splitlines()
+    assert any("heldout_domain" in line and "5.000" in line for line in lines)
+    assert any("—" in line and "2.000" in line for line in lines)
     empty = CliRunner().invoke(app, ["results", "show", str(tmp_path / "nothing")])
     assert isinstance(empty.exception, DataError)
 
