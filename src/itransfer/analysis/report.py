@@ -164,6 +164,9 @@ def _provenance_html(manifest: RunManifest) -> list[str]:
          "trajectory_steps": ", ".join(str(step) for step in info.trajectory_steps)}
         for label, info in manifest.models.items()
     ])
+    if not models.empty:  # whole step counts (not 30.0000), and "—" where none is recorded
+        models["total_steps"] = pd.Series([info.total_steps for info in manifest.models.values()],
+                                          index=models.index, dtype=object)
     timings = sorted(manifest.timings.items())
     return [
         "<h2>Provenance</h2>",

@@ -188,8 +188,9 @@ class DataLimitsAnalysis:
         infos = [manifest.models.get(model) for model in summary["model"]]
         summary = summary.assign(
             budget=[info.budget if info else None for info in infos],
-            total_steps=pd.array([info.total_steps if info else None for info in infos],
-                                 dtype="Int64"),
+            # object, so the report shows whole step counts and "—" where none is recorded
+            total_steps=pd.Series([info.total_steps if info else None for info in infos],
+                                  index=summary.index, dtype=object),
         )
         return cls(
             spec=section,
