@@ -19,9 +19,21 @@ from itransfer.analysis import correlations as corr
 from itransfer.analysis import seen_fit
 from itransfer.analysis.paper import PAPER_FINDINGS
 from itransfer.analysis.report import write_report
-from itransfer.analysis.sections import TransferAnalysis, analyse
+from itransfer.analysis.sections import (
+    DataLimitsAnalysis,
+    HeldoutGroupsAnalysis,
+    TrajectoryAnalysis,
+    TransferAnalysis,
+    analyse,
+)
 from itransfer.eval.results import ResultsTable
-from itransfer.schema import SECTION_TYPES, MixingSection, RunManifest, TransferSection
+from itransfer.schema import (
+    SECTION_TYPES,
+    DataLimitsSection,
+    MixingSection,
+    RunManifest,
+    TransferSection,
+)
 
 SHOTS = (0, 5, 10, 20, 40)
 TRAJECTORY = (100, 200, 300)
@@ -126,6 +138,8 @@ def manifest_dict(*, sections: set[str] | None = None) -> dict[str, Any]:
         "samplers": {"models": {"proportional": "it-proportional", "uniform": "it-uniform"}},
         "trajectory": {"model": "it-proportional", "phase_split_step": SPLIT_STEP, "shots": 5},
         "mixing": {"with": "it-mix3", "without": "it-proportional", "shots": 5},
+        "heldout_groups": {"models": {"pre-trained": "pretrained",
+                                      "instruction-tuned": "it-proportional"}},
     }
     chosen = set(all_sections) if sections is None else sections
     return {
@@ -454,3 +468,104 @@ def test_it_harms_transfer_is_judged_per_context_and_metric() -> None:
         assert result.verdict == PARTLY, (finding_id, result.run_text)
         assert "context none" in result.run_text and "context exemplars" in result.run_text
         assert "IT worse at 4/4 k" in result.run_text and "IT worse at 0/4 k" in result.run_text
+
+
+def test_data_limits_table_states_each_models_step_budget(tmp_path: Path) -> None:
+    raw = manifest_dict(sections={"data_limits"})
+    raw["models"]["it-limit10"].update(budget="steps", total_steps=300)
+    raw["models"]["it-limit100"].update(budget="epochs", total_steps=30)
+    manifest = RunManifest.model_validate(raw)
+    frame = pd.DataFrame.from_records(build_rows(num_tasks=5))
+    limits = DataLimitsAnalysis.compute(frame, manifest, manifest.section(DataLimitsSection),
+                                        n_boot=10, seed=0)
+    assert limits.summary.set_index("model")[["budget", "total_steps"]].to_dict("index") == {
+        "it-limit10": {"budget": "steps", "total_steps": 300},
+        "it-limit100": {"budget": "epochs", "total_steps": 30},
+    }
+    report = write_report(make_run(tmp_path, build_rows(num_tasks=5), raw), n_boot=10)
+    html = report.html.read_text(encoding="utf-8")
+    assert "<b>steps</b>: as many steps as the same run without the data limit" in html
+    assert "<b>epochs</b>: train.epochs passes over" in html and "differ in budget" in html
+    # A manifest written before budgets were recorded still reports, and says so.
+    old = make_run(tmp_path / "old", build_rows(num_tasks=5),
+                   manifest_dict(sections={"data_limits"}))
+    assert "Step budget: not recorded" in write_report(old, n_boot=10).html.read_text("utf-8")
+
+
+
+# --- evaluation groups -------------------------------------------------------------------------
+
+
+def heldout_rows(group: str, count: int, offset: float, rng: np.random.Generator
+                 ) -> list[dict[str, Any]]:
+    """Rows of ``count`` tasks of ``group`` for the two models §3.1 compares (and the
+    trajectory's last step), far off the unseen tasks' values so that any leak shows."""
+    tasks = [f"task{700 + index}_{group}" for index in range(count)]
+    icl = rng.uniform(1.0, 4.0, count) + offset
+    rows = [*unseen_rows("pretrained", 0, tasks, icl + 2.0, icl, rng),
+            *unseen_rows("it-proportional", 300, tasks, icl, icl + 1.0, rng)]
+    return [{**one, "task_group": group} for one in rows]
+
+
+def test_heldout_groups_leave_every_unseen_section_as_it_was() -> None:
+    rng = np.random.default_rng(5)
+    unseen = build_rows(num_tasks=12)
+    extra = heldout_rows("heldout_domain", 6, 10.0, rng) + heldout_rows(
+        "heldout_adversarial", 2, -5.0, rng)
+    manifest = RunManifest.model_validate(manifest_dict())
+    # Rows written before the column existed read as unseen; new ones say so.
+    frames = {"unseen only, no column": pd.DataFrame.from_records(unseen),
+              "unseen + held out": pd.DataFrame.from_records(
+                  [{**one, "task_group": "unseen"} for one in unseen[: len(unseen) // 2]]
+                  + unseen[len(unseen) // 2:] + extra)}
+    results = {name: analyse(frame, manifest, n_boot=50) for name, frame in frames.items()}
+    before, after = results.values()
+    for kind in (TransferAnalysis, TrajectoryAnalysis, DataLimitsAnalysis):
+        assert before.of(kind) is not None
+    first, second = before.of(TransferAnalysis), after.of(TransferAnalysis)
+    assert first.correlation == second.correlation and first.icl_means == second.icl_means
+    pd.testing.assert_frame_equal(first.loss_curves, second.loss_curves)
+    pd.testing.assert_frame_equal(first.scatter, second.scatter)
+    unseen_only, with_heldout = before.of(TrajectoryAnalysis), after.of(TrajectoryAnalysis)
+    assert (unseen_only.phases.early, unseen_only.phases.late) == (
+        with_heldout.phases.early, with_heldout.phases.late)
+    pd.testing.assert_frame_equal(unseen_only.phases.late_table, with_heldout.phases.late_table)
+    pd.testing.assert_frame_equal(unseen_only.curves, with_heldout.curves)
+    pd.testing.assert_frame_equal(before.of(DataLimitsAnalysis).summary,
+                                  after.of(DataLimitsAnalysis).summary)
+    # Unfiltered, the held-out rows would have moved §3.1: the check above can fail.
+    leaked = TransferAnalysis.compute(frames["unseen + held out"], manifest,
+                                      manifest.section(TransferSection), n_boot=50, seed=0)
+    assert leaked.icl_means != first.icl_means and len(leaked.scatter) == 12 + 8
+
+
+def test_heldout_groups_table_per_group_and_model() -> None:
+    rng = np.random.default_rng(6)
+    extra = heldout_rows("heldout_domain", 4, 10.0, rng)
+    frame = pd.DataFrame.from_records(build_rows(num_tasks=5) + extra)
+    manifest = RunManifest.model_validate(manifest_dict(sections={"heldout_groups"}))
+    result = analyse(frame, manifest, n_boot=10).of(HeldoutGroupsAnalysis)
+    summary = result.summary.set_index(["group", "model"])
+    assert list(summary.index.get_level_values("group").unique()) == [
+        "unseen", "unseen_synthetic", "heldout_domain", "heldout_adversarial"]
+    assert summary["n_tasks"].to_dict() == {
+        (group, model): count for group, count in (("unseen", 5), ("unseen_synthetic", 0),
+                                                   ("heldout_domain", 4),
+                                                   ("heldout_adversarial", 0))
+        for model in ("pre-trained", "instruction-tuned")}
+    domain = pd.DataFrame.from_records(extra)
+    tuned = domain[(domain["model"] == "it-proportional") & (domain["method"] == "finetune")
+                   & (domain["shots"] == 5) & (domain["context"] == "none")
+                   & (domain["metric"] == "loss")]
+    expected = tuned.groupby("task")["value"].mean().mean()
+    assert summary.loc[("heldout_domain", "instruction-tuned"), "finetune_loss"] == (
+        pytest.approx(expected))
+    icl = domain[(domain["model"] == "pretrained") & (domain["method"] == "icl")
+                 & (domain["metric"] == "rougeL")]
+    assert summary.loc[("heldout_domain", "pre-trained"), "icl_rougeL"] == pytest.approx(
+        icl["value"].mean())
+    # Empty groups say so instead of failing; the unseen row is beside the others.
+    assert set(summary.loc[summary["n_tasks"] == 0, "note"]) == {"no tasks"}
+    assert set(summary.loc[summary["n_tasks"] > 0, "note"]) == {""}
+    html = result.tables_html()
+    assert html.count("no tasks") == 4 and "5-shot fine-tuning" in html

@@ -16,7 +16,7 @@ from itransfer.eval.icl import evaluate_icl
 from itransfer.eval.inference import evaluate_items
 from itransfer.eval.scoring_files import score_files
 from itransfer.eval.seen import evaluate_seen
-from itransfer.eval.session import open_session
+from itransfer.eval.session import evaluation_tasks, open_session
 from itransfer.eval.transfer import CellWork, evaluate_transfer, plan_cells
 from itransfer.models import DEFAULT_MODEL, bundled_model_dir
 
@@ -222,3 +222,20 @@ def test_batched_engine_progress_moves_within_a_group(tiny_model_dir: Path, tmp_
     assert {t for _, t in reports} == {4}  # 2 tasks x 2 shot counts
     assert done == sorted(done) and done[-1] == 4
     assert any(0 < d < 3 for d in done)  # the bar moved before the first group finished
+
+
+def test_max_tasks_caps_each_group_and_rows_record_their_group(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    groups = ["unseen", "unseen_synthetic", "heldout_domain", "heldout_adversarial"]
+    session = open_session(_config(f"eval.task_groups={groups}", "eval.max_tasks=1",
+                                   "eval.generate=false"), tiny_model_dir, tmp_path)
+    selection = session.benchmark.selection
+    # The bundled slice has no synthetic unseen task; every other group gets its first task,
+    # so adding groups never changes which unseen tasks are evaluated.
+    expected = [selection.unseen[0], selection.heldout_domain[0], selection.heldout_adversarial[0]]
+    assert evaluation_tasks(session) == expected
+    evaluate_icl(session)
+    frame = session.table.read()
+    assert dict(zip(frame["task"], frame["task_group"], strict=True)) == dict(
+        zip(expected, ["unseen", "heldout_domain", "heldout_adversarial"], strict=True))

@@ -132,12 +132,14 @@ def test_sections_come_in_registry_order_whatever_the_yaml_order() -> None:
 
 def test_every_section_points_at_an_analysis_and_its_findings_name_sections() -> None:
     assert list(SECTION_TYPES) == ["transfer", "data_limits", "samplers", "trajectory",
-                                   "mixing"]
+                                   "mixing", "heldout_groups"]
     for key, section_cls in SECTION_TYPES.items():
         assert section_cls.key == key and section_cls.title
         analysis = analysis_class(section_cls.model_construct())
         assert callable(analysis.compute) and callable(analysis.tables_html)
-    assert {finding.section for finding in PAPER_FINDINGS} == set(SECTION_TYPES)
+    # The paper reports no number for the held-out groups, so that section has no finding.
+    assert {finding.section for finding in PAPER_FINDINGS} == set(SECTION_TYPES) - {
+        "heldout_groups"}
 
 
 def test_schema_and_analysis_import_without_torch() -> None:
@@ -296,3 +298,31 @@ def test_the_small_quickstart_places_its_phase_split_on_a_checkpoint() -> None:
     every = small.base.train.checkpoint_every
     assert trajectory.phase_split_step % every == 0 and small.base.train.steps % every == 0
     assert small.base.train.steps // every >= 6  # several checkpoints after the split
+
+
+# --- the held-out groups section -------------------------------------------------------------
+
+
+def test_heldout_groups_adds_its_groups_to_its_models_evaluations_only() -> None:
+    plans = plan_evaluations(load_experiment(REPO / "configs" / "paper" / "sec3_1_transfer.yaml"))
+    every_group = frozenset({"unseen", "unseen_synthetic", "heldout_domain",
+                             "heldout_adversarial"})
+    for label in (PRETRAINED, "it-proportional"):
+        assert plans[(label, "final")].task_groups == every_group
+        assert plans[(label, "final")].shots == {0, 5, 10, 20, 40}  # transfer's grid stays
+    # Other sections ask for no extra group: their models' evaluations stay as they were.
+    assert all(not plan.task_groups for plan in plan_evaluations(
+        load_experiment(QUICKSTART)).values())
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"models": {"a": "it-a"}, "groups": ["heldout_generalization"]},
+     r"sections\.heldout_groups: .*groups: unknown \['heldout_generalization'\]"),
+    ({"models": {"a": "it-a"}, "context": "instructions"},
+     r"sections\.heldout_groups: .*unknown context 'instructions'"),
+    ({"models": {"a": "it-typo"}}, r"sections\.heldout_groups names \['it-typo'\]"),
+])
+def test_bad_heldout_groups_name_the_key(tmp_path: Path, spec: dict[str, Any],
+                                         message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(_experiment(tmp_path, {"heldout_groups": spec}))

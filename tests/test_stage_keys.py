@@ -128,3 +128,20 @@ def test_only_stages_with_lora_cells_name_the_draw_scheme(monkeypatch: pytest.Mo
     after = keys()
     assert after["cells"] != before["cells"]  # drawn otherwise: recomputed, not reused
     assert after["icl"] == before["icl"]  # nothing drawn: stays cached
+
+
+def test_the_step_budget_keys_a_training_stage_only_where_it_sets_the_step_count() -> None:
+    def key(*overrides: str) -> str:
+        return _train_key(load_config(None, list(overrides)))
+
+    limited = "data.splits.max_train_instances_per_task=10"
+    # With a limit and no train.steps the budgets train different step counts: never shared.
+    assert key(limited, "train.budget=steps") != key(limited, "train.budget=epochs")
+    # Without a limit, or with explicit steps, they are the same run: one stage.
+    assert key("train.budget=steps") == key("train.budget=epochs")
+    assert key(limited, "train.steps=50", "train.budget=steps") == key(limited, "train.steps=50")
+    # "epochs" is what every run did before the setting existed, so their stages still match.
+    before = load_config(None, [limited]).model_dump(mode="json")
+    del before["train"]["budget"]
+    assert result_relevant(before) == result_relevant(load_config(None, [limited]))
+    assert "budget" in result_relevant(load_config(None, [limited, "train.budget=steps"]))["train"]

@@ -3,6 +3,7 @@ the checkpoint it writes and reads back, and clean-up."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,13 @@ from itransfer.train.loop import (
     train_step,
     unsupervised_step,
 )
-from itransfer.train.recipe import LOG_FILE, TrainState, check_compatible, setup
+from itransfer.train.recipe import (
+    LOG_FILE,
+    TrainState,
+    check_compatible,
+    instruction_tuning_steps,
+    setup,
+)
 from tiny_configs import tiny_train_config as _config
 
 
@@ -240,3 +247,61 @@ def test_a_checkpoint_from_before_the_annealing_schedule_resumes_as_linear(
         with pytest.raises(ckpt.CheckpointError, match=r"\(train\.sampler differ"):
             check_compatible(tmp_path, saved_other, {"fingerprint": 1}, config, world=1)
         check_compatible(tmp_path, saved_other, {"fingerprint": 1}, other, world=1)
+
+
+LIMIT_10 = "data.splits.max_train_instances_per_task=10"
+
+
+def test_step_budget_steps_trains_the_unlimited_runs_step_count(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    def steps(*overrides: str) -> int:
+        return instruction_tuning_steps(_config(tiny_model_dir, *overrides))
+
+    config = _config(tiny_model_dir)
+    benchmark = open_benchmark(config.data, config.seed)
+    seen = list(benchmark.selection.seen)
+    all_instances = sum(len(benchmark.split(name).train) for name in seen)
+    # 3 epochs at batch 8 over every instance of the bundled slice's seen tasks
+    unlimited = steps()
+    assert unlimited == math.ceil(3 * all_instances / 8) == steps("train.budget=steps")
+    # epochs: passes over the run's own data, so the run shrinks with the limit
+    by_limit = [steps(f"data.splits.max_train_instances_per_task={limit}", "train.budget=epochs")
+                for limit in (10, 50)]
+    assert by_limit[0] == math.ceil(3 * 10 * len(seen) / 8)
+    assert by_limit[0] < by_limit[1] < unlimited
+    # steps: every limit trains the unlimited run's step count
+    for limit in (10, 50):
+        assert steps(f"data.splits.max_train_instances_per_task={limit}",
+                     "train.budget=steps") == unlimited
+    # an explicit train.steps wins under either budget
+    assert steps(LIMIT_10, "train.steps=7", "train.budget=steps") == 7
+    assert steps(LIMIT_10, "train.steps=7", "train.budget=epochs") == 7
+
+    # The run itself (its schedule and its sampler) follows the budget.
+    state = setup(_config(tiny_model_dir, LIMIT_10, "train.budget=steps"), tmp_path / "run")
+    try:
+        assert state.total_it_steps == state.sampler.total_steps == unlimited
+        assert max(state.sampler.task_sizes) == 10  # drawn from the limited data
+    finally:
+        cleanup(state)
+
+
+def test_resume_check_tells_the_two_budgets_apart_only_where_they_differ(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    def saved_with(*overrides: str) -> dict[str, Any]:
+        return {"model": {"fingerprint": 1}, "world_size": 1,
+                "config": _config(tiny_model_dir, *overrides).model_dump(mode="json")}
+
+    epochs = saved_with(LIMIT_10)
+    with pytest.raises(ckpt.CheckpointError, match=r"\(train\.budget differ"):
+        check_compatible(tmp_path, epochs, {"fingerprint": 1},
+                         _config(tiny_model_dir, LIMIT_10, "train.budget=steps"), world=1)
+    # A checkpoint written before the setting existed trained by epochs, and resumes so.
+    del epochs["config"]["train"]["budget"]
+    check_compatible(tmp_path, epochs, {"fingerprint": 1}, _config(tiny_model_dir, LIMIT_10),
+                     world=1)
+    # Without a data limit the budgets count the same examples: one run.
+    check_compatible(tmp_path, saved_with(), {"fingerprint": 1},
+                     _config(tiny_model_dir, "train.budget=steps"), world=1)

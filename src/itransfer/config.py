@@ -128,8 +128,14 @@ class MixingConfig(StrictModel):
 class TrainConfig(StrictModel):
     """Instruction tuning (§2.4, Appendix B): AdamW, 500 warm-up steps to 5e-4, batch 16."""
 
-    steps: int | None = Field(default=None, ge=1)  # instruction-tuning steps; None: from epochs
+    steps: int | None = Field(default=None, ge=1)  # instruction-tuning steps; None: the budget's
     epochs: float = Field(default=3.0, gt=0)
+    # What `epochs` counts when `steps` is None (see `itransfer.train.recipe.planned_steps`):
+    # "epochs" passes over the run's own training data (after the per-task data limit), or
+    # "steps": as many steps as `epochs` passes over the same tasks without the limit would
+    # take (the unlimited model's step count), drawn from the limited data. §3.2 does not say
+    # which one the paper's limited models had.
+    budget: Literal["epochs", "steps"] = "epochs"
     batch_size: int = Field(default=16, ge=1)  # global batch, across processes and accumulation
     gradient_accumulation: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=5e-4, gt=0)
@@ -174,7 +180,7 @@ class EvalConfig(StrictModel):
 
     task_groups: list[str] = Field(default_factory=lambda: ["unseen"], min_length=1)
     tasks: list[str] | None = None  # explicit task names instead of the groups
-    max_tasks: int | None = Field(default=None, ge=1)  # the first N tasks (quick runs)
+    max_tasks: int | None = Field(default=None, ge=1)  # first N of each group (quick runs)
     icl_context: str = "exemplars"
     shots: list[int] = Field(default_factory=lambda: [0, 5, 10, 20, 40], min_length=1)
     transfer_contexts: list[str] = Field(default_factory=lambda: ["none", "exemplars"])
@@ -264,12 +270,14 @@ def result_relevant(
 ) -> dict[str, Any]:
     """``config`` as a JSON tree without :data:`RESULT_NEUTRAL_SETTINGS` (and, for a resumed run,
     :data:`CHECKPOINT_SCHEDULE_SETTINGS`), nor sampler parameters at their
-    :attr:`~itransfer.sampling.SamplerConfig.legacy_defaults`. A mapping is taken as an already
-    dumped config, such as the one a checkpoint saved."""
+    :attr:`~itransfer.sampling.SamplerConfig.legacy_defaults`, and without ``train.budget``
+    unless it is "steps" and sets the step count (:func:`budget_sets_steps`). A mapping is taken
+    as an already dumped config, such as the one a checkpoint saved."""
     tree = (
         config.model_dump(mode="json") if isinstance(config, BaseModel)
         else copy.deepcopy(dict(config))
     )
+    _drop_inert_budget(tree)
     ignored = RESULT_NEUTRAL_SETTINGS
     if ignore_checkpoint_schedule:
         ignored |= CHECKPOINT_SCHEDULE_SETTINGS
@@ -294,6 +302,28 @@ def _drop_legacy_sampler_defaults(tree: dict[str, Any]) -> None:
     for key, legacy_value in SAMPLERS[sampler["name"]].config_class.legacy_defaults.items():
         if key in sampler and sampler[key] == legacy_value:
             del sampler[key]
+
+
+def budget_sets_steps(train: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+    """Whether ``train.budget`` decides the step count of a run (dumped ``train``/``data``):
+    only without an explicit ``train.steps`` and with a per-task data limit; otherwise the
+    two budgets count the same examples."""
+    splits = data.get("splits") if isinstance(data.get("splits"), Mapping) else {}
+    return train.get("steps") is None and splits.get("max_train_instances_per_task") is not None
+
+
+def _drop_inert_budget(tree: dict[str, Any]) -> None:
+    """Keep ``train.budget`` in a dumped config only where it changes the run: budget "steps"
+    when it sets the step count. "epochs" is what every run did before the setting existed,
+    so leaving it out keeps their stage keys (and their checkpoints resumable), and a run the
+    budget does not change is one training stage under either value."""
+    train, data = tree.get("train"), tree.get("data")
+    if not isinstance(train, dict):
+        return
+    if train.get("budget", "epochs") == "epochs" or not budget_sets_steps(
+        train, data if isinstance(data, Mapping) else {}
+    ):
+        train.pop("budget", None)
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

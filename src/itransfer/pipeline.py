@@ -38,7 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from itransfer.config import ExperimentConfig, result_relevant
+from itransfer.config import EVALUATION_TASK_GROUPS, ExperimentConfig, result_relevant
 from itransfer.data.splits import FEW_SHOT_DRAWS
 from itransfer.errors import ConfigError
 from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable, config_hash
@@ -101,7 +101,9 @@ def _config_of(experiment: Experiment, label: str) -> ExperimentConfig:
 
 def _train_key(config: ExperimentConfig) -> str:
     """The training stage of ``config``; settings that do not change results are left out,
-    but the checkpoint schedule stays (it decides which trajectory checkpoints exist)."""
+    but the checkpoint schedule stays (it decides which trajectory checkpoints exist).
+    ``train.budget`` is in the key only where it sets the step count (a data limit, no
+    ``train.steps``): the two budgets share a run only where they cannot differ."""
     relevant = result_relevant(config)
     return config_hash({key: relevant[key] for key in ("seed", "data", "model", "train")})
 
@@ -199,7 +201,7 @@ def run_experiment(
     from itransfer.eval.seen import evaluate_seen
     from itransfer.eval.session import open_session
     from itransfer.eval.transfer import evaluate_transfer
-    from itransfer.train.checkpoint import list_checkpoints
+    from itransfer.train.checkpoint import list_checkpoints, read_state
     from itransfer.train.loop import instruction_tune
 
     state = make_state()
@@ -220,6 +222,7 @@ def run_experiment(
 
     # 1. instruction tuning of every variant a section uses (trajectory checkpoints included)
     checkpoints: dict[str, dict[int, Path]] = {PRETRAINED: {}}
+    total_steps: dict[str, int] = {}  # what each run's step budget came to (its saved state)
     trained_labels = sorted({label for label, _ in plans if label != PRETRAINED})
     for label in trained_labels:
         config = _config_of(experiment, label)
@@ -247,6 +250,9 @@ def run_experiment(
             int(path.name.removeprefix("step-")): path
             for path in list_checkpoints(stage_dir / "checkpoints")
         }
+        if checkpoints[label]:
+            last = checkpoints[label][max(checkpoints[label])]
+            total_steps[label] = int(read_state(last)["total_it_steps"])
 
     # 2. evaluations of each checkpoint the sections need (plans merged per checkpoint)
     merged: dict[tuple[str, int], tuple[EvalPlan, str]] = {}
@@ -265,9 +271,14 @@ def run_experiment(
     eval_stages: list[tuple[str, int, Path]] = []
     for (label, step), (plan, checkpoint) in sorted(merged.items()):
         config = _config_of(experiment, label)
+        # A section's extra groups (held-out tasks) join the config's, in a fixed order
+        # so that the stage key does not depend on which section asked first.
+        extra_groups = [group for group in EVALUATION_TASK_GROUPS
+                        if group in plan.task_groups and group not in config.eval.task_groups]
         eval_config = config.eval.model_copy(
             update={"shots": sorted(plan.shots) or [0],
-                    "transfer_contexts": sorted(plan.contexts) or ["none"]}
+                    "transfer_contexts": sorted(plan.contexts) or ["none"],
+                    "task_groups": [*config.eval.task_groups, *extra_groups]}
         )
         run_config = config.model_copy(update={"eval": eval_config})
         key = _eval_key(
@@ -306,7 +317,7 @@ def run_experiment(
     report = None
     if main:
         _assemble_results(out_dir, experiment, eval_stages)
-        _write_manifest(out_dir, experiment, checkpoints, timings, store)
+        _write_manifest(out_dir, experiment, checkpoints, total_steps, timings, store)
         if write_report:
             from itransfer.analysis.report import write_report as render
 
@@ -315,7 +326,7 @@ def run_experiment(
             report = render(out_dir).html
             timings["report"] = time.perf_counter() - started
             reporter.stage("report", "done", timings["report"])
-            _write_manifest(out_dir, experiment, checkpoints, timings, store)
+            _write_manifest(out_dir, experiment, checkpoints, total_steps, timings, store)
     # The others wait: a process that exits while its peers still use the group aborts.
     state.wait_for_everyone()
     return RunSummary(out_dir=out_dir, timings=timings, report=report, cached_stages=cached)
@@ -347,7 +358,7 @@ def _assemble_results(
 
 def _write_manifest(
     out_dir: Path, experiment: Experiment, checkpoints: dict[str, dict[int, Path]],
-    timings: dict[str, float], store: Path,
+    total_steps: dict[str, int], timings: dict[str, float], store: Path,
 ) -> None:
     base_model = experiment.base.model
     facts = model_facts(base_model.name_or_path, trust_remote_code=base_model.trust_remote_code)
@@ -366,6 +377,8 @@ def _write_manifest(
             sampler_spec=config.train.sampler.model_dump(mode="json"),
             data_limit=config.data.splits.max_train_instances_per_task,
             mixing_every=config.train.mixing.every,
+            budget="fixed" if config.train.steps is not None else config.train.budget,
+            total_steps=total_steps.get(label),
             final_step=max(steps) if steps else 0,
             trajectory_steps=tuple(sorted(steps)),
             stage=str(next(iter(steps.values())).parent.parent) if steps else None,

@@ -13,12 +13,13 @@ Adding a paper section
     other config key), :meth:`Section.model_labels` lists the model labels it refers to (checked
     against the experiment's variants), :meth:`Section.needs` returns the evaluations it wants
     per model (merged with every other section's by :class:`EvalPlan`), and the class
-    variables give its report heading (``title``), the report figures it shows (``figures``)
-    and its analysis (``analysis = "module:Class"``). That class, in ``itransfer.analysis``,
-    computes the section's tables from the results table (``compute``) and renders them
-    (``tables_html``); a section's findings (``analysis/paper.py`` and its evaluator in
-    ``analysis/findings.py``) and figures (``analysis/figures.py``) sit beside the others. The
-    pipeline, the manifest and the report need no edit.
+    variables give its report heading (``title``), the report figures it shows (``figures``),
+    the evaluation task groups whose rows its analysis reads (``task_groups``: the unseen tasks
+    unless it says otherwise) and its analysis (``analysis = "module:Class"``). That class, in
+    ``itransfer.analysis``, computes the section's tables from the results table (``compute``)
+    and renders them (``tables_html``); a section's findings (``analysis/paper.py`` and its
+    evaluator in ``analysis/findings.py``) and figures (``analysis/figures.py``) sit beside the
+    others. The pipeline, the manifest and the report need no edit.
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from itransfer.config import EvalConfig, StrictModel
+from itransfer.config import EVALUATION_TASK_GROUPS, ContextConfig, EvalConfig, StrictModel
 from itransfer.errors import DataError
 
 PRETRAINED = "pretrained"  # the base model before instruction tuning; step 0 of trajectories
 MANIFEST = "manifest.json"
-# 1: manifests written before this field existed (same shape); 2: with ``version``.
-MANIFEST_VERSION = 2
+# 1: manifests written before this field existed (same shape); 2: with ``version``; 3: models
+# record their step budget (``ModelInfo.budget``, ``total_steps``; absent in 1 and 2).
+MANIFEST_VERSION = 3
 
 
 # --- what to measure -----------------------------------------------------------------------
@@ -53,16 +55,22 @@ MANIFEST_VERSION = 2
 
 @dataclass(frozen=True)
 class EvalPlan:
-    """What to measure on one checkpoint; ``a | b`` measures everything either asks for."""
+    """What to measure on one checkpoint; ``a | b`` measures everything either asks for.
+
+    ``task_groups`` are evaluation groups measured on top of the config's ``eval.task_groups``
+    (every measurement of the plan covers their tasks too).
+    """
 
     icl: bool = False
     seen: bool = False
     shots: frozenset[int] = frozenset()
     contexts: frozenset[str] = frozenset()
+    task_groups: frozenset[str] = frozenset()
 
     def merge(self, other: EvalPlan) -> EvalPlan:
         return EvalPlan(icl=self.icl or other.icl, seen=self.seen or other.seen,
-                        shots=self.shots | other.shots, contexts=self.contexts | other.contexts)
+                        shots=self.shots | other.shots, contexts=self.contexts | other.contexts,
+                        task_groups=self.task_groups | other.task_groups)
 
     __or__ = merge
 
@@ -98,6 +106,10 @@ class Section(StrictModel):
     title: ClassVar[str] = ""  # the report's heading
     figures: ClassVar[tuple[str, ...]] = ()  # report figures shown under the heading
     analysis: ClassVar[str] = ""  # "module:Class" of its analysis in itransfer.analysis
+    # The evaluation groups whose rows the analysis is given (seen-task rows always are): the
+    # paper's §3-§5 measure transfer to unseen tasks, so evaluating more groups for another
+    # section must not move their numbers.
+    task_groups: ClassVar[tuple[str, ...]] = ("unseen",)
 
     @abstractmethod
     def model_labels(self) -> list[str]:
@@ -233,6 +245,44 @@ class MixingSection(Section):
         return _trajectory_needs(self.model_labels(), self.shots)
 
 
+@register_section("heldout_groups")
+class HeldoutGroupsSection(Section):
+    """§2.4 and Appendix A: every evaluation group of Table 2's setup beside ``unseen``.
+
+    The paper evaluates on unseen NLU tasks and names three more groups it never trains on
+    (synthetic unseen tasks, tasks of held-out domains and of adversarial sources) without
+    reporting them; this section measures the named models on each ``groups`` entry (added to
+    their evaluations whatever ``eval.task_groups`` says) and tabulates them side by side.
+    """
+
+    title = "Evaluation groups: unseen, synthetic, held-out domains and adversarial sources"
+    figures = ()
+    analysis = "itransfer.analysis.sections:HeldoutGroupsAnalysis"
+    task_groups = EVALUATION_TASK_GROUPS
+
+    models: dict[str, str]  # display name → variant label, e.g. pre-trained, instruction-tuned
+    groups: list[str] = Field(default_factory=lambda: list(EVALUATION_TASK_GROUPS), min_length=1)
+    shots: int = Field(default=5, ge=0)  # the k of the k-shot fine-tuning loss shown
+    context: str = "none"  # the fine-tuning context of that loss
+
+    @model_validator(mode="after")
+    def _known_groups_and_context(self) -> HeldoutGroupsSection:
+        unknown = [group for group in self.groups if group not in EVALUATION_TASK_GROUPS]
+        if unknown:
+            # Rows record a task's own group, so the heldout_generalization union is not one.
+            raise ValueError(f"groups: unknown {unknown}; known: {list(EVALUATION_TASK_GROUPS)}")
+        ContextConfig._known_context(self.context)
+        return self
+
+    def model_labels(self) -> list[str]:
+        return list(self.models.values())
+
+    def needs(self, eval_config: EvalConfig) -> list[Need]:
+        plan = EvalPlan(icl=True, shots=frozenset({self.shots}),
+                        contexts=frozenset({self.context}), task_groups=frozenset(self.groups))
+        return [Need(label, "final", plan) for label in dict.fromkeys(self.model_labels())]
+
+
 def _trajectory_needs(labels: list[str], shots: int) -> list[Need]:
     """Every checkpoint of each model, and the pre-trained model as their step 0."""
     plan = _transfer_plan({shots})
@@ -291,6 +341,11 @@ class ModelInfo(StrictModel):
     sampler_spec: dict[str, Any] | None = None
     data_limit: int | None = None
     mixing_every: int | None = None
+    # What set the number of instruction-tuning steps (§3.2): "epochs" (train.epochs over the
+    # run's own, limited data), "steps" (the unlimited run's step count) or "fixed"
+    # (train.steps); None for the pre-trained model and in manifests before version 3.
+    budget: Literal["epochs", "steps", "fixed"] | None = None
+    total_steps: int | None = None  # instruction-tuning steps of the whole run
     final_step: int = 0
     trajectory_steps: tuple[int, ...] = ()
     stage: str | None = None

@@ -224,10 +224,13 @@ def _provenance_html(manifest: RunManifest) -> list[str]:
     models = pd.DataFrame.from_records([
         {"label": label, "kind": info.kind, "sampler": info.sampler,
          "data_limit": info.data_limit, "mixing_every": info.mixing_every,
-         "final_step": info.final_step,
+         "budget": info.budget, "total_steps": info.total_steps, "final_step": info.final_step,
          "trajectory_steps": ", ".join(str(step) for step in info.trajectory_steps)}
         for label, info in manifest.models.items()
     ])
+    if not models.empty:  # whole step counts (not 30.0000), and "—" where none is recorded
+        models["total_steps"] = pd.Series([info.total_steps for info in manifest.models.values()],
+                                          index=models.index, dtype=object)
     timings = sorted(manifest.timings.items())
     return [
         "<h2>Provenance</h2>",

@@ -19,8 +19,10 @@ import pandas as pd
 from itransfer.analysis import correlations as corr
 from itransfer.analysis import seen_fit
 from itransfer.analysis.html import details, table
+from itransfer.config import EVALUATION_TASK_GROUPS
 from itransfer.schema import (
     DataLimitsSection,
+    HeldoutGroupsSection,
     MixingSection,
     RunManifest,
     SamplersSection,
@@ -67,9 +69,11 @@ def analysis_class(section: Section) -> type[SectionAnalysis]:
 def analyse(
     frame: pd.DataFrame, manifest: RunManifest, *, n_boot: int = 2000, seed: int = 0
 ) -> RunAnalysis:
-    """Compute every section the manifest names, in the manifest's (the registry's) order."""
+    """Compute every section the manifest names, in the manifest's (the registry's) order,
+    each on the rows of the task groups it reads (:func:`rows_of_groups`)."""
     sections = {
-        key: analysis_class(section).compute(frame, manifest, section, n_boot=n_boot, seed=seed)
+        key: analysis_class(section).compute(rows_of_groups(frame, type(section).task_groups),
+                                             manifest, section, n_boot=n_boot, seed=seed)
         for key, section in manifest.sections.items()
     }
     return RunAnalysis(manifest=manifest, num_rows=len(frame), sections=sections)
@@ -203,7 +207,7 @@ class DataLimitsAnalysis:
     """§3.2, Figure 2."""
 
     spec: DataLimitsSection
-    summary: pd.DataFrame  # per limit: icl_loss, finetune_loss
+    summary: pd.DataFrame  # per limit: icl_loss, finetune_loss, the model's budget and steps
     before: str
     after: str
     deltas: pd.DataFrame  # per task: icl/finetune before, after, delta
@@ -230,6 +234,15 @@ class DataLimitsAnalysis:
             before_step=evaluated_step(frame, manifest, before),
             after_step=evaluated_step(frame, manifest, after),
         )
+        # Which step budget trained each model: under "epochs" a smaller limit also means
+        # fewer steps, so the report must say which one produced each number (§3.2).
+        infos = [manifest.models.get(model) for model in summary["model"]]
+        summary = summary.assign(
+            budget=[info.budget if info else None for info in infos],
+            # object, so the report shows whole step counts and "—" where none is recorded
+            total_steps=pd.Series([info.total_steps if info else None for info in infos],
+                                  index=summary.index, dtype=object),
+        )
         return cls(
             spec=section,
             summary=summary, extremes=extremes,
@@ -241,7 +254,8 @@ class DataLimitsAnalysis:
         )
 
     def tables_html(self) -> str:
-        return ("<h3>Mean loss by data limit</h3>" + table(self.summary)
+        return ("<h3>Mean loss by data limit</h3>" + _budget_note(self.summary["budget"])
+                + table(self.summary)
                 + details(f"Per-task changes, {self.after} − {self.before} "
                           f"({len(self.deltas)} tasks)", table(self.deltas, index=True)))
 
@@ -398,3 +412,95 @@ class MixingAnalysis:
         return ("<p>Drawn in Figure 4 (left) above.</p><h3>Mean loss by step</h3>"
                 + table(self.curves.pivot_table(index=["method", "label"], columns="step",
                                                 values="mean"), index=True))
+
+
+BUDGET_MEANINGS = {
+    "epochs": "train.epochs passes over the model's own (limited) training data",
+    "steps": "as many steps as the same run without the data limit",
+    "fixed": "train.steps, set explicitly",
+}
+
+
+def _budget_note(budgets: pd.Series) -> str:
+    """One line saying what set each model's step count (``budget`` column of the summary)."""
+    named = [budget for budget in dict.fromkeys(budgets.dropna()) if budget in BUDGET_MEANINGS]
+    if not named:
+        return "<p>Step budget: not recorded (a manifest written before version 3).</p>"
+    meanings = "; ".join(f"<b>{budget}</b>: {BUDGET_MEANINGS[budget]}" for budget in named)
+    mixed = " The models differ in budget." if len(named) > 1 else ""
+    return f"<p>Step budget (column <code>budget</code>): {meanings}.{mixed}</p>"
+
+
+# --- evaluation groups -------------------------------------------------------------------------
+
+LEGACY_GROUP = "unseen"  # what a row without task_group was: no config evaluated others then
+
+
+def task_groups_of(frame: pd.DataFrame) -> pd.Series:
+    """Each row's task group; rows written before the ``task_group`` column existed count as
+    ``unseen`` (seen-task rows as ``seen``)."""
+    fallback = pd.Series(LEGACY_GROUP, index=frame.index, dtype=object).where(
+        frame["method"] != "seen", "seen")
+    if "task_group" not in frame.columns:
+        return fallback
+    return frame["task_group"].astype(object).where(frame["task_group"].notna(), fallback)
+
+
+def rows_of_groups(frame: pd.DataFrame, groups: tuple[str, ...]) -> pd.DataFrame:
+    """The rows of tasks in the evaluation ``groups``, plus every seen-task row."""
+    other_groups = set(EVALUATION_TASK_GROUPS) - set(groups)
+    if not other_groups or frame.empty:
+        return frame
+    return frame[~task_groups_of(frame).isin(other_groups)]
+
+
+@dataclass(frozen=True)
+class HeldoutGroupsAnalysis:
+    """§2.4 / Appendix A: every evaluation group beside ``unseen`` (no figure in the paper)."""
+
+    spec: HeldoutGroupsSection
+    summary: pd.DataFrame  # per group × model: n_tasks, mean ICL / k-shot losses and ROUGE-L
+    max_tasks: int | None  # eval.max_tasks: at most this many tasks of each group were run
+
+    @classmethod
+    def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: HeldoutGroupsSection,
+                *, n_boot: int, seed: int) -> HeldoutGroupsAnalysis:
+        groups = task_groups_of(frame)
+        records = []
+        for group in section.groups:
+            in_group = frame[groups == group]
+            for name, label in section.models.items():
+                rows = corr.model_rows(in_group, label, evaluated_step(frame, manifest, label))
+                values = {
+                    "icl_loss": corr.icl_values(rows),
+                    "finetune_loss": corr.finetune_values(rows, section.shots, section.context),
+                    "icl_rougeL": corr.icl_values(rows, "rougeL"),
+                    "finetune_rougeL": corr.finetune_values(rows, section.shots,
+                                                            section.context, "rougeL"),
+                }
+                tasks = set().union(*(series.index for series in values.values()))
+                records.append({
+                    "group": group, "model": name, "n_tasks": len(tasks),
+                    **{column: float(series.mean()) if not series.empty else float("nan")
+                       for column, series in values.items()},
+                })
+        summary = pd.DataFrame.from_records(records, columns=[
+            "group", "model", "n_tasks", "icl_loss", "finetune_loss", "icl_rougeL",
+            "finetune_rougeL"])
+        # A group that no model has a task of has none in the selection (the section asked
+        # for every group it lists on every model it names).
+        measured = summary.groupby("group")["n_tasks"].transform("sum") > 0
+        summary["note"] = measured.map({True: "", False: "no tasks"})
+        max_tasks = manifest.config.get("eval", {}).get("max_tasks")
+        return cls(spec=section, summary=summary,
+                   max_tasks=int(max_tasks) if max_tasks is not None else None)
+
+    def tables_html(self) -> str:
+        spec = self.spec
+        capped = (f" At most {self.max_tasks} tasks of each group were evaluated "
+                  "(<code>eval.max_tasks</code>)." if self.max_tasks is not None else "")
+        return ("<p>Mean over each group's tasks: ICL test loss (exemplars in context), "
+                f"{spec.shots}-shot fine-tuning test loss (context <code>{spec.context}</code>) "
+                "and ROUGE-L where generations were scored. The sections above read the "
+                f"<code>unseen</code> group only.{capped}</p>"
+                "<h3>Mean loss by evaluation group</h3>" + table(self.summary))

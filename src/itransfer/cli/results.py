@@ -18,7 +18,8 @@ def show(
         None, "--metric", help="Metrics to show (default: loss and rougeL)."
     ),
 ) -> None:
-    """Mean of each metric over tasks, by model, checkpoint, method, context and shots."""
+    """Mean of each metric over tasks, by model, checkpoint, task group, method, context and
+    shots."""
     from itransfer.errors import DataError
     from itransfer.eval.results import ResultsTable
 
@@ -27,7 +28,10 @@ def show(
         raise DataError(run_dir, "no results found (expected results/part-*.parquet)")
     metrics = metric or ["loss", "rougeL"]
     frame = frame[frame["metric"].isin(metrics) & (frame["split"] == "test")]
-    keys = ["model", "checkpoint_step", "method", "context", "shots"]
+    # Groups are kept apart (a held-out group's mean is not an unseen one's); rows written
+    # before the column existed show "—" rather than vanishing from the group-by.
+    frame = frame.assign(task_group=frame["task_group"].fillna("—"))
+    keys = ["model", "checkpoint_step", "task_group", "method", "context", "shots"]
     summary = (
         frame.groupby([*keys, "metric"])["value"].agg(["mean", "count"]).reset_index()
         .pivot_table(index=keys, columns="metric", values=["mean", "count"])

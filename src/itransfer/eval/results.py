@@ -1,7 +1,9 @@
 """The results table: one tidy row per measurement, appended to a Parquet dataset.
 
-Every measurement is a row ``(run, model, checkpoint_step, task, category, split, method,
-context, shots, seed, metric, value, n, config_hash, cell, written_at)``. Rows are written as a
+Every measurement is a row ``(run, model, checkpoint_step, task, category, task_group, split,
+method, context, shots, seed, metric, value, n, config_hash, cell, written_at)``, where
+``task_group`` is the task's group in the selection (``seen``, ``unseen``, ``unseen_synthetic``,
+``heldout_domain``, ``heldout_adversarial``). Rows are written as a
 new Parquet file per batch of cells (a temporary file renamed into place), so nothing is ever
 rewritten and a crash mid-write leaves only complete files. A *cell* is the unit of work that
 produced a group of rows (e.g. one task's ICL evaluation, one (task, k, context, seed) LoRA
@@ -34,6 +36,7 @@ SCHEMA = pa.schema(
         ("checkpoint_step", pa.int64()),
         ("task", pa.string()),
         ("category", pa.string()),
+        ("task_group", pa.string()),  # null in tables written before the column existed
         ("split", pa.string()),
         ("method", pa.string()),  # icl | finetune | seen
         ("context", pa.string()),
@@ -47,6 +50,8 @@ SCHEMA = pa.schema(
         ("written_at", pa.string()),
     ]
 )
+# Columns added after the first tables were written: a row or a file without one reads as null.
+LATER_COLUMNS = frozenset({"task_group"})
 MEASUREMENT_KEY = [
     "run", "model", "checkpoint_step", "task", "split", "method", "context", "shots", "seed",
     "metric", "config_hash",
@@ -68,7 +73,7 @@ class ResultsTable:
     def append(self, rows: Iterable[Mapping[str, Any]]) -> Path | None:
         """Write ``rows`` as one new Parquet file; returns it (None when there are no rows)."""
         stamp = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-        records = [{**row, "written_at": stamp} for row in rows]
+        records = [{**dict.fromkeys(LATER_COLUMNS), **row, "written_at": stamp} for row in rows]
         if not records:
             return None
         missing = [name for name in SCHEMA.names if name not in records[0]]
@@ -86,7 +91,8 @@ class ResultsTable:
         return sorted(self.root.glob("part-*.parquet")) if self.root.is_dir() else []
 
     def read(self, *, latest_only: bool = True) -> pd.DataFrame:
-        """All rows (by default the latest row of each measurement)."""
+        """All rows (by default the latest row of each measurement); a column of
+        :data:`LATER_COLUMNS` that a file predates reads as null."""
         files = self.files()
         if not files:
             return pd.DataFrame({name: pd.Series(dtype=object) for name in SCHEMA.names})

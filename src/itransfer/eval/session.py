@@ -125,11 +125,13 @@ class EvalSession:
         return int(sum(counts))
 
     def row(self, **fields: Any) -> dict[str, Any]:
-        """A results row with this session's identity filled in."""
+        """A results row with this session's identity filled in, and its task's group (the
+        analysis reports each evaluation group apart, and §3-§5 read the unseen one only)."""
         return {
             "run": self.run_name,
             "model": self.model_label,
             "checkpoint_step": self.checkpoint_step,
+            "task_group": self.benchmark.group_of(fields["task"]),
             "split": "test",
             "seed": self.config.seed,
             "n": 0,
@@ -204,14 +206,18 @@ def _checkpoint_step(folder: Path) -> int:
 
 
 def evaluation_tasks(session: EvalSession) -> list[str]:
-    """The tasks the config asks to evaluate (explicit names, or the selection's groups)."""
+    """The tasks the config asks to evaluate: explicit names (the first ``eval.max_tasks`` of
+    them), or the selection's groups (the first ``eval.max_tasks`` of each group, so a quick
+    run still reaches every group it lists)."""
     selection = session.benchmark.selection
+    limit = session.config.eval.max_tasks
     if session.config.eval.tasks:
         names = list(session.config.eval.tasks)
         for name in names:
             group = session.benchmark.group_of(name)
             if group in ("seen", "excluded"):
                 raise ConfigError(f"eval.tasks: {name} is a {group} task, not an evaluation task")
+        names = names[:limit]
     else:
         groups = {
             **selection.groups(),
@@ -219,9 +225,7 @@ def evaluation_tasks(session: EvalSession) -> list[str]:
         }
         names = []
         for group in session.config.eval.task_groups:
-            names.extend(name for name in groups[group] if name not in names)
-    if session.config.eval.max_tasks is not None:
-        names = names[: session.config.eval.max_tasks]
+            names.extend(name for name in list(groups[group])[:limit] if name not in names)
     if not names:
         raise DataError(session.benchmark.tasks_dir, "no evaluation tasks in this selection")
     return names

@@ -167,9 +167,9 @@ def setup(
     set_seed(config.seed)
 
     # The seen tasks, their training splits (after the data limit) and the sampler over them.
-    task_names, tasks, train_sets = _seen_training_sets(config)
+    task_names, tasks, train_sets, unlimited_sizes = _seen_training_sets(config)
     task_sizes = [len(instances) for instances in train_sets]
-    total_it_steps = train.steps or math.ceil(train.epochs * sum(task_sizes) / train.batch_size)
+    total_it_steps = planned_steps(train, task_sizes, unlimited_sizes)
     sampler = build_sampler(
         train.sampler, task_sizes, total_steps=total_it_steps, batch_size=train.batch_size
     )
@@ -224,6 +224,34 @@ def setup(
     return state
 
 
+def planned_steps(
+    train: TrainConfig, task_sizes: Sequence[int], unlimited_sizes: Sequence[int]
+) -> int:
+    """The number of instruction-tuning steps a run takes: its LR schedule's length and the
+    ``total_steps`` its sampler's schedule (reverse annealing, UniMax's budget) spans.
+
+    ``task_sizes`` are the seen tasks' training-set sizes after the per-task data limit,
+    ``unlimited_sizes`` the same before it. An explicit ``train.steps`` wins. Otherwise
+    ``train.epochs`` passes of ``train.batch_size`` examples over
+
+    * ``budget: epochs``: the run's own training data, so a data limit shortens the run
+      (limit 10 on the full SNI: about a thousand steps, against ~300k without a limit);
+    * ``budget: steps``: the data without the limit, so every limit trains as many steps as the
+      unlimited model, re-drawing its (limited) instances as often as that takes.
+    """
+    if train.steps is not None:
+        return train.steps
+    examples = sum(task_sizes) if train.budget == "epochs" else sum(unlimited_sizes)
+    return math.ceil(train.epochs * examples / train.batch_size)
+
+
+def instruction_tuning_steps(config: ExperimentConfig) -> int:
+    """:func:`planned_steps` of ``config``, from its benchmark alone (no model is loaded)."""
+    _, _, train_sets, unlimited_sizes = _seen_training_sets(config)
+    return planned_steps(config.train, [len(instances) for instances in train_sets],
+                         unlimited_sizes)
+
+
 def _check_launch(config: ExperimentConfig, accelerator: Accelerator) -> None:
     """Fail on every process, before any work, when the run cannot go as configured."""
     train = config.train
@@ -239,14 +267,16 @@ def _check_launch(config: ExperimentConfig, accelerator: Accelerator) -> None:
 
 def _seen_training_sets(
     config: ExperimentConfig,
-) -> tuple[list[str], list[Task], list[Sequence[Instance]]]:
+) -> tuple[list[str], list[Task], list[Sequence[Instance]], list[int]]:
+    """Seen task names, tasks, training sets (after the data limit) and their sizes before it."""
     benchmark = open_benchmark(config.data, config.seed)
     task_names = list(benchmark.selection.seen)
     if not task_names:
         raise DataError(benchmark.tasks_dir, "no seen (training) tasks in this selection")
     tasks = [benchmark.task(name) for name in task_names]
-    train_sets = [benchmark.split(name).train for name in task_names]
-    return task_names, tasks, train_sets
+    splits = [benchmark.split(name) for name in task_names]
+    return (task_names, tasks, [split.train for split in splits],
+            [split.train_size_before_limit for split in splits])
 
 
 def _encoder(config: ExperimentConfig, tokenizer: Any, architecture: str) -> ExampleEncoder:
