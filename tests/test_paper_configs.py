@@ -76,8 +76,8 @@ def test_few_shot_experiments_run_three_seeds_at_full_scale_and_one_when_tiny() 
             tuned.append(path.stem)
             configs = [experiment.base, *experiment.variants.values()]
             assert all(config.eval.seeds == seeds for config in configs), (path.stem, scale)
-    assert sorted(set(tuned)) == ["sec3_1_transfer", "sec3_2_data_limits", "sec5_1_trajectory",
-                                  "sec5_2_mixing"]
+    assert sorted(set(tuned)) == ["sec3_1_transfer", "sec3_2_data_limits", "sec5_1_no_context",
+                                  "sec5_1_task_id", "sec5_1_trajectory", "sec5_2_mixing"]
 
 
 @pytest.mark.slow
