@@ -99,7 +99,7 @@ def test_the_manifest_states_the_annealing_schedule(tiny_model_dir: Path, tmp_pa
     ))
     fake_checkpoint = {6: tmp_path / "store" / "train" / "key" / "checkpoints" / "step-6"}
     _write_manifest(tmp_path / "run", experiment, dict.fromkeys(variants, fake_checkpoint),
-                    {}, tmp_path / "store")
+                    {}, {}, tmp_path / "store")
     models = read_manifest(tmp_path / "run").models
     assert models["it-ra"].sampler_spec == {"name": "reverse_annealing", "start_temperature": 1.0,
                                             "max_temperature": 100.0, "schedule": "linear"}
