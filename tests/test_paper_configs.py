@@ -123,7 +123,7 @@ def test_paper_experiment_at_tiny_scale(config: Path, tmp_path: Path) -> None:
     html = summary.report.read_text(encoding="utf-8")
     markdown = (run_dir / "report.md").read_text(encoding="utf-8")
     assert experiment.spec.title in html
-    assert "| § | Claim | Paper | This run | Verdict |" in markdown
+    assert "| § | Claim | Paper | This run | Test | Verdict |" in markdown
     for key, section_cls in SECTION_TYPES.items():
         ran = key in manifest.sections
         assert (f"<h2>{section_cls.title}</h2>" in html) == ran
