@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from itransfer.analysis.significance import rowwise_spearman
+
 MIN_TASKS = 3  # fewer paired tasks than this and a rank correlation means nothing
 ICL_CONTEXT = "exemplars"  # the paper's ICL context (§2.4): 3 SNI exemplars
 
@@ -97,15 +99,7 @@ def _bootstrap_ci(
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     index = rng.integers(0, xs.size, size=(n_boot, xs.size))
-    # Spearman's rho is Pearson's r on (average) ranks; ranking each resample row-wise
-    # does all resamples at once.
-    rank_x = stats.rankdata(xs[index], axis=1)
-    rank_y = stats.rankdata(ys[index], axis=1)
-    rank_x -= rank_x.mean(axis=1, keepdims=True)
-    rank_y -= rank_y.mean(axis=1, keepdims=True)
-    denominator = np.sqrt((rank_x**2).sum(axis=1) * (rank_y**2).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rhos = (rank_x * rank_y).sum(axis=1) / denominator
+    rhos = rowwise_spearman(xs[index], ys[index])
     rhos = rhos[np.isfinite(rhos)]  # a resample can draw one task only, or a constant side
     if rhos.size == 0:
         return float("nan"), float("nan")

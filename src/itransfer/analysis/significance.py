@@ -84,7 +84,7 @@ class CorrelationDifference:
                 f"[{self.ci_low:+.2f}, {self.ci_high:+.2f}], p={self.p_value:.2g}, n={self.n}")
 
 
-def _rowwise_spearman(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+def rowwise_spearman(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Spearman's rho of each row pair (Pearson's r on average ranks); NaN for a constant row."""
     rank_x = stats.rankdata(xs, axis=1)
     rank_y = stats.rankdata(ys, axis=1)
@@ -112,13 +112,13 @@ def correlation_difference(
         return CorrelationDifference(nan, nan, nan, nan, n, confidence)
     columns = [joined[f"{x}_1"], joined[f"{y}_1"], joined[f"{x}_2"], joined[f"{y}_2"]]
     x1, y1, x2, y2 = (column.to_numpy(dtype=float) for column in columns)
-    observed = float(_rowwise_spearman(x2[None], y2[None])[0]
-                     - _rowwise_spearman(x1[None], y1[None])[0])
+    observed = float(rowwise_spearman(x2[None], y2[None])[0]
+                     - rowwise_spearman(x1[None], y1[None])[0])
     if math.isnan(observed):
         return CorrelationDifference(nan, nan, nan, nan, n, confidence)
     index = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    differences = (_rowwise_spearman(x2[index], y2[index])
-                   - _rowwise_spearman(x1[index], y1[index]))
+    differences = (rowwise_spearman(x2[index], y2[index])
+                   - rowwise_spearman(x1[index], y1[index]))
     differences = differences[np.isfinite(differences)]
     if differences.size == 0:
         return CorrelationDifference(observed, nan, nan, nan, n, confidence)
@@ -156,7 +156,7 @@ def rho_below(table: pd.DataFrame, x: str, y: str, bound: float, *, n_boot: int 
         return BelowBound(bound, nan, nan, confidence)
     xs, ys = clean[x].to_numpy(dtype=float), clean[y].to_numpy(dtype=float)
     index = np.random.default_rng(seed).integers(0, len(clean), size=(n_boot, len(clean)))
-    rhos = _rowwise_spearman(xs[index], ys[index])
+    rhos = rowwise_spearman(xs[index], ys[index])
     rhos = rhos[np.isfinite(rhos)]
     if rhos.size == 0:
         return BelowBound(bound, nan, nan, confidence)
