@@ -19,7 +19,7 @@ from scipy import stats
 
 from itransfer.analysis.correlations import model_rows
 from itransfer.analysis.findings import FindingResult
-from itransfer.analysis.sections import RunAnalysis, evaluated_step
+from itransfer.analysis.sections import RunAnalysis, evaluated_step, rows_of_groups
 
 ALPHA = 0.05
 POWER = 0.8
@@ -79,6 +79,7 @@ def _unseen_means(rows: pd.DataFrame, method: str, metric: str) -> tuple[float, 
 def assess_scale(frame: pd.DataFrame, analysis: RunAnalysis,
                  findings: Sequence[FindingResult]) -> ScaleAssessment:
     manifest = analysis.manifest
+    frame = rows_of_groups(frame, ("unseen",))  # held-out groups have their own table
     pretrained = manifest.models.get(manifest.pretrained)
     num_parameters = pretrained.num_parameters if pretrained else None
     vocab_size = pretrained.vocab_size if pretrained else None
