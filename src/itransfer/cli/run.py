@@ -91,7 +91,7 @@ def quickstart(
     ),
     scale: str | None = typer.Option(
         None, "--scale",
-        help="small: ~30 min on 2 cores, 2,000 steps and 8 checkpoints, enough for the tests "
+        help="small: ~25 min on 2 cores, 2,000 steps and 8 checkpoints, enough for the tests "
              "behind the verdicts to say more (default: the ~6 min miniature).",
     ),
     overrides: list[str] | None = SetOption,
