@@ -6,6 +6,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,18 +112,28 @@ def test_resume_matches_an_uninterrupted_run(tiny_model_dir: Path, tmp_path: Pat
             assert got["unsupervised_loss"] == pytest.approx(expected_mixed, abs=1e-6)
 
 
-def test_ctrl_c_saves_a_resumable_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
-    config = _config(tiny_model_dir, "train.steps=8")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_save_a_resumable_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path, signum: int
+) -> None:
+    """A scheduler's SIGTERM, like Ctrl-C, ends the run at a step boundary with a checkpoint
+    (the step in flight when the request is seen: every process must agree on it)."""
+    config = _config(tiny_model_dir, "train.steps=8", "train.checkpoint_every=100")
+    before = signal.getsignal(signum)
 
-    def interrupt_at_three(step: int, total: int, row: dict) -> None:
+    def signal_at_three(step: int, total: int, row: dict) -> None:
         if step == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
-    with pytest.raises(KeyboardInterrupt):
-        instruction_tune(config, tmp_path / "run", progress=interrupt_at_three)
+    with pytest.raises(KeyboardInterrupt, match=rf"{signal.Signals(signum).name}: stopped at "
+                                                r"step 4 and saved a checkpoint") as info:
+        instruction_tune(config, tmp_path / "run", progress=signal_at_three)
+    assert getattr(info.value, "signal_number", None) == signum
+    assert signal.getsignal(signum) == before  # the handlers are put back
     latest = ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")
-    assert latest is not None and ckpt.read_state(latest)["it_step"] == 3
-    assert instruction_tune(config, tmp_path / "run", resume=True).steps == 8
+    assert latest is not None and ckpt.read_state(latest)["it_step"] == 4
+    resumed = instruction_tune(config, tmp_path / "run", resume=True)
+    assert resumed.steps == 8 and [row["step"] for row in resumed.log] == list(range(1, 9))
 
 
 def test_existing_run_needs_resume(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -172,3 +185,31 @@ def test_log_file_matches_the_result(tiny_model_dir: Path, tmp_path: Path) -> No
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").open()]
     assert [row["step"] for row in rows] == [1, 2, 3]
     assert rows == result.log
+
+
+def test_sigterm_to_itransfer_train_exits_143_with_a_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """What a cluster scheduler does before preempting: SIGTERM, a grace period, SIGKILL."""
+    out = tmp_path / "run"
+    overrides = [f"model.name_or_path={tiny_model_dir}", "model.max_source_length=96",
+                 "model.max_target_length=32", "train.batch_size=8", "train.steps=2000",
+                 "train.checkpoint_every=100000", "train.log_every=1", "train.tensorboard=false"]
+    command = [sys.executable, "-m", "itransfer", "train", "--out", str(out),
+               *(part for override in overrides for part in ("--set", override))]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "train_log.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "SIGTERM: stopped at step" in stderr and "resume with --resume" in stderr
+    latest = ckpt.latest_checkpoint(out / "checkpoints")
+    assert latest is not None
+    step = ckpt.read_state(latest)["it_step"]
+    assert 3 <= step < 2000 and step == len(log.read_text().splitlines())

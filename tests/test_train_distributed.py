@@ -4,6 +4,8 @@ checkpoint loads in a single process."""
 from __future__ import annotations
 
 import json
+import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,26 @@ def test_two_process_resume_is_exact(tiny_model_dir: Path, tmp_path: Path) -> No
     state = json.loads((tmp_path / "split" / "run" / "checkpoints" / "step-0000008" /
                         "trainer_state.json").read_text())
     assert state["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A scheduler may signal the processes at different moments: the request travels with
+    the step's loss reduction, so both stop after the same step, save one checkpoint, and the
+    resumed run logs the uninterrupted losses."""
+    model = str(tiny_model_dir)
+    launch_two(RESUME_SCRIPT, model, str(tmp_path / "whole" / "run"), "whole")
+    launch_two(RESUME_SCRIPT, model, str(tmp_path / "split" / "run"), "first", "sigterm")
+    stopped = {rank: json.loads((tmp_path / "split" / f"stopped-rank{rank}.json").read_text())
+               for rank in (0, 1)}
+    # Rank 1 sees the signal during step 4 or 5 (it arrives asynchronously); both agree.
+    assert stopped[0]["message"] == stopped[1]["message"], stopped
+    assert re.search(r"SIGTERM: stopped at step [45] and saved a checkpoint",
+                     stopped[1]["message"])
+    assert stopped[0]["signal"] == stopped[1]["signal"] == signal.SIGTERM
+    launch_two(RESUME_SCRIPT, model, str(tmp_path / "split" / "run"), "resumed")
+    whole = json.loads((tmp_path / "whole" / "losses-whole.json").read_text())
+    resumed = json.loads((tmp_path / "split" / "losses-resumed.json").read_text())
+    assert resumed["losses"] == pytest.approx(whole["losses"], abs=1e-6)

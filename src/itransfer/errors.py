@@ -26,3 +26,15 @@ class DataError(ITransferError):
         self.line = line
         where = f"{self.path}:{line}" if line is not None else str(self.path)
         super().__init__(f"{where}: {message}")
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped at a step boundary on SIGINT or SIGTERM, after saving a checkpoint.
+
+    A KeyboardInterrupt, so code that lets Ctrl-C through lets it through too; the CLI exits
+    with 128 + ``signal_number``, as a shell reports a process the signal ended.
+    """
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number

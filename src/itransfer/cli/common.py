@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -10,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from itransfer.config import ExperimentConfig, load_config
+from itransfer.errors import TrainingStopped
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML experiment config.")
 SetOption = typer.Option(
@@ -22,6 +24,17 @@ SniDirOption = typer.Option(
 )
 
 stderr = Console(stderr=True)
+
+
+@contextmanager
+def exit_code_on_stop() -> Iterator[None]:
+    """A run that SIGINT or SIGTERM stopped (its checkpoint saved) says so and exits with
+    128 + the signal (143 for a scheduler's SIGTERM), not with typer's generic 130."""
+    try:
+        yield
+    except TrainingStopped as exc:
+        stderr.print(str(exc), style="yellow", markup=False, highlight=False)
+        raise typer.Exit(128 + exc.signal_number) from exc
 
 
 def resolve_config(

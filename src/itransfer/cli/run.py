@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from itransfer.cli.common import SetOption, SniDirOption, stderr
+from itransfer.cli.common import SetOption, SniDirOption, exit_code_on_stop, stderr
 
 
 class RichReporter:
@@ -52,8 +52,10 @@ def _run(config: Path, out: Path, scale: str | None, overrides: list[str] | None
     experiment = load_experiment(config, scale=scale, overrides=overrides)
     main = make_state().is_main_process  # under accelerate launch, one process draws
     started = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=stderr, transient=True, disable=not main) as bar:
+    with exit_code_on_stop(), Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=stderr, transient=True, disable=not main,
+    ) as bar:
         summary = run_experiment(experiment, out, store=store, force=tuple(force or ()),
                                  reporter=RichReporter(bar))
     if not main:

@@ -15,7 +15,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from itransfer.cli.common import ConfigOption, SetOption, SniDirOption, resolve_config, stderr
+from itransfer.cli.common import (
+    ConfigOption,
+    SetOption,
+    SniDirOption,
+    exit_code_on_stop,
+    resolve_config,
+    stderr,
+)
 
 
 def train(
@@ -25,7 +32,7 @@ def train(
     sni_dir: Path | None = SniDirOption,
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
 ) -> None:
-    """Instruction-tune a model on the seen tasks (Ctrl-C saves a resumable checkpoint)."""
+    """Instruction-tune a model on the seen tasks (Ctrl-C or SIGTERM saves a checkpoint)."""
     from transformers.utils import logging as transformers_logging
 
     from itransfer.train.loop import instruction_tune  # torch loads only when training
@@ -52,6 +59,7 @@ def train(
             fields = {key: row[key] for key in ("lr", "samples_per_s") if key in row}
             bar.update(handle, completed=step, total=total, loss=row["loss"], **fields)
 
-        result = instruction_tune(config, out, resume=resume, progress=report)
+        with exit_code_on_stop():
+            result = instruction_tune(config, out, resume=resume, progress=report)
     if main_process:
         stderr.print(f"final checkpoint: {result.final_checkpoint}")

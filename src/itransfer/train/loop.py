@@ -41,6 +41,7 @@ from accelerate import Accelerator
 
 from itransfer.config import ExperimentConfig
 from itransfer.data.contexts import cut_summary
+from itransfer.errors import TrainingStopped
 from itransfer.examples import EncodedExample, collate, count_targets, target_mask
 from itransfer.sampling import plot_sampling_schedule
 from itransfer.token_losses import token_losses
@@ -73,24 +74,33 @@ class StepStats:
     task_losses: dict[int, float]
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextmanager
-def stop_requested_on_interrupt() -> Iterator[dict[str, bool]]:
-    """The first Ctrl-C only asks the loop to stop at the next step boundary (and save)."""
-    flag = {"stop": False}
+def stop_requested_on_signal() -> Iterator[dict[str, int | None]]:
+    """SIGINT (Ctrl-C) and SIGTERM (what a cluster scheduler sends before it preempts a job)
+    only ask the loop to stop at the next step boundary and save; a second Ctrl-C interrupts
+    at once."""
+    flag: dict[str, int | None] = {"signal": None}
+    previous: dict[int, Any] = {}
 
     def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
-        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts at once
+        flag["signal"] = signum
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, previous[signal.SIGINT])
 
     try:
-        previous = signal.signal(signal.SIGINT, handler)
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread (e.g. a notebook worker): no graceful stop
         yield flag
         return
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
 
 
 def instruction_tune(
@@ -110,10 +120,11 @@ def instruction_tune(
     train = config.train
     state = setup(config, out_dir, resume=resume, accelerator=accelerator)
     try:
-        with stop_requested_on_interrupt() as interrupt:
+        with stop_requested_on_signal() as interrupt:
             state.throughput.restart()
             while state.it_step < state.total_it_steps:
                 # 1. a batch of instruction-tuning examples, tasks drawn by P(K) at this step
+                state.stop_signal = interrupt["signal"]
                 row = train_step(state)
                 # 2. unsupervised mixing (§5.2): one raw-text step every `mixing.every` IT steps
                 if train.mixing.every and state.it_step % train.mixing.every == 0:
@@ -123,13 +134,15 @@ def instruction_tune(
                 # 4. the trajectory: a checkpoint every `checkpoint_every` steps
                 if train.checkpoint_every and state.it_step % train.checkpoint_every == 0:
                     save_checkpoint(state)
-                if interrupt["stop"] or (stop_after is not None and state.it_step >= stop_after):
+                if state.stop_agreed or (stop_after is not None and state.it_step >= stop_after):
                     if state.saved_step != state.it_step:
                         save_checkpoint(state)
-                    if interrupt["stop"]:
-                        raise KeyboardInterrupt(
-                            f"stopped at step {state.it_step}; resume with --resume"
-                        )
+                    if state.stop_agreed:
+                        # Another process may have got the signal; a scheduler sends SIGTERM.
+                        signum = state.stop_signal or signal.SIGTERM
+                        raise TrainingStopped(
+                            f"{signal.Signals(signum).name}: stopped at step {state.it_step} "
+                            "and saved a checkpoint; resume with --resume", signum)
                     break
     finally:
         cleanup(state)  # the sinks close on Ctrl-C and errors too
@@ -207,8 +220,10 @@ def optimizer_update(
     local_tasks = example_tasks[rank::world] if example_tasks is not None else None
     global_targets = sum(count_targets(e, causal) for e in examples)
     num_tasks = len(state.task_names)
-    # Per-task loss sums, per-task counts and the total NLL, reduced in one collective.
-    sums = torch.zeros(2 * num_tasks + 1, dtype=torch.float64, device=accelerator.device)
+    # Per-task loss sums, per-task counts, how many processes were asked to stop and the
+    # total NLL, reduced in one collective (the stop request costs no extra round trip).
+    sums = torch.zeros(2 * num_tasks + 2, dtype=torch.float64, device=accelerator.device)
+    stop_slot = 2 * num_tasks
     micro_size = math.ceil(len(local) / state.train.gradient_accumulation)
     chunks = [local[i : i + micro_size] for i in range(0, len(local), micro_size)]
     for index, chunk in enumerate(chunks):
@@ -237,7 +252,9 @@ def optimizer_update(
     state.optimizer.step()
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
+    sums[stop_slot] = 0.0 if state.stop_signal is None else 1.0
     sums = accelerator.reduce(sums, reduction="sum")
+    state.stop_agreed = bool(sums[stop_slot] > 0)
     counts = sums[num_tasks : 2 * num_tasks]
     task_losses = {
         int(task): float(sums[task] / counts[task]) for task in torch.nonzero(counts).flatten()

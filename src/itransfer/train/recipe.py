@@ -118,6 +118,10 @@ class TrainState:
     last_task_losses: dict[int, float] = field(default_factory=dict)
     last_saved: Path | None = None
     saved_step: int | None = None  # the step of last_saved
+    # A signal (SIGINT, SIGTERM) asked this process to stop at the next step boundary; each
+    # step sums the request over the processes, so all of them stop after the same step.
+    stop_signal: int | None = None
+    stop_agreed: bool = False  # some process was asked to stop, as of the last step
     throughput: Throughput = field(default_factory=Throughput)
 
     @property
