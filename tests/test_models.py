@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 
@@ -165,3 +166,12 @@ def test_model_facts_count_parameters_without_loading_weights(tiny_t5: LoadedMod
     loaded = load_model_and_tokenizer(tmp_path / "gpt").model
     assert causal.num_parameters == loaded.num_parameters()
     assert model_facts(tmp_path / "missing") is None  # a report never fails on its header
+
+
+def test_weights_that_are_not_safetensors_are_a_one_line_error(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(bundled_model_dir(), broken)
+    (broken / "model.safetensors").write_text("<html>a proxy's error page</html>")
+    with pytest.raises(ITransferError, match=rf"cannot load model from {broken}: a "
+                                             r"\*\.safetensors file there is not a valid"):
+        load_model_and_tokenizer(broken)

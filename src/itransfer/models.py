@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -127,6 +128,11 @@ def load_model_and_tokenizer(
         )
     except OSError as exc:
         raise ITransferError(_load_failure_message(str(name_or_path), local, exc)) from exc
+    except SafetensorError as exc:  # a truncated download, a text file saved as weights, …
+        raise ITransferError(
+            f"cannot load model from {source}: a *.safetensors file there is not a valid "
+            f"safetensors file ({exc}); re-download or re-save it"
+        ) from exc
     if chosen == "causal":
         _ensure_pad_token(model, tokenizer)
     logger.info("loaded %s (%s) from %s", type(model).__name__, chosen, source)

@@ -11,7 +11,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from itransfer.config import ExperimentConfig, load_config
-from itransfer.errors import TrainingStopped
+from itransfer.errors import ConfigError, TrainingStopped
+
+
+def folder_not_file(value: Path | None) -> Path | None:
+    """``--out`` callback: a folder to write into may not exist yet, but must not be a file."""
+    if value is not None and value.exists() and not value.is_dir():
+        raise ConfigError(f"--out {value}: is a file; --out names a folder to write into")
+    return value
+
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML experiment config.")
 SetOption = typer.Option(

@@ -14,6 +14,7 @@ from itransfer.cli.common import (
     SetOption,
     SniDirOption,
     file_progress,
+    folder_not_file,
     resolve_config,
 )
 from itransfer.config import EVALUATION_TASK_GROUPS
@@ -53,7 +54,8 @@ def summary(
     overrides: list[str] | None = SetOption,
     no_cache: bool = typer.Option(False, "--no-cache", help="Re-parse every task file."),
     out: Path | None = typer.Option(
-        None, "--out", help="Also write summary.json with the run's config and provenance here."
+        None, "--out", help="Also write summary.json with the run's config and provenance here.",
+        callback=folder_not_file,
     ),
 ) -> None:
     """Per-split task counts and per-category counts of the paper's task selection, each beside

@@ -9,14 +9,23 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from itransfer.cli.common import ConfigOption, SetOption, SniDirOption, resolve_config, stderr
+from itransfer.cli.common import (
+    ConfigOption,
+    SetOption,
+    SniDirOption,
+    folder_not_file,
+    resolve_config,
+    stderr,
+)
 
 eval_app = typer.Typer(help="Evaluate a checkpoint; rows go to <out>/results (Parquet).")
 
 CheckpointOption = typer.Option(
     "itransfer:tiny-t5", "--checkpoint", help="Model folder, training checkpoint or hub name."
 )
-OutOption = typer.Option(..., "--out", "-o", help="Run folder for results and predictions.")
+OutOption = typer.Option(
+    ..., "--out", "-o", help="Run folder for results and predictions.", callback=folder_not_file
+)
 ForceOption = typer.Option(False, "--force", help="Re-run cells that already have results.")
 
 

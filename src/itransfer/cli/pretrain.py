@@ -17,6 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from itransfer.cli.common import folder_not_file
+
 if TYPE_CHECKING:
     from itransfer.train.pretrain import PretrainStep
 
@@ -24,7 +26,9 @@ stderr = Console(stderr=True)
 
 
 def pretrain(
-    out: Path = typer.Option(..., "--out", help="Folder to write the checkpoint to."),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder to write the checkpoint to.", callback=folder_not_file
+    ),
     corpus: Path | None = typer.Option(
         None, "--corpus", help="A .txt file (one document a line) or a folder of them "
         "(default: the bundled SNI-inputs slice)."

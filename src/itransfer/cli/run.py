@@ -10,7 +10,13 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from itransfer.cli.common import SetOption, SniDirOption, exit_code_on_stop, stderr
+from itransfer.cli.common import (
+    SetOption,
+    SniDirOption,
+    exit_code_on_stop,
+    folder_not_file,
+    stderr,
+)
 
 
 class RichReporter:
@@ -67,7 +73,7 @@ def _run(config: Path, out: Path, scale: str | None, overrides: list[str] | None
 
 def run(
     config: Path = typer.Argument(..., help="Experiment YAML (e.g. configs/paper/*.yaml)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder.", callback=folder_not_file),
     scale: str | None = typer.Option(None, "--scale", help="A named scale, e.g. tiny."),
     overrides: list[str] | None = SetOption,
     sni_dir: Path | None = SniDirOption,
@@ -89,7 +95,8 @@ def quickstart_config() -> Path:
 
 def quickstart(
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Run folder (default runs/quickstart, runs/quickstart-small)."
+        None, "--out", "-o", help="Run folder (default runs/quickstart, runs/quickstart-small).",
+        callback=folder_not_file,
     ),
     scale: str | None = typer.Option(
         None, "--scale",

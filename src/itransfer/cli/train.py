@@ -20,13 +20,17 @@ from itransfer.cli.common import (
     SetOption,
     SniDirOption,
     exit_code_on_stop,
+    folder_not_file,
     resolve_config,
     stderr,
 )
 
 
 def train(
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, logs, config)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Run folder (checkpoints, logs, config).",
+        callback=folder_not_file,
+    ),
     config_path: Path | None = ConfigOption,
     overrides: list[str] | None = SetOption,
     sni_dir: Path | None = SniDirOption,
