@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -19,6 +21,36 @@ def folder_not_file(value: Path | None) -> Path | None:
     if value is not None and value.exists() and not value.is_dir():
         raise ConfigError(f"--out {value}: is a file; --out names a folder to write into")
     return value
+
+
+LOCK_FILE = ".itransfer.lock"
+
+
+@contextmanager
+def one_writer(out: Path) -> Iterator[None]:
+    """Hold ``<out>/.itransfer.lock`` while this command writes to ``out``.
+
+    A second ``itransfer train``, ``eval`` or ``run`` into the same folder stops at once with
+    one line instead of interleaving its logs and checkpoints with the first. The lock is an
+    OS file lock (``filelock``), so a process that dies, even by SIGKILL, releases it. Under
+    ``accelerate launch`` the run's main process holds it for all of its processes.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(
+            f"--out {out}: another itransfer process is writing there (it holds "
+            f"{out / LOCK_FILE}); wait for it to finish or choose another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML experiment config.")

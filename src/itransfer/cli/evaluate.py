@@ -14,6 +14,7 @@ from itransfer.cli.common import (
     SetOption,
     SniDirOption,
     folder_not_file,
+    one_writer,
     resolve_config,
     stderr,
 )
@@ -45,7 +46,11 @@ def _run(
 
     transformers_logging.disable_progress_bar()
     config = resolve_config(config_path, overrides, sni_dir)
-    session = open_session(config, checkpoint, out)
+    with one_writer(out):
+        _evaluate_into(what, open_session(config, checkpoint, out), evaluate, **kwargs)
+
+
+def _evaluate_into(what: str, session: Any, evaluate: Callable[..., int], **kwargs: Any) -> None:
     with Progress(
         TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=stderr,

@@ -15,6 +15,7 @@ from itransfer.cli.common import (
     SniDirOption,
     exit_code_on_stop,
     folder_not_file,
+    one_writer,
     stderr,
 )
 
@@ -58,7 +59,7 @@ def _run(config: Path, out: Path, scale: str | None, overrides: list[str] | None
     experiment = load_experiment(config, scale=scale, overrides=overrides)
     main = make_state().is_main_process  # under accelerate launch, one process draws
     started = time.perf_counter()
-    with exit_code_on_stop(), Progress(
+    with one_writer(out), exit_code_on_stop(), Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=stderr, transient=True, disable=not main,
     ) as bar:

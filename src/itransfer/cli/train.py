@@ -21,6 +21,7 @@ from itransfer.cli.common import (
     SniDirOption,
     exit_code_on_stop,
     folder_not_file,
+    one_writer,
     resolve_config,
     stderr,
 )
@@ -56,7 +57,7 @@ def train(
     )
     # Under `accelerate launch` every process runs this command; only rank 0 draws.
     main_process = os.environ.get("RANK", "0") == "0"
-    with Progress(*columns, console=stderr, disable=not main_process) as bar:
+    with one_writer(out), Progress(*columns, console=stderr, disable=not main_process) as bar:
         handle = bar.add_task("train", total=None, loss=float("nan"), lr=0.0, samples_per_s=0.0)
 
         def report(step: int, total: int, row: dict[str, float]) -> None:
