@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 from scipy import stats
 
-from itransfer.analysis.correlations import model_rows
+from itransfer.analysis.correlations import model_rows, task_values
 from itransfer.analysis.findings import FindingResult
 from itransfer.analysis.sections import RunAnalysis, evaluated_step, rows_of_groups
 
@@ -68,11 +68,10 @@ class ScaleAssessment:
 
 
 def _unseen_means(rows: pd.DataFrame, method: str, metric: str) -> tuple[float, int]:
-    chosen = rows[(rows["method"] == method) & (rows["metric"] == metric)
-                  & (rows["split"] == "test")]
+    """Mean over tasks of :func:`task_values` (fine-tuning: k > 0 only), and the task count."""
     if method == "finetune":
-        chosen = chosen[chosen["shots"] > 0]
-    per_task = chosen.groupby("task")["value"].mean()
+        rows = rows[rows["shots"] > 0]
+    per_task = task_values(rows, method=method, metric=metric)
     return (float(per_task.mean()) if not per_task.empty else float("nan"), int(per_task.size))
 
 
