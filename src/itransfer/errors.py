@@ -24,8 +24,17 @@ class DataError(ITransferError):
     def __init__(self, path: str | Path, message: str, *, line: int | None = None) -> None:
         self.path = Path(path)
         self.line = line
+        self.message = message
         where = f"{self.path}:{line}" if line is not None else str(self.path)
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self) -> tuple:
+        # Raised in worker processes (the tokenized cache's parallel build) and pickled back.
+        return (_data_error, (self.path, self.message, self.line))
+
+
+def _data_error(path: Path, message: str, line: int | None) -> DataError:
+    return DataError(path, message, line=line)
 
 
 class TrainingStopped(KeyboardInterrupt):

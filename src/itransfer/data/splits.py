@@ -92,11 +92,24 @@ def _limit(train: tuple[Instance, ...], config: SplitConfig) -> tuple[Instance, 
     return train if limit is None else train[:limit]
 
 
+def seen_split_sizes(num_instances: int, config: SplitConfig) -> tuple[int, int, int]:
+    """(test, validation, train) sizes of a seen task's split, before the data limit; known
+    from the instance count alone, so a run whose examples are cached never parses the task."""
+    num_test = int(num_instances * config.seen_test_fraction)
+    num_validation = int(num_instances * config.seen_validation_fraction)
+    return num_test, num_validation, num_instances - num_test - num_validation
+
+
+def limited_size(train_size: int, config: SplitConfig) -> int:
+    """How many of ``train_size`` training instances the per-task data limit keeps."""
+    limit = config.max_train_instances_per_task
+    return train_size if limit is None else min(train_size, limit)
+
+
 def split_seen_task(task: Task, config: SplitConfig, seed: int) -> TaskSplit:
     """80/10/10 train/validation/test (by default) for a training task."""
     order = [task.instances[i] for i in shuffled_order(len(task.instances), seed, task.name)]
-    num_test = int(len(order) * config.seen_test_fraction)
-    num_validation = int(len(order) * config.seen_validation_fraction)
+    num_test, num_validation, _ = seen_split_sizes(len(order), config)
     test = tuple(order[:num_test])
     validation = tuple(order[num_test : num_test + num_validation])
     train = tuple(order[num_test + num_validation :])

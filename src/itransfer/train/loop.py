@@ -152,8 +152,8 @@ def instruction_tune(
 
 
 def _finish(state: TrainState) -> TrainResult:
-    encoder = state.examples.encoder
-    if summary := cut_summary(encoder.context.inputs_cut, state.config.model.max_source_length):
+    inputs_cut = state.examples.inputs_cut_by_task(state.task_names, state.stream.task_sizes)
+    if summary := cut_summary(inputs_cut, state.config.model.max_source_length):
         logger.warning("instruction tuning: %s", summary)
     if state.is_main_process:
         # P(K) over the run as the sampler defines it (DWA: from its final loss history).

@@ -25,12 +25,12 @@ from pydantic import ValidationError
 
 from itransfer.config import ExperimentConfig, TrainConfig, result_relevant
 from itransfer.data.batching import TaskBatchStream
-from itransfer.data.benchmark import open_benchmark
+from itransfer.data.benchmark import SNIBenchmark, open_benchmark
 from itransfer.data.contexts import build_context
 from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
-from itransfer.data.sni import Instance, Task
+from itransfer.data.tokenized import TokenizedTrainingSet, open_training_set, seen_train_sizes
 from itransfer.errors import ConfigError, DataError
-from itransfer.examples import EncodedExample, ExampleEncoder
+from itransfer.examples import ExampleEncoder
 from itransfer.io_utils import atomic_write_text
 from itransfer.launch import check_launch, make_accelerator
 from itransfer.models import load_model_and_tokenizer
@@ -44,23 +44,6 @@ from itransfer.train.weights import load_weights, model_fingerprint
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "train_log.jsonl"
-
-
-@dataclass
-class TrainingExamples:
-    """The seen tasks' training instances, each encoded on first use and then kept."""
-
-    encoder: ExampleEncoder
-    tasks: list[Task]
-    train_sets: list[Sequence[Instance]]
-    encoded: dict[tuple[int, int], EncodedExample] = field(default_factory=dict)
-
-    def __call__(self, task: int, instance: int) -> EncodedExample:
-        key = (task, instance)
-        if key not in self.encoded:
-            instance_data = self.train_sets[task][instance]
-            self.encoded[key] = self.encoder.encode(self.tasks[task], instance_data)
-        return self.encoded[key]
 
 
 @dataclass
@@ -104,7 +87,7 @@ class TrainState:
     sampler: TaskSampler
     stream: TaskBatchStream
     unsupervised: UnsupervisedBatches | None
-    examples: TrainingExamples
+    examples: TokenizedTrainingSet
     model: torch.nn.Module  # as accelerate prepared it (DDP/FSDP-wrapped under several processes)
     tokenizer: Any
     architecture: str
@@ -170,9 +153,11 @@ def setup(
     # Every draw below (model init, batches, dropout) follows from this seed, in this order.
     set_seed(config.seed)
 
-    # The seen tasks, their training splits (after the data limit) and the sampler over them.
-    task_names, tasks, train_sets, unlimited_sizes = _seen_training_sets(config)
-    task_sizes = [len(instances) for instances in train_sets]
+    # The seen tasks, their training-set sizes (after the data limit) and the sampler over them.
+    benchmark, task_names = _seen_tasks(config)
+    task_sizes, unlimited_sizes = seen_train_sizes(
+        benchmark.index, task_names, config.data.splits
+    )
     total_it_steps = planned_steps(train, task_sizes, unlimited_sizes)
     sampler = build_sampler(
         train.sampler, task_sizes, total_steps=total_it_steps, batch_size=train.batch_size
@@ -184,14 +169,17 @@ def setup(
         architecture=config.model.architecture,
         trust_remote_code=config.model.trust_remote_code,
     )
-    examples = TrainingExamples(_encoder(config, loaded.tokenizer, loaded.architecture),
-                                tasks, train_sets)
+    # Tokenized once into an Arrow cache on disk that every process maps (built on first use).
+    examples = open_training_set(
+        _encoder(config, loaded.tokenizer, loaded.architecture), benchmark.index, task_names,
+        config.data.splits, config.seed,
+    )
     stream = TaskBatchStream(
         task_sizes,
         sampler,
         batch_size=train.batch_size,
         seed=config.seed,
-        length_of=lambda task, instance: len(examples(task, instance)),
+        length_of=examples.length,
         window_batches=train.length_window_batches,
     )
     unsupervised = _unsupervised_batches(config, loaded.tokenizer, loaded.architecture)
@@ -251,9 +239,11 @@ def planned_steps(
 
 def instruction_tuning_steps(config: ExperimentConfig) -> int:
     """:func:`planned_steps` of ``config``, from its benchmark alone (no model is loaded)."""
-    _, _, train_sets, unlimited_sizes = _seen_training_sets(config)
-    return planned_steps(config.train, [len(instances) for instances in train_sets],
-                         unlimited_sizes)
+    benchmark, task_names = _seen_tasks(config)
+    task_sizes, unlimited_sizes = seen_train_sizes(
+        benchmark.index, task_names, config.data.splits
+    )
+    return planned_steps(config.train, task_sizes, unlimited_sizes)
 
 
 def _check_launch(config: ExperimentConfig, accelerator: Accelerator) -> None:
@@ -269,18 +259,13 @@ def _check_launch(config: ExperimentConfig, accelerator: Accelerator) -> None:
         )
 
 
-def _seen_training_sets(
-    config: ExperimentConfig,
-) -> tuple[list[str], list[Task], list[Sequence[Instance]], list[int]]:
-    """Seen task names, tasks, training sets (after the data limit) and their sizes before it."""
+def _seen_tasks(config: ExperimentConfig) -> tuple[SNIBenchmark, list[str]]:
+    """The benchmark (its index and selection; no task file is parsed) and its seen tasks."""
     benchmark = open_benchmark(config.data, config.seed)
     task_names = list(benchmark.selection.seen)
     if not task_names:
         raise DataError(benchmark.tasks_dir, "no seen (training) tasks in this selection")
-    tasks = [benchmark.task(name) for name in task_names]
-    splits = [benchmark.split(name) for name in task_names]
-    return (task_names, tasks, [split.train for split in splits],
-            [split.train_size_before_limit for split in splits])
+    return benchmark, task_names
 
 
 def _encoder(config: ExperimentConfig, tokenizer: Any, architecture: str) -> ExampleEncoder:

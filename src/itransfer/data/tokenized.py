@@ -1,0 +1,314 @@
+"""The seen tasks' training examples, tokenized once into a memory-mapped Arrow dataset on disk.
+
+At full size (1,366 seen tasks, ~2.5M training instances, exemplar contexts of up to 1,024
+tokens) neither the raw instance text nor the encoded examples fit in a process's memory, let
+alone in eight processes' on one node. So a run encodes every training instance of its seen
+tasks once (the main process, with ``datasets``' ``from_generator(num_proc=…)``, one task file
+at a time), stores the token ids as Arrow on disk, and from then on reads rows through a memory
+map: every process of the node shares the same pages, and later runs with the same tokenizer,
+context, length limits, split and task files open it in well under a second.
+
+The cache holds each task's *whole* training split in split order; the per-task data limit only
+shortens the range a run reads (the limit keeps the first instances of that order, as in
+:mod:`itransfer.data.splits`), so every limit of §3.2 shares one cache.
+
+The key covers everything the token ids depend on: the tokenizer (its full serialisation), the
+architecture, the context and its exemplar count, the length limits, the split fractions and
+seed, each task's file hash, and the source of the modules that render and tokenize examples, so
+a change to any of them builds a new cache instead of reading a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from datasets.exceptions import DatasetGenerationError
+from filelock import FileLock
+
+from itransfer.config import SplitConfig
+from itransfer.data.index import TaskIndex, default_cache_dir
+from itransfer.data.sni import parse_task
+from itransfer.data.splits import limited_size, seen_split_sizes, split_seen_task
+from itransfer.errors import DataError, ITransferError
+from itransfer.examples import EncodedExample, ExampleEncoder
+from itransfer.io_utils import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+META_FILE = "itransfer_meta.json"
+# Below this many instances one process encodes faster than starting several.
+PARALLEL_BUILD_MIN_INSTANCES = 50_000
+ENCODE_CHUNK = 512
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything that decides the tokenizer's ids: its full serialisation (fast
+    tokenizers) or its vocabulary, plus its class and special tokens."""
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _code_fingerprint() -> str:
+    """The source of the modules that turn an instance into token ids (contexts, the encoder,
+    the splits): editing them must not leave a stale cache behind."""
+    from itransfer import examples
+    from itransfer.data import contexts, splits
+
+    digest = hashlib.sha256()
+    for module in (contexts, examples, splits):
+        digest.update(inspect.getsource(module).encode())
+    return digest.hexdigest()
+
+
+def encoder_spec(encoder: ExampleEncoder) -> dict[str, Any]:
+    """What an encoder's output depends on, besides the task and instance."""
+    return {
+        "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
+        "architecture": encoder.architecture,
+        "context": type(encoder.context).__name__,
+        "num_exemplars": encoder.context.num_exemplars,
+        "max_source_length": encoder.max_source_length,
+        "max_target_length": encoder.max_target_length,
+    }
+
+
+def cache_key(
+    encoder: ExampleEncoder,
+    index: TaskIndex,
+    task_names: Sequence[str],
+    splits: SplitConfig,
+    seed: int,
+) -> str:
+    entries = [index.get(name) for name in task_names]
+    content = {
+        "format": CACHE_FORMAT_VERSION,
+        "code": _code_fingerprint(),
+        "encoder": encoder_spec(encoder),
+        "split_seed": seed,
+        "seen_test_fraction": splits.seen_test_fraction,
+        "seen_validation_fraction": splits.seen_validation_fraction,
+        "tasks": [[entry.metadata.name, entry.sha256] for entry in entries],
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass
+class TokenizedTrainingSet:
+    """Encoded training examples of the seen tasks, read from a memory-mapped Arrow dataset.
+
+    ``(task, instance)`` addresses the ``instance``-th training instance (in split order) of the
+    ``task``-th seen task, exactly as the batch stream draws them.
+    """
+
+    path: Path
+    dataset: datasets.Dataset
+    offsets: np.ndarray  # first row of each task
+    train_sizes: list[int]  # whole training split of each task (before the data limit)
+    lengths: np.ndarray  # source + target tokens of each row
+    inputs_cut: np.ndarray  # 1 where the input itself was cut to fit the source budget
+    built: bool  # this process built the cache (False: it was already on disk)
+    build_seconds: float | None
+
+    def __call__(self, task: int, instance: int) -> EncodedExample:
+        row = self.dataset[int(self._row(task, instance))]
+        return EncodedExample(tuple(row["source_ids"]), tuple(row["target_ids"]))
+
+    def length(self, task: int, instance: int) -> int:
+        return int(self.lengths[self._row(task, instance)])
+
+    def _row(self, task: int, instance: int) -> int:
+        if not 0 <= instance < self.train_sizes[task]:
+            raise IndexError(f"task {task} has {self.train_sizes[task]} training instances")
+        return int(self.offsets[task]) + instance
+
+    def inputs_cut_by_task(self, task_names: Sequence[str], sizes: Sequence[int]) -> dict[str, int]:
+        """How many of the first ``sizes[t]`` instances of each task had their input cut."""
+        counts = {}
+        for task, (name, size) in enumerate(zip(task_names, sizes, strict=True)):
+            start = int(self.offsets[task])
+            if cut := int(self.inputs_cut[start : start + size].sum()):
+                counts[name] = cut
+        return counts
+
+
+def seen_train_sizes(
+    index: TaskIndex, task_names: Sequence[str], splits: SplitConfig
+) -> tuple[list[int], list[int]]:
+    """Each seen task's training-set size after and before the data limit, from the index's
+    instance counts alone (no task file is read)."""
+    before = [seen_split_sizes(index.get(name).metadata.num_instances, splits)[2]
+              for name in task_names]
+    return [limited_size(size, splits) for size in before], before
+
+
+def open_training_set(
+    encoder: ExampleEncoder,
+    index: TaskIndex,
+    task_names: Sequence[str],
+    splits: SplitConfig,
+    seed: int,
+    *,
+    cache_dir: Path | None = None,
+    num_proc: int | None = None,
+) -> TokenizedTrainingSet:
+    """The tokenized training set of ``task_names``, built on first use and then reused.
+
+    Concurrent callers (the processes of one launch, or two jobs on one node) serialise on a
+    file lock: the first builds, the others wait and then read what it wrote.
+    """
+    key = cache_key(encoder, index, task_names, splits, seed)
+    root = (cache_dir or default_cache_dir()) / "tokenized"
+    final = root / key
+    _, train_sizes = seen_train_sizes(index, task_names, splits)
+    root.mkdir(parents=True, exist_ok=True)
+    built, seconds = False, None
+    with FileLock(str(root / f"{key}.lock")):
+        if not (final / META_FILE).is_file():
+            seconds = _build(encoder, index, task_names, splits, seed, final, train_sizes,
+                             num_proc=num_proc)
+            built = True
+    return _open(final, train_sizes, built=built, build_seconds=seconds)
+
+
+def _open(
+    path: Path, train_sizes: list[int], *, built: bool, build_seconds: float | None
+) -> TokenizedTrainingSet:
+    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    if meta["train_sizes"] != train_sizes:
+        raise RuntimeError(f"{path}: the cached training sets have other sizes than the index")
+    dataset = datasets.load_from_disk(str(path / "data"))
+    columns = dataset.with_format("numpy", columns=["length", "input_cut"])
+    offsets = np.concatenate([[0], np.cumsum(train_sizes)[:-1]]).astype(np.int64)
+    return TokenizedTrainingSet(
+        path=path, dataset=dataset, offsets=offsets, train_sizes=train_sizes,
+        lengths=np.asarray(columns["length"], dtype=np.int32),
+        inputs_cut=np.asarray(columns["input_cut"], dtype=np.uint8),
+        built=built, build_seconds=build_seconds if built else meta.get("build_seconds"),
+    )
+
+
+def _build(
+    encoder: ExampleEncoder,
+    index: TaskIndex,
+    task_names: Sequence[str],
+    splits: SplitConfig,
+    seed: int,
+    final: Path,
+    train_sizes: list[int],
+    *,
+    num_proc: int | None,
+) -> float:
+    import time
+
+    started = time.perf_counter()
+    total = sum(train_sizes)
+    if num_proc is None:
+        num_proc = 1 if total < PARALLEL_BUILD_MIN_INSTANCES else min(8, os.cpu_count() or 1)
+    num_proc = max(1, min(num_proc, len(task_names)))
+    id_type = "uint16" if len(encoder.tokenizer) <= np.iinfo(np.uint16).max + 1 else "int32"
+    features = datasets.Features({
+        "task": datasets.Value("int32"),
+        "position": datasets.Value("int32"),
+        "source_ids": datasets.Sequence(datasets.Value(id_type)),
+        "target_ids": datasets.Sequence(datasets.Value(id_type)),
+        "length": datasets.Value("int32"),
+        "input_cut": datasets.Value("uint8"),
+    })
+    tasks = [(task, str(index.tasks_dir / index.get(name).file_name))
+             for task, name in enumerate(task_names)]
+    staging = final.with_name(final.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    logger.info("tokenizing %d training instances of %d tasks into %s (%d process%s)",
+                total, len(tasks), final, num_proc, "" if num_proc == 1 else "es")
+    # Workers fork from here; the tokenizer's own threads would only contend with them.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    reported = final.with_name(final.name + ".errors.jsonl")
+    reported.unlink(missing_ok=True)
+    try:
+        generated = datasets.Dataset.from_generator(
+            _encoded_rows,
+            features=features,
+            cache_dir=str(staging / "hf"),
+            gen_kwargs={"tasks": tasks, "encoder": encoder, "splits": splits, "seed": seed,
+                        "errors_file": str(reported)},
+            num_proc=num_proc if num_proc > 1 else None,
+            fingerprint=final.name,
+            split="train",
+        )
+    except DatasetGenerationError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        # datasets wraps what the generator raised; a bad task file must still be reported as
+        # the one-line error naming the file.
+        if isinstance(exc.__cause__, ITransferError):
+            raise exc.__cause__ from None
+        if reported.is_file():  # a worker process met it (its exception does not come back)
+            first = json.loads(reported.read_text(encoding="utf-8").splitlines()[0])
+            raise DataError(first["path"], first["message"]) from None
+        raise
+    finally:
+        reported.unlink(missing_ok=True)
+    task_column = np.asarray(generated.with_format("numpy", columns=["task"])["task"])
+    expected = np.repeat(np.arange(len(train_sizes)), train_sizes)
+    if not np.array_equal(task_column, expected):  # never expected: shards keep task order
+        raise RuntimeError(f"{final}: tokenized rows are not in task order")
+    generated.save_to_disk(str(staging / "data"))
+    del generated
+    shutil.rmtree(staging / "hf", ignore_errors=True)
+    seconds = time.perf_counter() - started
+    meta = {"format": CACHE_FORMAT_VERSION, "tasks": list(task_names),
+            "train_sizes": train_sizes, "rows": total, "id_type": id_type,
+            "build_seconds": round(seconds, 2)}
+    atomic_write_text(staging / META_FILE, json.dumps(meta, indent=1))
+    # One rename publishes the whole cache, so a crash mid-build never leaves a partial one.
+    os.replace(staging, final)
+    logger.info("tokenized training set built in %.1f s", seconds)
+    return seconds
+
+
+def _encoded_rows(
+    tasks: list[tuple[int, str]],
+    encoder: ExampleEncoder,
+    splits: SplitConfig,
+    seed: int,
+    errors_file: str,
+) -> Iterator[dict[str, Any]]:
+    """Every training instance of each task (one task file in memory at a time), encoded."""
+    unlimited = splits.model_copy(update={"max_train_instances_per_task": None})
+    for task_index, path in tasks:
+        try:
+            task = parse_task(Path(path))
+        except DataError as error:
+            with open(errors_file, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"path": str(error.path), "message": error.message}) + "\n")
+            raise
+        train = split_seen_task(task, unlimited, seed).train
+        # In chunks, so the token lists of a 6,500-instance task are not all alive at once.
+        encoded = (pair for start in range(0, len(train), ENCODE_CHUNK)
+                   for pair in encoder.encode_task(task, train[start : start + ENCODE_CHUNK]))
+        for position, (example, input_cut) in enumerate(encoded):
+            yield {
+                "task": task_index,
+                "position": position,
+                "source_ids": example.source_ids,
+                "target_ids": example.target_ids,
+                "length": len(example),
+                "input_cut": int(input_cut),
+            }

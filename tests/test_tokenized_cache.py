@@ -1,0 +1,183 @@
+"""The on-disk tokenized training set: same ids as the encoder, built once, shared, never stale."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from conftest import write_task
+from itransfer.config import SplitConfig
+from itransfer.data import tokenized
+from itransfer.data.contexts import build_context
+from itransfer.data.index import build_index
+from itransfer.data.sni import parse_task
+from itransfer.data.splits import split_seen_task
+from itransfer.data.tokenized import open_training_set, seen_train_sizes
+from itransfer.examples import ExampleEncoder
+from itransfer.models import load_model_and_tokenizer
+from tiny_configs import tiny_train_config
+
+SEED = 3
+
+
+def _tasks(folder: Path) -> list[str]:
+    names = ["task001_alpha_qa", "task002_beta_qa", "task003_gamma_qa"]
+    for number, name in enumerate(names):
+        write_task(folder, name, Instances=[
+            {"id": f"{name}-{i}", "input": f"question {i} " + "word " * (i % 40 + number * 9),
+             "output": [f"answer {i}"]}
+            for i in range(60 + 25 * number)
+        ])
+    return names
+
+
+def _encoder(tiny_model_dir: Path, context: str = "exemplars") -> ExampleEncoder:
+    tokenizer = load_model_and_tokenizer(str(tiny_model_dir)).tokenizer
+    return ExampleEncoder(tokenizer, "seq2seq", build_context(context, 3),
+                          max_source_length=48, max_target_length=8)
+
+
+def _open(encoder, folder, names, splits=None, **kwargs):
+    return open_training_set(encoder, build_index(folder), names, splits or SplitConfig(), SEED,
+                             **kwargs)
+
+
+def test_rows_are_the_encoders_output_and_the_limit_only_shortens(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    names = _tasks(tmp_path / "tasks")
+    encoder = _encoder(tiny_model_dir)
+    limited = SplitConfig(max_train_instances_per_task=30)
+    cached = _open(encoder, tmp_path / "tasks", names, limited)
+    sizes, before = seen_train_sizes(build_index(tmp_path / "tasks"), names, limited)
+    assert sizes == [30, 30, 30] and before == [48, 69, 88]
+    one_by_one = _encoder(tiny_model_dir)  # its own cut counts
+    for task_index, name in enumerate(names):
+        task = parse_task(tmp_path / "tasks" / f"{name}.json")
+        train = split_seen_task(task, limited, SEED).train
+        assert len(train) == sizes[task_index]
+        for instance_index, instance in enumerate(train):
+            expected = one_by_one.encode(task, instance)
+            assert cached(task_index, instance_index) == expected
+            assert cached.length(task_index, instance_index) == len(expected)
+    # Some inputs are too long for 48 tokens even without context: counted over the limited
+    # range exactly as encoding one by one counts them.
+    cut = cached.inputs_cut_by_task(names, sizes)
+    assert cut and cut == one_by_one.context.inputs_cut
+    # Another limit reads the same cache, which holds each task's whole training split.
+    unlimited = _open(encoder, tmp_path / "tasks", names)
+    assert unlimited.path == cached.path and not unlimited.built
+    assert unlimited.train_sizes == before
+    with pytest.raises(IndexError):
+        cached(0, 48)
+
+
+def test_warm_open_reads_no_task_file_and_a_changed_file_rebuilds(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = _tasks(tmp_path / "tasks")
+    encoder = _encoder(tiny_model_dir)
+    first = _open(encoder, tmp_path / "tasks", names)
+    assert first.built
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("a warm cache must not parse task files")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tokenized, "parse_task", no_parsing)
+        warm = _open(encoder, tmp_path / "tasks", names)
+    assert not warm.built and warm.path == first.path and warm(1, 5) == first(1, 5)
+
+    write_task(tmp_path / "tasks", names[1], Instances=[
+        {"id": f"x-{i}", "input": f"other {i}", "output": ["y"]} for i in range(70)
+    ])
+    changed = _open(encoder, tmp_path / "tasks", names)
+    assert changed.built and changed.path != first.path
+    # Another context or length limit is another cache too.
+    other_context = _open(_encoder(tiny_model_dir, "none"), tmp_path / "tasks", names)
+    assert other_context.built and other_context.path not in (first.path, changed.path)
+
+
+def test_a_failed_build_leaves_nothing_behind(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = _tasks(tmp_path / "tasks")
+    encoder = _encoder(tiny_model_dir)
+    real_encode, calls = ExampleEncoder.encode, {"n": 0}
+
+    def encode_then_fail(self, task, instance):
+        calls["n"] += 1
+        if calls["n"] > 50:
+            raise RuntimeError("disk gone")
+        return real_encode(self, task, instance)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ExampleEncoder, "encode", encode_then_fail)
+        with pytest.raises(Exception, match="generating the dataset") as failure:
+            _open(encoder, tmp_path / "tasks", names)
+    assert "disk gone" in str(failure.value.__cause__)
+    root = Path(tokenized.default_cache_dir()) / "tokenized"
+    assert not [p for p in root.iterdir() if (p / tokenized.META_FILE).exists()]
+    rebuilt = _open(encoder, tmp_path / "tasks", names)
+    assert rebuilt.built and rebuilt(2, 3) == encoder.encode(
+        parse_task(tmp_path / "tasks" / f"{names[2]}.json"),
+        split_seen_task(parse_task(tmp_path / "tasks" / f"{names[2]}.json"), SplitConfig(),
+                        SEED).train[3],
+    )
+
+
+def test_a_parallel_build_equals_a_serial_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+    names = _tasks(tmp_path / "tasks")
+    encoder = _encoder(tiny_model_dir)
+    serial = _open(encoder, tmp_path / "tasks", names, cache_dir=tmp_path / "serial", num_proc=1)
+    parallel = _open(encoder, tmp_path / "tasks", names, cache_dir=tmp_path / "parallel",
+                     num_proc=2)
+    assert parallel.built and serial.train_sizes == parallel.train_sizes
+    assert serial.dataset.to_dict() == parallel.dataset.to_dict()
+
+
+def _open_in_child(args: tuple) -> bool:
+    model_dir, folder, names, cache_dir = args
+    return _open(_encoder(Path(model_dir)), Path(folder), names, cache_dir=Path(cache_dir)).built
+
+
+def test_concurrent_openers_build_once(tiny_model_dir: Path, tmp_path: Path) -> None:
+    names = _tasks(tmp_path / "tasks")
+    build_index(tmp_path / "tasks")  # the index cache is not what this test is about
+    args = (str(tiny_model_dir), str(tmp_path / "tasks"), names, str(tmp_path / "cache"))
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        built = pool.map(_open_in_child, [args] * 3)
+    assert sorted(built) == [False, False, True]
+
+
+def test_training_reads_the_cache_and_a_second_run_parses_no_task(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from itransfer.data import benchmark
+    from itransfer.train.loop import instruction_tune
+
+    _tasks(tmp_path / "tasks")
+    config = tiny_train_config(tiny_model_dir, "train.steps=3", f"data.sni_dir={tmp_path / 'tasks'}")
+    first = instruction_tune(config, tmp_path / "first")
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("a warm run must not parse task files")
+
+    monkeypatch.setattr(benchmark, "parse_task", no_parsing)
+    monkeypatch.setattr(tokenized, "parse_task", no_parsing)
+    second = instruction_tune(config, tmp_path / "second")
+    assert [row["loss"] for row in second.log] == [row["loss"] for row in first.log]
+
+
+def test_a_bad_task_file_met_while_building_is_named(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from itransfer.errors import DataError
+
+    names = _tasks(tmp_path / "tasks")
+    index = build_index(tmp_path / "tasks")
+    (tmp_path / "tasks" / f"{names[1]}.json").write_text("{ not json", encoding="utf-8")
+    for num_proc in (1, 2):  # from a worker process too
+        with pytest.raises(DataError, match=names[1]):
+            open_training_set(_encoder(tiny_model_dir), index, names, SplitConfig(), SEED,
+                              num_proc=num_proc)
