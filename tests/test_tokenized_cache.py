@@ -159,7 +159,8 @@ def test_training_reads_the_cache_and_a_second_run_parses_no_task(
     from itransfer.train.loop import instruction_tune
 
     _tasks(tmp_path / "tasks")
-    config = tiny_train_config(tiny_model_dir, "train.steps=3", f"data.sni_dir={tmp_path / 'tasks'}")
+    sni_dir = tmp_path / "tasks"
+    config = tiny_train_config(tiny_model_dir, "train.steps=3", f"data.sni_dir={sni_dir}")
     first = instruction_tune(config, tmp_path / "first")
 
     def no_parsing(*args, **kwargs):

@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +85,11 @@ class TaskIndex:
         return [entry.metadata for entry in self.entries]
 
     def get(self, name: str) -> IndexEntry:
-        for entry in self.entries:
-            if entry.metadata.name == name:
-                return entry
-        raise KeyError(name)
+        return self._by_name[name]
+
+    @cached_property
+    def _by_name(self) -> dict[str, IndexEntry]:
+        return {entry.metadata.name: entry for entry in self.entries}
 
 
 def default_cache_dir() -> Path:

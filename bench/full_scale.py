@@ -1,0 +1,252 @@
+"""Does a full-scale run fall over? Memory, start-up time and disk on a full-size SNI stand-in.
+
+    python bench/full_scale.py --standin /tmp/sni-full/tasks             # data + training rows
+    python bench/full_scale.py --standin /tmp/sni-full/tasks --steps 300  # a shorter run
+    python bench/full_scale.py --parts model --model t5-large-shape       # real model sizes
+
+``--standin`` is built first when missing, by ``tools/make_full_size_standin.py`` from the
+shared slice (1,616 task files, 6.4M instances, ~2.6 GB of JSON). Every measurement runs the
+real CLI in a fresh process with its own cache folder, sampling the process tree's RSS
+(``psutil``) every 0.2 s:
+
+* ``data_summary``: ``itransfer data summary`` cold (empty index cache) and warm;
+* ``train_cold``: ``itransfer train`` with an empty cache: the index and the tokenized training
+  set are built, then ``--steps`` steps; time to the first step, build time, peak RSS;
+* ``train_warm``: the same run again: time to the first step, RSS at step 100 and at the last
+  step (the growth between them is what grows with steps), peak RSS;
+* ``model`` (``--parts model``): a T5-large-shaped (or ~1B Llama-shaped) model from a local
+  config: a few training steps, a checkpoint, an exact resume, and one transfer cell with each
+  LoRA engine, with times, peak RSS and the checkpoint's size on disk.
+
+Targets (issue 12): peak RSS per process <= 2 GB with the bundled model and flat from step 100
+to the last step; first step <= 30 s with a warm cache. The JSON records each with pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SLICE = REPO.parent / "shared" / "data" / "sni-slice" / "tasks"
+RSS_TARGET_GB = 2.0
+FIRST_STEP_TARGET_S = 30.0
+FLAT_TOLERANCE_MB = 50.0  # "beyond noise": allocator and page-cache jitter over a run
+
+
+class RssSampler:
+    """The summed RSS of a process and its children, sampled on a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []  # (seconds since start, MB)
+        self.peak_single_mb = 0.0  # the largest single process (the target is per process)
+        self._stop = threading.Event()
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                processes = [self.process, *self.process.children(recursive=True)]
+                sizes = []
+                for process in processes:
+                    try:
+                        sizes.append(process.memory_info().rss / 2**20)
+                    except psutil.Error:
+                        continue
+                self.samples.append((time.perf_counter() - self._started, sum(sizes)))
+                self.peak_single_mb = max([self.peak_single_mb, *sizes])
+            except psutil.Error:
+                break
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return max((mb for _, mb in self.samples), default=0.0)
+
+    def at(self, seconds: float) -> float | None:
+        """The RSS sampled closest to ``seconds`` after the start."""
+        if not self.samples:
+            return None
+        return min(self.samples, key=lambda sample: abs(sample[0] - seconds))[1]
+
+
+def run_measured(command: list[str], env: dict[str, str], log_file: Path | None = None,
+                 timeout: float = 7200) -> dict[str, Any]:
+    """Run ``command``; its wall time, peak RSS, and (with ``log_file``) when each step logged."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    sampler = RssSampler(process.pid)
+    step_times: dict[int, float] = {}
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
+    reader.start()
+    while process.poll() is None:
+        if log_file is not None and log_file.is_file():
+            for line in log_file.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                step_times.setdefault(int(row["step"]), time.perf_counter() - started)
+        if time.perf_counter() - started > timeout:
+            process.kill()
+        time.sleep(0.2)
+    reader.join()
+    sampler.stop()
+    if process.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed ({process.returncode}):\n{''.join(output[-40:])}")
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_rss_mb": round(sampler.peak_mb, 1),
+        "peak_rss_single_process_mb": round(sampler.peak_single_mb, 1),
+        "sampler": sampler,
+        "step_times": step_times,
+        "output": "".join(output),
+    }
+
+
+def ensure_standin(folder: Path, num_tasks: int | None) -> dict[str, Any]:
+    if not folder.is_dir() or not any(folder.glob("task*.json")):
+        size = [] if num_tasks is None else [
+            "--tasks", str(num_tasks), "--instances", str(num_tasks * 3960)]
+        subprocess.run([sys.executable, str(REPO / "tools" / "make_full_size_standin.py"),
+                        str(SHARED_SLICE), str(folder), *size], check=True)
+    files = list(folder.glob("task*.json"))
+    return {"path": str(folder), "task_files": len(files),
+            "gigabytes": round(sum(f.stat().st_size for f in files) / 1e9, 2)}
+
+
+def itransfer(*args: str) -> list[str]:
+    return [sys.executable, "-m", "itransfer", *args]
+
+
+def bench_data_summary(standin: Path, cache: Path, env: dict[str, str]) -> dict[str, Any]:
+    command = itransfer("data", "summary", "--sni-dir", str(standin), "--json")
+    cold = run_measured(command, env)
+    warm = run_measured(command, env)
+    summary = json.loads(warm["output"][warm["output"].index("{"):])
+    counts = {group: len(names) for group, names in summary.get("groups", {}).items()
+              if isinstance(names, list)}
+    return {"cold_s": round(cold["seconds"], 1), "cold_peak_rss_mb": cold["peak_rss_mb"],
+            "warm_s": round(warm["seconds"], 2), "warm_peak_rss_mb": warm["peak_rss_mb"],
+            "group_sizes": counts or None}
+
+
+def bench_train(standin: Path, out: Path, env: dict[str, str], steps: int, *, warm: bool,
+                batch_size: int) -> dict[str, Any]:
+    command = itransfer(
+        "train", "--out", str(out),
+        "--set", f"data.sni_dir={standin}", "--set", f"train.steps={steps}",
+        "--set", f"train.batch_size={batch_size}", "--set", "train.log_every=1",
+        "--set", "train.tensorboard=false", "--set", "train.warmup_steps=10",
+    )
+    measured = run_measured(command, env, log_file=out / "train_log.jsonl")
+    step_times, sampler = measured["step_times"], measured["sampler"]
+    first = step_times.get(1)
+    row: dict[str, Any] = {
+        "steps": steps, "batch_size": batch_size, "seconds": round(measured["seconds"], 1),
+        "seconds_to_first_step": round(first, 1) if first is not None else None,
+        "peak_rss_mb": measured["peak_rss_mb"],
+        "peak_rss_single_process_mb": measured["peak_rss_single_process_mb"],
+    }
+    early = min(100, steps // 2)
+    if early in step_times and steps in step_times:
+        at_early, at_end = sampler.at(step_times[early]), sampler.at(step_times[steps])
+        row |= {f"rss_mb_at_step_{early}": round(at_early, 1),
+                f"rss_mb_at_step_{steps}": round(at_end, 1),
+                "rss_growth_mb": round(at_end - at_early, 1)}
+    if not warm:
+        row["seconds_steps"] = round(measured["seconds"] - (first or 0.0), 1)
+    return row
+
+
+def bench_model(model: str, work: Path, env: dict[str, str]) -> dict[str, Any]:
+    """A few steps, a checkpoint, an exact resume and one transfer cell per engine."""
+    script = REPO / "bench" / "full_scale_model.py"
+    measured = run_measured([sys.executable, str(script), "--model", model,
+                             "--work", str(work)], env)
+    result = json.loads(measured["output"].strip().splitlines()[-1])
+    return result | {"peak_rss_mb": measured["peak_rss_mb"], "seconds": measured["seconds"]}
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    warm = result.get("train_warm", {})
+    checks: dict[str, Any] = {}
+    if "peak_rss_single_process_mb" in warm:
+        checks["peak_rss_per_process_le_2gb"] = warm["peak_rss_single_process_mb"] <= (
+            RSS_TARGET_GB * 1024)
+    if "rss_growth_mb" in warm:
+        checks["rss_flat_over_run"] = warm["rss_growth_mb"] <= FLAT_TOLERANCE_MB
+    if warm.get("seconds_to_first_step") is not None:
+        checks["first_step_warm_le_30s"] = warm["seconds_to_first_step"] <= FIRST_STEP_TARGET_S
+    return checks
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--standin", type=Path, default=Path(tempfile.gettempdir()) / "sni-full"
+                        / "tasks")
+    parser.add_argument("--parts", default="data,train", help="data, train, model (comma list)")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--standin-tasks", type=int, default=None,
+                        help="build a smaller stand-in (this many task files; a quick check)")
+    parser.add_argument("--model", default="t5-large-shape",
+                        choices=["t5-large-shape", "llama-1b-shape", "tiny"])
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results-full_scale-cpu.json")
+    args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+
+    result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    result |= {"machine": {"cpus": os.cpu_count(),
+                           "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+               "date": time.strftime("%Y-%m-%d")}
+    with tempfile.TemporaryDirectory(prefix="full-scale-") as scratch:
+        work = Path(scratch)
+        env = {**os.environ, "ITRANSFER_CACHE_DIR": str(work / "cache"), "HF_HUB_OFFLINE": "1"}
+        if parts & {"data", "train"}:
+            result["standin"] = ensure_standin(args.standin, args.standin_tasks)
+        if "data" in parts:
+            result["data_summary"] = bench_data_summary(args.standin, work / "cache", env)
+            print("data summary:", result["data_summary"], flush=True)
+        if "train" in parts:
+            result["train_cold"] = bench_train(args.standin, work / "cold", env, args.steps,
+                                               warm=False, batch_size=args.batch_size)
+            print("train, cold cache:", result["train_cold"], flush=True)
+            result["train_warm"] = bench_train(args.standin, work / "warm", env, args.steps,
+                                               warm=True, batch_size=args.batch_size)
+            print("train, warm cache:", result["train_warm"], flush=True)
+            cache_bytes = sum(f.stat().st_size for f in (work / "cache" / "tokenized").rglob("*")
+                              if f.is_file())
+            result["tokenized_cache_gb"] = round(cache_bytes / 1e9, 2)
+            metas = list((work / "cache" / "tokenized").glob("*/itransfer_meta.json"))
+            if metas:
+                meta = json.loads(metas[0].read_text())
+                result["train_cold"] |= {"cache_build_s": meta["build_seconds"],
+                                         "cached_examples": meta["rows"]}
+        if "model" in parts:
+            result.setdefault("models", {})[args.model] = bench_model(args.model, work, env)
+            print(args.model, result["models"][args.model], flush=True)
+    result["targets"] = targets(result)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["targets"]), "->", args.out)
+
+
+if __name__ == "__main__":
+    main()
