@@ -261,6 +261,10 @@ class PartOverran(Exception):
     """A part ran past its budget and the grace period."""
 
 
+class PartSkipped(Exception):
+    """A part that does not apply here (the message says why)."""
+
+
 @contextmanager
 def hard_limit(seconds: float) -> Iterator[None]:
     """Raise :class:`PartOverran` in this (main) thread after ``seconds`` (SIGALRM)."""
@@ -307,6 +311,8 @@ class Suite:
         try:
             with hard_limit(deadline - begin + GRACE_S):
                 function(self.results, deadline)
+        except PartSkipped as skipped:
+            entry |= {"status": "skipped", "note": str(skipped)}
         except PartOverran:
             entry |= {"status": "cut", "note": f"interrupted {GRACE_S} s past its budget; "
                                                "its figures are missing or partial"}
@@ -475,4 +481,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the module gpu_suite_parts imports, not as a second copy of it (whose exception
+    # classes would be other classes).
+    import gpu_suite
+
+    sys.exit(gpu_suite.main())

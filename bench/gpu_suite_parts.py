@@ -22,7 +22,14 @@ import torch
 from accelerate import PartialState
 from transformers import T5Config
 
-from gpu_suite import BENCH_DIR, GRACE_S, Sizes, ratio, t5_train_flops_per_sample
+from gpu_suite import (
+    BENCH_DIR,
+    GRACE_S,
+    PartSkipped,
+    Sizes,
+    ratio,
+    t5_train_flops_per_sample,
+)
 from itransfer.config import ExperimentConfig
 from itransfer.models import load_model_and_tokenizer, model_facts, save_model
 from train_throughput import (
@@ -147,9 +154,10 @@ class PartContext:
         gpus = torch.cuda.device_count() if self.device == "cuda" else 0
         wanted = self.args.ddp
         if wanted == "off" or (wanted == "auto" and gpus < 2):
-            results["ddp"] = {"status": "skipped", "note": f"{gpus} GPU(s) visible: two "
-                              "processes need 2+ (--ddp on runs them on CPUs too)"}
-            return
+            note = (f"{gpus} GPU(s) visible: two processes need 2+ (--ddp on runs them on "
+                    "CPUs too)" if wanted == "auto" else "--ddp off")
+            results["ddp"] = {"status": "skipped", "note": note}
+            raise PartSkipped(note)
         assert self.model_dir is not None
         out = self.workdir / "ddp.json"
         command = [
