@@ -161,7 +161,7 @@ class PartContext:
         assert self.model_dir is not None
         out = self.workdir / "ddp.json"
         command = [
-            str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu",
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
             "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", TRAINING_PRECISION, "--dynamo_backend", "no",
             "--main_process_port", str(free_port()), str(BENCH_DIR / "gpu_suite.py"),

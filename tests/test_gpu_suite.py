@@ -221,3 +221,78 @@ def test_time_guard_records_each_outcome_and_writes_after_every_part(
     spent = gpu_suite.Suite(skeleton(None), out, budget_s=0)
     spent.run_part("grid_sequential", fails)  # no time left: not started, so no failure
     assert spent.results["parts"]["grid_sequential"]["status"] == "skipped" and not spent.failed
+
+
+def test_the_suite_fits_in_eight_minutes_by_construction() -> None:
+    """Parts start only within the suite's budget and are interrupted GRACE_S past their own;
+    what is left of 8 minutes covers start-up (imports) and clean-up."""
+    assert gpu_suite.SUITE_BUDGET_S + gpu_suite.GRACE_S <= 8 * 60 - 30
+    assert set(gpu_suite.BUDGETS) == {"setup", *gpu_suite.PARTS}
+
+
+def test_t5_large_shape_size_and_the_anchor_under_this_flop_count() -> None:
+    """bench/README.md: 726M parameters with the bundled tokenizer, and the anchor's 26.8
+    samples/s at 1,024 + 128 is 7.7 % of an H200's bf16 peak by this FLOP count."""
+    from transformers import T5ForConditionalGeneration
+
+    from itransfer.models import load_model_and_tokenizer
+    from train_throughput import shape_config
+
+    vocab = len(load_model_and_tokenizer("itransfer:tiny-t5").tokenizer)
+    shape = shape_config("t5-large-shape", vocab)
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in T5ForConditionalGeneration(shape).parameters())
+    assert round(parameters / 1e6) == 726
+    flops = gpu_suite.t5_train_flops_per_sample(shape, 1024, 128)
+    anchor_mfu = gpu_suite.ANCHORS["hf_samples_per_s_fixed"] * flops / (989e12)
+    assert round(anchor_mfu, 3) == 0.077
+
+
+def test_an_autocast_region_around_a_peft_cell_trains_a_stale_adapter() -> None:
+    """Why the suite's grid runs from a bf16 checkpoint, not inside torch.autocast: autocast
+    keeps its bf16 copies of PEFT's LoRA weights for the whole region, so every step's loss is
+    the first one's (bench/README.md). Outside such a region the same cell learns."""
+    from transformers import T5ForConditionalGeneration
+
+    from itransfer.config import LoraConfig
+    from itransfer.eval.lora import TransferCell, train_cell_peft
+    from itransfer.examples import EncodedExample
+    from train_throughput import shape_config
+
+    torch.manual_seed(0)
+    shape = shape_config("smoke-shape", 512)
+    shape.dropout_rate = 0.0  # every step sees the same batch: only the adapter can change it
+    model = T5ForConditionalGeneration(shape)
+    examples = tuple(EncodedExample(tuple(range(5 + i, 25 + i)), (40 + i, 41, 42, 1))
+                     for i in range(5))
+    cell = TransferCell("task", 5, "none", 0, examples)
+    losses = {}
+    for region in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=region):
+            trained, losses[region] = train_cell_peft(
+                model, cell, LoraConfig(dropout=0.0, learning_rate=1e-2), pad_token_id=0,
+                architecture="seq2seq", device=torch.device("cpu"))
+        model = trained.unload()
+    # Stale: the initial adapter at every step (the batch's order moves the sum by rounding).
+    assert max(losses[True]) - min(losses[True]) < 1e-4
+    assert losses[False][-1] < losses[False][0] - 0.1
+
+
+def test_readme_says_no_gpu_numbers_while_bench_holds_none() -> None:
+    recorded = [path for path in BENCH.glob("results-gpu_suite-*.json")
+                if not json.loads(path.read_text()).get("smoke")]
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Performance on a GPU", 1)[1].split("\n## ", 1)[0]
+    assert ("No GPU numbers have been measured yet" in section) == (not recorded)
+    assert "python bench/gpu_suite.py" in section
+
+
+@pytest.mark.slow
+def test_two_processes_part_runs_on_cpus_when_asked(tmp_path: Path) -> None:
+    """The ddp part's launch (accelerate, two processes, rank 0 writes) on a CPU: on a GPU
+    machine it runs the same command when 2+ GPUs are visible."""
+    out = tmp_path / "ddp.json"
+    result = run_suite("--smoke", "--parts", "ddp", "--ddp", "on", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = json.loads(out.read_text())["ddp"]
+    assert ddp["processes"] == 2 and ddp["steps_timed"] >= 1 and positive(ddp["samples_per_s"])
