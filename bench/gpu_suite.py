@@ -373,7 +373,6 @@ def environment(device: str) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "packages": package_versions(),
         "git": git_revision(BENCH_DIR),
-        "cpu_bf16_autocast": device == "cpu",
     }
 
 

@@ -138,7 +138,7 @@ class PartContext:
     def grid_sequential(self, results: dict[str, Any], deadline: float) -> None:
         grid = results["grid"]
         grid["sequential"] = self._grid("peft", self.sizes.sequential_tasks, deadline)
-        gaps = loss_gaps(figure_or_empty(grid, "batched"), grid["sequential"]["losses"])
+        gaps = loss_gaps(engine_losses(grid, "batched"), grid["sequential"]["losses"])
         grid["max_loss_gap"] = max(gaps) if gaps else None
         grid["loss_gap_cells"] = len(gaps)
 
@@ -171,8 +171,10 @@ class PartContext:
             *(["--sni-dir", str(self.args.sni_dir)] if self.args.sni_dir else []),
         ]
         env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if self.device == "cpu" else {})}
+        # Killed before the suite's hard limit (GRACE_S past the deadline) would interrupt
+        # this process and leave the launched ones running.
         returncode, stderr = run_process_group(
-            command, env, timeout=deadline - time.perf_counter() + GRACE_S)
+            command, env, timeout=deadline - time.perf_counter() + GRACE_S / 2)
         if returncode is None:
             results["ddp"] = {"cut_short": True, "note": "two-process run past its budget: "
                               "stopped, no figures"}
@@ -208,7 +210,8 @@ def with_step_time(measured: dict[str, Any], config: ExperimentConfig) -> dict[s
     return measured
 
 
-def figure_or_empty(grid: dict[str, Any], engine: str) -> dict[str, float]:
+def engine_losses(grid: dict[str, Any], engine: str) -> dict[str, float]:
+    """An engine's test loss per cell; empty when that engine did not run."""
     return grid.get(engine, {}).get("losses", {})
 
 
