@@ -2,26 +2,30 @@
 
 Both train the same model (same initial weights) on the same SNI tasks with the same task
 contexts (3 exemplars by default), batch size and number of steps, in this one process, and the
-script prints samples/s, real (non-pad) tokens/s and their ratio. The HF baseline shuffles the
-pooled training examples (which samples tasks proportionally to their size, like itransfer's
-default sampler) and pads each batch with ``DataCollatorForSeq2Seq``.
+script prints samples/s, real (non-pad) tokens/s and their ratio. The HF baseline trains on a
+seeded shuffle of the pooled training examples (which samples tasks proportionally to their
+size, like itransfer's default sampler), as many as its steps consume, and pads each batch with
+``DataCollatorForSeq2Seq``.
 
     python bench/train_throughput.py                      # tiny default model, bundled slice, CPU
     python bench/train_throughput.py --steps 200 --sni-dir ../shared/data/sni-slice
     python bench/train_throughput.py --model t5-large-shape --device cuda --precision bf16
 
 ``--model t5-large-shape`` builds a randomly initialised model with T5-large's shape (d_model
-1024, 24+24 layers) and the bundled tokenizer, so no download is needed.
+1024, 24+24 layers) and the bundled tokenizer, so no download is needed. The functions here
+are also the training half of ``bench/gpu_suite.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -36,44 +40,93 @@ from transformers import (
 from itransfer.config import ExperimentConfig, load_config
 from itransfer.data.benchmark import open_benchmark
 from itransfer.data.contexts import build_context
-from itransfer.examples import ExampleEncoder
+from itransfer.examples import EncodedExample, ExampleEncoder
 from itransfer.models import DEFAULT_MODEL, load_model_and_tokenizer, save_model
-from itransfer.train.loop import instruction_tune
+from itransfer.train.loop import cleanup, optimizer_update, train_step
+from itransfer.train.recipe import setup
+
+# T5 v1.1 / LM-adapted T5-large (780M): gated-GELU, untied output layer. The vocabulary is the
+# bundled tokenizer's, so nothing is downloaded. "smoke" is a shape a CPU trains in moments.
+MODEL_SHAPES: dict[str, dict[str, Any]] = {
+    "t5-large-shape": {"d_model": 1024, "d_kv": 64, "d_ff": 2816, "num_layers": 24,
+                       "num_decoder_layers": 24, "num_heads": 16},
+    "smoke-shape": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1,
+                    "num_decoder_layers": 1, "num_heads": 4},
+}
 
 
-def build_model_dir(kind: str, workdir: Path) -> Path:
-    """A model folder both trainers start from (identical weights)."""
+def shape_config(kind: str, vocab_size: int) -> T5Config:
+    """A T5 config of one of :data:`MODEL_SHAPES` over ``vocab_size`` tokens."""
+    return T5Config(
+        vocab_size=vocab_size, **MODEL_SHAPES[kind], feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )
+
+
+def build_model_dir(
+    kind: str, workdir: Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
+    name: str = "model",
+) -> Path:
+    """A model folder every trainer (and engine) starts from: identical weights, saved in
+    ``dtype``. ``kind`` is "tiny" (the bundled model) or a key of :data:`MODEL_SHAPES`
+    (randomly initialised, on ``device``: a GPU initialises 780M parameters in a moment)."""
     loaded = load_model_and_tokenizer(DEFAULT_MODEL)
     if kind == "tiny":
         model = loaded.model
-    else:  # T5-large's shape, random init, the bundled tokenizer's vocabulary
-        shape = T5Config(
-            vocab_size=loaded.model.config.vocab_size, d_model=1024, d_kv=64, d_ff=2816,
-            num_layers=24, num_decoder_layers=24, num_heads=16, feed_forward_proj="gated-gelu",
-            tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-        )
-        model = T5ForConditionalGeneration(shape)
-    target = workdir / "model"
-    save_model(model, loaded.tokenizer, target)
+    else:
+        with torch.device(device):
+            model = T5ForConditionalGeneration(shape_config(kind, len(loaded.tokenizer)))
+    target = workdir / name
+    save_model(model.to(dtype), loaded.tokenizer, target)
+    del model
     return target
 
 
-class StepClock(TrainerCallback):
-    """Times steps 2..N (the first step includes one-off warm-up work in both trainers)."""
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a clock read after it measures the work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
-    def __init__(self) -> None:
+
+def reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gb() -> float | None:
+    """``torch.cuda.max_memory_allocated`` since the last reset, in GB (None on a CPU)."""
+    return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
+
+
+def fixed_example(source_length: int, target_length: int, vocab_size: int) -> EncodedExample:
+    """An example of exactly these lengths (ids drawn from the vocabulary, ending in </s>):
+    every batch of it has the same shapes, which is how MFU is measured."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, vocab_size, (source_length + target_length,), generator=generator)
+    source, target = ids[:source_length].tolist(), ids[source_length:].tolist()
+    return EncodedExample((*source[:-1], 1), (*target[:-1], 1))
+
+
+class StepClock(TrainerCallback):
+    """Times steps 2..N (the first step includes one-off warm-up work in both trainers), and
+    stops training at the first step that ends after ``deadline`` (a ``perf_counter`` time)."""
+
+    def __init__(self, deadline: float | None = None) -> None:
         self.first_end: float | None = None
         self.last_end: float | None = None
         self.steps = 0
+        self.deadline = deadline
+        self.cut_short = False
 
     def on_step_end(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        synchronize()
         now = time.perf_counter()
         self.steps += 1
         if self.first_end is None:
             self.first_end = now
         self.last_end = now
+        if self.deadline is not None and now > self.deadline and state.global_step < args.max_steps:
+            control.should_training_stop = self.cut_short = True
 
 
 class CountingCollator(DataCollatorForSeq2Seq):
@@ -89,26 +142,58 @@ class CountingCollator(DataCollatorForSeq2Seq):
         return super().__call__(features, return_tensors=return_tensors)
 
 
-def run_hf(config: ExperimentConfig, model_dir: Path, device: str, workdir: Path) -> dict:
-    from datasets import Dataset
+def _rates(steps_timed: int, batch_size: int, tokens: int, seconds: float) -> dict[str, Any]:
+    if steps_timed < 1 or seconds <= 0:
+        return {"samples_per_s": None, "real_tokens_per_s": None, "seconds": seconds,
+                "steps_timed": steps_timed}
+    return {
+        "samples_per_s": steps_timed * batch_size / seconds,
+        "real_tokens_per_s": tokens / seconds,
+        "seconds": seconds,
+        "steps_timed": steps_timed,
+    }
 
-    loaded = load_model_and_tokenizer(model_dir)
+
+def hf_rows(config: ExperimentConfig, tokenizer: Any) -> dict[str, list[list[int]]]:
+    """The examples HF's trainer gets: a seeded shuffle of the pooled training instances of the
+    seen tasks (which samples tasks proportionally to their size, like itransfer's default
+    sampler), cut to the ``steps x batch_size`` the run consumes, then encoded like itransfer's.
+    """
     benchmark = open_benchmark(config.data, config.seed)
     encoder = ExampleEncoder(
-        loaded.tokenizer, "seq2seq",
+        tokenizer, "seq2seq",
         build_context(config.data.context.name, config.data.context.num_exemplars),
         max_source_length=config.model.max_source_length,
         max_target_length=config.model.max_target_length,
     )
-    rows = {"input_ids": [], "labels": []}
-    for name in benchmark.selection.seen:
-        task = benchmark.task(name)
-        for instance in benchmark.split(name).train:
-            example = encoder.encode(task, instance)
-            rows["input_ids"].append(list(example.source_ids))
-            rows["labels"].append(list(example.target_ids))
-    dataset = Dataset.from_dict(rows)
+    pool = [(name, index) for name in benchmark.selection.seen
+            for index in range(len(benchmark.split(name).train))]
+    order = random.Random(config.seed).sample(range(len(pool)), len(pool))
+    needed = (config.train.steps or 1) * config.train.batch_size
+    rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
+    for position in order[:needed]:
+        name, index = pool[position]
+        example = encoder.encode(benchmark.task(name), benchmark.split(name).train[index])
+        rows["input_ids"].append(list(example.source_ids))
+        rows["labels"].append(list(example.target_ids))
+    return rows
+
+
+def run_hf(
+    config: ExperimentConfig, model_dir: Path, device: str, workdir: Path, *,
+    fixed: EncodedExample | None = None, deadline: float | None = None,
+) -> dict[str, Any]:
+    """HF ``Seq2SeqTrainer`` on the SNI examples (or on ``fixed`` repeated), timed."""
+    from datasets import Dataset
+
+    loaded = load_model_and_tokenizer(model_dir)
     train = config.train
+    if fixed is None:
+        rows = hf_rows(config, loaded.tokenizer)
+    else:
+        count = (train.steps or 1) * train.batch_size
+        rows = {"input_ids": [list(fixed.source_ids)] * count,
+                "labels": [list(fixed.target_ids)] * count}
     args = Seq2SeqTrainingArguments(
         output_dir=str(workdir / "hf"), per_device_train_batch_size=train.batch_size,
         max_steps=train.steps, learning_rate=train.learning_rate,
@@ -118,47 +203,78 @@ def run_hf(config: ExperimentConfig, model_dir: Path, device: str, workdir: Path
         disable_tqdm=True,
     )
     collator = CountingCollator(loaded.tokenizer, model=loaded.model, label_pad_token_id=-100)
-    clock = StepClock()
+    clock = StepClock(deadline)
     trainer = Seq2SeqTrainer(
-        model=loaded.model, args=args, train_dataset=dataset, data_collator=collator,
-        callbacks=[clock],
+        model=loaded.model, args=args, train_dataset=Dataset.from_dict(rows),
+        data_collator=collator, callbacks=[clock],
     )
+    reset_peak_memory()
     trainer.train()
-    seconds = clock.last_end - clock.first_end
-    timed_steps = clock.steps - 1
-    return {
-        "samples_per_s": timed_steps * train.batch_size / seconds,
-        "real_tokens_per_s": collator.real_tokens / seconds,
-        "seconds": seconds,
-        "steps_timed": timed_steps,
-    }
+    seconds = (clock.last_end or 0.0) - (clock.first_end or 0.0)
+    return {**_rates(clock.steps - 1, train.batch_size, collator.real_tokens, seconds),
+            "peak_memory_gb": peak_memory_gb(), "cut_short": clock.cut_short}
 
 
-def run_itransfer(config: ExperimentConfig, workdir: Path) -> dict:
+def run_itransfer(
+    config: ExperimentConfig, workdir: Path, *, fixed: EncodedExample | None = None,
+    deadline: float | None = None,
+) -> dict[str, Any]:
+    """itransfer's training step (:func:`itransfer.train.loop.train_step`: P(K), length-grouped
+    batches, the update), or with ``fixed`` the same update on a batch of that example, timed.
+
+    The recipe's parts are driven here rather than :func:`instruction_tune`, which would end by
+    writing a checkpoint (9 GB of weights and AdamW state at T5-large shape) outside the timing.
+    """
+    state = setup(config, workdir / "itransfer")
+    batch_size = config.train.batch_size
     ends: list[float] = []
     tokens: list[int] = []
+    cut_short = False
+    reset_peak_memory()
+    try:
+        while state.it_step < state.total_it_steps:
+            if fixed is None:
+                tokens.append(train_step(state)["tokens"])
+            else:
+                stats = optimizer_update(state, [fixed] * batch_size, [0] * batch_size)
+                state.it_step += 1
+                tokens.append(stats.source_tokens + stats.target_tokens)
+            synchronize()
+            ends.append(time.perf_counter())
+            unfinished = state.it_step < state.total_it_steps
+            if deadline is not None and ends[-1] > deadline and unfinished:
+                cut_short = True
+                break
+    finally:
+        cleanup(state)
+    seconds = ends[-1] - ends[0] if ends else 0.0
+    return {**_rates(len(ends) - 1, batch_size, sum(tokens[1:]), seconds),
+            "peak_memory_gb": peak_memory_gb(), "cut_short": cut_short}
 
-    def clock(step: int, total: int, row: dict) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        ends.append(time.perf_counter())
-        tokens.append(row["tokens"])
 
-    instruction_tune(config, workdir / "itransfer", progress=clock)
-    seconds = ends[-1] - ends[0]
-    return {
-        "samples_per_s": (len(ends) - 1) * config.train.batch_size / seconds,
-        "real_tokens_per_s": sum(tokens[1:]) / seconds,
-        "seconds": seconds,
-        "steps_timed": len(ends) - 1,
-    }
+def throughput_config(
+    model_dir: Path, *, steps: int, batch_size: int, context: str, precision: str,
+    max_source_length: int, max_target_length: int = 128, sni_dir: Path | None = None,
+) -> ExperimentConfig:
+    """The instruction-tuning config both trainers run (no logging sinks in the timing)."""
+    overrides = [
+        f"model.name_or_path={model_dir}", f"train.steps={steps}",
+        f"train.batch_size={batch_size}", f"data.context.name={context}",
+        f"train.precision={precision}", "train.warmup_steps=10",
+        f"model.max_source_length={max_source_length}",
+        f"model.max_target_length={max_target_length}", "train.tensorboard=false",
+        "train.log_every=1000000",
+    ]
+    if sni_dir is not None:
+        overrides.append(f"data.sni_dir={sni_dir}")
+    return load_config(None, overrides)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--model", choices=["tiny", "t5-large-shape"], default="tiny")
+    parser.add_argument("--model", choices=["tiny", *MODEL_SHAPES], default="tiny")
     parser.add_argument("--sni-dir", type=Path, default=None)
     parser.add_argument("--context", default="exemplars")
     parser.add_argument("--device", default="cpu")
@@ -169,17 +285,12 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="itransfer-bench-"))
     try:
-        model_dir = build_model_dir("tiny" if args.model == "tiny" else "large", workdir)
-        overrides = [
-            f"model.name_or_path={model_dir}", f"train.steps={args.steps}",
-            f"train.batch_size={args.batch_size}", f"data.context.name={args.context}",
-            f"train.precision={args.precision}", "train.warmup_steps=10",
-            f"model.max_source_length={args.max_source_length}", "train.tensorboard=false",
-            "train.log_every=1000000",
-        ]
-        if args.sni_dir is not None:
-            overrides.append(f"data.sni_dir={args.sni_dir}")
-        config = load_config(None, overrides)
+        model_dir = build_model_dir(args.model, workdir, device=args.device)
+        config = throughput_config(
+            model_dir, steps=args.steps, batch_size=args.batch_size, context=args.context,
+            precision=args.precision, max_source_length=args.max_source_length,
+            sni_dir=args.sni_dir,
+        )
         ours = run_itransfer(config, workdir)
         theirs = run_hf(config, model_dir, args.device, workdir)
     finally:

@@ -3,7 +3,9 @@
 Both engines run the same grid of cells (tasks × k ∈ {0, 5, 10, 20, 40}, context ``none``,
 the paper's LoRA settings), training and evaluation included (test loss and greedy
 generation on each task's test instances), in this one process; the script prints wall time,
-cells/s and the ratio, and how far apart the two engines' test losses are.
+cells/s, the seconds per cell spent training, on test loss and generating, the ratio, and how
+far apart the two engines' test losses are. ``bench/gpu_suite.py`` runs the grid through
+:func:`run` too.
 
     python bench/transfer_grid.py                                  # bundled unseen tasks, CPU
     python bench/transfer_grid.py --tasks 4 --test-size 25         # a quicker look
@@ -17,57 +19,146 @@ sequential PEFT loop on an H200.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import torch
 from accelerate import Accelerator
 
+import itransfer.eval.inference as inference_module
+import itransfer.eval.multilora as multilora_module
+import itransfer.eval.session as session_module
+import itransfer.eval.transfer as transfer_module
 from itransfer.config import load_config
 from itransfer.eval.results import ResultsTable
 from itransfer.eval.session import open_session
-from itransfer.eval.transfer import evaluate_transfer
-from itransfer.models import DEFAULT_MODEL, load_model_and_tokenizer, save_model
+from itransfer.eval.transfer import evaluate_transfer, plan_cells
+from itransfer.models import DEFAULT_MODEL
+from train_throughput import build_model_dir, synchronize
 
 
-def model_source(kind: str, workdir: Path) -> str:
-    if kind == "tiny":
+def model_source(
+    kind: str, workdir: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> str:
+    """The model both engines start from: the bundled one, or a shape saved in ``dtype``
+    (``evaluate`` loads a checkpoint in the dtype it was saved in)."""
+    if kind == "tiny" and dtype == torch.float32:
         return DEFAULT_MODEL
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    tokenizer = load_model_and_tokenizer(DEFAULT_MODEL).tokenizer
-    shape = T5Config(
-        vocab_size=len(tokenizer), d_model=1024, d_kv=64, d_ff=2816, num_layers=24,
-        num_decoder_layers=24, num_heads=16, feed_forward_proj="gated-gelu",
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-    )
-    target = workdir / "t5-large-shape"
-    save_model(T5ForConditionalGeneration(shape), tokenizer, target)
-    return str(target)
+    return str(build_model_dir(kind, workdir, dtype=dtype, device=device, name="grid-model"))
 
 
-def run(engine: str, source: str, overrides: list[str], out: Path, device: str) -> dict:
+class GridCut(Exception):
+    """The grid ran past its deadline; the cells written so far stand."""
+
+
+# Where the grid's time goes, wrapped where the engines look them up: each engine's LoRA
+# training, the evaluation of test items (encoder, test loss and generation) and, within it,
+# generation; test loss is evaluation minus generation.
+_PHASES = (
+    (transfer_module, "train_cell_peft", "train"),
+    (multilora_module, "train_cells_batched", "train"),
+    (session_module, "evaluate_items", "evaluate"),
+    (inference_module, "_generate", "generate"),
+)
+
+
+@contextmanager
+def phase_seconds() -> Iterator[dict[str, float]]:
+    """Seconds spent in each phase inside the block (GPU work waited for at both ends)."""
+    totals = {"train": 0.0, "evaluate": 0.0, "generate": 0.0}
+
+    def timed(phase: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            synchronize()
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                synchronize()
+                totals[phase] += time.perf_counter() - started
+
+        return wrapper
+
+    with ExitStack() as patches:
+        for module, name, phase in _PHASES:
+            patches.enter_context(
+                mock.patch.object(module, name, timed(phase, getattr(module, name)))
+            )
+        yield totals
+
+
+def run(
+    engine: str, source: str, overrides: list[str], out: Path, device: str,
+    *, deadline: float | None = None,
+) -> dict[str, Any]:
+    """One engine over the grid: wall time, seconds per cell by phase, test losses per cell.
+
+    Past ``deadline`` (a ``perf_counter`` time) the grid stops at the engine's next progress
+    report; the figures are then over the cells it finished (``cut_short``).
+    """
     config = load_config(None, [*overrides, f"eval.engine={engine}"])
     session = open_session(config, source, out, accelerator=Accelerator(cpu=device == "cpu"))
-    if device != "cpu":
-        torch.cuda.synchronize()
+    order = [item.cell for item in plan_cells(session)[0]]  # the order the engine runs them in
+    finished_at: list[float] = []
+
+    def progress(what: str, done: float, total: int) -> None:
+        if done == int(done) and int(done) > len(finished_at):
+            finished_at.append(time.perf_counter())
+        if deadline is not None and time.perf_counter() > deadline and done < total:
+            raise GridCut
+
+    synchronize()
     started = time.perf_counter()
-    evaluate_transfer(session)
-    if device != "cpu":
-        torch.cuda.synchronize()
+    cut_short = False
+    with phase_seconds() as phases:
+        try:
+            evaluate_transfer(session, progress=progress)
+        except GridCut:
+            cut_short = True
+    synchronize()
     seconds = time.perf_counter() - started
     frame = ResultsTable(out).read()
-    cells = frame["cell"].nunique()
-    losses = frame[(frame["metric"] == "loss") & (frame["split"] == "test")]
-    return {
-        "engine": engine, "seconds": seconds, "cells": int(cells),
-        "cells_per_s": cells / seconds, "seconds_per_cell": seconds / cells,
-        "losses": dict(zip(losses["cell"].str.replace(r"\|[0-9a-f]+$", "", regex=True),
-                           losses["value"], strict=True)),
+    cells = int(frame["cell"].nunique()) if len(frame) else 0
+    losses = frame[(frame["metric"] == "loss") & (frame["split"] == "test")] if cells else frame
+    result: dict[str, Any] = {
+        "engine": engine, "seconds": seconds, "cells": cells, "planned_cells": len(order),
+        "cut_short": cut_short,
+        "losses": dict(zip(losses["cell"].str.replace(r"\|[0-9a-f]+$", "", regex=True)
+                           .str.split("|", n=3).str[3], losses["value"], strict=True))
+        if cells else {},
     }
+    per_cell = (lambda value: value / cells) if cells else (lambda value: None)
+    result |= {
+        "cells_per_s": cells / seconds if cells else None,
+        "seconds_per_cell": per_cell(seconds),
+        "train_s_per_cell": per_cell(phases["train"]),
+        "loss_s_per_cell": per_cell(phases["evaluate"] - phases["generate"]),
+        "generate_s_per_cell": per_cell(phases["generate"]),
+        "other_s_per_cell": per_cell(seconds - phases["train"] - phases["evaluate"]),
+        "phase_seconds": dict(phases),
+    }
+    if engine == "peft":  # one cell at a time: each cell's own wall time, by k
+        starts = [started, *finished_at[:-1]]
+        cell_seconds = [end - begin for begin, end in zip(starts, finished_at, strict=True)]
+        by_k: dict[int, list[float]] = {}
+        for cell, spent in zip(order, cell_seconds, strict=False):  # fewer when cut short
+            by_k.setdefault(cell.shots, []).append(spent)
+        result["s_per_cell_by_k"] = {k: sum(v) / len(v) for k, v in sorted(by_k.items())}
+    return result
+
+
+def loss_gaps(first: dict[str, float], second: dict[str, float]) -> list[float]:
+    """|test-loss difference| of each cell both engines finished."""
+    return [abs(first[key] - value) for key, value in second.items() if key in first]
 
 
 def main() -> None:
@@ -88,7 +179,7 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="itransfer-grid-"))
     try:
-        source = model_source(args.model, workdir)
+        source = model_source(args.model, workdir, device=args.device)
         overrides = [
             "eval.shots=[0, 5, 10, 20, 40]", "eval.transfer_contexts=[none]",
             f"data.splits.unseen_test_size={args.test_size}",
@@ -106,17 +197,19 @@ def main() -> None:
         }
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"{'engine':12}{'cells':>7}{'seconds':>10}{'cells/s':>10}{'s/cell':>9}")
+    print(f"{'engine':12}{'cells':>7}{'seconds':>10}{'cells/s':>10}{'s/cell':>9}"
+          f"{'train':>8}{'loss':>8}{'generate':>10}")
     for result in results.values():
         print(f"{result['engine']:12}{result['cells']:7d}{result['seconds']:10.1f}"
-              f"{result['cells_per_s']:10.3f}{result['seconds_per_cell']:9.2f}")
+              f"{result['cells_per_s']:10.3f}{result['seconds_per_cell']:9.2f}"
+              f"{result['train_s_per_cell']:8.2f}{result['loss_s_per_cell']:8.2f}"
+              f"{result['generate_s_per_cell']:10.2f}")
     names = {"batched": "batched", "peft": "sequential"}  # the recorded JSONs' keys
     summary: dict = {names[key]: {k: v for k, v in result.items() if k != "losses"}
                      for key, result in results.items()}
     if len(results) == 2:
         batched, sequential = results["batched"], results["peft"]
-        gaps = [abs(batched["losses"][key] - value)
-                for key, value in sequential["losses"].items()]
+        gaps = loss_gaps(batched["losses"], sequential["losses"])
         summary["speedup"] = ratio = sequential["seconds"] / batched["seconds"]
         summary["max_loss_gap"] = max(gaps)
         print(f"speed-up of the batched engine: {ratio:.2f}x; "
