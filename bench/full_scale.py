@@ -11,7 +11,7 @@ real CLI in a fresh process with its own cache folder, sampling the process tree
 
 * ``data_summary``: ``itransfer data summary`` cold (empty index cache) and warm;
 * ``train_cold``: ``itransfer train`` with an empty cache: the index and the tokenized training
-  set are built, then ``--steps`` steps; time to the first step, build time, peak RSS;
+  set are built, then ``--cold-steps`` steps; time to the first step, build time, peak RSS;
 * ``train_warm``: the same run again: time to the first step, RSS at step 100 and at the last
   step (the growth between them is what grows with steps), peak RSS;
 * ``model`` (``--parts model``): a T5-large-shaped (or ~1B Llama-shaped) model from a local
@@ -141,8 +141,7 @@ def bench_data_summary(standin: Path, cache: Path, env: dict[str, str]) -> dict[
     cold = run_measured(command, env)
     warm = run_measured(command, env)
     summary = json.loads(warm["output"][warm["output"].index("{"):])
-    counts = {group: len(names) for group, names in summary.get("groups", {}).items()
-              if isinstance(names, list)}
+    counts = {group: len(names) for group, names in summary.items() if isinstance(names, list)}
     return {"cold_s": round(cold["seconds"], 1), "cold_peak_rss_mb": cold["peak_rss_mb"],
             "warm_s": round(warm["seconds"], 2), "warm_peak_rss_mb": warm["peak_rss_mb"],
             "group_sizes": counts or None}
@@ -203,7 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--standin", type=Path, default=Path(tempfile.gettempdir()) / "sni-full"
                         / "tasks")
     parser.add_argument("--parts", default="data,train", help="data, train, model (comma list)")
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=2000, help="steps of the warm-cache run")
+    parser.add_argument("--cold-steps", type=int, default=20,
+                        help="steps of the cold-cache run (it measures the build and start-up)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--standin-tasks", type=int, default=None,
                         help="build a smaller stand-in (this many task files; a quick check)")
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
             result["data_summary"] = bench_data_summary(args.standin, work / "cache", env)
             print("data summary:", result["data_summary"], flush=True)
         if "train" in parts:
-            result["train_cold"] = bench_train(args.standin, work / "cold", env, args.steps,
+            result["train_cold"] = bench_train(args.standin, work / "cold", env, args.cold_steps,
                                                warm=False, batch_size=args.batch_size)
             print("train, cold cache:", result["train_cold"], flush=True)
             result["train_warm"] = bench_train(args.standin, work / "warm", env, args.steps,

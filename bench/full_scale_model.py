@@ -11,22 +11,42 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from itransfer.config import load_config
 from itransfer.eval.results import ResultsTable
 from itransfer.eval.session import open_session
 from itransfer.eval.transfer import evaluate_transfer
+from itransfer.models import DEFAULT_MODEL, load_model_and_tokenizer, save_model
 from itransfer.train.loop import instruction_tune
-from model_shapes import SHAPES, build_shape
+from train_throughput import build_model_dir
 
 STEPS = 3
+SHAPES = ("tiny", "t5-large-shape", "llama-1b-shape")
+
+
+def build_shape(kind: str, work: Path) -> str:
+    """The model to run: the bundled one, T5-large's shape, or TinyLlama-1.1B's (GQA 32/4,
+    rotary); random weights and the bundled tokenizer, so nothing is downloaded."""
+    if kind == "tiny":
+        return DEFAULT_MODEL
+    if kind != "llama-1b-shape":
+        return str(build_model_dir(kind, work))
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = load_model_and_tokenizer(DEFAULT_MODEL).tokenizer
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=2048, intermediate_size=5632,
+        num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+        max_position_embeddings=2048, tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+    save_model(model, tokenizer, work / kind)
+    return str(work / kind)
 
 
 def folder_gb(folder: Path, pattern: str = "*") -> float:
@@ -41,7 +61,7 @@ def main() -> None:
     result: dict = {"model": args.model}
 
     started = time.perf_counter()
-    source = build_shape(args.model, args.work / args.model)
+    source = build_shape(args.model, args.work)
     result["build_s"] = round(time.perf_counter() - started, 1)
     overrides = [
         f"model.name_or_path={source}", "model.max_source_length=256",
