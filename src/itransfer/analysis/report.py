@@ -55,14 +55,29 @@ class ReportPaths:
     figures: dict[str, Path]
 
 
-def write_report(run_dir: Path, *, n_boot: int = 2000, seed: int = 0) -> ReportPaths:
-    """Analyse a run folder (manifest + results table) and write its HTML and Markdown report."""
-    run_dir = Path(run_dir)
+@dataclass(frozen=True)
+class RunFindings:
+    """A run folder's analysis, its findings and how far its scale lets them speak."""
+
+    analysis: RunAnalysis
+    findings: list[FindingResult]
+    scale: ScaleAssessment
+
+
+def run_findings(run_dir: Path, *, n_boot: int = 2000, seed: int = 0) -> RunFindings:
+    """Analyse a run folder (manifest + results table) and evaluate the paper's findings."""
     manifest = read_manifest(run_dir)
     frame = ResultsTable(run_dir).read()
     analysis = analyse(frame, manifest, n_boot=n_boot, seed=seed)
     findings = evaluate_findings(analysis, n_boot=n_boot, seed=seed)
-    scale = assess_scale(frame, analysis, findings)
+    return RunFindings(analysis, findings, assess_scale(frame, analysis, findings))
+
+
+def write_report(run_dir: Path, *, n_boot: int = 2000, seed: int = 0) -> ReportPaths:
+    """Analyse a run folder (manifest + results table) and write its HTML and Markdown report."""
+    run_dir = Path(run_dir)
+    analysed = run_findings(run_dir, n_boot=n_boot, seed=seed)
+    analysis, findings, scale = analysed.analysis, analysed.findings, analysed.scale
     figures = draw_all(analysis, run_dir / FIGURES_DIR)
     html_path, markdown_path = run_dir / REPORT_HTML, run_dir / REPORT_MD
     atomic_write_text(html_path, render_html(analysis, findings, figures, scale))
@@ -78,7 +93,7 @@ def _paper_cell(result: FindingResult) -> str:
     return result.finding.paper_text
 
 
-def _verdict_cell(result: FindingResult, scale: ScaleAssessment | None = None) -> str:
+def verdict_cell(result: FindingResult, scale: ScaleAssessment | None = None) -> str:
     verdict = f"{VERDICT_MARKS.get(result.verdict, '')} {result.verdict}".strip()
     return f"{verdict} (pipeline check)" if scale is not None and scale.pipeline_check else verdict
 
@@ -181,7 +196,7 @@ def _scale_html(scale: ScaleAssessment) -> str:
     return "".join(parts)
 
 
-def _test_cell(result: FindingResult) -> str:
+def test_cell(result: FindingResult) -> str:
     """The test behind a verdict, with its Holm-adjusted p-value."""
     if not result.test:
         return "—"
@@ -198,9 +213,9 @@ def _findings_html(findings: list[FindingResult], scale: ScaleAssessment | None 
     for result in findings:
         finding = result.finding
         cells = [finding.paper_section, finding.figure, finding.claim, _paper_cell(result),
-                 result.run_text, _test_cell(result)]
+                 result.run_text, test_cell(result)]
         rows.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells)
-                    + f'<td class="verdict">{html.escape(_verdict_cell(result, scale))}'
+                    + f'<td class="verdict">{html.escape(verdict_cell(result, scale))}'
                     + "</td></tr>")
     legend = (f"<p>✓ reproduces: the claimed direction holds everywhere and its test passes at "
               f"α = {ALPHA} (every test, for a claim made of several) · ≈ the direction holds, "
@@ -248,7 +263,7 @@ def _provenance_html(manifest: RunManifest) -> list[str]:
 # --- Markdown ------------------------------------------------------------------------------
 
 
-def _markdown_cell(text: str) -> str:
+def markdown_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -267,9 +282,9 @@ def render_markdown(analysis: RunAnalysis, findings: list[FindingResult],
         lines += ["| § | Claim | Paper | This run | Test | Verdict |",
                   "|---|---|---|---|---|---|"]
         lines += [
-            "| " + " | ".join(_markdown_cell(cell) for cell in (
+            "| " + " | ".join(markdown_cell(cell) for cell in (
                 result.finding.paper_section, result.finding.claim, _paper_cell(result),
-                result.run_text, _test_cell(result), _verdict_cell(result, scale))) + " |"
+                result.run_text, test_cell(result), verdict_cell(result, scale))) + " |"
             for result in findings
         ]
         counts = pd.Series([result.verdict for result in findings]).value_counts()

@@ -47,3 +47,30 @@ def show(
         count = int(max(row[("count", name)] for name in metrics if ("count", name) in row))
         table.add_row(*(str(part) for part in index), *values, str(count))
     Console().print(table)
+
+
+@results_app.command("compare")
+def compare(
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="Two or more run folders, e.g. one per model family."
+    ),
+    label: list[str] | None = typer.Option(
+        None, "--label", help="A column heading per run, in order (default: family: model)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Write the Markdown table here (default: print it)."
+    ),
+    n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap resamples per finding."),
+) -> None:
+    """The paper's findings on several runs side by side: the paper's number, then each run's
+    verdict, number and test (e.g. T5 and a decoder-only LM on the same experiment)."""
+    from itransfer.analysis.families import compare_families, render_families_markdown
+    from itransfer.io_utils import atomic_write_text
+
+    runs = compare_families(run_dirs, label or None, n_boot=n_boot)
+    text = render_families_markdown(runs)
+    if out is None:
+        Console().print(text, markup=False, highlight=False)
+        return
+    atomic_write_text(out, text)
+    Console(stderr=True).print(f"wrote {out}")
