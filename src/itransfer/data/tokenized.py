@@ -242,8 +242,8 @@ def _build(
     shutil.rmtree(staging, ignore_errors=True)
     logger.info("tokenizing %d training instances of %d tasks into %s (%d process%s)",
                 total, len(tasks), final, num_proc, "" if num_proc == 1 else "es")
-    # Workers fork from here; the tokenizer's own threads would only contend with them.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if num_proc > 1:  # workers fork from here; the tokenizer's own threads would contend
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     reported = final.with_name(final.name + ".errors.jsonl")
     reported.unlink(missing_ok=True)
     try:
