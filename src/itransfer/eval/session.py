@@ -32,7 +32,7 @@ from itransfer.io_utils import atomic_write_text
 from itransfer.launch import agreed, check_launch, make_accelerator
 from itransfer.models import LoadedModel, load_model_and_tokenizer
 from itransfer.provenance import write_run_record
-from itransfer.train.checkpoint import STATE_FILE
+from itransfer.train.checkpoint import STATE_FILE, read_state
 
 logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
@@ -199,9 +199,8 @@ def _check_tokenizer_fits(loaded: LoadedModel, checkpoint: str | Path) -> None:
 
 def _checkpoint_step(folder: Path) -> int:
     """The instruction-tuning step of a training checkpoint; 0 for any other model."""
-    state = folder / STATE_FILE
-    if state.is_file():
-        return int(json.loads(state.read_text(encoding="utf-8")).get("it_step", 0))
+    if (folder / STATE_FILE).is_file():
+        return int(read_state(folder).get("it_step", 0))  # damaged: one line naming the file
     return 0
 
 
