@@ -151,7 +151,7 @@ def test_checkpoint_of_another_model_or_config_is_refused(
     instruction_tune(_config(tiny_model_dir, "train.steps=6"), tmp_path / "run", stop_after=2)
     other_model = tmp_path / "other-model"
     shutil.copytree(tiny_model_dir, other_model)
-    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    before = sorted(p.name for p in (tmp_path / "run" / "resume").iterdir())
     with pytest.raises(CheckpointError, match="belongs to another model"):
         instruction_tune(_config(other_model, "train.steps=6"), tmp_path / "run", resume=True)
     with pytest.raises(CheckpointError, match=r"train\.learning_rate differ"):
@@ -159,7 +159,7 @@ def test_checkpoint_of_another_model_or_config_is_refused(
             _config(tiny_model_dir, "train.steps=6", "train.learning_rate=1e-3"),
             tmp_path / "run", resume=True,
         )
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+    assert sorted(p.name for p in (tmp_path / "run" / "resume").iterdir()) == before
 
 
 def test_corrupted_checkpoint_is_named_and_left_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
