@@ -54,6 +54,9 @@ class EvalSession:
     accelerator: Accelerator
 
     encoders: dict[str, ExampleEncoder] = field(default_factory=dict)
+    # Called after each write of rows: where `itransfer run` stops on SIGTERM/SIGUSR1, since
+    # what is written is kept and a rerun continues after it.
+    after_write: Callable[[], None] | None = None
 
     def encoder(self, context: str) -> ExampleEncoder:
         """One encoder per context, so cut counts add up for :meth:`finish`'s summary."""
@@ -109,6 +112,8 @@ class EvalSession:
         """Append this process's rows now (each append is its own file, so processes never
         collide and a crash later keeps what was measured so far)."""
         self.table.append(rows)
+        if self.after_write is not None:
+            self.after_write()
         return len(rows)
 
     def finish(self, written: int) -> int:
