@@ -107,7 +107,7 @@ def test_a_run_from_before_resumable_checkpoints_still_resumes(
 
 
 def test_the_clock_triggers_resumable_checkpoints_and_two_are_kept(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every 5 minutes on a clock that moves a minute per step. The main process reads it before
     a step and the answer travels with that step's reduction, so a checkpoint due after step 5
@@ -121,8 +121,19 @@ def test_the_clock_triggers_resumable_checkpoints_and_two_are_kept(
         now["seconds"] = 60.0 * step
         listed[step] = [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(run / "resume")]
 
+    on_disk_when_writing: dict[int, list[int]] = {}
+    real_begin = ckpt.begin
+
+    def recording_begin(directory: Path, step: int) -> Path:
+        on_disk_when_writing[step] = [ckpt.checkpoint_step(p)
+                                      for p in ckpt.list_checkpoints(directory)]
+        return real_begin(directory, step)
+
+    monkeypatch.setattr(ckpt, "begin", recording_begin)
     instruction_tune(config, run, progress=one_minute_a_step, stop_after=19,
                      clock=lambda: now["seconds"])
+    # The older of two goes before the next is written: never more than two on disk.
+    assert on_disk_when_writing == {6: [], 12: [6], 18: [12], 19: [18]}
     # What was on disk as each step ended (before that step's own save).
     assert listed[6] == [] and listed[7] == [6]
     assert listed[12] == [6] and listed[13] == [6, 12]
@@ -154,7 +165,7 @@ def test_disk_usage_of_a_t5_large_sized_run() -> None:
     assert round(usage.weights / 1e9, 1) == 3.0 and round(usage.resumable / 1e9, 1) == 8.9
     assert round(usage.trajectory / 1e9, 1) == 17.7
     assert round(usage.trajectory_with_optimizer / 1e9, 1) == 53.1
-    assert usage.peak_while_training == usage.trajectory + 3 * usage.resumable
+    assert usage.peak_while_training == usage.trajectory + 2 * usage.resumable
     assert "6 x 3.0 GB = 17.7 GB" in "\n".join(usage.lines())
 
 

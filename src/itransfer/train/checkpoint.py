@@ -44,7 +44,9 @@ LATEST_FILE = "latest"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAJECTORY_DIR = "checkpoints"
 RESUME_DIR = "resume"
-RESUMABLE_KEPT = 2  # the newest is enough; the one before covers a damaged newest
+# Two after each commit; the older goes before the next one is written, so that at most two
+# (one of them being written) are on disk, and a complete one always is.
+RESUMABLE_KEPT = 2
 
 
 class CheckpointError(ITransferError):
@@ -222,9 +224,14 @@ def commit(checkpoints_dir: Path, step: int, keep: int | None = None) -> Path:
     staging.rename(final)
     atomic_write_text(checkpoints_dir / LATEST_FILE, final.name + "\n")
     if keep is not None:
-        for old in list_checkpoints(checkpoints_dir)[:-keep]:
-            shutil.rmtree(old)
+        prune(checkpoints_dir, keep)
     return final
+
+
+def prune(checkpoints_dir: Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` checkpoints (``keep`` >= 1: never the newest)."""
+    for old in list_checkpoints(checkpoints_dir)[:-keep]:
+        shutil.rmtree(old)
 
 
 def list_checkpoints(checkpoints_dir: Path) -> list[Path]:

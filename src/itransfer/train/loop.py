@@ -328,6 +328,8 @@ def _write_checkpoint(
     failure: str | None = None
     try:
         if main:
+            if resumable and keep is not None and keep > 1:
+                ckpt.prune(directory, keep - 1)  # room for the new one, the newest kept
             ckpt.begin(directory, step)
     except OSError as exc:
         failure = ckpt.write_failure(exc, staging)

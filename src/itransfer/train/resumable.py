@@ -74,8 +74,9 @@ class CheckpointDiskUsage:
 
     @property
     def peak_while_training(self) -> int:
-        """The trajectory and the resumable checkpoints kept, plus one being written."""
-        return self.trajectory + (RESUMABLE_KEPT + 1) * self.resumable
+        """The trajectory and the resumable checkpoints kept (the older of the two goes before
+        a new one is written)."""
+        return self.trajectory + RESUMABLE_KEPT * self.resumable
 
     @property
     def trajectory_with_optimizer(self) -> int:
@@ -95,6 +96,6 @@ class CheckpointDiskUsage:
             f"trajectory of {n}: {n} x {gb(self.weights)} = {gb(self.trajectory)} "
             f"(with the optimizer in each, as before: {n} x {gb(self.resumable)} = "
             f"{gb(self.trajectory_with_optimizer)})",
-            f"while training: + {RESUMABLE_KEPT} resumable x {gb(self.resumable)} (+ 1 being "
-            f"written) = at most {gb(self.peak_while_training)}",
+            f"while training: + {RESUMABLE_KEPT} resumable x {gb(self.resumable)} = at most "
+            f"{gb(self.peak_while_training)}; a finished run keeps the trajectory only",
         ]
