@@ -20,7 +20,7 @@ from itransfer.train.loop import instruction_tune
 from itransfer.train.resumable import CheckpointDiskUsage, ResumableSchedule
 from tiny_configs import tiny_train_config as _config
 
-STRAIGHT = ("train.steps=12", "train.checkpoint_every=4", "train.mixing.every=3",
+STRAIGHT = ("train.steps=8", "train.checkpoint_every=3", "train.mixing.every=3",
             "train.sampler={name: dwa, window: 2}", "train.save_every_minutes=null")
 
 
@@ -48,7 +48,7 @@ def test_the_trajectory_keeps_weights_only_and_a_finished_run_drops_its_resume_f
     straight_run: Any,
 ) -> None:
     run = straight_run.out_dir
-    assert _names(run / "checkpoints") == ["step-0000004", "step-0000008", "step-0000012"]
+    assert _names(run / "checkpoints") == ["step-0000003", "step-0000006", "step-0000008"]
     for checkpoint in ckpt.list_checkpoints(run / "checkpoints"):
         files = {path.name for path in checkpoint.iterdir()}
         assert "model.safetensors" in files and ckpt.STATE_FILE in files
@@ -59,33 +59,33 @@ def test_the_trajectory_keeps_weights_only_and_a_finished_run_drops_its_resume_f
 def test_resume_from_between_two_trajectory_checkpoints_is_bit_exact(
     tiny_model_dir: Path, tmp_path: Path, straight_run: Any
 ) -> None:
-    """A crash after step 9 (the resumable checkpoints are at 3 and 6, the trajectory at 4 and 8):
-    --resume continues from step 6, replays 7 and 8 exactly (rewriting trajectory step 8 as it
+    """A crash during step 7 (the resumable checkpoint is at 4, the trajectory at 3 and 6):
+    --resume continues from step 4, replays 5 and 6 exactly (rewriting trajectory step 6 as it
     was) and ends where the unbroken run ends, bit for bit."""
-    config = _config(tiny_model_dir, *STRAIGHT, "train.save_every_steps=3")
+    config = _config(tiny_model_dir, *STRAIGHT, "train.save_every_steps=4")
     run = tmp_path / "run"
 
-    def crash_at_nine(step: int, total: int, row: dict) -> None:
-        if step == 9:
-            raise RuntimeError("node lost")  # as kill -9: no checkpoint for step 9
+    def crash_at_seven(step: int, total: int, row: dict) -> None:
+        if step == 7:
+            raise RuntimeError("node lost")  # as kill -9: nothing more is saved
 
     with pytest.raises(RuntimeError, match="node lost"):
-        instruction_tune(config, run, progress=crash_at_nine)
-    assert _names(run / "resume") == ["step-0000003", "step-0000006"]
-    assert _names(run / "checkpoints") == ["step-0000004", "step-0000008"]
-    assert ckpt.resume_checkpoint(run) == run / "resume" / "step-0000006"
+        instruction_tune(config, run, progress=crash_at_seven)
+    assert _names(run / "resume") == ["step-0000004"]
+    assert _names(run / "checkpoints") == ["step-0000003", "step-0000006"]
+    assert ckpt.resume_checkpoint(run) == run / "resume" / "step-0000004"
 
     resumed = instruction_tune(config, run, resume=True)
-    assert [row["step"] for row in resumed.log] == list(range(1, 13))
+    assert [row["step"] for row in resumed.log] == list(range(1, 9))
     assert [row["loss"] for row in resumed.log] == [row["loss"] for row in straight_run.log]
-    for step in ("step-0000004", "step-0000008", "step-0000012"):
+    for step in ("step-0000003", "step-0000006", "step-0000008"):
         assert _same_weights(run / "checkpoints" / step,
                              straight_run.out_dir / "checkpoints" / step), step
     assert not (run / "resume").exists()
 
     # Resuming the finished run takes no step: its final checkpoint needs no optimizer state.
     again = instruction_tune(config, run, resume=True)
-    assert again.steps == 12 and again.final_checkpoint == run / "checkpoints" / "step-0000012"
+    assert again.steps == 8 and again.final_checkpoint == run / "checkpoints" / "step-0000008"
 
 
 def test_a_run_from_before_resumable_checkpoints_still_resumes(
@@ -103,7 +103,7 @@ def test_a_run_from_before_resumable_checkpoints_still_resumes(
     resumed = instruction_tune(config, run, resume=True)
     assert [row["loss"] for row in resumed.log] == [row["loss"] for row in straight_run.log]
     assert _same_weights(resumed.final_checkpoint,
-                         straight_run.out_dir / "checkpoints" / "step-0000012")
+                         straight_run.out_dir / "checkpoints" / "step-0000008")
 
 
 def test_the_clock_triggers_resumable_checkpoints_and_two_are_kept(
