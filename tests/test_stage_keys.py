@@ -23,6 +23,8 @@ NEUTRAL_TOGGLES: dict[str, Any] = {
     "train.log_every": 7,
     "train.tensorboard": False,
     "train.wandb_project": "itransfer-test",
+    "train.save_every_minutes": 5,
+    "train.save_every_steps": 100,
     "eval.batch_size": 3,
     "eval.max_batch_tokens": 999,
     "eval.max_examples_per_pass": 5,

@@ -112,12 +112,13 @@ def test_resume_matches_an_uninterrupted_run(tiny_model_dir: Path, tmp_path: Pat
             assert got["unsupervised_loss"] == pytest.approx(expected_mixed, abs=1e-6)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_and_sigterm_save_a_resumable_checkpoint(
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1])
+def test_ctrl_c_sigterm_and_sigusr1_save_a_resumable_checkpoint(
     tiny_model_dir: Path, tmp_path: Path, signum: int
 ) -> None:
-    """A scheduler's SIGTERM, like Ctrl-C, ends the run at a step boundary with a checkpoint
-    (the step in flight when the request is seen: every process must agree on it)."""
+    """A scheduler's SIGTERM or SIGUSR1, like Ctrl-C, ends the run at a step boundary with a
+    resumable checkpoint (the step in flight when the request is seen: every process must agree
+    on it)."""
     config = _config(tiny_model_dir, "train.steps=8", "train.checkpoint_every=100")
     before = signal.getsignal(signum)
 
@@ -126,12 +127,13 @@ def test_ctrl_c_and_sigterm_save_a_resumable_checkpoint(
             os.kill(os.getpid(), signum)
 
     with pytest.raises(KeyboardInterrupt, match=rf"{signal.Signals(signum).name}: stopped at "
-                                                r"step 4 and saved a checkpoint") as info:
+                                                r"step 4 and saved a resumable checkpoint") as info:
         instruction_tune(config, tmp_path / "run", progress=signal_at_three)
     assert getattr(info.value, "signal_number", None) == signum
     assert signal.getsignal(signum) == before  # the handlers are put back
-    latest = ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    latest = ckpt.latest_checkpoint(tmp_path / "run" / "resume")
     assert latest is not None and ckpt.read_state(latest)["it_step"] == 4
+    assert ckpt.is_resumable(latest)
     resumed = instruction_tune(config, tmp_path / "run", resume=True)
     assert resumed.steps == 8 and [row["step"] for row in resumed.log] == list(range(1, 9))
 
@@ -149,7 +151,7 @@ def test_checkpoint_of_another_model_or_config_is_refused(
     instruction_tune(_config(tiny_model_dir, "train.steps=6"), tmp_path / "run", stop_after=2)
     other_model = tmp_path / "other-model"
     shutil.copytree(tiny_model_dir, other_model)
-    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    before = sorted(p.name for p in (tmp_path / "run" / "resume").iterdir())
     with pytest.raises(CheckpointError, match="belongs to another model"):
         instruction_tune(_config(other_model, "train.steps=6"), tmp_path / "run", resume=True)
     with pytest.raises(CheckpointError, match=r"train\.learning_rate differ"):
@@ -157,7 +159,7 @@ def test_checkpoint_of_another_model_or_config_is_refused(
             _config(tiny_model_dir, "train.steps=6", "train.learning_rate=1e-3"),
             tmp_path / "run", resume=True,
         )
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+    assert sorted(p.name for p in (tmp_path / "run" / "resume").iterdir()) == before
 
 
 def test_corrupted_checkpoint_is_named_and_left_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -187,10 +189,12 @@ def test_log_file_matches_the_result(tiny_model_dir: Path, tmp_path: Path) -> No
     assert rows == result.log
 
 
-def test_sigterm_to_itransfer_train_exits_143_with_a_checkpoint(
-    tiny_model_dir: Path, tmp_path: Path
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGUSR1, 138)])
+def test_sigterm_or_sigusr1_to_itransfer_train_exits_128_plus_it_with_a_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path, signum: int, status: int
 ) -> None:
-    """What a cluster scheduler does before preempting: SIGTERM, a grace period, SIGKILL."""
+    """What a cluster scheduler does before preempting or at the time limit: SIGTERM (or
+    SLURM's --signal=USR1@120), a grace period, SIGKILL."""
     out = tmp_path / "run"
     overrides = [f"model.name_or_path={tiny_model_dir}", "model.max_source_length=96",
                  "model.max_target_length=32", "train.batch_size=8", "train.steps=2000",
@@ -205,11 +209,12 @@ def test_sigterm_to_itransfer_train_exits_143_with_a_checkpoint(
             break
         time.sleep(0.2)
     assert process.poll() is None, process.communicate()
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 143, stderr
-    assert "SIGTERM: stopped at step" in stderr and "resume with --resume" in stderr
-    latest = ckpt.latest_checkpoint(out / "checkpoints")
-    assert latest is not None
+    assert process.returncode == status, stderr
+    assert f"{signal.Signals(signum).name}: stopped at step" in stderr
+    assert "resume with --resume" in stderr
+    latest = ckpt.latest_checkpoint(out / "resume")
+    assert latest is not None and ckpt.is_resumable(latest)
     step = ckpt.read_state(latest)["it_step"]
     assert 3 <= step < 2000 and step == len(log.read_text().splitlines())

@@ -70,7 +70,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(
                for rank in (0, 1)}
     # Rank 1 sees the signal during step 4 or 5 (it arrives asynchronously); both agree.
     assert stopped[0]["message"] == stopped[1]["message"], stopped
-    assert re.search(r"SIGTERM: stopped at step [45] and saved a checkpoint",
+    assert re.search(r"SIGTERM: stopped at step [45] and saved a resumable checkpoint",
                      stopped[1]["message"])
     assert stopped[0]["signal"] == stopped[1]["signal"] == signal.SIGTERM
     launch_two(RESUME_SCRIPT, model, str(tmp_path / "split" / "run"), "resumed")

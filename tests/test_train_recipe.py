@@ -19,6 +19,7 @@ from itransfer.train.loop import (
     cleanup,
     instruction_tune,
     save_checkpoint,
+    save_resumable,
     train_step,
     unsupervised_step,
 )
@@ -126,12 +127,19 @@ def test_checkpoint_reads_back_to_an_identical_state(tiny_model_dir: Path, tmp_p
     for _ in range(3):
         train_step(state)
     unsupervised_step(state)
-    folder = save_checkpoint(state)
+    trajectory = save_checkpoint(state)
+    assert trajectory == tmp_path / "run" / "checkpoints" / "step-0000003"
+    assert state.saved_step == 3
+    assert not ckpt.is_resumable(trajectory)
+    folder = save_resumable(state)
     cleanup(state)
-    assert folder == tmp_path / "run" / "checkpoints" / "step-0000003"
-    assert state.last_saved == folder and state.saved_step == 3
+    assert folder == tmp_path / "run" / "resume" / "step-0000003"
+    assert state.last_saved == folder and state.resumable_step == 3
     assert {"model.safetensors", "optimizer.safetensors", ckpt.STATE_FILE,
             "rng-rank0.safetensors"} <= {path.name for path in folder.iterdir()}
+    # Written at a trajectory step, the resumable checkpoint shares the trajectory's weights.
+    weights = folder / "model.safetensors"
+    assert weights.stat().st_ino == (trajectory / "model.safetensors").stat().st_ino
     saved_rng = ckpt.read_rank_rng(folder, 0)["torch_cpu"]
 
     torch.manual_seed(12345)  # resuming must not depend on where the RNG happens to be
@@ -166,7 +174,8 @@ def test_resume_check_ignores_only_settings_that_do_not_change_results(
     saved = {"model": {"fingerprint": 1}, "config": config.model_dump(mode="json"),
              "world_size": 1}
     for harmless in ("train.log_every=5", "train.tensorboard=true", "train.wandb_project=x",
-                     "train.checkpoint_every=2", "train.keep_checkpoints=1"):
+                     "train.checkpoint_every=2", "train.keep_checkpoints=1",
+                     "train.save_every_minutes=5", "train.save_every_steps=10"):
         resumed = _config(tiny_model_dir, "train.steps=6", harmless)
         check_compatible(tmp_path, saved, {"fingerprint": 1}, resumed, world=1)
     for changed, field in (("train.learning_rate=1e-3", "train.learning_rate"),

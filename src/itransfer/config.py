@@ -148,6 +148,11 @@ class TrainConfig(StrictModel):
     mixing: MixingConfig = Field(default_factory=MixingConfig)
     checkpoint_every: int = Field(default=0, ge=0)  # 0: only the final checkpoint
     keep_checkpoints: int | None = Field(default=None, ge=1)  # None keeps the whole trajectory
+    # The trajectory keeps weights only; what resuming needs (optimizer, data positions, RNGs)
+    # goes into a rolling resumable checkpoint, written when either of these fires (and when a
+    # signal stops the run). None switches one off.
+    save_every_minutes: float | None = Field(default=30, gt=0)
+    save_every_steps: int | None = Field(default=None, ge=1)
     log_every: int = Field(default=10, ge=1)
     length_window_batches: int = Field(default=16, ge=1)
     tensorboard: bool = True
@@ -254,6 +259,7 @@ class ExperimentConfig(StrictModel):
 # of `itransfer run` and the resume check ignore them, so turning one on reuses finished work.
 RESULT_NEUTRAL_SETTINGS: frozenset[str] = frozenset({
     "train.log_every", "train.tensorboard", "train.wandb_project",
+    "train.save_every_minutes", "train.save_every_steps",
     "eval.batch_size", "eval.max_batch_tokens", "eval.max_examples_per_pass",
     "eval.max_tokens_per_pass", "eval.cells_per_group",
 })

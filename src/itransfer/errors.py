@@ -37,8 +37,8 @@ def _data_error(path: Path, message: str, line: int | None) -> DataError:
     return DataError(path, message, line=line)
 
 
-class TrainingStopped(KeyboardInterrupt):
-    """Training stopped at a step boundary on SIGINT or SIGTERM, after saving a checkpoint.
+class StoppedBySignal(KeyboardInterrupt):
+    """A command stopped cleanly on SIGINT, SIGTERM or SIGUSR1, its work so far saved.
 
     A KeyboardInterrupt, so code that lets Ctrl-C through lets it through too; the CLI exits
     with 128 + ``signal_number``, as a shell reports a process the signal ended.
@@ -47,3 +47,7 @@ class TrainingStopped(KeyboardInterrupt):
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)
         self.signal_number = signal_number
+
+
+class TrainingStopped(StoppedBySignal):
+    """Training stopped at a step boundary after saving a resumable checkpoint."""

@@ -20,6 +20,11 @@ The run folder gets ``results/`` (every evaluation stage's rows, labelled with t
 experiment's model names), ``manifest.json`` (a :class:`itransfer.schema.RunManifest`: models,
 sections, timings, config, provenance) and the report.
 
+SIGINT, SIGTERM and SIGUSR1 stop the run where nothing is lost: between stages, inside a
+training stage at a step boundary (with a resumable checkpoint), inside an evaluation stage
+after the rows being written; :class:`~itransfer.errors.StoppedBySignal` then carries the
+signal (the CLI exits with 128 + it) and the same command continues the run.
+
 Under ``accelerate launch`` every process runs this same driver: training and evaluation
 stages are split across them, whether a stage is done is decided once for all (by the main
 process), and only the main process writes the stage markers, the manifest and the report.
@@ -40,7 +45,7 @@ import pyarrow.parquet as pq
 
 from itransfer.config import EVALUATION_TASK_GROUPS, ExperimentConfig, result_relevant
 from itransfer.data.splits import FEW_SHOT_DRAWS
-from itransfer.errors import ConfigError
+from itransfer.errors import ConfigError, StoppedBySignal, TrainingStopped
 from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable, config_hash
 from itransfer.experiment import Experiment
 from itransfer.io_utils import atomic_write_text, staged_dir
@@ -57,6 +62,7 @@ from itransfer.schema import (
     When,
     read_manifest,
 )
+from itransfer.stopping import StopRequest, stop_requested_on_signal
 
 STAGE_FILE = "stage.json"
 
@@ -195,8 +201,41 @@ def run_experiment(
     force: tuple[str, ...] = (),
     reporter: Reporter | None = None,
     write_report: bool = True,
+    stop: StopRequest | None = None,
 ) -> RunSummary:
-    """Run (or resume) every stage of ``experiment``; the report goes to ``out_dir``."""
+    """Run (or resume) every stage of ``experiment``; the report goes to ``out_dir``.
+
+    A stop signal ends it early with :class:`StoppedBySignal` (see the module docstring);
+    ``stop`` is a request the caller already watches, else the handlers are installed here."""
+    with stop_requested_on_signal(stop) as request:
+        return _run_stages(experiment, out_dir, store=store, force=force, reporter=reporter,
+                           write_report=write_report, stop=request)
+
+
+def _stop_if_requested(request: StopRequest, where: str) -> None:
+    if request.signal is not None:
+        raise StoppedBySignal(
+            f"{request.name}: stopped {where}; run the same command again to continue",
+            request.signal)
+
+
+def _stop_between_stages(state: Any, request: StopRequest, before: str) -> None:
+    """Stop before stage ``before`` if the main process was asked to; every process follows its
+    answer, so none goes on into a stage whose collectives the others would never join."""
+    signum = agreed(state, lambda: request.signal)
+    _stop_if_requested(StopRequest(signum), f"before {before}")
+
+
+def _run_stages(
+    experiment: Experiment,
+    out_dir: Path,
+    *,
+    store: Path | None,
+    force: tuple[str, ...],
+    reporter: Reporter | None,
+    write_report: bool,
+    stop: StopRequest,
+) -> RunSummary:
     from itransfer.eval.icl import evaluate_icl
     from itransfer.eval.seen import evaluate_seen
     from itransfer.eval.session import open_session
@@ -234,13 +273,18 @@ def run_experiment(
             cached.append(name)
             reporter.stage(name, "cached")
         else:
+            _stop_between_stages(state, stop, name)
             reporter.stage(name, "running")
             started = time.perf_counter()
 
             def on_step(step: int, total: int, row: dict[str, Any], name: str = name) -> None:
                 reporter.progress(name, step, total, row)
 
-            instruction_tune(config, stage_dir, resume=True, progress=on_step)
+            try:
+                instruction_tune(config, stage_dir, resume=True, progress=on_step, stop=stop)
+            except TrainingStopped as exc:
+                _stop_if_requested(StopRequest(exc.signal_number),
+                                   f"during {name} after a step, with a resumable checkpoint")
             timings[name] = time.perf_counter() - started
             if main:
                 _mark_finished(stage_dir, "train", timings[name], label=label)
@@ -294,9 +338,14 @@ def run_experiment(
             cached.append(name)
             reporter.stage(name, "cached")
             continue
+        _stop_between_stages(state, stop, name)
         reporter.stage(name, "running")
         started = time.perf_counter()
         session = open_session(run_config, checkpoint, stage_dir, run_name=experiment.name)
+        # Inside the stage each process stops after its rows in hand are written (the rows are
+        # appended at once, so the rerun skips them).
+        session.after_write = lambda name=name: _stop_if_requested(
+            stop, f"during {name} after writing its finished rows")
 
         def on_progress(what: str, done: float, total: int, name: str = name) -> None:
             reporter.progress(f"{name} {what}", done, total, {})
@@ -315,6 +364,7 @@ def run_experiment(
 
     # 3. the experiment's own results table and manifest, then the report (main process only)
     report = None
+    _stop_between_stages(state, stop, "the report")
     if main:
         _assemble_results(out_dir, experiment, eval_stages)
         _write_manifest(out_dir, experiment, checkpoints, total_steps, timings, store)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from itransfer.config import ExperimentConfig, load_config
-from itransfer.errors import ConfigError, TrainingStopped
+from itransfer.errors import ConfigError, StoppedBySignal
 
 
 def folder_not_file(value: Path | None) -> Path | None:
@@ -68,12 +68,14 @@ stderr = Console(stderr=True)
 
 @contextmanager
 def exit_code_on_stop() -> Iterator[None]:
-    """A run that SIGINT or SIGTERM stopped (its checkpoint saved) says so and exits with
-    128 + the signal (143 for a scheduler's SIGTERM), not with typer's generic 130."""
+    """A command that SIGINT, SIGTERM or SIGUSR1 stopped (its work saved) says so on one line
+    and exits with 128 + the signal: 130, 143 (a scheduler's SIGTERM) or 138 (SLURM's
+    ``--signal=USR1@…``), not typer's generic 130, so a job script can tell a clean stop to
+    resume from a failure."""
     try:
         yield
-    except TrainingStopped as exc:
-        stderr.print(str(exc), style="yellow", markup=False, highlight=False)
+    except StoppedBySignal as exc:
+        stderr.print(str(exc), style="yellow", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(128 + exc.signal_number) from exc
 
 

@@ -37,7 +37,8 @@ def train(
     sni_dir: Path | None = SniDirOption,
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
 ) -> None:
-    """Instruction-tune a model on the seen tasks (Ctrl-C or SIGTERM saves a checkpoint)."""
+    """Instruction-tune a model on the seen tasks (Ctrl-C, SIGTERM or SIGUSR1 saves a resumable
+    checkpoint and exits with 128 + the signal)."""
     from transformers.utils import logging as transformers_logging
 
     from itransfer.train.loop import instruction_tune  # torch loads only when training

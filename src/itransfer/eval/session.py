@@ -32,7 +32,7 @@ from itransfer.io_utils import atomic_write_text
 from itransfer.launch import agreed, check_launch, make_accelerator
 from itransfer.models import LoadedModel, load_model_and_tokenizer
 from itransfer.provenance import write_run_record
-from itransfer.train.checkpoint import STATE_FILE
+from itransfer.train.checkpoint import STATE_FILE, read_state
 
 logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
@@ -54,6 +54,9 @@ class EvalSession:
     accelerator: Accelerator
 
     encoders: dict[str, ExampleEncoder] = field(default_factory=dict)
+    # Called after each write of rows: where `itransfer run` stops on SIGTERM/SIGUSR1, since
+    # what is written is kept and a rerun continues after it.
+    after_write: Callable[[], None] | None = None
 
     def encoder(self, context: str) -> ExampleEncoder:
         """One encoder per context, so cut counts add up for :meth:`finish`'s summary."""
@@ -109,6 +112,8 @@ class EvalSession:
         """Append this process's rows now (each append is its own file, so processes never
         collide and a crash later keeps what was measured so far)."""
         self.table.append(rows)
+        if self.after_write is not None:
+            self.after_write()
         return len(rows)
 
     def finish(self, written: int) -> int:
@@ -199,9 +204,8 @@ def _check_tokenizer_fits(loaded: LoadedModel, checkpoint: str | Path) -> None:
 
 def _checkpoint_step(folder: Path) -> int:
     """The instruction-tuning step of a training checkpoint; 0 for any other model."""
-    state = folder / STATE_FILE
-    if state.is_file():
-        return int(json.loads(state.read_text(encoding="utf-8")).get("it_step", 0))
+    if (folder / STATE_FILE).is_file():
+        return int(read_state(folder).get("it_step", 0))  # damaged: one line naming the file
     return 0
 
 

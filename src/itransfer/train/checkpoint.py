@@ -1,23 +1,30 @@
 """Training checkpoints that resume exactly and never corrupt the previous one.
 
-A checkpoint is a folder ``checkpoints/step-000050/`` holding:
+A run folder holds two kinds, each a folder ``step-0000050/``:
 
-* the model and tokenizer as a loadable Hugging Face directory (``model.safetensors``),
-* ``optimizer.safetensors`` + ``optimizer.json``: AdamW's tensors flattened by name, and its
-  hyper-parameters (no pickle, so loading a checkpoint cannot execute code),
-* ``trainer_state.json``: step counters, scheduler, sampler, batch-stream and corpus positions,
-  numpy generator states, and the fingerprint of the model it belongs to,
-* ``rng-rank<r>.safetensors``: each process's torch RNG states (dropout must replay exactly).
+* the **trajectory**, ``checkpoints/``: every ``checkpoint_every`` steps and the final one, what
+  evaluation reads. Each is a loadable Hugging Face model directory (``model.safetensors``,
+  tokenizer) plus ``trainer_state.json``: step counters, scheduler, sampler, batch-stream and
+  corpus positions, numpy generator states, and the fingerprint of the model it belongs to.
+  No optimizer state: at T5-large size that would be 2/3 of every checkpoint.
+* the **resumable** checkpoints, ``resume/``: the same, plus ``optimizer.safetensors`` +
+  ``optimizer.json`` (AdamW's tensors flattened by parameter name, and its hyper-parameters; no
+  pickle, so loading a checkpoint cannot execute code) and ``rng-rank<r>.safetensors`` (each
+  process's torch RNG states: dropout must replay exactly). Written on a schedule and when a
+  signal stops the run; only the newest :data:`RESUMABLE_KEPT` are kept, and a finished run
+  drops them. Runs from before this split kept the optimizer in every trajectory checkpoint,
+  which therefore still resume.
 
-It is written into ``step-000050.tmp`` and renamed into place only when complete, and the
-``latest`` pointer file is replaced atomically afterwards; a crash at any moment leaves the
-previous checkpoint and pointer intact.
+Each is written into ``step-0000050.tmp`` and renamed into place only when complete, and the
+``latest`` pointer file is replaced atomically afterwards; a crash, or a full disk, at any
+moment leaves the previous checkpoint and pointer intact.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +41,12 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAJECTORY_DIR = "checkpoints"
+RESUME_DIR = "resume"
+# Two after each commit; the older goes before the next one is written, so that at most two
+# (one of them being written) are on disk, and a complete one always is.
+RESUMABLE_KEPT = 2
 
 
 class CheckpointError(ITransferError):
@@ -42,6 +55,16 @@ class CheckpointError(ITransferError):
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:07d}"
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step a checkpoint folder was written at, from its name."""
+    return int(checkpoint.name.removeprefix("step-"))
+
+
+def is_resumable(checkpoint: Path) -> bool:
+    """Whether a checkpoint holds the optimizer state a run continues from."""
+    return (checkpoint / OPTIMIZER_FILE).is_file()
 
 
 def _param_key(text: str) -> int | str:
@@ -156,12 +179,39 @@ def write_rank_rng(staging: Path, rank: int) -> None:
 
 def write_optimizer(staging: Path, optimizer_state: Mapping[str, Any]) -> None:
     tensors, meta = optimizer_to_safetensors(optimizer_state)
-    save_file(tensors, str(staging / "optimizer.safetensors"))
+    save_file(tensors, str(staging / OPTIMIZER_FILE))
     (staging / "optimizer.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
 def write_state(staging: Path, state: Mapping[str, Any]) -> None:
     (staging / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+
+
+def link_files(source: Path, staging: Path) -> None:
+    """Give ``staging`` the files of the checkpoint ``source`` (its weights, tokenizer and
+    state), as hard links where the file system allows: a resumable checkpoint written at a
+    trajectory step then costs its optimizer state only."""
+    for path in source.iterdir():
+        if path.is_file():
+            try:
+                os.link(path, staging / path.name)
+            except OSError:
+                shutil.copy2(path, staging / path.name)
+
+
+def abort(checkpoints_dir: Path, step: int) -> None:
+    """Remove the staging folder of a checkpoint that could not be written."""
+    shutil.rmtree(staging_dir(checkpoints_dir, step), ignore_errors=True)
+
+
+def write_failure(exc: Exception, staging: Path) -> str:
+    """The one line a failed checkpoint write (a full disk, a lost mount) is reported with."""
+    path = getattr(exc, "filename", None) or staging
+    reason = getattr(exc, "strerror", None) or str(exc)
+    previous = latest_checkpoint(staging.parent)
+    kept = (f"the previous checkpoint {previous} is intact" if previous is not None
+            else "no earlier checkpoint exists there")
+    return f"{path}: cannot write the checkpoint ({reason}); nothing was committed and {kept}"
 
 
 def commit(checkpoints_dir: Path, step: int, keep: int | None = None) -> Path:
@@ -174,9 +224,14 @@ def commit(checkpoints_dir: Path, step: int, keep: int | None = None) -> Path:
     staging.rename(final)
     atomic_write_text(checkpoints_dir / LATEST_FILE, final.name + "\n")
     if keep is not None:
-        for old in list_checkpoints(checkpoints_dir)[:-keep]:
-            shutil.rmtree(old)
+        prune(checkpoints_dir, keep)
     return final
+
+
+def prune(checkpoints_dir: Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` checkpoints (``keep`` >= 1: never the newest)."""
+    for old in list_checkpoints(checkpoints_dir)[:-keep]:
+        shutil.rmtree(old)
 
 
 def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
@@ -221,7 +276,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_optimizer(checkpoint: Path) -> dict[str, Any]:
-    tensors = read_tensors(checkpoint / "optimizer.safetensors")
+    tensors = read_tensors(checkpoint / OPTIMIZER_FILE)
     meta_path = checkpoint / "optimizer.json"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -232,3 +287,28 @@ def read_optimizer(checkpoint: Path) -> dict[str, Any]:
 
 def read_rank_rng(checkpoint: Path, rank: int) -> dict[str, torch.Tensor]:
     return read_tensors(checkpoint / f"rng-rank{rank}.safetensors")
+
+
+def resume_checkpoint(out_dir: Path) -> Path | None:
+    """The checkpoint ``--resume`` continues ``out_dir``'s run from, or None.
+
+    The newest checkpoint with optimizer state: the latest resumable one, or, for runs from
+    before resumable checkpoints existed, the newest trajectory checkpoint. A weights-only
+    trajectory checkpoint newer than that cannot be continued from, so the run replays (exactly)
+    up to it. Only a finished run's final trajectory checkpoint stands alone: nothing is left
+    to train, so it needs no optimizer.
+    """
+    candidates = []
+    resumable = latest_checkpoint(out_dir / RESUME_DIR)
+    if resumable is not None:
+        candidates.append(resumable)
+    trajectory = list_checkpoints(out_dir / TRAJECTORY_DIR)
+    with_optimizer = [path for path in trajectory if is_resumable(path)]
+    if with_optimizer:
+        candidates.append(with_optimizer[-1])
+    best = max(candidates, key=checkpoint_step, default=None)
+    if trajectory and (best is None or checkpoint_step(trajectory[-1]) > checkpoint_step(best)):
+        state = read_state(trajectory[-1])
+        if state["it_step"] >= state["total_it_steps"]:
+            return trajectory[-1]
+    return best

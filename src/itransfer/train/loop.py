@@ -15,8 +15,10 @@ The loop in :func:`instruction_tune` calls parts over one explicit state (torcht
 recipe shape): :func:`itransfer.train.recipe.setup` builds or resumes it (the per-task data
 limit shapes the task sizes the sampler sees there), then every knob of the paper is one
 visible line of the loop: the task sampler P(K) draws each batch's tasks, one unsupervised step
-follows every ``mixing.every`` instruction-tuning steps, and checkpoints are written every
-``checkpoint_every`` steps. The parts (a step, logging, a checkpoint, clean-up) follow it.
+follows every ``mixing.every`` instruction-tuning steps, the trajectory's weights are saved every
+``checkpoint_every`` steps, and the resumable state (weights, optimizer, data positions, RNGs)
+every ``save_every_minutes`` / ``save_every_steps`` and when a signal stops the run. The parts
+(a step, logging, a checkpoint, clean-up) follow it.
 
 ``batch_size`` is the global batch: each optimizer step consumes
 exactly ``batch_size`` examples whatever the number of processes and accumulation steps, and
@@ -29,24 +31,30 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import signal
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
+from safetensors import SafetensorError
 
 from itransfer.config import ExperimentConfig
 from itransfer.data.contexts import cut_summary
 from itransfer.errors import TrainingStopped
 from itransfer.examples import EncodedExample, collate, count_targets, target_mask
 from itransfer.sampling import plot_sampling_schedule
+from itransfer.stopping import StopRequest, stop_requested_on_signal
 from itransfer.token_losses import token_losses
 from itransfer.train import checkpoint as ckpt
 from itransfer.train.recipe import LOG_FILE, TrainState, setup
+from itransfer.train.resumable import ResumableSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -74,35 +82,6 @@ class StepStats:
     task_losses: dict[int, float]
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextmanager
-def stop_requested_on_signal() -> Iterator[dict[str, int | None]]:
-    """SIGINT (Ctrl-C) and SIGTERM (what a cluster scheduler sends before it preempts a job)
-    only ask the loop to stop at the next step boundary and save; a second Ctrl-C interrupts
-    at once."""
-    flag: dict[str, int | None] = {"signal": None}
-    previous: dict[int, Any] = {}
-
-    def handler(signum: int, frame: Any) -> None:
-        flag["signal"] = signum
-        if signum == signal.SIGINT:
-            signal.signal(signal.SIGINT, previous[signal.SIGINT])
-
-    try:
-        for signum in STOP_SIGNALS:
-            previous[signum] = signal.signal(signum, handler)
-    except ValueError:  # not the main thread (e.g. a notebook worker): no graceful stop
-        yield flag
-        return
-    try:
-        yield flag
-    finally:
-        for signum, handler_before in previous.items():
-            signal.signal(signum, handler_before)
-
-
 def instruction_tune(
     config: ExperimentConfig,
     out_dir: Path,
@@ -111,43 +90,60 @@ def instruction_tune(
     progress: ProgressCallback | None = None,
     accelerator: Accelerator | None = None,
     stop_after: int | None = None,
+    stop: StopRequest | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> TrainResult:
     """Instruction-tune ``config.model`` on the seen tasks; checkpoints go to ``out_dir``.
 
     ``stop_after`` ends the run after that many instruction-tuning steps as if interrupted
-    (a checkpoint is saved), which is how the tests check that resuming is exact.
+    (a resumable checkpoint is saved), which is how the tests check that resuming is exact.
+    ``stop`` is a request an outer command already watches (else this call installs the signal
+    handlers itself); ``clock`` times ``train.save_every_minutes`` (tests inject one).
     """
     train = config.train
     state = setup(config, out_dir, resume=resume, accelerator=accelerator)
+    state.resume_schedule = ResumableSchedule(
+        every_steps=train.save_every_steps, every_minutes=train.save_every_minutes, clock=clock
+    )
     try:
-        with stop_requested_on_signal() as interrupt:
+        with stop_requested_on_signal(stop) as request:
             state.throughput.restart()
+            state.resume_schedule.restart()
             while state.it_step < state.total_it_steps:
                 # 1. a batch of instruction-tuning examples, tasks drawn by P(K) at this step
-                state.stop_signal = interrupt["signal"]
+                state.stop_signal = request.signal
+                state.save_requested = state.is_main_process and state.resume_schedule.time_is_up()
                 row = train_step(state)
                 # 2. unsupervised mixing (§5.2): one raw-text step every `mixing.every` IT steps
                 if train.mixing.every and state.it_step % train.mixing.every == 0:
                     row["unsupervised_loss"] = unsupervised_step(state)
                 # 3. logging and progress
                 log_step(state, row, progress)
-                # 4. the trajectory: a checkpoint every `checkpoint_every` steps
+                # 4. the trajectory: weights every `checkpoint_every` steps
                 if train.checkpoint_every and state.it_step % train.checkpoint_every == 0:
                     save_checkpoint(state)
-                if state.stop_agreed or (stop_after is not None and state.it_step >= stop_after):
-                    if state.saved_step != state.it_step:
-                        save_checkpoint(state)
-                    if state.stop_agreed:
-                        # Another process may have got the signal; a scheduler sends SIGTERM.
-                        signum = state.stop_signal or signal.SIGTERM
-                        raise TrainingStopped(
-                            f"{signal.Signals(signum).name}: stopped at step {state.it_step} "
-                            "and saved a checkpoint; resume with --resume", signum)
+                if state.it_step == state.total_it_steps:
+                    break  # finished: the final checkpoint follows, nothing is left to resume
+                # 5. the resumable state: on its schedule, and before stopping
+                stopping = state.stop_agreed or (stop_after is not None
+                                                 and state.it_step >= stop_after)
+                if (stopping or state.save_agreed
+                        or state.resume_schedule.step_is_due(state.it_step)):
+                    save_resumable(state)
+                if state.stop_agreed:
+                    # Another process may have got the signal; a scheduler sends SIGTERM.
+                    raise TrainingStopped(
+                        f"{StopRequest(state.stop_signal).name}: stopped at step "
+                        f"{state.it_step} and saved a resumable checkpoint; resume with --resume",
+                        state.stop_signal or signal.SIGTERM)
+                if stopping:
                     break
     finally:
         cleanup(state)  # the sinks close on Ctrl-C and errors too
-    if state.saved_step != state.it_step:
-        save_checkpoint(state)
+    if state.it_step == state.total_it_steps:
+        if state.saved_step != state.it_step:
+            save_checkpoint(state)
+        drop_resumable(state)
     return _finish(state)
 
 
@@ -220,10 +216,11 @@ def optimizer_update(
     local_tasks = example_tasks[rank::world] if example_tasks is not None else None
     global_targets = sum(count_targets(e, causal) for e in examples)
     num_tasks = len(state.task_names)
-    # Per-task loss sums, per-task counts, how many processes were asked to stop and the
-    # total NLL, reduced in one collective (the stop request costs no extra round trip).
-    sums = torch.zeros(2 * num_tasks + 2, dtype=torch.float64, device=accelerator.device)
-    stop_slot = 2 * num_tasks
+    # Per-task loss sums, per-task counts, how many processes were asked to stop, whether the
+    # main process's clock asks for a resumable checkpoint, and the total NLL, reduced in one
+    # collective (the requests cost no extra round trip).
+    sums = torch.zeros(2 * num_tasks + 3, dtype=torch.float64, device=accelerator.device)
+    stop_slot, save_slot = 2 * num_tasks, 2 * num_tasks + 1
     micro_size = math.ceil(len(local) / state.train.gradient_accumulation)
     chunks = [local[i : i + micro_size] for i in range(0, len(local), micro_size)]
     for index, chunk in enumerate(chunks):
@@ -253,8 +250,10 @@ def optimizer_update(
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
     sums[stop_slot] = 0.0 if state.stop_signal is None else 1.0
+    sums[save_slot] = 1.0 if state.save_requested else 0.0
     sums = accelerator.reduce(sums, reduction="sum")
     state.stop_agreed = bool(sums[stop_slot] > 0)
+    state.save_agreed = bool(sums[save_slot] > 0)
     counts = sums[num_tasks : 2 * num_tasks]
     task_losses = {
         int(task): float(sums[task] / counts[task]) for task in torch.nonzero(counts).flatten()
@@ -287,30 +286,89 @@ def log_step(state: TrainState, row: dict[str, Any], progress: ProgressCallback 
 
 
 def save_checkpoint(state: TrainState) -> Path:
-    """Write ``checkpoints/step-<it_step>/`` (every process takes part) and return it."""
-    accelerator, model = state.accelerator, state.model
-    checkpoints_dir, step = state.checkpoints_dir, state.it_step
-    state_dict = accelerator.get_state_dict(model)  # collective under FSDP: every rank
-    optimizer_state = ckpt.gather_optimizer_state(model, state.optimizer)  # likewise
-    if state.is_main_process:
-        ckpt.begin(checkpoints_dir, step)
-    accelerator.wait_for_everyone()
-    staging = ckpt.staging_dir(checkpoints_dir, step)
-    ckpt.write_rank_rng(staging, accelerator.process_index)
-    if state.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(
-            staging, state_dict=state_dict, safe_serialization=True
-        )
-        state.tokenizer.save_pretrained(staging)
-        ckpt.write_optimizer(staging, optimizer_state)
-        ckpt.write_state(staging, _trainer_state(state))
-    accelerator.wait_for_everyone()
-    final = checkpoints_dir / ckpt.checkpoint_name(step)
-    if state.is_main_process:
-        final = ckpt.commit(checkpoints_dir, step, keep=state.train.keep_checkpoints)
-    accelerator.wait_for_everyone()
-    state.last_saved, state.saved_step = final, step
+    """Write the trajectory checkpoint ``checkpoints/step-<it_step>/``: the weights and the
+    state evaluation reads, no optimizer (every process takes part)."""
+    final = _write_checkpoint(state, state.checkpoints_dir, keep=state.train.keep_checkpoints,
+                              resumable=False)
+    state.saved_step = state.it_step
     return final
+
+
+def save_resumable(state: TrainState) -> Path:
+    """Write ``resume/step-<it_step>/``: the weights, optimizer, data positions and RNGs that
+    ``--resume`` continues exactly from; only the newest few are kept."""
+    final = _write_checkpoint(state, state.resume_dir, keep=ckpt.RESUMABLE_KEPT, resumable=True)
+    state.resumable_step = state.it_step
+    state.resume_schedule.restart()
+    return final
+
+
+def drop_resumable(state: TrainState) -> None:
+    """A finished run keeps its trajectory only: nothing is left to resume."""
+    if state.is_main_process and state.resume_dir.exists():
+        shutil.rmtree(state.resume_dir)
+    state.accelerator.wait_for_everyone()
+
+
+def _write_checkpoint(
+    state: TrainState, directory: Path, *, keep: int | None, resumable: bool
+) -> Path:
+    """Stage a checkpoint of this step in ``directory`` and commit it, or, when a write fails
+    (a full disk), remove the staging folder and raise one :class:`CheckpointError` on every
+    process, the previous checkpoint untouched."""
+    accelerator, model, step = state.accelerator, state.model, state.it_step
+    main = state.is_main_process
+    # At a trajectory step the weights are on disk already: link them instead (all processes
+    # decide alike, so the collective below is skipped by all or by none).
+    weights_from = state.last_saved if resumable and state.saved_step == step else None
+    state_dict = None if weights_from else accelerator.get_state_dict(model)  # FSDP: collective
+    optimizer_state = (ckpt.gather_optimizer_state(model, state.optimizer)  # likewise
+                       if resumable else None)
+    staging = ckpt.staging_dir(directory, step)
+    failure: str | None = None
+    try:
+        if main:
+            if resumable and keep is not None and keep > 1:
+                ckpt.prune(directory, keep - 1)  # room for the new one, the newest kept
+            ckpt.begin(directory, step)
+    except OSError as exc:
+        failure = ckpt.write_failure(exc, staging)
+    accelerator.wait_for_everyone()
+    try:
+        if resumable and failure is None:
+            ckpt.write_rank_rng(staging, accelerator.process_index)
+        if main and failure is None:
+            if weights_from is not None:
+                ckpt.link_files(weights_from, staging)
+            else:
+                accelerator.unwrap_model(model).save_pretrained(
+                    staging, state_dict=state_dict, safe_serialization=True
+                )
+                state.tokenizer.save_pretrained(staging)
+            if optimizer_state is not None:
+                ckpt.write_optimizer(staging, optimizer_state)
+            ckpt.write_state(staging, _trainer_state(state))
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own error
+        failure = failure or ckpt.write_failure(exc, staging)
+    failures = [message for message in _gathered(accelerator, failure) if message]
+    if failures:
+        if main:
+            ckpt.abort(directory, step)
+        accelerator.wait_for_everyone()
+        raise ckpt.CheckpointError(failures[0])
+    final = directory / ckpt.checkpoint_name(step)
+    if main:
+        final = ckpt.commit(directory, step, keep=keep)
+    accelerator.wait_for_everyone()
+    state.last_saved = final
+    return final
+
+
+def _gathered(accelerator: Accelerator, message: str | None) -> list[str | None]:
+    """Every process's ``message``, so that all of them fail together or none does."""
+    if accelerator.num_processes == 1:
+        return [message]
+    return list(gather_object([message]))
 
 
 def _trainer_state(state: TrainState) -> dict[str, Any]:

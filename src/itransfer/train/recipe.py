@@ -37,6 +37,7 @@ from itransfer.models import load_model_and_tokenizer
 from itransfer.provenance import write_run_record
 from itransfer.sampling import TaskSampler, build_sampler
 from itransfer.train import checkpoint as ckpt
+from itransfer.train.resumable import ResumableSchedule
 from itransfer.train.tracking import MetricSink, check_sinks_available, open_sinks
 from itransfer.train.unsupervised import UnsupervisedBatches
 from itransfer.train.weights import load_weights, model_fingerprint
@@ -99,12 +100,17 @@ class TrainState:
     optimizer_step: int = 0  # also counts the unsupervised steps
     log: list[dict[str, Any]] = field(default_factory=list)
     last_task_losses: dict[int, float] = field(default_factory=dict)
-    last_saved: Path | None = None
-    saved_step: int | None = None  # the step of last_saved
-    # A signal (SIGINT, SIGTERM) asked this process to stop at the next step boundary; each
-    # step sums the request over the processes, so all of them stop after the same step.
+    last_saved: Path | None = None  # the newest checkpoint written, of either kind
+    saved_step: int | None = None  # the step of the newest trajectory checkpoint
+    resumable_step: int | None = None  # the step of the newest resumable checkpoint
+    resume_schedule: ResumableSchedule = field(default_factory=ResumableSchedule)
+    # A signal (SIGINT, SIGTERM, SIGUSR1) asked this process to stop at the next step boundary,
+    # and the main process's clock says a resumable checkpoint is due; each step sums both
+    # requests over the processes, so all of them stop or save after the same step.
     stop_signal: int | None = None
     stop_agreed: bool = False  # some process was asked to stop, as of the last step
+    save_requested: bool = False
+    save_agreed: bool = False  # a resumable checkpoint is due after the last step
     throughput: Throughput = field(default_factory=Throughput)
 
     @property
@@ -113,7 +119,13 @@ class TrainState:
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.out_dir / "checkpoints"
+        """The trajectory: weights-only checkpoints, for evaluation."""
+        return self.out_dir / ckpt.TRAJECTORY_DIR
+
+    @property
+    def resume_dir(self) -> Path:
+        """The rolling resumable checkpoints (weights, optimizer, RNGs)."""
+        return self.out_dir / ckpt.RESUME_DIR
 
     @property
     def is_main_process(self) -> bool:
@@ -189,7 +201,7 @@ def setup(
     # The fingerprint and resumed weights concern the whole model, before DDP/FSDP wrap (and
     # FSDP shards) it; the optimizer state is loaded after, each rank taking its part.
     fingerprint = model_fingerprint(model, config.model.name_or_path)
-    latest = ckpt.latest_checkpoint(out_dir / "checkpoints") if resume else None
+    latest = ckpt.resume_checkpoint(out_dir) if resume else None
     saved: dict[str, Any] = {}
     if latest is not None:
         saved = ckpt.read_state(latest)
@@ -206,7 +218,8 @@ def setup(
     )
     if latest is not None:
         _restore(state, latest, saved)
-    elif state.is_main_process and ckpt.list_checkpoints(state.checkpoints_dir):
+    elif state.is_main_process and (ckpt.list_checkpoints(state.checkpoints_dir)
+                                    or ckpt.list_checkpoints(state.resume_dir)):
         raise ConfigError(
             f"{out_dir} already holds checkpoints; pass --resume to continue that run "
             "or choose another --out"
@@ -324,15 +337,23 @@ def _unsupervised_batches(
 
 
 def _restore(state: TrainState, checkpoint: Path, saved: dict[str, Any]) -> None:
-    """Everything but the weights (loaded before accelerate wrapped the model)."""
-    ckpt.load_optimizer_state(state.model, state.optimizer, checkpoint)
+    """Everything but the weights (loaded before accelerate wrapped the model).
+
+    A finished run's final trajectory checkpoint has no optimizer or RNG state, and needs none:
+    no step is left to take."""
+    resumable = ckpt.is_resumable(checkpoint)
+    if resumable:
+        ckpt.load_optimizer_state(state.model, state.optimizer, checkpoint)
     state.scheduler.load_state_dict(saved["scheduler"])
     state.sampler.load_state_dict(saved["sampler"])
     state.stream.load_state_dict(saved["stream"])
     if state.unsupervised is not None:
         state.unsupervised.load_state_dict(saved["unsupervised"])
-    ckpt.restore_rng_state(ckpt.read_rank_rng(checkpoint, state.accelerator.process_index))
+    if resumable:
+        ckpt.restore_rng_state(ckpt.read_rank_rng(checkpoint, state.accelerator.process_index))
     state.it_step, state.optimizer_step = saved["it_step"], saved["optimizer_step"]
+    if checkpoint.parent == state.checkpoints_dir:  # already in the trajectory
+        state.last_saved, state.saved_step = checkpoint, state.it_step
     state.log = _read_log(state.out_dir, up_to_step=state.it_step)
     logger.info("resumed from %s at step %d", checkpoint, state.it_step)
 
