@@ -140,7 +140,6 @@ class TrainConfig(StrictModel):
     gradient_accumulation: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=5e-4, gt=0)
     warmup_steps: int = Field(default=500, ge=0)
-    weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     weight_decay: float = Field(default=0.0, ge=0.0)  # AdamW's; the paper states none
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
