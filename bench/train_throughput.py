@@ -11,7 +11,12 @@ default sampler) and pads each batch with ``DataCollatorForSeq2Seq``.
     python bench/train_throughput.py --model t5-large-shape --device cuda --precision bf16
 
 ``--model t5-large-shape`` builds a randomly initialised model with T5-large's shape (d_model
-1024, 24+24 layers) and the bundled tokenizer, so no download is needed.
+1024, 24+24 layers) and the bundled tokenizer, so no download is needed. ``--model
+tiny-llama-shape`` is a decoder-only one of the tiny T5's size (bench/decoder_shape.py): both
+trainers then read source + target and score the target tokens only (the HF baseline gets
+labels of -100 on the source, its model shifts them itself).
+
+    python bench/train_throughput.py --model tiny-llama-shape --steps 40
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from transformers import (
     TrainerCallback,
 )
 
+from decoder_shape import NAME as DECODER_SHAPE
+from decoder_shape import build_tiny_llama
 from itransfer.config import ExperimentConfig, load_config
 from itransfer.data.benchmark import open_benchmark
 from itransfer.data.contexts import build_context
@@ -43,6 +50,8 @@ from itransfer.train.loop import instruction_tune
 
 def build_model_dir(kind: str, workdir: Path) -> Path:
     """A model folder both trainers start from (identical weights)."""
+    if kind == DECODER_SHAPE:
+        return build_tiny_llama(workdir / "model")
     loaded = load_model_and_tokenizer(DEFAULT_MODEL)
     if kind == "tiny":
         model = loaded.model
@@ -81,11 +90,15 @@ class CountingCollator(DataCollatorForSeq2Seq):
 
     real_tokens: int = 0
     batches: int = 0
+    causal: bool = False
 
     def __call__(self, features, return_tensors=None):
         self.batches += 1
         if self.batches > 1:  # match the timed window (steps 2..N)
-            self.real_tokens += sum(len(f["input_ids"]) + len(f["labels"]) for f in features)
+            # A decoder-only row is one sequence (its labels mirror it); a seq2seq row is two.
+            self.real_tokens += sum(
+                len(f["input_ids"]) + (0 if self.causal else len(f["labels"])) for f in features
+            )
         return super().__call__(features, return_tensors=return_tensors)
 
 
@@ -93,9 +106,10 @@ def run_hf(config: ExperimentConfig, model_dir: Path, device: str, workdir: Path
     from datasets import Dataset
 
     loaded = load_model_and_tokenizer(model_dir)
+    causal = loaded.architecture == "causal"
     benchmark = open_benchmark(config.data, config.seed)
     encoder = ExampleEncoder(
-        loaded.tokenizer, "seq2seq",
+        loaded.tokenizer, loaded.architecture,
         build_context(config.data.context.name, config.data.context.num_exemplars),
         max_source_length=config.model.max_source_length,
         max_target_length=config.model.max_target_length,
@@ -105,8 +119,12 @@ def run_hf(config: ExperimentConfig, model_dir: Path, device: str, workdir: Path
         task = benchmark.task(name)
         for instance in benchmark.split(name).train:
             example = encoder.encode(task, instance)
-            rows["input_ids"].append(list(example.source_ids))
-            rows["labels"].append(list(example.target_ids))
+            if causal:  # one sequence; the loss on the target only
+                rows["input_ids"].append([*example.source_ids, *example.target_ids])
+                rows["labels"].append([-100] * len(example.source_ids) + [*example.target_ids])
+            else:
+                rows["input_ids"].append(list(example.source_ids))
+                rows["labels"].append(list(example.target_ids))
     dataset = Dataset.from_dict(rows)
     train = config.train
     args = Seq2SeqTrainingArguments(
@@ -118,6 +136,7 @@ def run_hf(config: ExperimentConfig, model_dir: Path, device: str, workdir: Path
         disable_tqdm=True,
     )
     collator = CountingCollator(loaded.tokenizer, model=loaded.model, label_pad_token_id=-100)
+    collator.causal = causal
     clock = StepClock()
     trainer = Seq2SeqTrainer(
         model=loaded.model, args=args, train_dataset=dataset, data_collator=collator,
@@ -158,7 +177,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--model", choices=["tiny", "t5-large-shape"], default="tiny")
+    parser.add_argument("--model", choices=["tiny", "t5-large-shape", DECODER_SHAPE],
+                        default="tiny")
     parser.add_argument("--sni-dir", type=Path, default=None)
     parser.add_argument("--context", default="exemplars")
     parser.add_argument("--device", default="cpu")
@@ -169,7 +189,9 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="itransfer-bench-"))
     try:
-        model_dir = build_model_dir("tiny" if args.model == "tiny" else "large", workdir)
+        model_dir = build_model_dir(
+            args.model if args.model in ("tiny", DECODER_SHAPE) else "large", workdir
+        )
         overrides = [
             f"model.name_or_path={model_dir}", f"train.steps={args.steps}",
             f"train.batch_size={args.batch_size}", f"data.context.name={args.context}",
@@ -189,7 +211,7 @@ def main() -> None:
     print(f"{'':28}{'samples/s':>12}{'real tokens/s':>16}")
     print(f"{'itransfer':28}{ours['samples_per_s']:12.2f}{ours['real_tokens_per_s']:16.0f}")
     print(
-        f"{'HF Seq2SeqTrainer':28}{theirs['samples_per_s']:12.2f}"
+        f"{'HF Trainer':28}{theirs['samples_per_s']:12.2f}"
         f"{theirs['real_tokens_per_s']:16.0f}"
     )
     print(

@@ -11,7 +11,11 @@ cells/s and the ratio, and how far apart the two engines' test losses are.
 
 ``--model t5-large-shape`` is a randomly initialised model of T5-large's shape with the
 bundled tokenizer (no download); the anchor for it is ~14 s per (task, k) cell for a
-sequential PEFT loop on an H200.
+sequential PEFT loop on an H200. ``--model tiny-llama-shape`` is a decoder-only model of the
+tiny T5's size (bench/decoder_shape.py); its LoRAs adapt what ``target_modules: auto`` gives
+for Llama (q_proj, v_proj), with no other setting changed.
+
+    python bench/transfer_grid.py --model tiny-llama-shape --tasks 2 --test-size 10
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from decoder_shape import NAME as DECODER_SHAPE
+from decoder_shape import build_tiny_llama
 from itransfer.config import load_config
 from itransfer.eval.results import ResultsTable
 from itransfer.eval.session import open_session
@@ -36,6 +42,8 @@ from itransfer.models import DEFAULT_MODEL, load_model_and_tokenizer, save_model
 def model_source(kind: str, workdir: Path) -> str:
     if kind == "tiny":
         return DEFAULT_MODEL
+    if kind == DECODER_SHAPE:
+        return str(build_tiny_llama(workdir / DECODER_SHAPE))
     from transformers import T5Config, T5ForConditionalGeneration
 
     tokenizer = load_model_and_tokenizer(DEFAULT_MODEL).tokenizer
@@ -75,7 +83,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=None, help="Default: every unseen task.")
     parser.add_argument("--test-size", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--model", choices=["tiny", "t5-large-shape"], default="tiny")
+    parser.add_argument("--model", choices=["tiny", "t5-large-shape", DECODER_SHAPE],
+                        default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-source-length", type=int, default=512)
     parser.add_argument("--cells-per-group", type=int, default=64)
