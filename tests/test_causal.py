@@ -7,6 +7,7 @@ engine tests of test_multilora.py.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,24 @@ def test_a_tokenizer_without_pad_token_pads_with_eos_and_keeps_the_vocabulary(
     batch = collate(examples, pad_token_id=tokenizer.pad_token_id, architecture="causal")
     assert batch["labels"].tolist()[1] == [IGNORE_INDEX, 9] + [IGNORE_INDEX] * 3
     assert batch["attention_mask"].tolist()[1] == [1, 1, 0, 0, 0]
+
+
+def test_without_pad_and_eos_tokens_unk_pads_and_without_any_it_is_one_line(
+    tmp_path: Path,
+) -> None:
+    folder = build_causal_model(tmp_path / "m", pad_token=False)
+    settings_file = folder / "tokenizer_config.json"
+    settings = json.loads(settings_file.read_text())
+    del settings["eos_token"]
+    settings_file.write_text(json.dumps(settings))
+    loaded = load_model_and_tokenizer(folder)
+    assert loaded.tokenizer.pad_token == loaded.tokenizer.unk_token == "<unk>"
+    assert loaded.model.get_input_embeddings().num_embeddings == len(loaded.tokenizer)
+    # No special token at all: an error naming the model, never a silently added token.
+    del settings["unk_token"]
+    settings_file.write_text(json.dumps(settings))
+    with pytest.raises(ConfigError, match=f"^{folder}: the tokenizer has no pad, eos, unk or bos"):
+        load_model_and_tokenizer(folder)
 
 
 def _encoder(tokenizer, **options) -> ExampleEncoder:
