@@ -13,7 +13,12 @@ size, like itransfer's default sampler), as many as its steps consume, and pads 
 
 ``--model t5-large-shape`` builds a randomly initialised model with T5-large's shape (d_model
 1024, 24+24 layers) and the bundled tokenizer, so no download is needed. The functions here
-are also the training half of ``bench/gpu_suite.py``.
+are also the training half of ``bench/gpu_suite.py``. ``--model tiny-llama-shape`` is a
+decoder-only one of the tiny T5's size (bench/decoder_shape.py): both trainers then read
+source + target and score the target tokens only (the HF baseline gets labels of -100 on
+the source; its model shifts them itself).
+
+    python bench/train_throughput.py --model tiny-llama-shape --steps 40
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from transformers import (
     TrainerCallback,
 )
 
+from decoder_shape import NAME as DECODER_SHAPE
+from decoder_shape import build_tiny_llama
 from itransfer.config import ExperimentConfig, load_config
 from itransfer.data.benchmark import open_benchmark
 from itransfer.data.contexts import build_context
@@ -70,6 +77,8 @@ def build_model_dir(
     """A model folder every trainer (and engine) starts from: identical weights, saved in
     ``dtype``. ``kind`` is "tiny" (the bundled model) or a key of :data:`MODEL_SHAPES`
     (randomly initialised, on ``device``: a GPU initialises 780M parameters in a moment)."""
+    if kind == DECODER_SHAPE:
+        return build_tiny_llama(workdir / name)
     loaded = load_model_and_tokenizer(DEFAULT_MODEL)
     if kind == "tiny":
         model = loaded.model
@@ -134,11 +143,15 @@ class CountingCollator(DataCollatorForSeq2Seq):
 
     real_tokens: int = 0
     batches: int = 0
+    causal: bool = False
 
     def __call__(self, features, return_tensors=None):
         self.batches += 1
         if self.batches > 1:  # match the timed window (steps 2..N)
-            self.real_tokens += sum(len(f["input_ids"]) + len(f["labels"]) for f in features)
+            # A decoder-only row is one sequence (its labels mirror it); a seq2seq row is two.
+            self.real_tokens += sum(
+                len(f["input_ids"]) + (0 if self.causal else len(f["labels"])) for f in features
+            )
         return super().__call__(features, return_tensors=return_tensors)
 
 
@@ -154,14 +167,16 @@ def _rates(steps_timed: int, batch_size: int, tokens: int, seconds: float) -> di
     }
 
 
-def hf_rows(config: ExperimentConfig, tokenizer: Any) -> dict[str, list[list[int]]]:
+def hf_rows(
+    config: ExperimentConfig, tokenizer: Any, architecture: str = "seq2seq"
+) -> dict[str, list[list[int]]]:
     """The examples HF's trainer gets: a seeded shuffle of the pooled training instances of the
     seen tasks (which samples tasks proportionally to their size, like itransfer's default
     sampler), cut to the ``steps x batch_size`` the run consumes, then encoded like itransfer's.
     """
     benchmark = open_benchmark(config.data, config.seed)
     encoder = ExampleEncoder(
-        tokenizer, "seq2seq",
+        tokenizer, architecture,
         build_context(config.data.context.name, config.data.context.num_exemplars),
         max_source_length=config.model.max_source_length,
         max_target_length=config.model.max_target_length,
@@ -174,8 +189,12 @@ def hf_rows(config: ExperimentConfig, tokenizer: Any) -> dict[str, list[list[int
     for position in order[:needed]:
         name, index = pool[position]
         example = encoder.encode(benchmark.task(name), benchmark.split(name).train[index])
-        rows["input_ids"].append(list(example.source_ids))
-        rows["labels"].append(list(example.target_ids))
+        if architecture == "causal":  # one sequence; the loss on the target only
+            rows["input_ids"].append([*example.source_ids, *example.target_ids])
+            rows["labels"].append([-100] * len(example.source_ids) + [*example.target_ids])
+        else:
+            rows["input_ids"].append(list(example.source_ids))
+            rows["labels"].append(list(example.target_ids))
     return rows
 
 
@@ -189,7 +208,7 @@ def run_hf(
     loaded = load_model_and_tokenizer(model_dir)
     train = config.train
     if fixed is None:
-        rows = hf_rows(config, loaded.tokenizer)
+        rows = hf_rows(config, loaded.tokenizer, loaded.architecture)
     else:
         count = (train.steps or 1) * train.batch_size
         rows = {"input_ids": [list(fixed.source_ids)] * count,
@@ -203,6 +222,7 @@ def run_hf(
         disable_tqdm=True,
     )
     collator = CountingCollator(loaded.tokenizer, model=loaded.model, label_pad_token_id=-100)
+    collator.causal = loaded.architecture == "causal"
     clock = StepClock(deadline)
     trainer = Seq2SeqTrainer(
         model=loaded.model, args=args, train_dataset=Dataset.from_dict(rows),
@@ -274,7 +294,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--model", choices=["tiny", *MODEL_SHAPES], default="tiny")
+    parser.add_argument("--model", choices=["tiny", *MODEL_SHAPES, DECODER_SHAPE],
+                        default="tiny")
     parser.add_argument("--sni-dir", type=Path, default=None)
     parser.add_argument("--context", default="exemplars")
     parser.add_argument("--device", default="cpu")
@@ -300,7 +321,7 @@ def main() -> None:
     print(f"{'':28}{'samples/s':>12}{'real tokens/s':>16}")
     print(f"{'itransfer':28}{ours['samples_per_s']:12.2f}{ours['real_tokens_per_s']:16.0f}")
     print(
-        f"{'HF Seq2SeqTrainer':28}{theirs['samples_per_s']:12.2f}"
+        f"{'HF Trainer':28}{theirs['samples_per_s']:12.2f}"
         f"{theirs['real_tokens_per_s']:16.0f}"
     )
     print(

@@ -13,7 +13,11 @@ far apart the two engines' test losses are. ``bench/gpu_suite.py`` runs the grid
 
 ``--model t5-large-shape`` is a randomly initialised model of T5-large's shape with the
 bundled tokenizer (no download); the anchor for it is ~14 s per (task, k) cell for a
-sequential PEFT loop on an H200.
+sequential PEFT loop on an H200. ``--model tiny-llama-shape`` is a decoder-only model of the
+tiny T5's size (bench/decoder_shape.py); its LoRAs adapt what ``target_modules: auto`` gives
+for Llama (q_proj, v_proj), with no other setting changed.
+
+    python bench/transfer_grid.py --model tiny-llama-shape --tasks 2 --test-size 10
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ import itransfer.eval.inference as inference_module
 import itransfer.eval.multilora as multilora_module
 import itransfer.eval.session as session_module
 import itransfer.eval.transfer as transfer_module
+from decoder_shape import NAME as DECODER_SHAPE
+from decoder_shape import build_tiny_llama
 from itransfer.config import load_config
 from itransfer.eval.results import ResultsTable
 from itransfer.eval.session import open_session
@@ -52,6 +58,8 @@ def model_source(
     (``evaluate`` loads a checkpoint in the dtype it was saved in)."""
     if kind == "tiny" and dtype == torch.float32:
         return DEFAULT_MODEL
+    if kind == DECODER_SHAPE:
+        return str(build_tiny_llama(workdir / DECODER_SHAPE))
     return str(build_model_dir(kind, workdir, dtype=dtype, device=device, name="grid-model"))
 
 
@@ -166,7 +174,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=None, help="Default: every unseen task.")
     parser.add_argument("--test-size", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--model", choices=["tiny", "t5-large-shape"], default="tiny")
+    parser.add_argument("--model", choices=["tiny", "t5-large-shape", DECODER_SHAPE],
+                        default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-source-length", type=int, default=512)
     parser.add_argument("--cells-per-group", type=int, default=64)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_task
-from itransfer.data.contexts import CONTEXTS, build_context, cut_summary
+from itransfer.data.contexts import CONTEXTS, build_context, cut_details, cut_summary
 from itransfer.data.sni import parse_task
 from itransfer.errors import ConfigError
 
@@ -98,7 +98,9 @@ def test_budget_cuts_definition_words_then_logs_input_cut(qasc, caplog) -> None:
     assert cut.text == " ".join(f"w{i}" for i in range(10))
     assert "cut 20 of its 30 words" in caplog.text
     assert encoder.inputs_cut == {qasc.name: 1}
-    assert "1 inputs of 1 tasks" in cut_summary(encoder.inputs_cut, 10)
+    assert cut_summary(encoder.inputs_cut, 10) == "1 inputs cut to 10 tokens; --verbose lists them"
+    assert f"1 inputs of 1 tasks were longer than the 10-token budget even without context and " \
+        f"lost their tail (most: {qasc.name} (1))" in cut_details(encoder.inputs_cut, 10)
 
 
 def test_budget_uses_the_given_token_counter(qasc) -> None:

@@ -108,6 +108,9 @@ class ModelConfig(StrictModel):
     trust_remote_code: bool = False
     max_source_length: int = Field(default=512, ge=8)
     max_target_length: int = Field(default=128, ge=1)
+    # Decoder-only models: wrap source and target in the tokenizer's chat template (user turn,
+    # assistant turn); off, they are plain text (itransfer.examples).
+    chat_template: bool = False
 
 
 class MixingConfig(StrictModel):
@@ -174,9 +177,20 @@ class LoraConfig(StrictModel):
     learning_rate: float = Field(default=1e-3, gt=0)
     batch_size: int = Field(default=32, ge=1)
     epochs: int = Field(default=5, ge=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q", "v"], min_length=1)
+    # "auto": q, v for T5 (the paper's), PEFT's per-architecture default for any other model
+    # (itransfer.eval.lora_targets); or a list of module names, matched as PEFT matches them.
+    target_modules: Literal["auto"] | list[str] = "auto"
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     weight_decay: float = Field(default=0.0, ge=0.0)  # AdamW's; the paper states none
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _auto_or_names(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError("must be auto or a list of module names (e.g. [q_proj, v_proj])")
+        if isinstance(value, list) and not value:
+            raise ValueError("must name at least one module (or be auto)")
+        return value
 
 
 class EvalConfig(StrictModel):
@@ -276,13 +290,15 @@ def result_relevant(
     """``config`` as a JSON tree without :data:`RESULT_NEUTRAL_SETTINGS` (and, for a resumed run,
     :data:`CHECKPOINT_SCHEDULE_SETTINGS`), nor sampler parameters at their
     :attr:`~itransfer.sampling.SamplerConfig.legacy_defaults`, and without ``train.budget``
-    unless it is "steps" and sets the step count (:func:`budget_sets_steps`). A mapping is taken
-    as an already dumped config, such as the one a checkpoint saved."""
+    unless it is "steps" and sets the step count (:func:`budget_sets_steps`), nor
+    ``model.chat_template`` when off. A mapping is taken as an already dumped config, such as
+    the one a checkpoint saved."""
     tree = (
         config.model_dump(mode="json") if isinstance(config, BaseModel)
         else copy.deepcopy(dict(config))
     )
     _drop_inert_budget(tree)
+    drop_plain_text_format(tree.get("model"))
     ignored = RESULT_NEUTRAL_SETTINGS
     if ignore_checkpoint_schedule:
         ignored |= CHECKPOINT_SCHEDULE_SETTINGS
@@ -329,6 +345,13 @@ def _drop_inert_budget(tree: dict[str, Any]) -> None:
         train, data if isinstance(data, Mapping) else {}
     ):
         train.pop("budget", None)
+
+
+def drop_plain_text_format(model: Any) -> None:
+    """Leave ``chat_template`` out of a dumped model section when off: every run before the
+    setting existed was plain text, and keys computed then must stay valid."""
+    if isinstance(model, dict) and model.get("chat_template") is False:
+        del model["chat_template"]
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

@@ -5,7 +5,16 @@ the per-token losses both compute from these batches are in :mod:`itransfer.toke
 
 Seq2seq models (T5) read the source in the encoder and predict the target in the decoder.
 Decoder-only models read ``source + target`` and are trained on the target tokens only (the
-source positions get label -100), as in the paper's conditional generation loss.
+source positions get label -100), as in the paper's conditional generation loss. Their layout:
+
+* the source is the plain text after the tokenizer's BOS where its tokenizer adds one (Llama,
+  Mistral), never followed by EOS (a T5-style tokenizer appends one to every input);
+* the target is the text followed by EOS, so a model learns where an answer ends;
+* with ``model.chat_template: true`` the source is the user turn of the tokenizer's chat
+  template up to the assistant's prompt, and the target the assistant turn (the answer, the
+  template's end of turn, EOS); a tokenizer without a template is an error;
+* batches are padded on the right for the loss (positions 0..n-1 are real tokens) and on the
+  left for generation (see :mod:`itransfer.eval.inference`).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from itransfer.data.contexts import TaskContext
 from itransfer.data.sni import Instance, Task
+from itransfer.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -47,25 +57,81 @@ class ExampleEncoder:
         *,
         max_source_length: int,
         max_target_length: int,
+        chat_template: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.architecture = architecture
         self.context = context
         self.max_source_length = max_source_length
         self.max_target_length = max_target_length
+        self.chat_template = chat_template
+        if chat_template and architecture != "causal":
+            raise ConfigError("model.chat_template: true applies to decoder-only models only")
+        if chat_template and not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(
+                f"model.chat_template: true, but the tokenizer of "
+                f"{tokenizer.name_or_path or 'the model'} has no chat template; set it to false"
+            )
+        self._bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
 
     def count_tokens(self, text: str) -> int:
         return len(self._source_ids(text))
 
     def _source_ids(self, text: str) -> list[int]:
-        # T5 tokenizers append </s> to every input; causal tokenizers usually add nothing.
-        return self.tokenizer(text, add_special_tokens=self.architecture == "seq2seq")["input_ids"]
+        return self._source_ids_many([text])[0]
+
+    def _source_ids_many(self, texts: list[str]) -> list[list[int]]:
+        """Source token ids of each text; one tokenizer call for the whole list."""
+        if not texts:
+            return []
+        if self.architecture == "seq2seq":
+            # T5 tokenizers append </s> to every input, as T5 was trained.
+            return self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        if self.chat_template:
+            # The template writes its own special tokens (BOS, turn markers).
+            texts = [self._chat([_user(text)], add_generation_prompt=True) for text in texts]
+            return self._tokens_many(texts)
+        return [[*self._bos, *ids] for ids in self._tokens_many(texts)]
 
     def _target_ids(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids = ids[: self.max_target_length - 1]
+        return self._target_ids_many([text])[0]
+
+    def _target_ids_many(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
         eos = self.tokenizer.eos_token_id
-        return [*ids, eos] if eos is not None else ids
+        if self.chat_template:
+            texts = [self._assistant_turn(text) for text in texts]
+        targets = []
+        for ids in self._tokens_many(texts):
+            if eos is not None and ids and ids[-1] == eos:
+                ids = ids[:-1]  # the template ended the turn with EOS: it is put back below
+            ids = ids[: self.max_target_length - 1]
+            targets.append([*ids, eos] if eos is not None else ids)
+        return targets
+
+    def _tokens_many(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def _assistant_turn(self, target: str) -> str:
+        """The text the template adds for an assistant turn answering a user turn: what follows
+        the generation prompt in the rendered conversation (the answer, the end of turn)."""
+        # Any user text gives the same assistant turn; a fixed one keeps this independent of
+        # the source.
+        prompt = self._chat([_user("x")], add_generation_prompt=True)
+        whole = self._chat([_user("x"), {"role": "assistant", "content": target}],
+                           add_generation_prompt=False)
+        if not whole.startswith(prompt):
+            raise ConfigError(
+                f"model.chat_template: the template of {self.tokenizer.name_or_path} does not "
+                "render a conversation as its prompt followed by the assistant turn"
+            )
+        return whole[len(prompt):].rstrip()
 
     def source_text(self, task: Task, x: str) -> str:
         encoded = self.context.encode(
@@ -80,7 +146,6 @@ class ExampleEncoder:
         target = self._target_ids(instance.outputs[0])
         return EncodedExample(tuple(source), tuple(target))
 
-
     def encode_task(
         self, task: Task, instances: Sequence[Instance]
     ) -> Iterator[tuple[EncodedExample, bool]]:
@@ -91,11 +156,11 @@ class ExampleEncoder:
         the rest go through the context's cutting, one at a time.
         """
         exemplars = list(self.context.exemplars(task))
-        sources = self._source_ids_batch([
+        sources = self._source_ids_many([
             self.context.render(task, instance.input, exemplars, task.definition)
             for instance in instances
         ])
-        targets = self._target_ids_batch([instance.outputs[0] for instance in instances])
+        targets = self._target_ids_many([instance.outputs[0] for instance in instances])
         cut_counts = self.context.inputs_cut
         for instance, source, target in zip(instances, sources, targets, strict=True):
             if len(source) <= self.max_source_length:
@@ -105,20 +170,19 @@ class ExampleEncoder:
             example = self.encode(task, instance)
             yield example, cut_counts.get(task.name, 0) > cuts_before
 
-    def _source_ids_batch(self, texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        encoded = self.tokenizer(texts, add_special_tokens=self.architecture == "seq2seq")
-        return encoded["input_ids"]
 
-    def _target_ids_batch(self, texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        eos = self.tokenizer.eos_token_id
-        return [
-            [*ids[: self.max_target_length - 1], *([eos] if eos is not None else [])]
-            for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        ]
+def _user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer starts every input with BOS (Llama's do, GPT-2's and Qwen's not)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return with_special[:1] == [bos] and plain[:1] != [bos]
 
 
 def collate(

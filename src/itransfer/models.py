@@ -110,7 +110,8 @@ def load_model_and_tokenizer(
     """Load safetensors weights and the tokenizer of a local folder, a hub id or a bundled alias.
 
     ``architecture="auto"`` follows ``config.is_encoder_decoder``. Causal tokenizers without a
-    pad token get one (their EOS), since batching needs it.
+    pad token pad with an existing token (see :func:`_ensure_pad_token`), since batching needs
+    one; no token is ever added, so the embedding matrix keeps its size.
     """
     source, local = resolve_model_source(name_or_path)
     local_only = local or hub_offline()
@@ -134,7 +135,7 @@ def load_model_and_tokenizer(
             f"safetensors file ({exc}); re-download or re-save it"
         ) from exc
     if chosen == "causal":
-        _ensure_pad_token(model, tokenizer)
+        _ensure_pad_token(model, tokenizer, source)
     logger.info("loaded %s (%s) from %s", type(model).__name__, chosen, source)
     return LoadedModel(model=model, tokenizer=tokenizer, architecture=chosen, source=source)
 
@@ -169,6 +170,20 @@ def model_facts(name_or_path: str | Path, *, trust_remote_code: bool = False
     vocab_size = int(model.get_output_embeddings().weight.shape[0])
     return ModelFacts(num_parameters=sum(p.numel() for p in model.parameters()),
                       vocab_size=vocab_size)
+
+
+def model_type_of(name_or_path: str | Path, *, trust_remote_code: bool = False) -> str | None:
+    """``config.model_type`` of a model (``t5``, ``llama``, …) from its config alone (a hub
+    model's config.json is fetched unless ``HF_HUB_OFFLINE=1``, as loading it would); None when
+    it cannot be read."""
+    try:
+        source, local = resolve_model_source(name_or_path)
+        config = AutoConfig.from_pretrained(source, local_files_only=local or hub_offline(),
+                                            trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, ITransferError) as exc:
+        logger.info("no model type for %s: %s", name_or_path, exc)
+        return None
+    return getattr(config, "model_type", None)
 
 
 def _choose_architecture(
@@ -209,15 +224,25 @@ def _load_failure_message(name: str, local: bool, exc: OSError) -> str:
     return f"cannot load model {name!r} from the Hugging Face hub: {exc}"
 
 
-def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+def _ensure_pad_token(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: str
+) -> None:
+    """Pad with EOS, else UNK, else BOS when the tokenizer has no pad token.
+
+    Padding positions are masked out of attention and loss (and generation pads on the left,
+    with position ids counted from the first real token), so any existing token will do;
+    adding a new one would silently grow the embedding matrix with an untrained row.
+    """
     if tokenizer.pad_token is None:
-        if tokenizer.eos_token is not None:
-            # Padding positions are masked out of attention and loss, so reusing EOS is safe and
-            # avoids growing the embedding matrix.
-            tokenizer.pad_token = tokenizer.eos_token
+        for role in ("eos_token", "unk_token", "bos_token"):
+            if getattr(tokenizer, role) is not None:
+                tokenizer.pad_token = getattr(tokenizer, role)
+                break
         else:
-            tokenizer.add_special_tokens({"pad_token": "<pad>"})
-            model.resize_token_embeddings(len(tokenizer))
+            raise ConfigError(
+                f"{source}: the tokenizer has no pad, eos, unk or bos token to pad batches "
+                "with; add a pad token to the tokenizer (and resize the model) before using it"
+            )
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -46,11 +46,12 @@ import pyarrow.parquet as pq
 from itransfer.config import EVALUATION_TASK_GROUPS, ExperimentConfig, result_relevant
 from itransfer.data.splits import FEW_SHOT_DRAWS
 from itransfer.errors import ConfigError, StoppedBySignal, TrainingStopped
+from itransfer.eval.lora_targets import targets_for_key
 from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable, config_hash
 from itransfer.experiment import Experiment
 from itransfer.io_utils import atomic_write_text, staged_dir
 from itransfer.launch import agreed, make_state
-from itransfer.models import model_facts
+from itransfer.models import model_facts, model_type_of
 from itransfer.provenance import git_revision, package_versions, write_run_record
 from itransfer.schema import (
     MANIFEST,
@@ -117,6 +118,13 @@ def _train_key(config: ExperimentConfig) -> str:
 def _eval_key(config: ExperimentConfig, checkpoint: str, plan: list[Any]) -> str:
     """The evaluation stage of ``checkpoint`` (a model, or a training stage's key@step)."""
     relevant = result_relevant(config)
+    # `auto` is keyed as the modules it means for this model (q, v on T5: the keys of the old
+    # default), so spelling the list out shares the stage.
+    lora = relevant["eval"]["lora"]
+    lora["target_modules"] = targets_for_key(
+        lora["target_modules"],
+        model_type_of(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code),
+    )
     relevant["model"].pop("name_or_path")  # the checkpoint names the weights
     return config_hash({
         "checkpoint": checkpoint,
@@ -350,12 +358,13 @@ def _run_stages(
         def on_progress(what: str, done: float, total: int, name: str = name) -> None:
             reporter.progress(f"{name} {what}", done, total, {})
 
-        if plan.icl:
-            evaluate_icl(session, force=forced, progress=on_progress)
-        if plan.seen:
-            evaluate_seen(session, force=forced, progress=on_progress)
-        if plan.shots:
-            evaluate_transfer(session, force=forced, progress=on_progress)
+        with session.one_cut_warning(name):
+            if plan.icl:
+                evaluate_icl(session, force=forced, progress=on_progress)
+            if plan.seen:
+                evaluate_seen(session, force=forced, progress=on_progress)
+            if plan.shots:
+                evaluate_transfer(session, force=forced, progress=on_progress)
         timings[name] = time.perf_counter() - started
         if main:
             _mark_finished(stage_dir, "eval", timings[name], label=label, step=step)

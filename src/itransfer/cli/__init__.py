@@ -61,7 +61,10 @@ def _root(
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(console=stderr, show_path=False, markup=False)],
+        # The time without the date leaves a log line room for its message on one terminal
+        # line (a warning that wraps reads as a block).
+        handlers=[RichHandler(console=stderr, show_path=False, markup=False,
+                              log_time_format="[%X]")],
         force=True,
     )
 

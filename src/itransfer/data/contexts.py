@@ -119,7 +119,7 @@ class TaskContext(ABC):
             input_cut = len(words) - keep
             text = self.render(task, " ".join(words[:keep]), exemplars, definition)
             # Logged per instance at debug level; ``inputs_cut`` keeps the counts, which the
-            # training loop and the evaluations summarise in one warning (see `cut_summary`).
+            # training loop and each evaluation stage summarise in one line (`cut_summary`).
             self.inputs_cut[task.name] = self.inputs_cut.get(task.name, 0) + 1
             logger.debug(
                 "%s: input longer than the %d-token budget even without context; "
@@ -135,7 +135,18 @@ class TaskContext(ABC):
 
 
 def cut_summary(inputs_cut: dict[str, int], max_tokens: int | None) -> str | None:
-    """One line saying how many inputs lost their tail to the length budget, or None."""
+    """A short line counting the inputs that lost their tail to the length budget, or None.
+
+    Logged once per training run or evaluation stage; :func:`cut_details` says which tasks,
+    for ``--verbose``.
+    """
+    if not inputs_cut:
+        return None
+    return f"{sum(inputs_cut.values())} inputs cut to {max_tokens} tokens; --verbose lists them"
+
+
+def cut_details(inputs_cut: dict[str, int], max_tokens: int | None) -> str | None:
+    """What :func:`cut_summary` counts, with the tasks most affected and what to do about it."""
     if not inputs_cut:
         return None
     worst = sorted(inputs_cut.items(), key=lambda item: -item[1])[:3]
@@ -143,7 +154,7 @@ def cut_summary(inputs_cut: dict[str, int], max_tokens: int | None) -> str | Non
     return (
         f"{sum(inputs_cut.values())} inputs of {len(inputs_cut)} tasks were longer than the "
         f"{max_tokens}-token budget even without context and lost their tail (most: {listed}); "
-        "raise model.max_source_length to keep them, --verbose lists each cut"
+        "raise model.max_source_length to keep them"
     )
 
 

@@ -87,6 +87,7 @@ def encoder_spec(encoder: ExampleEncoder) -> dict[str, Any]:
         "num_exemplars": encoder.context.num_exemplars,
         "max_source_length": encoder.max_source_length,
         "max_target_length": encoder.max_target_length,
+        "chat_template": encoder.chat_template,
     }
 
 

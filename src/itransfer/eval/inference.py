@@ -13,6 +13,7 @@ context manager receives each batch's indices so every example runs through its 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -138,18 +139,45 @@ def _generate(
                   "encoder_outputs": encoder_outputs}
         width = 0
     else:
-        # Decoder-only models continue the last position, so their prompts (the sources without
-        # targets) are padded on the left.
-        sources = [item.example.source_ids for item in items]
-        width = max(len(source) for source in sources)
-        input_ids = torch.full((len(sources), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, source in enumerate(sources):
-            input_ids[row, width - len(source):] = torch.tensor(source, dtype=torch.long)
-            attention_mask[row, width - len(source):] = 1
-        device = batch["input_ids"].device
-        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        inputs = left_padded_prompts(
+            [item.example.source_ids for item in items], pad, device=batch["input_ids"].device
+        )
+        width = inputs["input_ids"].shape[1]
+        if not _accepts_position_ids(model):
+            del inputs["position_ids"]
     output = model.generate(
         **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad
     )
     return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+
+
+def left_padded_prompts(
+    sources: Sequence[Sequence[int]], pad_token_id: int, *, device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    """Prompts for a decoder-only model's batched generation: padded on the left (every row
+    continues from its last column), with the attention mask and position ids that make each
+    row compute what it would alone.
+
+    Position ids count from each row's first real token (``attention_mask.cumsum - 1``, 0 on
+    the padding): rotary and learned position embeddings would otherwise see a row's tokens
+    shifted by its padding. ``generate`` extends them step by step with the KV cache.
+    """
+    width = max((len(source) for source in sources), default=0)
+    input_ids = torch.full((len(sources), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, source in enumerate(sources):
+        if source:
+            input_ids[row, width - len(source):] = torch.tensor(source, dtype=torch.long)
+            attention_mask[row, width - len(source):] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return {name: tensor.to(device) for name, tensor in (
+        ("input_ids", input_ids), ("attention_mask", attention_mask),
+        ("position_ids", position_ids),
+    )}
+
+
+def _accepts_position_ids(model: torch.nn.Module) -> bool:
+    # A PEFT wrapper forwards them to the model it wraps; a model whose forward has no such
+    # argument derives positions itself.
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "position_ids" in inspect.signature(inner.forward).parameters

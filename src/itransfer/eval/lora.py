@@ -25,6 +25,7 @@ import torch
 
 from itransfer.config import LoraConfig
 from itransfer.eval.keyed_dropout import example_keys, keyed_dropout
+from itransfer.eval.lora_targets import resolve_target_modules
 from itransfer.examples import Architecture, EncodedExample, collate, target_mask
 from itransfer.token_losses import token_losses
 
@@ -109,7 +110,11 @@ def batch_loss(
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 
-def peft_config(settings: LoraConfig, architecture: Architecture) -> Any:
+def peft_config(
+    settings: LoraConfig, architecture: Architecture, target_modules: Sequence[str]
+) -> Any:
+    """PEFT's config for ``settings``, adapting ``target_modules`` (already resolved, see
+    :func:`~itransfer.eval.lora_targets.resolve_target_modules`)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import TaskType
 
@@ -117,7 +122,7 @@ def peft_config(settings: LoraConfig, architecture: Architecture) -> Any:
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules),
+        target_modules=list(target_modules),
         task_type=TaskType.SEQ_2_SEQ_LM if architecture == "seq2seq" else TaskType.CAUSAL_LM,
     )
 
@@ -138,9 +143,10 @@ def train_cell_peft(
     """
     from peft import get_peft_model
 
+    targets = resolve_target_modules(settings.target_modules, model)
     # get_peft_model's own LoRA initialisation (overwritten below) draws too.
     with seeded_rng([cell.random_seed], device):
-        peft_model = get_peft_model(model, peft_config(settings, architecture))
+        peft_model = get_peft_model(model, peft_config(settings, architecture, targets))
         for name, module in peft_model.named_modules():
             lora_a = getattr(module, "lora_A", None)
             if lora_a is not None and "default" in lora_a:

@@ -53,6 +53,7 @@ from itransfer.eval.lora import (
     init_lora_a,
     peft_config,
 )
+from itransfer.eval.lora_targets import is_adaptable, matches, resolve_target_modules
 from itransfer.examples import (
     Architecture,
     EncodedExample,
@@ -84,16 +85,21 @@ class MultiLoraLinear(nn.Module):
     routes_by_batch_row = True  # its input must keep the batch dimension (see token_losses)
 
     def __init__(
-        self, base: nn.Linear, n_adapters: int, *, r: int, alpha: float, dropout: float,
+        self, base: nn.Module, n_adapters: int, *, r: int, alpha: float, dropout: float,
         router: _Router,
     ) -> None:
         super().__init__()
         self.base = base
+        # nn.Linear keeps weight [out, in]; GPT-2's Conv1D keeps it [in, out].
+        self.in_features, self.out_features = (
+            (base.in_features, base.out_features) if isinstance(base, nn.Linear)
+            else tuple(base.weight.shape)
+        )
         # Half-precision bases get float32 adapters, as PEFT's autocast_adapter_dtype does.
         dtype = base.weight.dtype if base.weight.dtype == torch.float64 else torch.float32
         options = {"device": base.weight.device, "dtype": dtype}
-        self.lora_A = nn.Parameter(torch.zeros(n_adapters, r, base.in_features, **options))
-        self.lora_B = nn.Parameter(torch.zeros(n_adapters, base.out_features, r, **options))
+        self.lora_A = nn.Parameter(torch.zeros(n_adapters, r, self.in_features, **options))
+        self.lora_B = nn.Parameter(torch.zeros(n_adapters, self.out_features, r, **options))
         self.scaling = alpha / r
         self.dropout = dropout
         self._router = router
@@ -139,23 +145,26 @@ class MultiLoraModel:
         self._router = _Router()
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
         self._was_training = model.training
-        targets = [name for name, _ in model.named_modules() if _is_target(name, settings)]
-        if not targets:
-            raise ValueError(f"no module matches target_modules={settings.target_modules}")
+        # The same resolution as the PEFT engine's, so both adapt the same layers.
+        self.target_modules = resolve_target_modules(settings.target_modules, model)
+        targets = [name for name, _ in model.named_modules()
+                   if name and matches(name, self.target_modules)]
+        for name in targets:
+            base = model.get_submodule(name)
+            if not is_adaptable(base):
+                raise TypeError(f"target module {name} is {type(base).__name__}, not nn.Linear")
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         self.layers: dict[str, MultiLoraLinear] = {}
         for name in targets:
             base = model.get_submodule(name)
-            if not isinstance(base, nn.Linear):
-                raise TypeError(f"target module {name} is {type(base).__name__}, not nn.Linear")
             layer = MultiLoraLinear(
                 base, len(self.cells), r=settings.r, alpha=settings.alpha,
                 dropout=settings.dropout, router=self._router,
             )
             with torch.no_grad():
                 for index, cell in enumerate(self.cells):
-                    shape = (settings.r, base.in_features)
+                    shape = (settings.r, layer.in_features)
                     layer.lora_A[index].copy_(init_lora_a(cell, name, shape))
             _set_submodule(model, name, layer)
             self.layers[name] = layer
@@ -197,7 +206,9 @@ class MultiLoraModel:
 
         target = Path(out_dir)
         with staged_dir(target) as staging:
-            peft_config(self.settings, self.architecture).save_pretrained(str(staging))
+            peft_config(
+                self.settings, self.architecture, self.target_modules
+            ).save_pretrained(str(staging))
             save_file(
                 self.adapter_state(cell_index), str(staging / "adapter_model.safetensors"),
                 metadata={"format": "pt"},
@@ -379,11 +390,6 @@ class _MaskedAdamW:
 
 def _column(values: list[float], like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(shape)
-
-
-def _is_target(name: str, settings: LoraConfig) -> bool:
-    # PEFT's rule for a list of target_modules: the full name, or its last dotted components.
-    return any(name == target or name.endswith("." + target) for target in settings.target_modules)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

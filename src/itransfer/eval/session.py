@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,12 +20,13 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
 
-from itransfer.config import ExperimentConfig
+from itransfer.config import ExperimentConfig, LoraConfig, drop_plain_text_format
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
-from itransfer.data.contexts import build_context, cut_summary
+from itransfer.data.contexts import build_context, cut_details, cut_summary
 from itransfer.data.sni import Instance, Task
 from itransfer.errors import ConfigError, DataError, ITransferError
 from itransfer.eval.inference import EvalItem, ItemResult, Router, evaluate_items
+from itransfer.eval.lora_targets import AUTO, resolve_target_modules
 from itransfer.eval.metrics import ScoredInstance, aggregate, default_scorer
 from itransfer.eval.results import ResultsTable, config_hash
 from itransfer.examples import ExampleEncoder
@@ -57,6 +59,19 @@ class EvalSession:
     # Called after each write of rows: where `itransfer run` stops on SIGTERM/SIGUSR1, since
     # what is written is kept and a rerun continues after it.
     after_write: Callable[[], None] | None = None
+    held_cuts: dict[str, int] | None = None  # inside one_cut_warning: cut inputs per task
+
+    @contextmanager
+    def one_cut_warning(self, stage: str) -> Iterator[None]:
+        """Within the block, evaluations count their inputs cut to the length budget together:
+        one warning line for ``stage`` at its end instead of one per evaluation."""
+        self.held_cuts = {}
+        try:
+            yield
+        finally:
+            cuts, self.held_cuts = self.held_cuts, None
+            if summary := cut_summary(cuts, self.config.model.max_source_length):
+                logger.warning("%s: %s", stage, summary)
 
     def encoder(self, context: str) -> ExampleEncoder:
         """One encoder per context, so cut counts add up for :meth:`finish`'s summary."""
@@ -67,6 +82,7 @@ class EvalSession:
                 build_context(context, self.config.data.context.num_exemplars),
                 max_source_length=self.config.model.max_source_length,
                 max_target_length=self.config.model.max_target_length,
+                chat_template=self.config.model.chat_template,
             )
         return self.encoders[context]
 
@@ -117,12 +133,25 @@ class EvalSession:
         return len(rows)
 
     def finish(self, written: int) -> int:
-        """Wait for every process; returns the rows written by all of them."""
+        """Wait for every process; returns the rows written by all of them.
+
+        Inputs cut to the length budget are counted in one warning line for the evaluation, or
+        for the whole stage inside :meth:`one_cut_warning`; which tasks lost what is logged at
+        info level (``--verbose``).
+        """
+        budget = self.config.model.max_source_length
+        cuts: dict[str, int] = {}
         for context, encoder in self.encoders.items():
-            summary = cut_summary(encoder.context.inputs_cut, self.config.model.max_source_length)
-            if summary:
-                logger.warning("evaluation (context %s): %s", context, summary)
+            if details := cut_details(encoder.context.inputs_cut, budget):
+                logger.info("evaluation (context %s): %s", context, details)
+            for task, count in encoder.context.inputs_cut.items():
+                cuts[task] = cuts.get(task, 0) + count
             encoder.context.inputs_cut.clear()
+        if self.held_cuts is not None:
+            for task, count in cuts.items():
+                self.held_cuts[task] = self.held_cuts.get(task, 0) + count
+        elif summary := cut_summary(cuts, budget):
+            logger.warning("evaluation: %s", summary)
         if self.accelerator.num_processes == 1:
             return written
         counts = gather_object([written])
@@ -143,9 +172,18 @@ class EvalSession:
             **fields,
         }
 
+    def lora_settings(self) -> LoraConfig:
+        """``eval.lora`` with ``target_modules`` resolved for the loaded model (one-line
+        :class:`ConfigError` when it names no module of it)."""
+        lora = self.config.eval.lora
+        targets = resolve_target_modules(lora.target_modules, self.loaded.model)
+        return lora.model_copy(update={"target_modules": targets})
+
     def settings_hash(self, **extra: Any) -> str:
+        model = self.config.model.model_dump(mode="json")
+        drop_plain_text_format(model)  # hashes from before the setting existed stay valid
         settings = {
-            "model": self.config.model.model_dump(mode="json"),
+            "model": model,
             "data": self.config.data.model_dump(mode="json"),
             "checkpoint": self.model_label,
             **extra,
@@ -176,6 +214,7 @@ def open_session(
         trust_remote_code=config.model.trust_remote_code,
     )
     _check_tokenizer_fits(loaded, checkpoint)
+    config = _with_resolved_lora_targets(config, loaded)
     loaded.model.to(accelerator.device)
     step = _checkpoint_step(Path(loaded.source))
     if accelerator.is_main_process:
@@ -191,6 +230,24 @@ def open_session(
         table=ResultsTable(Path(out_dir)),
         accelerator=accelerator,
     )
+
+
+def _with_resolved_lora_targets(config: ExperimentConfig, loaded: LoadedModel) -> ExperimentConfig:
+    """``config`` with ``eval.lora.target_modules: auto`` replaced by the modules it means for
+    this model, so the run record (config.yaml, run.json) says which layers the LoRAs adapt.
+    Left as ``auto`` where it has no meaning here: only a transfer evaluation needs it, and
+    :meth:`EvalSession.lora_settings` reports that then."""
+    lora = config.eval.lora
+    if lora.target_modules != AUTO:
+        return config
+    try:
+        targets = resolve_target_modules(AUTO, loaded.model)
+    except ConfigError:
+        return config
+    eval_config = config.eval.model_copy(
+        update={"lora": lora.model_copy(update={"target_modules": targets})}
+    )
+    return config.model_copy(update={"eval": eval_config})
 
 
 def _check_tokenizer_fits(loaded: LoadedModel, checkpoint: str | Path) -> None:

@@ -57,7 +57,7 @@ def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellW
     seeds, k or tasks are planned and whichever process gets the task.
     """
     eval_config = session.config.eval
-    settings = session.config.eval.lora
+    settings = session.lora_settings()  # `auto` hashed as the modules it stands for
     settings_hash = session.settings_hash(
         method="finetune", lora=settings.model_dump(mode="json"),
         max_new_tokens=eval_config.max_new_tokens, generate=eval_config.generate,
@@ -100,7 +100,7 @@ def evaluate_transfer(
     """Run the transfer grid with ``engine`` (default: the config's); returns rows written."""
     engine = engine or session.config.eval.engine
     work, settings_hash = plan_cells(session, force=force)
-    settings = session.config.eval.lora
+    settings = session.lora_settings()
     run = _run_peft if engine == "peft" else _run_batched
     written = run(session, work, settings, settings_hash, progress)
     return session.finish(written)

@@ -46,7 +46,7 @@ from accelerate.utils import gather_object
 from safetensors import SafetensorError
 
 from itransfer.config import ExperimentConfig
-from itransfer.data.contexts import cut_summary
+from itransfer.data.contexts import cut_details, cut_summary
 from itransfer.errors import TrainingStopped
 from itransfer.examples import EncodedExample, collate, count_targets, target_mask
 from itransfer.sampling import plot_sampling_schedule
@@ -149,8 +149,10 @@ def instruction_tune(
 
 def _finish(state: TrainState) -> TrainResult:
     inputs_cut = state.examples.inputs_cut_by_task(state.task_names, state.stream.task_sizes)
-    if summary := cut_summary(inputs_cut, state.config.model.max_source_length):
+    budget = state.config.model.max_source_length
+    if summary := cut_summary(inputs_cut, budget):
         logger.warning("instruction tuning: %s", summary)
+        logger.info("instruction tuning: %s", cut_details(inputs_cut, budget))
     if state.is_main_process:
         # P(K) over the run as the sampler defines it (DWA: from its final loss history).
         plot_sampling_schedule(

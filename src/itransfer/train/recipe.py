@@ -288,6 +288,7 @@ def _encoder(config: ExperimentConfig, tokenizer: Any, architecture: str) -> Exa
         build_context(config.data.context.name, config.data.context.num_exemplars),
         max_source_length=config.model.max_source_length,
         max_target_length=config.model.max_target_length,
+        chat_template=config.model.chat_template,
     )
 
 
