@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from itransfer.cli.common import (
     SetOption,
     SniDirOption,
+    config_file,
     exit_code_on_stop,
     folder_not_file,
     one_writer,
     stderr,
 )
+from itransfer.packaged_configs import packaged_config
 
 
 class RichReporter:
@@ -73,7 +74,11 @@ def _run(config: Path, out: Path, scale: str | None, overrides: list[str] | None
 
 
 def run(
-    config: Path = typer.Argument(..., help="Experiment YAML (e.g. configs/paper/*.yaml)."),
+    config: Path = typer.Argument(
+        ..., callback=config_file,
+        help="Experiment YAML: a file or a shipped name, e.g. paper/sec4_sampling "
+             "(see `itransfer configs list`).",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder.", callback=folder_not_file),
     scale: str | None = typer.Option(None, "--scale", help="A named scale, e.g. tiny."),
     overrides: list[str] | None = SetOption,
@@ -91,7 +96,7 @@ def run(
 
 
 def quickstart_config() -> Path:
-    return Path(str(resources.files("itransfer") / "configs" / "quickstart.yaml"))
+    return packaged_config("quickstart")
 
 
 def quickstart(
