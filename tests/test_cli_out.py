@@ -17,7 +17,7 @@ from itransfer.cli.common import LOCK_FILE
     ["train", "--set", "train.steps=1"],
     ["eval", "icl"],
     ["eval", "transfer"],
-    ["run", "configs/paper/sec3_1_transfer.yaml", "--scale", "tiny"],
+    ["run", "paper/sec3_1_transfer", "--scale", "tiny"],
     ["quickstart"],
     ["pretrain"],
     ["data", "summary"],
@@ -38,7 +38,7 @@ def test_out_naming_a_file_is_refused_before_any_work(
 @pytest.mark.parametrize("command", [
     ["train", "--set", "train.steps=1"],
     ["eval", "icl"],
-    ["run", "configs/paper/sec3_1_transfer.yaml", "--scale", "tiny"],
+    ["run", "paper/sec3_1_transfer", "--scale", "tiny"],
 ])
 def test_a_second_writer_into_a_busy_run_folder_stops_with_one_line(
     command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -13,11 +13,12 @@ from itransfer.analysis.paper import PAPER_FINDINGS
 from itransfer.cli.run import quickstart_config
 from itransfer.eval.results import ResultsTable
 from itransfer.experiment import load_experiment
+from itransfer.packaged_configs import packaged_config_dir
 from itransfer.pipeline import plan_evaluations, run_experiment
 from itransfer.schema import MANIFEST_VERSION, SECTION_TYPES, read_manifest
 from itransfer.train.recipe import instruction_tuning_steps
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "paper"
+CONFIG_DIR = packaged_config_dir() / "paper"
 PAPER_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,6 +1,7 @@
 """Experiment specs: a base config, named model variants, and the paper sections to analyse.
 
-An experiment YAML (``configs/paper/*.yaml``, ``configs/quickstart.yaml``)::
+An experiment YAML (the shipped ``src/itransfer/configs/paper/*.yaml`` and ``quickstart.yaml``,
+run by name as ``paper/sec3_1_transfer``; see :mod:`itransfer.packaged_configs`)::
 
     name: sec3_1_transfer
     title: "§3.1 Instruction tuning harms transfer"

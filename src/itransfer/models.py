@@ -1,9 +1,12 @@
 """Load a Hugging Face model + tokenizer (seq2seq or causal) and save checkpoints atomically.
 
 ``DEFAULT_MODEL`` (``"itransfer:tiny-t5"``) names the tiny LM-adapted T5 shipped in the package
-(built by :mod:`itransfer.train.pretrain`, see ``bundled/tiny-t5/RECIPE.md``). A local folder is
-always read with ``local_files_only=True``; only a name that is not a path reaches the hub, and
-with ``HF_HUB_OFFLINE=1`` not even that.
+(built by :mod:`itransfer.train.pretrain`, see ``bundled/tiny-t5/RECIPE.md``), and
+``DEFAULT_CAUSAL_MODEL`` (``"itransfer:tiny-llama"``) its decoder-only counterpart, a tiny
+Llama-shaped LM with the same tokenizer (:mod:`itransfer.train.pretrain_causal`,
+``bundled/tiny-llama/RECIPE.md``). ``itransfer:NAME`` is the folder ``bundled/NAME``. A local
+folder is always read with ``local_files_only=True``; only a name that is not a path reaches the
+hub, and with ``HF_HUB_OFFLINE=1`` not even that.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ logger = logging.getLogger(__name__)
 Architecture = Literal["seq2seq", "causal"]
 
 DEFAULT_MODEL = "itransfer:tiny-t5"
+DEFAULT_CAUSAL_MODEL = "itransfer:tiny-llama"
 _BUNDLED_PREFIX = "itransfer:"
 
 _DTYPES: dict[str, torch.dtype | str] = {
@@ -60,11 +64,15 @@ class LoadedModel:
 
 def bundled_model_dir(name: str = "tiny-t5") -> Path:
     """Folder of a checkpoint shipped inside the package (works from a wheel install too)."""
-    folder = Path(str(resources.files("itransfer") / "bundled" / name))
+    bundled = Path(str(resources.files("itransfer") / "bundled"))
+    folder = bundled / name
     if not (folder / "config.json").is_file():
+        shipped = sorted(f"{_BUNDLED_PREFIX}{path.parent.name}"
+                         for path in bundled.glob("*/config.json"))
         raise ITransferError(
-            f"bundled model {_BUNDLED_PREFIX}{name} not found at {folder}; "
-            "rebuild it with `itransfer pretrain --out` or reinstall itransfer"
+            f"bundled model {_BUNDLED_PREFIX}{name} not found at {folder} (shipped: "
+            f"{', '.join(shipped) or 'none'}); rebuild it with `itransfer pretrain --out` "
+            "or reinstall itransfer"
         )
     return folder
 

@@ -1,7 +1,7 @@
 """An experiment as cached, resumable stages: train variants → evaluate checkpoints → report.
 
-    itransfer run configs/quickstart.yaml --out runs/quickstart
-    itransfer run configs/paper/sec4_sampling.yaml --scale tiny --out runs/sec4-tiny
+    itransfer run quickstart --out runs/quickstart
+    itransfer run paper/sec4_sampling --scale tiny --out runs/sec4-tiny
 
 Stages and where they live (``--store``, default ``<out>/stages``):
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from itransfer import __version__
+from itransfer.cli.configs import configs_app
 from itransfer.cli.data import data_app
 from itransfer.cli.evaluate import eval_app
 from itransfer.cli.pretrain import pretrain
@@ -30,6 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(configs_app, name="configs")
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 app.add_typer(results_app, name="results")

@@ -53,7 +53,17 @@ def one_writer(out: Path) -> Iterator[None]:
         lock.release()
 
 
-ConfigOption = typer.Option(None, "--config", "-c", help="YAML experiment config.")
+def config_file(value: Path | None) -> Path | None:
+    """``--config`` callback: a YAML file, or the name of a shipped config (``quickstart``)."""
+    from itransfer.packaged_configs import find_config
+
+    return None if value is None else find_config(value)
+
+
+ConfigOption = typer.Option(
+    None, "--config", "-c", callback=config_file,
+    help="YAML experiment config: a file or a shipped name (see `itransfer configs list`).",
+)
 SetOption = typer.Option(
     None, "--set", help="Override a config value, e.g. --set data.splits.unseen_test_size=50."
 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from itransfer.cli.common import (
     SetOption,
     SniDirOption,
+    config_file,
     exit_code_on_stop,
     folder_not_file,
     one_writer,
     stderr,
 )
+from itransfer.packaged_configs import packaged_config
 
 
 class RichReporter:
@@ -73,7 +74,11 @@ def _run(config: Path, out: Path, scale: str | None, overrides: list[str] | None
 
 
 def run(
-    config: Path = typer.Argument(..., help="Experiment YAML (e.g. configs/paper/*.yaml)."),
+    config: Path = typer.Argument(
+        ..., callback=config_file,
+        help="Experiment YAML: a file or a shipped name, e.g. paper/sec4_sampling "
+             "(see `itransfer configs list`).",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder.", callback=folder_not_file),
     scale: str | None = typer.Option(None, "--scale", help="A named scale, e.g. tiny."),
     overrides: list[str] | None = SetOption,
@@ -91,13 +96,40 @@ def run(
 
 
 def quickstart_config() -> Path:
-    return Path(str(resources.files("itransfer") / "configs" / "quickstart.yaml"))
+    return packaged_config("quickstart")
+
+
+# What `quickstart --family` changes in the quickstart's base config; the user's --set still wins.
+QUICKSTART_FAMILIES: dict[str, list[str]] = {
+    "seq2seq": [],  # the config as written: itransfer:tiny-t5
+    "causal": [
+        "model.name_or_path=itransfer:tiny-llama",
+        # Llama names its attention projections q_proj/v_proj (T5: q/v). This line can go once
+        # `eval.lora.target_modules: auto` (per-architecture targets) is the default.
+        "eval.lora.target_modules=[q_proj,v_proj]",
+    ],
+}
+
+
+def quickstart_overrides(family: str, overrides: list[str] | None) -> list[str]:
+    """The ``--set`` list a quickstart of ``family`` runs with (family first, user last)."""
+    if family not in QUICKSTART_FAMILIES:
+        raise typer.BadParameter(f"must be one of {', '.join(QUICKSTART_FAMILIES)}, "
+                                 f"not {family!r}", param_hint="--family")
+    return [*QUICKSTART_FAMILIES[family], *(overrides or [])]
 
 
 def quickstart(
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Run folder (default runs/quickstart, runs/quickstart-small).",
+        None, "--out", "-o",
+        help="Run folder (default runs/quickstart, with -causal and -SCALE appended for "
+             "--family causal and --scale).",
         callback=folder_not_file,
+    ),
+    family: str = typer.Option(
+        "seq2seq", "--family",
+        help="seq2seq: the tiny T5 (itransfer:tiny-t5); causal: the tiny Llama-shaped LM "
+             "(itransfer:tiny-llama), same tokenizer and corpus.",
     ),
     scale: str | None = typer.Option(
         None, "--scale",
@@ -107,6 +139,9 @@ def quickstart(
     overrides: list[str] | None = SetOption,
 ) -> None:
     """The main job: a miniature of the whole paper on the embedded default, on a CPU."""
+    all_overrides = quickstart_overrides(family, overrides)
     if out is None:
-        out = Path("runs/quickstart" if scale is None else f"runs/quickstart-{scale}")
-    _run(quickstart_config(), out, scale, overrides, None, None)
+        suffix = "".join(f"-{part}" for part in (family if family != "seq2seq" else None, scale)
+                         if part is not None)
+        out = Path(f"runs/quickstart{suffix}")
+    _run(quickstart_config(), out, scale, all_overrides, None, None)

@@ -11,7 +11,9 @@ tunes those checkpoints. This recipe repeats the three steps at toy scale on a t
    decoder predicts the continuation, as the LM adaptation.
 
 The tokenizer lives in :mod:`itransfer.train.tokenizer_recipe`, the objectives in
-:mod:`itransfer.train.objectives`; this module packs the corpus and runs the two phases.
+:mod:`itransfer.train.objectives`; this module packs the corpus and runs the two phases. The
+decoder-only default (``itransfer:tiny-llama``) reuses this tokenizer, the corpus packing and
+:func:`train_phase`: see :mod:`itransfer.train.pretrain_causal`.
 
 Run it from the command line::
 
@@ -33,10 +35,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
 from itransfer.errors import ConfigError, ITransferError
@@ -242,13 +250,22 @@ def phase_schedule(warmup_steps: int, steps: int) -> Callable[[int], float]:
     return factor
 
 
+class OptimiserSettings(Protocol):
+    """What :func:`train_phase` reads from a recipe config (seq2seq's or the causal one)."""
+
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    max_grad_norm: float
+
+
 def train_phase(
-    model: T5ForConditionalGeneration,
+    model: PreTrainedModel,
     batches: Iterator[dict[str, torch.Tensor]],
     *,
     phase: str,
     steps: int,
-    config: PretrainConfig,
+    config: OptimiserSettings,
     progress: ProgressCallback | None = None,
 ) -> PhaseResult:
     """One objective: AdamW with linear warm-up to ``config.lr`` and linear decay to zero."""
