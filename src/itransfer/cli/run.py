@@ -102,12 +102,8 @@ def quickstart_config() -> Path:
 # What `quickstart --family` changes in the quickstart's base config; the user's --set still wins.
 QUICKSTART_FAMILIES: dict[str, list[str]] = {
     "seq2seq": [],  # the config as written: itransfer:tiny-t5
-    "causal": [
-        "model.name_or_path=itransfer:tiny-llama",
-        # Llama names its attention projections q_proj/v_proj (T5: q/v). This line can go once
-        # `eval.lora.target_modules: auto` (per-architecture targets) is the default.
-        "eval.lora.target_modules=[q_proj,v_proj]",
-    ],
+    # LoRA targets follow the model (`eval.lora.target_modules: auto`): q_proj, v_proj here.
+    "causal": ["model.name_or_path=itransfer:tiny-llama"],
 }
 
 
