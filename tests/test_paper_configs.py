@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from itransfer.analysis.paper import PAPER_FINDINGS
-from itransfer.cli.run import quickstart_config
+from itransfer.cli.run import quickstart_config, quickstart_overrides
 from itransfer.eval.results import ResultsTable
 from itransfer.experiment import load_experiment
 from itransfer.packaged_configs import packaged_config_dir
@@ -82,9 +82,14 @@ def test_few_shot_experiments_run_three_seeds_at_full_scale_and_one_when_tiny() 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
 @pytest.mark.parametrize("config", PAPER_CONFIGS, ids=[path.stem for path in PAPER_CONFIGS])
-def test_paper_experiment_at_tiny_scale(config: Path, tmp_path: Path) -> None:
-    experiment = load_experiment(config, scale="tiny")
+def test_paper_experiment_at_tiny_scale(config: Path, family: str, tmp_path: Path) -> None:
+    # causal: the bundled decoder-only default (itransfer:tiny-llama), no other override.
+    experiment = load_experiment(config, scale="tiny",
+                                 overrides=quickstart_overrides(family, None))
+    assert experiment.base.model.name_or_path == (
+        "itransfer:tiny-llama" if family == "causal" else "itransfer:tiny-t5")
     run_dir = tmp_path / "run"
     summary = run_experiment(experiment, run_dir)
 
