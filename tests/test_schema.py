@@ -21,6 +21,7 @@ from itransfer.config import EvalConfig
 from itransfer.errors import ConfigError, DataError
 from itransfer.eval.results import ResultsTable
 from itransfer.experiment import load_experiment
+from itransfer.packaged_configs import packaged_config_dir
 from itransfer.pipeline import plan_evaluations
 from itransfer.schema import (
     MANIFEST_VERSION,
@@ -124,7 +125,7 @@ def test_bad_sections_name_file_and_key(tmp_path: Path, sections: dict[str, Any]
 
 
 def test_sections_come_in_registry_order_whatever_the_yaml_order() -> None:
-    experiment = load_experiment(REPO / "configs" / "paper" / "sec5_2_mixing.yaml")
+    experiment = load_experiment(packaged_config_dir() / "paper" / "sec5_2_mixing.yaml")
     assert list(experiment.spec.sections) == ["trajectory", "mixing"]  # YAML: mixing first
     trajectory = experiment.spec.sections["trajectory"]
     assert isinstance(trajectory, TrajectorySection) and trajectory.model == "it-mix3"
@@ -304,7 +305,8 @@ def test_the_small_quickstart_places_its_phase_split_on_a_checkpoint() -> None:
 
 
 def test_heldout_groups_adds_its_groups_to_its_models_evaluations_only() -> None:
-    plans = plan_evaluations(load_experiment(REPO / "configs" / "paper" / "sec3_1_transfer.yaml"))
+    config = packaged_config_dir() / "paper" / "sec3_1_transfer.yaml"
+    plans = plan_evaluations(load_experiment(config))
     every_group = frozenset({"unseen", "unseen_synthetic", "heldout_domain",
                              "heldout_adversarial"})
     for label in (PRETRAINED, "it-proportional"):

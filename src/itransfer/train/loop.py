@@ -2,7 +2,7 @@
 
 One process (CPU or one GPU)::
 
-    itransfer train --config configs/quickstart.yaml --out runs/it
+    itransfer train --out runs/it --set model.name_or_path=itransfer:tiny-t5
 
 Several GPUs on one node (DDP), or FSDP through an ``accelerate config`` file::
 
