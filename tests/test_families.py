@@ -21,7 +21,7 @@ def _runs(tmp_path: Path) -> tuple[Path, Path]:
                                           "architecture": "causal"}
     causal = make_run(tmp_path / "causal", build_rows(num_tasks=12, seed=1), causal_manifest)
     t5_manifest = json.loads((t5 / "manifest.json").read_text())
-    t5_manifest["config"]["model"] = {"name_or_path": "itransfer:tiny-t5"}
+    t5_manifest["config"]["model"] = {"name_or_path": "itransfer:tiny-t5", "architecture": "auto"}
     (t5 / "manifest.json").write_text(json.dumps(t5_manifest))
     return t5, causal
 

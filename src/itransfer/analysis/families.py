@@ -44,7 +44,9 @@ def family_label(run_dir: Path) -> str:
     """``<architecture>: <model>`` from the run's manifest (its resolved config)."""
     model = read_manifest(run_dir).config.get("model", {})
     name = str(model.get("name_or_path") or "?")
-    architecture = model.get("architecture") or _architecture_of(name)
+    architecture = model.get("architecture")
+    if architecture in (None, "auto"):
+        architecture = _architecture_of(name)
     return f"{architecture}: {name}"
 
 

@@ -70,7 +70,7 @@ def compare(
     runs = compare_families(run_dirs, label or None, n_boot=n_boot)
     text = render_families_markdown(runs)
     if out is None:
-        Console().print(text, markup=False, highlight=False)
+        typer.echo(text)  # as written: a terminal must not re-wrap a Markdown table
         return
     atomic_write_text(out, text)
     Console(stderr=True).print(f"wrote {out}")
