@@ -45,12 +45,17 @@ FLAT_TOLERANCE_MB = 50.0  # "beyond noise": allocator and page-cache jitter over
 
 
 class RssSampler:
-    """The summed RSS of a process and its children, sampled on a thread."""
+    """The summed RSS of a process and its children, sampled on a thread.
+
+    Each sample also keeps the file-backed part (``shared``: pages of memory-mapped files such
+    as the tokenized cache, which the kernel can drop at will), so growth can be split into
+    anonymous memory (what a leak grows) and touched file pages (what reading the cache grows).
+    """
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         self.process = psutil.Process(pid)
         self.interval = interval
-        self.samples: list[tuple[float, float]] = []  # (seconds since start, MB)
+        self.samples: list[tuple[float, float, float]] = []  # (s since start, RSS MB, file MB)
         self.peak_single_mb = 0.0  # the largest single process (the target is per process)
         self._stop = threading.Event()
         self._started = time.perf_counter()
@@ -61,13 +66,15 @@ class RssSampler:
         while not self._stop.is_set():
             try:
                 processes = [self.process, *self.process.children(recursive=True)]
-                sizes = []
+                sizes, files = [], []
                 for process in processes:
                     try:
-                        sizes.append(process.memory_info().rss / 2**20)
+                        info = process.memory_info()
                     except psutil.Error:
                         continue
-                self.samples.append((time.perf_counter() - self._started, sum(sizes)))
+                    sizes.append(info.rss / 2**20)
+                    files.append(getattr(info, "shared", 0) / 2**20)
+                self.samples.append((time.perf_counter() - self._started, sum(sizes), sum(files)))
                 self.peak_single_mb = max([self.peak_single_mb, *sizes])
             except psutil.Error:
                 break
@@ -79,13 +86,18 @@ class RssSampler:
 
     @property
     def peak_mb(self) -> float:
-        return max((mb for _, mb in self.samples), default=0.0)
+        return max((sample[1] for sample in self.samples), default=0.0)
 
-    def at(self, seconds: float) -> float | None:
-        """The RSS sampled closest to ``seconds`` after the start."""
+    def sample_at(self, seconds: float) -> tuple[float, float, float] | None:
+        """The sample closest to ``seconds`` after the start."""
         if not self.samples:
             return None
-        return min(self.samples, key=lambda sample: abs(sample[0] - seconds))[1]
+        return min(self.samples, key=lambda sample: abs(sample[0] - seconds))
+
+    def at(self, seconds: float) -> float | None:
+        """The RSS (MB) sampled closest to ``seconds`` after the start."""
+        sample = self.sample_at(seconds)
+        return None if sample is None else sample[1]
 
 
 def run_measured(command: list[str], env: dict[str, str], log_file: Path | None = None,
@@ -166,10 +178,18 @@ def bench_train(standin: Path, out: Path, env: dict[str, str], steps: int, *, wa
     }
     early = min(100, steps // 2)
     if early in step_times and steps in step_times:
-        at_early, at_end = sampler.at(step_times[early]), sampler.at(step_times[steps])
-        row |= {f"rss_mb_at_step_{early}": round(at_early, 1),
-                f"rss_mb_at_step_{steps}": round(at_end, 1),
-                "rss_growth_mb": round(at_end - at_early, 1)}
+        _, rss_early, file_early = sampler.sample_at(step_times[early])
+        _, rss_end, file_end = sampler.sample_at(step_times[steps])
+        row |= {f"rss_mb_at_step_{early}": round(rss_early, 1),
+                f"rss_mb_at_step_{steps}": round(rss_end, 1),
+                "rss_growth_mb": round(rss_end - rss_early, 1),
+                "rss_growth_file_backed_mb": round(file_end - file_early, 1),
+                "rss_growth_anonymous_mb": round((rss_end - file_end) - (rss_early - file_early),
+                                                 1)}
+        # RSS every ~10% of the run: a curve shows a plateau that two points cannot.
+        marks = sorted({max(1, round(steps * i / 10)) for i in range(1, 11)} & set(step_times))
+        row["rss_mb_by_step"] = {str(step): round(sampler.at(step_times[step]), 1)
+                                 for step in marks}
     if not warm:
         row["seconds_steps"] = round(measured["seconds"] - (first or 0.0), 1)
     return row
@@ -201,7 +221,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--standin", type=Path, default=Path(tempfile.gettempdir()) / "sni-full"
                         / "tasks")
-    parser.add_argument("--parts", default="data,train", help="data, train, model (comma list)")
+    parser.add_argument("--parts", default="data,train",
+                        help="data, cold, warm, model (comma list; train = cold,warm)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="keep the index and tokenized cache here (default: a scratch folder "
+                             "removed at the end), so a later --parts warm reuses a cold build")
     parser.add_argument("--steps", type=int, default=2000, help="steps of the warm-cache run")
     parser.add_argument("--cold-steps", type=int, default=20,
                         help="steps of the cold-cache run (it measures the build and start-up)")
@@ -213,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results-full_scale-cpu.json")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
+    if "train" in parts:
+        parts |= {"cold", "warm"}
 
     result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     result |= {"machine": {"cpus": os.cpu_count(),
@@ -220,27 +246,31 @@ def main(argv: list[str] | None = None) -> None:
                "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory(prefix="full-scale-") as scratch:
         work = Path(scratch)
-        env = {**os.environ, "ITRANSFER_CACHE_DIR": str(work / "cache"), "HF_HUB_OFFLINE": "1"}
-        if parts & {"data", "train"}:
+        cache = args.cache or work / "cache"
+        env = {**os.environ, "ITRANSFER_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
+        if parts & {"data", "cold", "warm"}:
             result["standin"] = ensure_standin(args.standin, args.standin_tasks)
         if "data" in parts:
-            result["data_summary"] = bench_data_summary(args.standin, work / "cache", env)
+            result["data_summary"] = bench_data_summary(args.standin, cache, env)
             print("data summary:", result["data_summary"], flush=True)
-        if "train" in parts:
+        if "cold" in parts:
+            if (cache / "tokenized").is_dir() and any((cache / "tokenized").iterdir()):
+                sys.exit(f"--parts cold needs an empty cache, and {cache / 'tokenized'} is not")
             result["train_cold"] = bench_train(args.standin, work / "cold", env, args.cold_steps,
                                                warm=False, batch_size=args.batch_size)
-            print("train, cold cache:", result["train_cold"], flush=True)
-            result["train_warm"] = bench_train(args.standin, work / "warm", env, args.steps,
-                                               warm=True, batch_size=args.batch_size)
-            print("train, warm cache:", result["train_warm"], flush=True)
-            cache_bytes = sum(f.stat().st_size for f in (work / "cache" / "tokenized").rglob("*")
-                              if f.is_file())
-            result["tokenized_cache_gb"] = round(cache_bytes / 1e9, 2)
-            metas = list((work / "cache" / "tokenized").glob("*/itransfer_meta.json"))
+            metas = list((cache / "tokenized").glob("*/itransfer_meta.json"))
             if metas:
                 meta = json.loads(metas[0].read_text())
                 result["train_cold"] |= {"cache_build_s": meta["build_seconds"],
                                          "cached_examples": meta["rows"]}
+            cache_bytes = sum(f.stat().st_size for f in (cache / "tokenized").rglob("*")
+                              if f.is_file())
+            result["tokenized_cache_gb"] = round(cache_bytes / 1e9, 2)
+            print("train, cold cache:", result["train_cold"], flush=True)
+        if "warm" in parts:
+            result["train_warm"] = bench_train(args.standin, work / "warm", env, args.steps,
+                                               warm=True, batch_size=args.batch_size)
+            print("train, warm cache:", result["train_warm"], flush=True)
         if "model" in parts:
             result.setdefault("models", {})[args.model] = bench_model(args.model, work, env)
             print(args.model, result["models"][args.model], flush=True)
