@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from itransfer.config import load_config
+from itransfer.data.tokenized import open_training_set
 from itransfer.errors import ITransferError
 from itransfer.eval import transfer
 from itransfer.eval.icl import evaluate_icl
@@ -86,6 +87,10 @@ def test_cells_use_nested_few_shot_subsets(tiny_model_dir: Path, tmp_path: Path)
     task = work[0].task.name
     split = session.benchmark.split(task)
     assert not {i.id for i in split.few_shot_pool} & {i.id for i in split.test}
+    # Planned cells live until the grid ends: they keep no task's instances, only its test set.
+    assert all(w.task.instances == () and w.task.definition for w in work)
+    instances = session.benchmark.task(task).instances
+    assert len(work[0].test_instances) == len(split.test) < len(instances)
 
 
 # Three seeds over a pool of 100: two seeds draw the same 20-shot set with probability
@@ -180,6 +185,35 @@ def test_seen_task_fit_rows(tiny_model_dir: Path, tmp_path: Path) -> None:
     losses = frame[frame["metric"] == "loss"]
     assert set(losses["split"]) == {"train", "validation", "test"}
     assert (losses["n"] <= 3).all()
+
+
+def test_seen_task_fit_reads_the_training_cache(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the training run's tokenized cache on disk, the train split's losses come from its
+    rows (nothing encoded again) and equal the freshly encoded ones, under a data limit too."""
+    config = _config("eval.seen_max_instances=3", "data.splits.max_train_instances_per_task=2")
+    fresh = open_session(config, tiny_model_dir, tmp_path / "fresh")
+    evaluate_seen(fresh)
+
+    session = open_session(config, tiny_model_dir, tmp_path / "cached")
+    seen = list(session.benchmark.selection.seen)
+    open_training_set(session.encoder(config.data.context.name), session.benchmark.index, seen,
+                      config.data.splits, config.seed)
+    encoded_splits: list[int] = []
+    items = session.items
+    monkeypatch.setattr(session, "items", lambda task, instances, context: (
+        encoded_splits.append(len(instances)) or items(task, instances, context)))
+    evaluate_seen(session)
+
+    assert len(encoded_splits) == 2 * len(seen)  # validation and test only
+    key = ["task", "split"]
+    expected = fresh.table.read().query("metric == 'loss'").set_index(key)["value"].sort_index()
+    got = session.table.read().query("metric == 'loss'").set_index(key)["value"].sort_index()
+    assert (got.xs("train", level="split") > 0).all()
+    assert got.to_dict() == pytest.approx(expected.to_dict(), rel=1e-6)
+    counts = session.table.read().query("metric == 'loss' and split == 'train'")["n"]
+    assert (counts == 2).all()  # the limit, not the cap, bounds the train split
 
 
 def test_checkpoint_that_does_not_match_its_tokenizer(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -100,3 +100,26 @@ def test_selection_lists_are_configurable(tmp_path: Path) -> None:
     selection = select_tasks(metadata, config)
     assert selection.seen == ("task002_small",)
     assert selection.unseen == ("task001_seen",)
+
+
+def test_benchmark_keeps_only_the_recent_tasks_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluation walks hundreds of tasks: the benchmark keeps a few parsed, not all of them
+    (at full size their text is GBs), and a task asked for again is parsed again, equal."""
+    from itransfer.data import benchmark as benchmark_module
+
+    parsed: list[str] = []
+    parse = benchmark_module.parse_task
+    monkeypatch.setattr(benchmark_module, "parse_task",
+                        lambda path: parsed.append(path.stem) or parse(path))
+    benchmark = open_benchmark(DataConfig(), seed=0)
+    benchmark.max_parsed_tasks = 2
+    names = list(benchmark.selection.seen[:4])
+    first = benchmark.task(names[0])
+    assert benchmark.task(names[0]) is first and benchmark.split(names[0]).task == names[0]
+    for name in names[1:]:
+        benchmark.task(name)
+    assert parsed == names
+    assert benchmark.task(names[-2]) is not None and parsed == names  # still kept
+    again = benchmark.task(names[0])
+    assert parsed == [*names, names[0]]
+    assert again == first and again is not first

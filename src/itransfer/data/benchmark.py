@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,6 +21,11 @@ def bundled_sni_dir() -> Path:
     return Path(str(resources.files("itransfer") / "bundled" / "sni" / "tasks"))
 
 
+# Parsed tasks kept in memory at once. Evaluation walks task by task (and asks for a task and
+# its split back to back), so a few suffice; at full size the seen tasks' text would be GBs.
+PARSED_TASKS_KEPT = 8
+
+
 @dataclass
 class SNIBenchmark:
     """The indexed tasks of one SNI folder with the configured selection and splits."""
@@ -28,7 +34,8 @@ class SNIBenchmark:
     selection: TaskSelection
     config: DataConfig
     seed: int
-    _tasks: dict[str, Task] = field(default_factory=dict, repr=False)
+    max_parsed_tasks: int = PARSED_TASKS_KEPT
+    _tasks: OrderedDict[str, Task] = field(default_factory=OrderedDict, repr=False)
 
     @property
     def tasks_dir(self) -> Path:
@@ -44,10 +51,16 @@ class SNIBenchmark:
         raise DataError(missing, f"task '{name}' is not in {self.tasks_dir}")
 
     def task(self, name: str) -> Task:
-        if name not in self._tasks:
-            self.group_of(name)  # raises a clear error for unknown names
-            self._tasks[name] = parse_task(self.tasks_dir / self.index.get(name).file_name)
-        return self._tasks[name]
+        """The parsed task; the most recently used few stay parsed, the rest are read again."""
+        if name in self._tasks:
+            self._tasks.move_to_end(name)
+            return self._tasks[name]
+        self.group_of(name)  # raises a clear error for unknown names
+        task = parse_task(self.tasks_dir / self.index.get(name).file_name)
+        self._tasks[name] = task
+        while len(self._tasks) > self.max_parsed_tasks:
+            self._tasks.popitem(last=False)
+        return task
 
     def split(self, name: str) -> TaskSplit:
         """Seen tasks get train/validation/test; evaluation tasks get test + few-shot pool."""

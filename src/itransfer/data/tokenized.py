@@ -189,6 +189,26 @@ def open_training_set(
     return _open(final, train_sizes, built=built, build_seconds=seconds)
 
 
+def find_training_set(
+    encoder: ExampleEncoder,
+    index: TaskIndex,
+    task_names: Sequence[str],
+    splits: SplitConfig,
+    seed: int,
+    *,
+    cache_dir: Path | None = None,
+) -> TokenizedTrainingSet | None:
+    """The tokenized training set a training run with this encoder, selection and split built,
+    or None when there is none (never builds one: evaluation reads a few rows per task, which
+    is no reason to tokenize millions)."""
+    final = (cache_dir or default_cache_dir()) / "tokenized" / cache_key(
+        encoder, index, task_names, splits, seed)
+    if not (final / META_FILE).is_file():  # a cache is published whole, by one rename
+        return None
+    _, train_sizes = seen_train_sizes(index, task_names, splits)
+    return _open(final, train_sizes, built=False, build_seconds=None)
+
+
 def _open(
     path: Path, train_sizes: list[int], *, built: bool, build_seconds: float | None
 ) -> TokenizedTrainingSet:

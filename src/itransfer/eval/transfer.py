@@ -21,7 +21,7 @@ so an interrupted grid resumes after the last finished cells.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from itransfer.config import LoraConfig
@@ -69,6 +69,9 @@ def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellW
     for name in session.shard(evaluation_tasks(session)):
         task = session.benchmark.task(name)
         split = session.benchmark.split(name)
+        # Cells keep the task's metadata and demonstrations, not its thousands of instances:
+        # every planned cell lives until the grid ends.
+        slim = replace(task, instances=())
         for context in eval_config.transfer_contexts:
             encoder = session.encoder(context)
             pool = [encoder.encode(task, instance) for instance in split.few_shot_pool]
@@ -86,7 +89,7 @@ def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellW
                         continue
                     if test_items is None:
                         test_items = session.items(task, split.test, context)
-                    work.append(CellWork(cell, task, split.test, test_items, cell_id))
+                    work.append(CellWork(cell, slim, split.test, test_items, cell_id))
     return work, settings_hash
 
 
