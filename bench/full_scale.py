@@ -14,6 +14,8 @@ real CLI in a fresh process with its own cache folder, sampling the process tree
   set are built, then ``--cold-steps`` steps; time to the first step, build time, peak RSS;
 * ``train_warm``: the same run again: time to the first step, RSS at step 100 and at the last
   step (the growth between them is what grows with steps), peak RSS;
+* ``eval_seen`` (``--parts eval``): ``itransfer eval seen`` over every seen task with a few
+  instances each: time and peak RSS of a pass over all the task files;
 * ``model`` (``--parts model``): a T5-large-shaped (or ~1B Llama-shaped) model from a local
   config: a few training steps, a checkpoint, an exact resume, and one transfer cell with each
   LoRA engine, with times, peak RSS and the checkpoint's size on disk.
@@ -195,6 +197,19 @@ def bench_train(standin: Path, out: Path, env: dict[str, str], steps: int, *, wa
     return row
 
 
+def bench_eval_seen(standin: Path, out: Path, env: dict[str, str], cap: int) -> dict[str, Any]:
+    """``itransfer eval seen`` over every seen task (``cap`` instances per task and split) with
+    the bundled model: evaluation walks all the task files, so what it keeps of them shows."""
+    command = itransfer("eval", "seen", "--out", str(out), "--sni-dir", str(standin),
+                        "--set", f"eval.seen_max_instances={cap}")
+    measured = run_measured(command, env)
+    sampler = measured["sampler"]
+    anonymous = max((rss - file for _, rss, file in sampler.samples), default=0.0)
+    return {"seconds": round(measured["seconds"], 1), "instances_per_task_and_split": cap,
+            "peak_rss_mb": measured["peak_rss_mb"],
+            "peak_rss_anonymous_mb": round(anonymous, 1)}
+
+
 def bench_model(model: str, work: Path, env: dict[str, str]) -> dict[str, Any]:
     """A few steps, a checkpoint, an exact resume and one transfer cell per engine."""
     script = REPO / "bench" / "full_scale_model.py"
@@ -222,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--standin", type=Path, default=Path(tempfile.gettempdir()) / "sni-full"
                         / "tasks")
     parser.add_argument("--parts", default="data,train",
-                        help="data, cold, warm, model (comma list; train = cold,warm)")
+                        help="data, cold, warm, eval, model (comma list; train = cold,warm)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="keep the index and tokenized cache here (default: a scratch folder "
                              "removed at the end), so a later --parts warm reuses a cold build")
@@ -230,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold-steps", type=int, default=20,
                         help="steps of the cold-cache run (it measures the build and start-up)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--eval-cap", type=int, default=2,
+                        help="instances per seen task and split in the eval part")
     parser.add_argument("--standin-tasks", type=int, default=None,
                         help="build a smaller stand-in (this many task files; a quick check)")
     parser.add_argument("--model", default="t5-large-shape",
@@ -248,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(scratch)
         cache = args.cache or work / "cache"
         env = {**os.environ, "ITRANSFER_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
-        if parts & {"data", "cold", "warm"}:
+        if parts & {"data", "cold", "warm", "eval"}:
             result["standin"] = ensure_standin(args.standin, args.standin_tasks)
         if "data" in parts:
             result["data_summary"] = bench_data_summary(args.standin, cache, env)
@@ -271,6 +288,9 @@ def main(argv: list[str] | None = None) -> None:
             result["train_warm"] = bench_train(args.standin, work / "warm", env, args.steps,
                                                warm=True, batch_size=args.batch_size)
             print("train, warm cache:", result["train_warm"], flush=True)
+        if "eval" in parts:
+            result["eval_seen"] = bench_eval_seen(args.standin, work / "eval", env, args.eval_cap)
+            print("eval seen:", result["eval_seen"], flush=True)
         if "model" in parts:
             result.setdefault("models", {})[args.model] = bench_model(args.model, work, env)
             print(args.model, result["models"][args.model], flush=True)

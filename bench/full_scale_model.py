@@ -10,10 +10,15 @@ CPU: the point is that nothing breaks at this size, not speed.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
@@ -49,6 +54,39 @@ def build_shape(kind: str, work: Path) -> str:
     return str(work / kind)
 
 
+class PhasePeaks:
+    """This process's peak RSS within each phase (sampled on a thread every 0.1 s), so a
+    peak over the whole run can be told apart: training, the resume check, each engine."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.peaks: dict[str, float] = {}
+        self._current: str | None = None
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            if self._current is not None:
+                rss = self.process.memory_info().rss / 2**30
+                self.peaks[self._current] = max(self.peaks.get(self._current, 0.0), rss)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        gc.collect()  # what the last phase left behind is not this one's
+        self._current = name
+        self.peaks[name] = self.process.memory_info().rss / 2**30
+        try:
+            yield
+        finally:
+            self.peaks[name] = max(self.peaks[name], self.process.memory_info().rss / 2**30)
+            self._current = None
+
+    def report(self) -> dict[str, float]:
+        self._stop.set()
+        return {name: round(gb, 2) for name, gb in self.peaks.items()}
+
+
 def folder_gb(folder: Path, pattern: str = "*") -> float:
     return round(sum(f.stat().st_size for f in folder.rglob(pattern) if f.is_file()) / 1e9, 2)
 
@@ -59,9 +97,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     args = parser.parse_args()
     result: dict = {"model": args.model}
+    peaks = PhasePeaks()
 
     started = time.perf_counter()
-    source = build_shape(args.model, args.work)
+    with peaks.phase("build"):
+        source = build_shape(args.model, args.work)
     result["build_s"] = round(time.perf_counter() - started, 1)
     overrides = [
         f"model.name_or_path={source}", "model.max_source_length=256",
@@ -71,21 +111,24 @@ def main() -> None:
     config = load_config(None, overrides)
 
     started = time.perf_counter()
-    unbroken = instruction_tune(config, args.work / "unbroken")
+    with peaks.phase("train"):
+        unbroken = instruction_tune(config, args.work / "unbroken")
     result["train_s"] = round(time.perf_counter() - started, 1)
     checkpoint = unbroken.final_checkpoint
     result["checkpoint_gb"] = folder_gb(checkpoint)
     result["checkpoint_weights_gb"] = folder_gb(checkpoint, "model*.safetensors")
 
     started = time.perf_counter()
-    instruction_tune(config, args.work / "resumed", stop_after=STEPS - 1)
-    resumed = instruction_tune(config, args.work / "resumed", resume=True)
+    with peaks.phase("stop_and_resume"):
+        instruction_tune(config, args.work / "resumed", stop_after=STEPS - 1)
+        resumed = instruction_tune(config, args.work / "resumed", resume=True)
     result["stop_and_resume_s"] = round(time.perf_counter() - started, 1)
-    a = load_file(str(checkpoint / "model.safetensors"))
-    b = load_file(str(resumed.final_checkpoint / "model.safetensors"))
-    result["resume_bit_exact"] = a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    with peaks.phase("compare_weights"):  # two whole state dicts at once: the bench's, not src's
+        a = load_file(str(checkpoint / "model.safetensors"))
+        b = load_file(str(resumed.final_checkpoint / "model.safetensors"))
+        result["resume_bit_exact"] = a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+        del a, b
     result["losses_equal"] = [r["loss"] for r in unbroken.log] == [r["loss"] for r in resumed.log]
-    del a, b
 
     cell = ["eval.shots=[5]", "eval.max_tasks=1", "eval.transfer_contexts=[none]",
             "data.splits.unseen_test_size=10", "eval.max_new_tokens=8", "eval.seeds=[0]"]
@@ -93,11 +136,15 @@ def main() -> None:
         eval_config = load_config(None, [*overrides, *cell, f"eval.engine={engine}"])
         out = args.work / f"eval-{engine}"
         started = time.perf_counter()
-        session = open_session(eval_config, str(checkpoint), out, accelerator=Accelerator(cpu=True))
-        evaluate_transfer(session)
+        with peaks.phase(f"cell_{engine}"):
+            session = open_session(eval_config, str(checkpoint), out,
+                                   accelerator=Accelerator(cpu=True))
+            evaluate_transfer(session)
+            del session
         frame = ResultsTable(out).read()
         result[f"cell_{engine}_s"] = round(time.perf_counter() - started, 1)
         result[f"cell_{engine}_cells"] = int(frame["cell"].nunique())
+    result["peak_rss_gb_by_phase"] = peaks.report()
     print(json.dumps(result))
 
 
