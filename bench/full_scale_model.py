@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ STEPS = 3
 SHAPES = ("tiny", "t5-large-shape", "llama-1b-shape")
 
 
-def build_shape(kind: str, work: Path) -> str:
+def build_shape(kind: str, work: Path, layers: int | None = None) -> str:
     """The model to run: the bundled one, T5-large's shape, or TinyLlama-1.1B's (GQA 32/4,
     rotary); random weights and the bundled tokenizer, so nothing is downloaded."""
     if kind == "tiny":
@@ -46,7 +47,7 @@ def build_shape(kind: str, work: Path) -> str:
     tokenizer = load_model_and_tokenizer(DEFAULT_MODEL).tokenizer
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=2048, intermediate_size=5632,
-        num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+        num_hidden_layers=layers or 22, num_attention_heads=32, num_key_value_heads=4,
         max_position_embeddings=2048, tie_word_embeddings=False,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))
@@ -81,6 +82,9 @@ class PhasePeaks:
         finally:
             self.peaks[name] = max(self.peaks[name], self.process.memory_info().rss / 2**30)
             self._current = None
+            # As it ends: were the process killed for memory later, these lines remain.
+            print(f"phase {name}: peak RSS {self.peaks[name]:.2f} GiB", file=sys.stderr,
+                  flush=True)
 
     def report(self) -> dict[str, float]:
         self._stop.set()
@@ -95,13 +99,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=SHAPES, default="t5-large-shape")
     parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--layers", type=int, default=None,
+                        help="llama-1b-shape with fewer layers (same width): a quick memory check")
     args = parser.parse_args()
-    result: dict = {"model": args.model}
+    result: dict = {"model": args.model, "layers": args.layers}
     peaks = PhasePeaks()
 
     started = time.perf_counter()
     with peaks.phase("build"):
-        source = build_shape(args.model, args.work)
+        source = build_shape(args.model, args.work, args.layers)
     result["build_s"] = round(time.perf_counter() - started, 1)
     overrides = [
         f"model.name_or_path={source}", "model.max_source_length=256",
