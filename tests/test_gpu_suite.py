@@ -42,6 +42,7 @@ def positive(value: Any) -> bool:
     return isinstance(value, float) and value > 0
 
 
+@pytest.mark.slow  # the whole suite in smoke mode: ~25 s of the fast suite
 def test_smoke_run_writes_the_named_figures(smoke: dict[str, Any]) -> None:
     assert {name: part["status"] for name, part in smoke["parts"].items()} == {
         "setup": "done", "train_sni": "done", "train_fixed": "done", "grid_batched": "done",
@@ -74,6 +75,7 @@ def test_smoke_run_writes_the_named_figures(smoke: dict[str, Any]) -> None:
     assert all(isinstance(target["pass"], bool) for target in smoke["targets"][::2])
 
 
+@pytest.mark.slow
 def test_smoke_grid_trains_both_engines_from_a_bf16_checkpoint(smoke: dict[str, Any]) -> None:
     """Each engine's k = 5 LoRA moves the test loss away from the untrained k = 0 model's, and
     the engines agree to bf16 rounding. (An autocast region around a whole cell would not do
