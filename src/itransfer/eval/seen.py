@@ -75,4 +75,3 @@ def _training_cache(session: EvalSession, context: str) -> TokenizedTrainingSet 
     seen = list(session.benchmark.selection.seen)
     return find_training_set(session.encoder(context), session.benchmark.index, seen,
                              session.config.data.splits, session.config.seed)
-
