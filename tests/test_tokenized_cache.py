@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import write_task
@@ -135,7 +136,27 @@ def test_a_parallel_build_equals_a_serial_one(tiny_model_dir: Path, tmp_path: Pa
     parallel = _open(encoder, tmp_path / "tasks", names, cache_dir=tmp_path / "parallel",
                      num_proc=2)
     assert parallel.built and serial.train_sizes == parallel.train_sizes
-    assert serial.dataset.to_dict() == parallel.dataset.to_dict()
+    assert serial.rows.table.to_pydict() == parallel.rows.table.to_pydict()
+
+
+def test_mapped_rows_equal_datasets_rows_across_page_drops(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Rows read through the module's own memory maps, dropping the mapped pages every 3 reads,
+    are the rows ``datasets`` reads from the same folder (several Arrow files and chunks)."""
+    import datasets
+
+    names = _tasks(tmp_path / "tasks")
+    cache = _open(_encoder(tiny_model_dir), tmp_path / "tasks", names, num_proc=2)
+    folder = cache.path / "data"
+    rows = tokenized.MappedRows(folder, drop_every=3)
+    reference = datasets.load_from_disk(str(folder))
+    assert len(rows) == len(reference) == sum(cache.train_sizes)
+    order = [*range(len(rows)), *reversed(range(len(rows)))]
+    assert [rows.ids(row) for row in order] == [
+        (tuple(reference[row]["source_ids"]), tuple(reference[row]["target_ids"]))
+        for row in order]
+    assert (rows.column("length") == np.array(reference["length"])).all()
 
 
 def _open_in_child(args: tuple) -> bool:

@@ -8,6 +8,14 @@ at a time), stores the token ids as Arrow on disk, and from then on reads rows t
 map: every process of the node shares the same pages, and later runs with the same tokenizer,
 context, length limits, split and task files open it in well under a second.
 
+Rows are read through this module's own memory maps of the Arrow files (``datasets`` writes
+them; :class:`MappedRows` reads them), because a mapped page stays in a process's RSS once
+touched, and the kernel maps ~64 KB around each touch: a training run's random reads would
+grow every process's RSS towards the cache's size (+0.7 GB over 2,000 steps on the full-size
+stand-in), which schedulers that count RSS take for a leak. The pages are dropped from the
+process every :data:`DROP_PAGES_EVERY_ROWS` reads; they stay in the page cache, so reading
+them again is a minor fault, not disk.
+
 The cache holds each task's *whole* training split in split order; the per-task data limit only
 shortens the range a run reads (the limit keeps the first instances of that order, as in
 :mod:`itransfer.data.splits`), so every limit of §3.2 shares one cache.
@@ -24,6 +32,7 @@ import hashlib
 import inspect
 import json
 import logging
+import mmap
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -33,6 +42,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 from datasets.exceptions import DatasetGenerationError
 from filelock import FileLock
 
@@ -51,6 +61,9 @@ META_FILE = "itransfer_meta.json"
 # Below this many instances one process encodes faster than starting several.
 PARALLEL_BUILD_MIN_INSTANCES = 50_000
 ENCODE_CHUNK = 512
+# Rows read between two drops of the mapped pages: a random row maps up to ~250 KB (fault-around
+# on the offsets and values of two columns), so this bounds the file-backed RSS to ~250 MB.
+DROP_PAGES_EVERY_ROWS = 1024
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -111,6 +124,65 @@ def cache_key(
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
 
 
+class MappedRows:
+    """The rows of a saved ``datasets`` folder (Arrow IPC stream files), read zero-copy through
+    memory maps whose pages this process drops every ``drop_every`` rows it reads."""
+
+    def __init__(self, folder: Path, drop_every: int = DROP_PAGES_EVERY_ROWS) -> None:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        self._maps: list[mmap.mmap] = []
+        tables = []
+        for entry in state["_data_files"]:
+            with open(folder / entry["filename"], "rb") as handle:
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps.append(mapped)
+            tables.append(pa.ipc.open_stream(pa.py_buffer(mapped)).read_all())
+        self.table = pa.concat_tables(tables)
+        self.drop_every = drop_every
+        self._reads = 0
+        self._lists = {name: _list_chunks(self.table.column(name))
+                       for name in ("source_ids", "target_ids")}
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def column(self, name: str) -> np.ndarray:
+        """A whole scalar column, copied into memory (a few bytes a row)."""
+        return self.table.column(name).to_numpy()
+
+    def ids(self, row: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Row ``row``'s source and target ids."""
+        self._reads += 1
+        if self._reads >= self.drop_every:
+            self.drop_pages()
+        source, target = (_list_row(*self._lists[name], row)
+                          for name in ("source_ids", "target_ids"))
+        return source, target
+
+    def drop_pages(self) -> None:
+        """Unmap the touched pages from this process (they stay in the page cache)."""
+        self._reads = 0
+        if not hasattr(mmap, "MADV_DONTNEED"):  # Windows: no madvise
+            return
+        for mapped in self._maps:
+            mapped.madvise(mmap.MADV_DONTNEED)
+
+
+def _list_chunks(column: pa.ChunkedArray) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """The first row of each chunk, and each chunk's offsets and values as zero-copy arrays."""
+    starts = np.cumsum([0, *(len(chunk) for chunk in column.chunks)])
+    return starts, [(chunk.offsets.to_numpy(), chunk.values.to_numpy())
+                    for chunk in column.chunks]
+
+
+def _list_row(starts: np.ndarray, chunks: list[tuple[np.ndarray, np.ndarray]],
+              row: int) -> tuple[int, ...]:
+    chunk = int(np.searchsorted(starts, row, side="right")) - 1
+    offsets, values = chunks[chunk]
+    local = row - int(starts[chunk])
+    return tuple(values[offsets[local] : offsets[local + 1]].tolist())
+
+
 @dataclass
 class TokenizedTrainingSet:
     """Encoded training examples of the seen tasks, read from a memory-mapped Arrow dataset.
@@ -120,7 +192,7 @@ class TokenizedTrainingSet:
     """
 
     path: Path
-    dataset: datasets.Dataset
+    rows: MappedRows
     offsets: np.ndarray  # first row of each task
     train_sizes: list[int]  # whole training split of each task (before the data limit)
     lengths: np.ndarray  # source + target tokens of each row
@@ -129,8 +201,7 @@ class TokenizedTrainingSet:
     build_seconds: float | None
 
     def __call__(self, task: int, instance: int) -> EncodedExample:
-        row = self.dataset[int(self._row(task, instance))]
-        return EncodedExample(tuple(row["source_ids"]), tuple(row["target_ids"]))
+        return EncodedExample(*self.rows.ids(self._row(task, instance)))
 
     def length(self, task: int, instance: int) -> int:
         return int(self.lengths[self._row(task, instance)])
@@ -215,11 +286,11 @@ def _open(
     meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
     if meta["train_sizes"] != train_sizes:
         raise RuntimeError(f"{path}: the cached training sets have other sizes than the index")
-    dataset = datasets.load_from_disk(str(path / "data"))
+    rows = MappedRows(path / "data")
     offsets = np.concatenate([[0], np.cumsum(train_sizes)[:-1]]).astype(np.int64)
     return TokenizedTrainingSet(
-        path=path, dataset=dataset, offsets=offsets, train_sizes=train_sizes,
-        lengths=_column(dataset, "length"), inputs_cut=_column(dataset, "input_cut"),
+        path=path, rows=rows, offsets=offsets, train_sizes=train_sizes,
+        lengths=rows.column("length"), inputs_cut=rows.column("input_cut"),
         built=built, build_seconds=build_seconds if built else meta.get("build_seconds"),
     )
 
