@@ -16,6 +16,9 @@ real CLI in a fresh process with its own cache folder, sampling the process tree
   step (the growth between them is what grows with steps), peak RSS;
 * ``eval_seen`` (``--parts eval``): ``itransfer eval seen`` over every seen task with a few
   instances each: time and peak RSS of a pass over all the task files;
+* ``grid`` (``--parts grid``): the transfer grid planned over every evaluation task with the
+  default shots and contexts, then every task's encoded test items held at once, as the grid
+  held them before it encoded them cell by cell: what each holds (``bench/full_scale_grid.py``);
 * ``model`` (``--parts model``): a T5-large-shaped (or ~1B Llama-shaped) model from a local
   config: a few training steps, a checkpoint, an exact resume, and one transfer cell with each
   LoRA engine, with times, peak RSS and the checkpoint's size on disk.
@@ -229,6 +232,15 @@ def bench_eval_seen(standin: Path, out: Path, env: dict[str, str], cap: int) -> 
             "peak_rss_anonymous_mb": round(anonymous, 1)}
 
 
+def bench_grid(standin: Path, work: Path, env: dict[str, str]) -> dict[str, Any]:
+    """What the planned transfer grid holds, against all its test items held at once."""
+    script = REPO / "bench" / "full_scale_grid.py"
+    measured = run_measured([sys.executable, str(script), "--standin", str(standin),
+                             "--work", str(work)], env)
+    result = json.loads(measured["output"].strip().splitlines()[-1])
+    return result | {"peak_rss_mb": measured["peak_rss_mb"], "seconds": measured["seconds"]}
+
+
 def bench_model(model: str, work: Path, env: dict[str, str]) -> dict[str, Any]:
     """A few steps, a checkpoint, an exact resume and one transfer cell per engine."""
     script = REPO / "bench" / "full_scale_model.py"
@@ -258,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--standin", type=Path, default=Path(tempfile.gettempdir()) / "sni-full"
                         / "tasks")
     parser.add_argument("--parts", default="data,train",
-                        help="data, cold, warm, eval, model (comma list; train = cold,warm)")
+                        help="data, cold, warm, eval, grid, model (comma list; train = cold,warm)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="keep the index and tokenized cache here (default: a scratch folder "
                              "removed at the end), so a later --parts warm reuses a cold build")
@@ -286,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(scratch)
         cache = args.cache or work / "cache"
         env = {**os.environ, "ITRANSFER_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
-        if parts & {"data", "cold", "warm", "eval"}:
+        if parts & {"data", "cold", "warm", "eval", "grid"}:
             result["standin"] = ensure_standin(args.standin, args.standin_tasks)
         if "data" in parts:
             result["data_summary"] = bench_data_summary(args.standin, cache, env)
@@ -312,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
         if "eval" in parts:
             result["eval_seen"] = bench_eval_seen(args.standin, work / "eval", env, args.eval_cap)
             print("eval seen:", result["eval_seen"], flush=True)
+        if "grid" in parts:
+            result["grid_plan"] = bench_grid(args.standin, work, env)
+            print("transfer grid plan:", result["grid_plan"], flush=True)
         if "model" in parts:
             result.setdefault("models", {})[args.model] = bench_model(args.model, work, env)
             print(args.model, result["models"][args.model], flush=True)

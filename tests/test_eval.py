@@ -18,7 +18,7 @@ from itransfer.eval.inference import evaluate_items
 from itransfer.eval.scoring_files import score_files
 from itransfer.eval.seen import evaluate_seen
 from itransfer.eval.session import evaluation_tasks, open_session
-from itransfer.eval.transfer import CellWork, evaluate_transfer, plan_cells
+from itransfer.eval.transfer import CellWork, HeldTestItems, evaluate_transfer, plan_cells
 from itransfer.models import DEFAULT_MODEL, bundled_model_dir
 
 
@@ -104,6 +104,28 @@ def _by_cell(work: list[CellWork]) -> Cells:
     return {(w.cell.task, w.cell.shots, w.cell.context, w.cell.seed): w for w in work}
 
 
+@pytest.mark.parametrize("engine", ["peft", "batched"])
+def test_grid_encodes_each_task_and_context_once_when_its_cells_run(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """Test items are not held by the planned grid (GBs at full size) but encoded when their
+    cells run, once per task and context: a group of 3 cells straddles tasks and contexts."""
+    config = _config("eval.shots=[0, 5]", "eval.cells_per_group=3", "eval.lora.epochs=1")
+    session = open_session(config, tiny_model_dir, tmp_path)
+    encoded: list[tuple[str, str]] = []
+    items = session.items
+
+    def counting(task, instances, context):
+        encoded.append((task.name, context))
+        return items(task, instances, context)
+
+    monkeypatch.setattr(session, "items", counting)
+    work, _ = plan_cells(session)
+    assert encoded == [] and len(work) == 2 * 2 * 2
+    assert evaluate_transfer(session, engine=engine) > 0
+    assert sorted(encoded) == sorted({(w.task.name, w.cell.context) for w in work})
+
+
 def test_each_seed_trains_on_its_own_nested_draw(tiny_model_dir: Path, tmp_path: Path) -> None:
     session = open_session(_config(*SEEDED_GRID), tiny_model_dir, tmp_path)
     cells = _by_cell(plan_cells(session)[0])
@@ -127,7 +149,8 @@ def test_each_seed_trains_on_its_own_nested_draw(tiny_model_dir: Path, tmp_path:
         # The test set never moves: every cell of the task is evaluated on the same instances.
         mine = [w for key, w in cells.items() if key[0] == task]
         assert all(w.test_instances == split.test for w in mine)
-        assert len({tuple(item.example for item in w.test_items) for w in mine
+        held = HeldTestItems(session)
+        assert len({tuple(item.example for item in held.of(w)) for w in mine
                     if w.cell.context == "none"}) == 1
 
 

@@ -246,13 +246,11 @@ def open_training_set(
     Concurrent callers (the processes of one launch, or two jobs on one node) serialise on a
     file lock: the first builds, the others wait and then read what it wrote.
     """
-    key = cache_key(encoder, index, task_names, splits, seed)
-    root = (cache_dir or default_cache_dir()) / "tokenized"
-    final = root / key
+    final = _cache_folder(encoder, index, task_names, splits, seed, cache_dir)
     _, train_sizes = seen_train_sizes(index, task_names, splits)
-    root.mkdir(parents=True, exist_ok=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
     built, seconds = False, None
-    with FileLock(str(root / f"{key}.lock")):
+    with FileLock(str(final.with_name(f"{final.name}.lock"))):
         if not (final / META_FILE).is_file():
             seconds = _build(encoder, index, task_names, splits, seed, final, train_sizes,
                              num_proc=num_proc)
@@ -272,12 +270,23 @@ def find_training_set(
     """The tokenized training set a training run with this encoder, selection and split built,
     or None when there is none (never builds one: evaluation reads a few rows per task, which
     is no reason to tokenize millions)."""
-    final = (cache_dir or default_cache_dir()) / "tokenized" / cache_key(
-        encoder, index, task_names, splits, seed)
+    final = _cache_folder(encoder, index, task_names, splits, seed, cache_dir)
     if not (final / META_FILE).is_file():  # a cache is published whole, by one rename
         return None
     _, train_sizes = seen_train_sizes(index, task_names, splits)
     return _open(final, train_sizes, built=False, build_seconds=None)
+
+
+def _cache_folder(
+    encoder: ExampleEncoder,
+    index: TaskIndex,
+    task_names: Sequence[str],
+    splits: SplitConfig,
+    seed: int,
+    cache_dir: Path | None,
+) -> Path:
+    return (cache_dir or default_cache_dir()) / "tokenized" / cache_key(
+        encoder, index, task_names, splits, seed)
 
 
 def _open(

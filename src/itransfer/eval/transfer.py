@@ -45,8 +45,33 @@ class CellWork:
     cell: TransferCell
     task: Task
     test_instances: tuple[Instance, ...]
-    test_items: list[EvalItem]
     cell_id: str
+
+
+class HeldTestItems:
+    """The encoded test items of the cells being run.
+
+    A planned grid holds no encoded items: at full size it plans thousands of cells over
+    hundreds of tasks, and 100 encoded items of ~1k token ids per task and context would be
+    GBs held until the grid ends. Items are encoded when the first cell of their task and
+    context runs and dropped once no running cell needs them; cells are planned task by task,
+    so each task and context is encoded once (and its cut inputs counted once).
+    """
+
+    def __init__(self, session: EvalSession) -> None:
+        self.session = session
+        self._held: dict[tuple[str, str], list[EvalItem]] = {}
+
+    def keep_only(self, running: Sequence[CellWork]) -> None:
+        needed = {(work.task.name, work.cell.context) for work in running}
+        self._held = {key: items for key, items in self._held.items() if key in needed}
+
+    def of(self, work: CellWork) -> list[EvalItem]:
+        key = (work.task.name, work.cell.context)
+        if key not in self._held:
+            self._held[key] = self.session.items(work.task, work.test_instances,
+                                                 work.cell.context)
+        return self._held[key]
 
 
 def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellWork], str]:
@@ -75,7 +100,6 @@ def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellW
         for context in eval_config.transfer_contexts:
             encoder = session.encoder(context)
             pool = [encoder.encode(task, instance) for instance in split.few_shot_pool]
-            test_items = None
             for shots in eval_config.shots:
                 # k = 0 neither draws nor trains: every seed would measure the same model.
                 for seed in seeds if shots > 0 else [min(seeds)]:
@@ -85,11 +109,8 @@ def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellW
                         f"finetune|{session.model_label}|{session.checkpoint_step}|{cell.key}|"
                         f"{settings_hash}"
                     )
-                    if cell_id in done:
-                        continue
-                    if test_items is None:
-                        test_items = session.items(task, split.test, context)
-                    work.append(CellWork(cell, slim, split.test, test_items, cell_id))
+                    if cell_id not in done:
+                        work.append(CellWork(cell, slim, split.test, cell_id))
     return work, settings_hash
 
 
@@ -110,12 +131,12 @@ def evaluate_transfer(
 
 
 def _cell_rows(
-    session: EvalSession, work: CellWork, losses: Sequence[float],
+    session: EvalSession, work: CellWork, test_items: Sequence[EvalItem], losses: Sequence[float],
     predictions: Sequence[str | None], train_losses: Sequence[float], settings_hash: str,
 ) -> list[dict[str, Any]]:
     fields = {"method": "finetune", "context": work.cell.context, "shots": work.cell.shots,
               "seed": work.cell.seed, "config_hash": settings_hash, "cell": work.cell_id}
-    rows = score_rows(session, work.task, work.test_items, losses, predictions, **fields)
+    rows = score_rows(session, work.task, test_items, losses, predictions, **fields)
     if train_losses:
         rows.append(session.row(task=work.task.name, category=work.task.categories[0],
                                 split="train", metric="final_train_loss",
@@ -137,7 +158,10 @@ def _run_peft(
     loaded = session.loaded
     device = session.accelerator.device
     written = 0
+    held = HeldTestItems(session)
     for position, item in enumerate(work):
+        held.keep_only([item])
+        test_items = held.of(item)
         model, train_losses = loaded.model, []
         if item.cell.shots > 0:
             model, train_losses = train_cell_peft(
@@ -145,14 +169,14 @@ def _run_peft(
                 architecture=loaded.architecture, device=device,
             )
         try:
-            results = session.evaluate(item.test_items, model=model)
+            results = session.evaluate(test_items, model=model)
             if eval_config.save_adapters and item.cell.shots > 0:
                 model.save_pretrained(session.out_dir / "adapters" / _safe(item.cell.key))
         finally:
             if model is not loaded.model:
                 loaded.model = model.unload()  # the base model, without LoRA layers
         rows = _cell_rows(
-            session, item, [r.loss for r in results], [r.prediction for r in results],
+            session, item, test_items, [r.loss for r in results], [r.prediction for r in results],
             train_losses, settings_hash,
         )
         written += session.write(rows)
@@ -172,12 +196,15 @@ def _run_batched(
     device = session.accelerator.device
     written = done = 0
     group_size = eval_config.cells_per_group
+    held = HeldTestItems(session)
     for start in range(0, len(work), group_size):
         group = work[start : start + group_size]
+        held.keep_only(group)
+        tests = [held.of(item) for item in group]
         items = [
             EvalItem(test.example, test.references, adapter=index)
-            for index, item in enumerate(group)
-            for test in item.test_items
+            for index, cell_tests in enumerate(tests)
+            for test in cell_tests
         ]
         moving = _GroupProgress(progress, done, len(group), len(work), len(items))
         trained = train_cells_batched(
@@ -201,11 +228,11 @@ def _run_batched(
             multi.remove()
         rows: list[dict[str, Any]] = []
         offset = 0
-        for index, item in enumerate(group):
-            cell_results = results[offset : offset + len(item.test_items)]
-            offset += len(item.test_items)
+        for index, (item, cell_tests) in enumerate(zip(group, tests, strict=True)):
+            cell_results = results[offset : offset + len(cell_tests)]
+            offset += len(cell_tests)
             rows += _cell_rows(
-                session, item, [r.loss for r in cell_results],
+                session, item, cell_tests, [r.loss for r in cell_results],
                 [r.prediction for r in cell_results], trained.losses[index], settings_hash,
             )
         written += session.write(rows)
