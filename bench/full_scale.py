@@ -238,7 +238,8 @@ def bench_grid(standin: Path, work: Path, env: dict[str, str]) -> dict[str, Any]
     measured = run_measured([sys.executable, str(script), "--standin", str(standin),
                              "--work", str(work)], env)
     result = json.loads(measured["output"].strip().splitlines()[-1])
-    return result | {"peak_rss_mb": measured["peak_rss_mb"], "seconds": measured["seconds"]}
+    return result | {"peak_rss_mb": measured["peak_rss_mb"],
+                     "seconds": round(measured["seconds"], 1)}
 
 
 def bench_model(model: str, work: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -247,7 +248,8 @@ def bench_model(model: str, work: Path, env: dict[str, str]) -> dict[str, Any]:
     measured = run_measured([sys.executable, str(script), "--model", model,
                              "--work", str(work)], env)
     result = json.loads(measured["output"].strip().splitlines()[-1])
-    return result | {"peak_rss_mb": measured["peak_rss_mb"], "seconds": measured["seconds"]}
+    return result | {"peak_rss_mb": measured["peak_rss_mb"],
+                     "seconds": round(measured["seconds"], 1)}
 
 
 def targets(result: dict[str, Any]) -> dict[str, Any]:

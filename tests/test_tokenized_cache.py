@@ -142,7 +142,7 @@ def test_a_parallel_build_equals_a_serial_one(tiny_model_dir: Path, tmp_path: Pa
 def test_mapped_rows_equal_datasets_rows_across_page_drops(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """Rows read through the module's own memory maps, dropping the mapped pages every 3 reads,
+    """Rows read through Arrow's memory maps, dropping the mapped pages every 3 reads,
     are the rows ``datasets`` reads from the same folder (several Arrow files and chunks)."""
     import datasets
 
@@ -157,6 +157,29 @@ def test_mapped_rows_equal_datasets_rows_across_page_drops(
         (tuple(reference[row]["source_ids"]), tuple(reference[row]["target_ids"]))
         for row in order]
     assert (rows.column("length") == np.array(reference["length"])).all()
+
+
+def _rss_file_kb() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("RssFile:")))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc")
+def test_dropped_pages_leave_the_process_and_read_back_the_same(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    data = np.random.default_rng(0).integers(0, 255, 16 * 2**20, dtype=np.uint8)
+    (tmp_path / "blob").write_bytes(data.tobytes())
+    buffer = pa.memory_map(str(tmp_path / "blob"), "r").read_buffer()
+    mapped = np.frombuffer(buffer, dtype=np.uint8)
+    total = int(mapped.sum())  # touches every page
+    touched = _rss_file_kb()
+    assert tokenized.drop_mapped_pages(buffer.address, buffer.size)
+    assert _rss_file_kb() < touched - 12 * 1024  # most of the 16 MB left the process
+    assert int(mapped.sum()) == total == int(data.sum())  # and read back from the file
+    # A slice that starts inside a page: only its whole pages are dropped.
+    assert tokenized.drop_mapped_pages(buffer.address + 100, 3 * 4096)
 
 
 def _open_in_child(args: tuple) -> bool:

@@ -11,6 +11,7 @@ accelerate set up is an error before anything is written.
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -47,6 +48,7 @@ def make_accelerator(**kwargs: Any) -> Accelerator:
         kwargs.setdefault("cpu", True)
     accelerator = Accelerator(**kwargs)
     check_launch(accelerator)
+    _leave_group_at_exit()
     return accelerator
 
 
@@ -56,7 +58,32 @@ def make_state() -> PartialState:
     later join the same group."""
     state = PartialState(cpu=_needs_cpu_group())
     check_launch(state)
+    _leave_group_at_exit()
     return state
+
+
+_group_left_at_exit = False
+
+
+def _leave_group_at_exit() -> None:
+    """Destroy the process group when the interpreter exits, while it is still whole.
+
+    Left to interpreter teardown, gloo's worker threads can outlive the objects they hold and
+    abort the process ("terminate called without an active exception", SIGABRT) after a run
+    that succeeded (pytorch/pytorch#190489); torch asks programs to call
+    ``destroy_process_group`` themselves. ``atexit`` also covers the CLI's early exits (a
+    preempted run, a config error), which a call at the end of each command would miss.
+    """
+    global _group_left_at_exit
+    if _group_left_at_exit or not torch.distributed.is_initialized():
+        return
+    _group_left_at_exit = True
+    atexit.register(_destroy_group)
+
+
+def _destroy_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def agreed(state: PartialState, read: Callable[[], Value]) -> Value:

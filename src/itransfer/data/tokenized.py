@@ -8,13 +8,13 @@ at a time), stores the token ids as Arrow on disk, and from then on reads rows t
 map: every process of the node shares the same pages, and later runs with the same tokenizer,
 context, length limits, split and task files open it in well under a second.
 
-Rows are read through this module's own memory maps of the Arrow files (``datasets`` writes
-them; :class:`MappedRows` reads them), because a mapped page stays in a process's RSS once
-touched, and the kernel maps ~64 KB around each touch: a training run's random reads would
-grow every process's RSS towards the cache's size (+0.7 GB over 2,000 steps on the full-size
-stand-in), which schedulers that count RSS take for a leak. The pages are dropped from the
-process every :data:`DROP_PAGES_EVERY_ROWS` reads; they stay in the page cache, so reading
-them again is a minor fault, not disk.
+Rows are read through Arrow's memory maps of the Arrow files (``datasets`` writes them;
+:class:`MappedRows` reads them and drops their pages), because a mapped page stays in a
+process's RSS once touched, and the kernel maps ~64 KB around each touch: a training run's
+random reads would grow every process's RSS towards the cache's size (+0.7 GB over 2,000
+steps on the full-size stand-in), which schedulers that count RSS take for a leak. The pages
+are dropped from the process every :data:`DROP_PAGES_EVERY_ROWS` reads; they stay in the page
+cache, so reading them again is a minor fault, not disk.
 
 The cache holds each task's *whole* training split in split order; the per-task data limit only
 shortens the range a run reads (the limit keeps the first instances of that order, as in
@@ -28,6 +28,8 @@ a change to any of them builds a new cache instead of reading a stale one.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import inspect
 import json
@@ -126,18 +128,16 @@ def cache_key(
 
 class MappedRows:
     """The rows of a saved ``datasets`` folder (Arrow IPC stream files), read zero-copy through
-    memory maps whose pages this process drops every ``drop_every`` rows it reads."""
+    Arrow's memory maps, whose pages this process drops every ``drop_every`` rows it reads."""
 
     def __init__(self, folder: Path, drop_every: int = DROP_PAGES_EVERY_ROWS) -> None:
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        self._maps: list[mmap.mmap] = []
-        tables = []
-        for entry in state["_data_files"]:
-            with open(folder / entry["filename"], "rb") as handle:
-                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            self._maps.append(mapped)
-            tables.append(pa.ipc.open_stream(pa.py_buffer(mapped)).read_all())
-        self.table = pa.concat_tables(tables)
+        # Whole files as Arrow buffers over Arrow's own maps: the tables hold no Python object,
+        # so nothing of theirs needs the interpreter when the process exits.
+        self._files = [pa.memory_map(str(folder / entry["filename"]), "r").read_buffer()
+                       for entry in state["_data_files"]]
+        self.table = pa.concat_tables([pa.ipc.open_stream(buffer).read_all()
+                                       for buffer in self._files])
         self.drop_every = drop_every
         self._reads = 0
         self._lists = {name: _list_chunks(self.table.column(name))
@@ -148,7 +148,7 @@ class MappedRows:
 
     def column(self, name: str) -> np.ndarray:
         """A whole scalar column, copied into memory (a few bytes a row)."""
-        return self.table.column(name).to_numpy()
+        return np.array(self.table.column(name).to_numpy(), copy=True)
 
     def ids(self, row: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Row ``row``'s source and target ids."""
@@ -160,12 +160,37 @@ class MappedRows:
         return source, target
 
     def drop_pages(self) -> None:
-        """Unmap the touched pages from this process (they stay in the page cache)."""
+        """Drop the touched pages from this process (they stay in the page cache)."""
         self._reads = 0
-        if not hasattr(mmap, "MADV_DONTNEED"):  # Windows: no madvise
-            return
-        for mapped in self._maps:
-            mapped.madvise(mmap.MADV_DONTNEED)
+        for buffer in self._files:
+            drop_mapped_pages(buffer.address, buffer.size)
+
+
+def drop_mapped_pages(address: int, size: int) -> bool:
+    """``madvise(MADV_DONTNEED)`` over the whole pages of a read-only file mapping: they leave
+    this process's RSS and are read again from the page cache when touched. By hand (libc
+    through ctypes) because neither Arrow nor ``datasets`` exposes it for their maps. False
+    where the platform has no ``madvise``."""
+    advise = _madvise()
+    if advise is None:
+        return False
+    page = mmap.PAGESIZE
+    start = -(-address // page) * page  # madvise wants a page-aligned start
+    end = (address + size) // page * page
+    return end <= start or advise(start, end - start, mmap.MADV_DONTNEED) == 0
+
+
+@functools.cache
+def _madvise() -> Any:
+    if not hasattr(mmap, "MADV_DONTNEED"):  # Windows
+        return None
+    try:
+        advise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    advise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    advise.restype = ctypes.c_int
+    return advise
 
 
 def _list_chunks(column: pa.ChunkedArray) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
