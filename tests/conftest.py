@@ -12,12 +12,29 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_SLICE = REPO_ROOT.parent / "shared" / "data" / "sni-slice"
 
 
+@pytest.fixture(scope="session")
+def shared_tokenized_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tokenized training cache for the whole session (see :func:`isolated_cache`)."""
+    return tmp_path_factory.mktemp("tokenized-shared")
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    shared_tokenized_cache: Path,
 ) -> Path:
-    """Each test gets its own index cache so no test sees another's (or the user's) cache."""
+    """Each test gets its own cache folder so no test sees another's (or the user's) index.
+
+    Its ``tokenized/`` folder is the session's shared one: a tokenized training set is keyed by
+    everything its ids depend on, so a test that trains on the bundled slice reads what an
+    earlier test built instead of tokenizing the same instances again. Tests that check how
+    that cache is built, found or missed are marked ``own_cache`` and get an empty one.
+    """
     cache = tmp_path_factory.mktemp("itransfer-cache")
+    if request.node.get_closest_marker("own_cache") is None:
+        (cache / "tokenized").symlink_to(shared_tokenized_cache, target_is_directory=True)
     monkeypatch.setenv("ITRANSFER_CACHE_DIR", str(cache))
     return cache
 

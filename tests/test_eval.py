@@ -210,6 +210,7 @@ def test_seen_task_fit_rows(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert (losses["n"] <= 3).all()
 
 
+@pytest.mark.own_cache  # its first session must find no cache
 def test_seen_task_fit_reads_the_training_cache(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,6 +21,7 @@ from itransfer.models import load_model_and_tokenizer
 from tiny_configs import tiny_train_config
 
 SEED = 3
+pytestmark = pytest.mark.own_cache  # these tests build, find and miss the cache itself
 
 
 def _tasks(folder: Path) -> list[str]:
@@ -106,16 +107,16 @@ def test_a_failed_build_leaves_nothing_behind(
 ) -> None:
     names = _tasks(tmp_path / "tasks")
     encoder = _encoder(tiny_model_dir)
-    real_encode, calls = ExampleEncoder.encode, {"n": 0}
+    real_encode, calls = ExampleEncoder.encode_task, {"n": 0}
 
-    def encode_then_fail(self, task, instance):
+    def encode_then_fail(self, task, instances):
         calls["n"] += 1
-        if calls["n"] > 50:
+        if calls["n"] > 2:  # the third task: two tasks' rows are already written
             raise RuntimeError("disk gone")
-        return real_encode(self, task, instance)
+        return real_encode(self, task, instances)
 
     with monkeypatch.context() as patch:
-        patch.setattr(ExampleEncoder, "encode", encode_then_fail)
+        patch.setattr(ExampleEncoder, "encode_task", encode_then_fail)
         with pytest.raises(Exception, match="generating the dataset") as failure:
             _open(encoder, tmp_path / "tasks", names)
     assert "disk gone" in str(failure.value.__cause__)

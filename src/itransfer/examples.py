@@ -20,14 +20,15 @@ source positions get label -100), as in the paper's conditional generation loss.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from itransfer.data.contexts import TaskContext
+from itransfer.data.contexts import TaskContext, longest_fitting_prefix
 from itransfer.data.sni import Instance, Task
 from itransfer.errors import ConfigError
 
@@ -47,7 +48,26 @@ class EncodedExample:
 
 
 class ExampleEncoder:
-    """Renders an instance with its task context and tokenizes it within the length limits."""
+    """Renders an instance with its task context and tokenizes it within the length limits.
+
+    Two renderings of ``(r_k; x)`` into source ids, chosen once per tokenizer:
+
+    * **assembled** (fast tokenizers whose pieces join exactly, checked on a probe text at
+      construction: T5's, the bundled models', byte-level BPE such as GPT-2's and Llama 3's):
+      the source is the context before the input, the input (with the whitespace that joins it),
+      and the context after it, each tokenized on its own and concatenated, between the
+      tokenizer's special tokens. A task's context is tokenized once per task (and once per
+      number of exemplars or instruction words that a length budget keeps), its inputs and
+      targets in one batch call each, and every cut is decided on token counts. For tokenizers
+      that split words at whitespace this *is* the tokenization of the joined text
+      (``tests/test_encoding_paths.py`` compares the two on every bundled task and context).
+    * **joined** (chat templates, and tokenizers that fail the probe, e.g. SentencePiece BPE
+      without a whitespace pre-tokenizer): the rendered text is tokenized whole, and a cut
+      searches by tokenizing candidate texts (:meth:`encode_joined`, the reference).
+
+    Training (the tokenized cache) and evaluation both go through :meth:`encode_task`, so they
+    always read the same rendering.
+    """
 
     def __init__(
         self,
@@ -73,6 +93,31 @@ class ExampleEncoder:
                 f"{tokenizer.name_or_path or 'the model'} has no chat template; set it to false"
             )
         self._bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
+        self._backend = _plain_backend(tokenizer)
+        self._specials = None if chat_template else self._special_frame()
+        self.assembles = (self._specials is not None and bool(getattr(tokenizer, "is_fast", False))
+                          and self._pieces_join_exactly())
+
+    def _pieces_join_exactly(self) -> bool:
+        """Whether the probe's pieces, tokenized apart, give the ids of the joined probe, and
+        every whole-word prefix of an input piece gives a prefix of that piece's ids."""
+        pieces = self._plain_ids_many(list(_JOINT_PROBE))
+        joined = self._plain_ids_many(["".join(_JOINT_PROBE)])[0]
+        if [token for piece in pieces for token in piece] != joined:
+            return False
+        for text in _JOINT_PROBE[1::2]:
+            ids, offsets = self._ids_and_offsets([text])[0]
+            ends = [match.end() for match in re.finditer(r"\S+", text)]
+            prefixes = self._plain_ids_many([text[:end] for end in ends])
+            for end, prefix in zip(ends, prefixes, strict=True):
+                if prefix != ids[: sum(1 for start, _ in offsets if start < end)]:
+                    return False
+        return True
+
+    @property
+    def rendering(self) -> str:
+        """``assembled`` or ``joined`` (see the class docstring)."""
+        return "assembled" if self.assembles else "joined"
 
     def count_tokens(self, text: str) -> int:
         return len(self._source_ids(text))
@@ -93,6 +138,19 @@ class ExampleEncoder:
             return self._tokens_many(texts)
         return [[*self._bos, *ids] for ids in self._tokens_many(texts)]
 
+    def _special_frame(self) -> tuple[list[int], list[int]] | None:
+        """The special ids before and after a source's text, or None when they are not a plain
+        prefix and suffix of it."""
+        if self.architecture == "causal":
+            return list(self._bos), []
+        probe = "a b"
+        plain = self._plain_ids_many([probe])[0]
+        whole = self.tokenizer(probe, add_special_tokens=True)["input_ids"]
+        for start in range(len(whole) - len(plain) + 1):
+            if whole[start : start + len(plain)] == plain:
+                return whole[:start], whole[start + len(plain) :]
+        return None
+
     def _target_ids(self, text: str) -> list[int]:
         return self._target_ids_many([text])[0]
 
@@ -111,6 +169,14 @@ class ExampleEncoder:
         return targets
 
     def _tokens_many(self, texts: list[str]) -> list[list[int]]:
+        return self._plain_ids_many(texts)
+
+    def _plain_ids_many(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text without special tokens, in one batch call."""
+        if not texts:
+            return []
+        if self._backend is not None:
+            return [encoding.ids for encoding in self._backend(texts, add_special_tokens=False)]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def _chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool) -> str:
@@ -134,12 +200,18 @@ class ExampleEncoder:
         return whole[len(prompt):].rstrip()
 
     def source_text(self, task: Task, x: str) -> str:
+        """The joined text of the source (what :meth:`encode_joined` tokenizes)."""
         encoded = self.context.encode(
             task, x, max_tokens=self.max_source_length, count_tokens=self.count_tokens
         )
         return encoded.text
 
     def encode(self, task: Task, instance: Instance) -> EncodedExample:
+        """One instance, as :meth:`encode_task` encodes it."""
+        return next(self.encode_task(task, [instance]))[0]
+
+    def encode_joined(self, task: Task, instance: Instance) -> EncodedExample:
+        """The reference: the joined text, cut by tokenizing candidates (slow; see the class)."""
         source = self._source_ids(self.source_text(task, instance.input))
         # The context encoder already fit the text to the budget; this guards odd tokenizers.
         source = source[: self.max_source_length]
@@ -149,12 +221,17 @@ class ExampleEncoder:
     def encode_task(
         self, task: Task, instances: Sequence[Instance]
     ) -> Iterator[tuple[EncodedExample, bool]]:
-        """:meth:`encode` of each instance, and whether its input itself had to be cut.
+        """Each instance's example, and whether its input itself had to be cut to the budget."""
+        if self.assembles:
+            yield from self._encode_task_assembled(task, instances)
+        else:
+            yield from self._encode_task_joined(task, instances)
 
-        Equal to calling :meth:`encode` one by one, faster: the sources whose whole context fits
-        the budget (most of them) and all targets are tokenized in one batch call each; only
-        the rest go through the context's cutting, one at a time.
-        """
+    def _encode_task_joined(
+        self, task: Task, instances: Sequence[Instance]
+    ) -> Iterator[tuple[EncodedExample, bool]]:
+        # The sources whose whole context fits the budget (most of them) and all targets are
+        # tokenized in one batch call each; only the rest go through the cutting search.
         exemplars = list(self.context.exemplars(task))
         sources = self._source_ids_many([
             self.context.render(task, instance.input, exemplars, task.definition)
@@ -167,8 +244,179 @@ class ExampleEncoder:
                 yield EncodedExample(tuple(source), tuple(target)), False
                 continue
             cuts_before = cut_counts.get(task.name, 0)
-            example = self.encode(task, instance)
+            example = self.encode_joined(task, instance)
             yield example, cut_counts.get(task.name, 0) > cuts_before
+
+    def _encode_task_assembled(
+        self, task: Task, instances: Sequence[Instance]
+    ) -> Iterator[tuple[EncodedExample, bool]]:
+        frames = _Frames(self, task)
+        full = frames.get(len(frames.exemplars), None)
+        inputs = self._plain_ids_many([full.sep + instance.input for instance in instances])
+        targets = self._target_ids_many([instance.outputs[0] for instance in instances])
+        budget = self.max_source_length
+        long = [i for i, ids in enumerate(inputs) if full.length + len(ids) > budget]
+        fitted = dict(zip(long, self._fit_many(frames, [instances[i].input for i in long],
+                                               [inputs[i] for i in long]), strict=True))
+        for i, (input_ids, target) in enumerate(zip(inputs, targets, strict=True)):
+            if i in fitted:
+                source, input_cut = fitted[i]
+                yield EncodedExample(tuple(source[:budget]), tuple(target)), input_cut
+            else:
+                yield EncodedExample(tuple(full.assemble(input_ids)), tuple(target)), False
+
+    def _fit_many(
+        self, frames: _Frames, texts: list[str], inputs: list[list[int]]
+    ) -> list[tuple[list[int], bool]]:
+        """Cut the context, then the input's tail, as :meth:`TaskContext.encode` does, but on
+        token counts: exemplars from the last, then the instruction's words, then the input's
+        last words. ``inputs`` are the ids of each input joined to the full context's frame."""
+        budget, task = self.max_source_length, frames.task
+        full = frames.get(len(frames.exemplars), None)
+        chosen: list[tuple[_Frame, list[int]]] = []
+        for x, full_ids in zip(texts, inputs, strict=True):
+            def input_ids_for(candidate: _Frame, x: str = x, full_ids: list[int] = full_ids
+                              ) -> list[int]:
+                if candidate.sep == full.sep:
+                    return full_ids
+                return self._plain_ids_many([candidate.sep + x])[0]
+
+            kept, frame = len(frames.exemplars), full
+            while kept and frame.length + len(input_ids_for(frame)) > budget:
+                kept -= 1
+                frame = frames.get(kept, None)
+            definition_cut = 0
+            if self.context.uses_definition and frame.length + len(input_ids_for(frame)) > budget:
+                words = task.definition.split()
+
+                def definition_fits(n: int, kept: int = kept) -> bool:
+                    candidate = frames.get(kept, n)
+                    return candidate.length + len(input_ids_for(candidate)) <= budget
+
+                words_kept = longest_fitting_prefix(len(words), definition_fits)
+                definition_cut = len(words) - words_kept
+                frame = frames.get(kept, words_kept)
+            if kept < len(frames.exemplars) or definition_cut:
+                logger.debug("%s: context cut to fit %d tokens (%d exemplars dropped, "
+                             "%d instruction words cut)", task.name, budget,
+                             len(frames.exemplars) - kept, definition_cut)
+            chosen.append((frame, input_ids_for(frame)))
+
+        # Inputs still too long lose their last words: one tokenization with offsets, together.
+        tails = [i for i, (frame, ids) in enumerate(chosen) if frame.length + len(ids) > budget]
+        pieces = [chosen[i][0].sep + texts[i] for i in tails]
+        cut_ids = dict(zip(tails, (
+            _prefix_within(ids, offsets, piece, budget - chosen[i][0].length)
+            for i, piece, (ids, offsets) in zip(tails, pieces, self._ids_and_offsets(pieces),
+                                                strict=True)), strict=True))
+        if tails:
+            self.context.inputs_cut[task.name] = (
+                self.context.inputs_cut.get(task.name, 0) + len(tails))
+            logger.debug("%s: %d inputs longer than the %d-token budget even without context "
+                         "lost their last words", task.name, len(tails), budget)
+        return [(frame.assemble(cut_ids.get(i, ids)), i in cut_ids)
+                for i, (frame, ids) in enumerate(chosen)]
+
+    def _ids_and_offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """Token ids of each text (no special tokens) with each token's character span."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return list(zip(encoded["input_ids"], encoded["offset_mapping"], strict=True))
+
+
+def _prefix_within(
+    ids: list[int], offsets: list[tuple[int, int]], text: str, room: int
+) -> list[int]:
+    """The ids of the longest whole-word prefix of ``text`` that fits ``room`` tokens: its
+    first tokens, up to the end of the last word that ends within them. (For a tokenizer whose
+    tokens never span whitespace, which :func:`_pieces_join_exactly` checks, the ids of a word
+    prefix are a prefix of the ids.)"""
+    if room <= 0:
+        return []
+    if len(ids) <= room:
+        return ids
+    limit = offsets[room][0]  # where the first token beyond the room starts
+    end = 0  # the end of the last word wholly before it
+    for match in re.finditer(r"\S+", text):
+        if match.end() > limit:
+            break
+        end = match.end()
+    return ids[: sum(1 for start, _ in offsets[:room] if start < end)]
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A task's context around the input, tokenized: ids before it, the whitespace that joins
+    the input to them, ids after it, and the special tokens around the whole."""
+
+    before: list[int]
+    sep: str
+    after: list[int]
+    specials: tuple[list[int], list[int]]
+
+    @property
+    def length(self) -> int:
+        return (len(self.before) + len(self.after)
+                + len(self.specials[0]) + len(self.specials[1]))
+
+    def assemble(self, input_ids: list[int]) -> list[int]:
+        opening, closing = self.specials
+        return [*opening, *self.before, *input_ids, *self.after, *closing]
+
+
+# Stands for the input while a context is rendered around it (a private-use character: never in
+# SNI text).
+_SLOT = "\ue000"
+
+
+class _Frames:
+    """One task's frames, tokenized once each, by (exemplars kept, instruction words kept)."""
+
+    def __init__(self, encoder: ExampleEncoder, task: Task) -> None:
+        self.encoder = encoder
+        self.task = task
+        self.exemplars = list(encoder.context.exemplars(task))
+        self._frames: dict[tuple[int, int | None], _Frame] = {}
+
+    def get(self, exemplars: int, definition_words: int | None) -> _Frame:
+        key = (exemplars, definition_words)
+        if key not in self._frames:
+            definition = (self.task.definition if definition_words is None
+                          else " ".join(self.task.definition.split()[:definition_words]))
+            text = self.encoder.context.render(
+                self.task, _SLOT, self.exemplars[:exemplars], definition)
+            if text.count(_SLOT) != 1:
+                raise ConfigError(
+                    f"context {self.encoder.context.name!r} must place the input once in its "
+                    f"rendering (task {self.task.name})")
+            before, after = text.split(_SLOT)
+            core = before.rstrip()
+            ids = self.encoder._plain_ids_many([core, after])
+            assert self.encoder._specials is not None
+            self._frames[key] = _Frame(ids[0] if core else [], before[len(core):],
+                                       ids[1] if after else [], self.encoder._specials)
+        return self._frames[key]
+
+
+# A text with the joints an SNI context makes (spaces, newlines, blank lines, punctuation,
+# non-ASCII), cut into the pieces :class:`ExampleEncoder` tokenizes apart.
+_JOINT_PROBE = (
+    "Definition: Answer the question.\n\nPositive Example 1 -\nInput:",
+    " Who's \"there\", 3.5 times? Caf\u00e9-na\u00efve\n\t(x)",
+    "\nOutput: yes.\ninput:",
+    " [a]{b} 12,000-fold!",
+    "\nOutput:",
+)
+
+
+def _plain_backend(tokenizer: PreTrainedTokenizerBase) -> Callable[..., Any] | None:
+    """The fast tokenizer's own batch call, when it gives what the wrapper gives (no truncation
+    or padding set on it): a third of the time of the wrapper, which builds masks and dicts."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return None
+    return getattr(backend, "encode_batch_fast", backend.encode_batch)
 
 
 def _user(text: str) -> dict[str, str]:

@@ -98,7 +98,7 @@ class TaskContext(ABC):
         definition_cut = 0
         if self.uses_definition and count_tokens(text) > max_tokens:
             words = definition.split()
-            keep = _longest_fitting_prefix(
+            keep = longest_fitting_prefix(
                 len(words),
                 lambda n: count_tokens(self.render(task, x, exemplars, " ".join(words[:n])))
                 <= max_tokens,
@@ -115,7 +115,7 @@ class TaskContext(ABC):
                 text = self.render(task, " ".join(words[:n]), exemplars, definition)
                 return count_tokens(text) <= max_tokens
 
-            keep = _longest_fitting_prefix(len(words), input_fits)
+            keep = longest_fitting_prefix(len(words), input_fits)
             input_cut = len(words) - keep
             text = self.render(task, " ".join(words[:keep]), exemplars, definition)
             # Logged per instance at debug level; ``inputs_cut`` keeps the counts, which the
@@ -158,7 +158,7 @@ def cut_details(inputs_cut: dict[str, int], max_tokens: int | None) -> str | Non
     )
 
 
-def _longest_fitting_prefix(length: int, fits: Callable[[int], bool]) -> int:
+def longest_fitting_prefix(length: int, fits: Callable[[int], bool]) -> int:
     """Largest n in [0, length] with fits(n), assuming fits is monotone decreasing in n."""
     low, high = 0, length
     while low < high:

@@ -87,11 +87,9 @@ class EvalSession:
         return self.encoders[context]
 
     def items(self, task: Task, instances: Sequence[Instance], context: str) -> list[EvalItem]:
-        encoder = self.encoder(context)
-        return [
-            EvalItem(example=encoder.encode(task, instance), references=instance.outputs)
-            for instance in instances
-        ]
+        encoded = self.encoder(context).encode_task(task, instances)
+        return [EvalItem(example=example, references=instance.outputs)
+                for (example, _), instance in zip(encoded, instances, strict=True)]
 
     def evaluate(
         self, items: Sequence[EvalItem], *, model: torch.nn.Module | None = None,

@@ -100,7 +100,7 @@ def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellW
         slim = replace(task, instances=())
         for context in eval_config.transfer_contexts:
             encoder = session.encoder(context)
-            pool = [encoder.encode(task, instance) for instance in split.few_shot_pool]
+            pool = [example for example, _ in encoder.encode_task(task, split.few_shot_pool)]
             for shots in eval_config.shots:
                 # k = 0 neither draws nor trains: every seed would measure the same model.
                 for seed in seeds if shots > 0 else [min(seeds)]:
