@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -44,10 +45,22 @@ def _experiment_file(tmp_path: Path, model_dir: Path, **changes) -> Path:
     return path
 
 
-def test_stages_run_once_then_are_reused(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_stages_run_once_then_are_reused(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     experiment = load_experiment(_experiment_file(tmp_path, tiny_model_dir))
-    first = run_experiment(experiment, tmp_path / "run", write_report=False)
+    with caplog.at_level(logging.INFO, logger="itransfer"):
+        first = run_experiment(experiment, tmp_path / "run", write_report=False)
     assert first.cached_stages == []
+    # Every stage cuts the same long inputs to 64 tokens: one warning line for the run, each
+    # stage's own count at info level.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    stage_lines = [r.getMessage() for r in caplog.records
+                   if r.levelno == logging.INFO and "inputs cut to 64 tokens" in r.getMessage()]
+    assert len(stage_lines) >= 6
+    assert warnings == [f"{len(stage_lines)} stages cut inputs to 64 tokens (at most "
+                        f"{max(int(line.split(': ')[1].split()[0]) for line in stage_lines)} "
+                        "inputs in one stage); --verbose lists them"]
     assert {"train:it-a", "train:it-b", "eval:pretrained@0", "eval:it-a@3", "eval:it-a@6",
             "eval:it-b@6"} <= set(first.timings)
     frame = ResultsTable(tmp_path / "run").read()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 from pathlib import Path
 
@@ -227,3 +228,47 @@ def test_a_bad_task_file_met_while_building_is_named(tiny_model_dir: Path, tmp_p
         with pytest.raises(DataError, match=names[1]):
             open_training_set(_encoder(tiny_model_dir), index, names, SplitConfig(), SEED,
                               num_proc=num_proc)
+
+
+def test_a_build_reports_its_own_progress_and_no_library_bar(
+    tiny_model_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    names = _tasks(tmp_path / "tasks")
+    seen: list[tuple[int, int]] = []
+    for num_proc in (1, 2):
+        seen.clear()
+        built = _open(_encoder(tiny_model_dir), tmp_path / "tasks", names, num_proc=num_proc,
+                      cache_dir=tmp_path / f"cache-{num_proc}",
+                      progress=lambda done, total: seen.append((done, total)))
+        total = sum(built.train_sizes)
+        assert seen[0] == (0, total) and seen[-1] == (total, total)
+        assert all(a <= b for (a, _), (b, _) in itertools.pairwise(seen))
+    output = capfd.readouterr()
+    assert "Generating train split" not in output.err + output.out
+    assert "Saving the dataset" not in output.err + output.out
+
+
+def test_the_progress_counts_every_process_instances(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Each encoding process writes its running count after each task; the watch sums them."""
+    import os
+    import time
+
+    names = _tasks(tmp_path / "tasks")
+    counters = tmp_path / "counters"
+    counters.mkdir()
+    tasks = [(i, str(tmp_path / "tasks" / f"{name}.json")) for i, name in enumerate(names)]
+    rows = tokenized._encoded_rows(tasks[:2], _encoder(tiny_model_dir), SplitConfig(), SEED,
+                                   str(tmp_path / "errors.jsonl"), str(counters))
+    for _ in rows:
+        pass
+    sizes = [len(split_seen_task(parse_task(Path(path)), SplitConfig(), SEED).train)
+             for _, path in tasks]
+    assert (counters / str(os.getpid())).read_text() == str(sizes[0] + sizes[1])
+    (counters / "another-process").write_text(str(sizes[2]))
+    seen: list[int] = []
+    with tokenized._ProgressWatch(counters, sum(sizes), lambda done, _: seen.append(done),
+                                  interval=0.01):
+        deadline = time.monotonic() + 5
+        while sum(sizes) not in seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert seen[0] == 0 and sum(sizes) in seen

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from itransfer.config import EVALUATION_TASK_GROUPS, ExperimentConfig, result_relevant
+from itransfer.data.contexts import one_warning_for_cuts
 from itransfer.data.splits import FEW_SHOT_DRAWS
 from itransfer.errors import ConfigError, StoppedBySignal, TrainingStopped
 from itransfer.eval.lora_targets import targets_for_key
@@ -215,7 +216,7 @@ def run_experiment(
 
     A stop signal ends it early with :class:`StoppedBySignal` (see the module docstring);
     ``stop`` is a request the caller already watches, else the handlers are installed here."""
-    with stop_requested_on_signal(stop) as request:
+    with stop_requested_on_signal(stop) as request, one_warning_for_cuts():
         return _run_stages(experiment, out_dir, store=store, force=force, reporter=reporter,
                            write_report=write_report, stop=request)
 
@@ -286,7 +287,10 @@ def _run_stages(
             started = time.perf_counter()
 
             def on_step(step: int, total: int, row: dict[str, Any], name: str = name) -> None:
-                reporter.progress(name, step, total, row)
+                if "phase" in row:  # the training set's tokenization, before the first step
+                    reporter.progress(f"{name} {row['phase']}", step, total, {})
+                else:
+                    reporter.progress(name, step, total, row)
 
             try:
                 instruction_tune(config, stage_dir, resume=True, progress=on_step, stop=stop)

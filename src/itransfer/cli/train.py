@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import (
@@ -48,22 +49,30 @@ def train(
 
     config = resolve_config(config_path, overrides, sni_dir)
     columns = (
-        TextColumn("[bold]instruction tuning"),
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f} lr {task.fields[lr]:.2e} "
-                   "{task.fields[samples_per_s]:.1f} samples/s"),
+        TextColumn("{task.fields[rates]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
     # Under `accelerate launch` every process runs this command; only rank 0 draws.
     main_process = os.environ.get("RANK", "0") == "0"
     with one_writer(out), Progress(*columns, console=stderr, disable=not main_process) as bar:
-        handle = bar.add_task("train", total=None, loss=float("nan"), lr=0.0, samples_per_s=0.0)
+        handle = bar.add_task("instruction tuning", total=None, rates="")
 
-        def report(step: int, total: int, row: dict[str, float]) -> None:
-            fields = {key: row[key] for key in ("lr", "samples_per_s") if key in row}
-            bar.update(handle, completed=step, total=total, loss=row["loss"], **fields)
+        def report(done: int, total: int, row: dict[str, Any]) -> None:
+            if "phase" in row:  # the tokenized training set being built (first use)
+                bar.update(handle, completed=done, total=total,
+                           description="tokenizing the training set", rates="instances")
+                return
+            rates = f"loss {row['loss']:.3f}"
+            if "lr" in row:
+                rates += f" lr {row['lr']:.2e}"
+            if "samples_per_s" in row:
+                rates += f" {row['samples_per_s']:.1f} samples/s"
+            bar.update(handle, completed=done, total=total, description="instruction tuning",
+                       rates=rates)
 
         with exit_code_on_stop():
             result = instruction_tune(config, out, resume=resume, progress=report)

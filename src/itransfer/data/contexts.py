@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -143,6 +144,45 @@ def cut_summary(inputs_cut: dict[str, int], max_tokens: int | None) -> str | Non
     if not inputs_cut:
         return None
     return f"{sum(inputs_cut.values())} inputs cut to {max_tokens} tokens; --verbose lists them"
+
+
+# Inside `one_warning_for_cuts`: (where, inputs cut, budget) of each summary held back.
+_held_cuts: list[tuple[str, int, int | None]] | None = None
+
+
+def warn_inputs_cut(where: str, inputs_cut: dict[str, int], max_tokens: int | None, *,
+                    details: bool = True) -> None:
+    """One warning line for ``where`` (a training run, an evaluation stage) counting its inputs
+    that lost their tail, and with ``details`` at info level (``--verbose``) which tasks; inside
+    :func:`one_warning_for_cuts` the warning waits for that block's single line."""
+    summary = cut_summary(inputs_cut, max_tokens)
+    if summary is None:
+        return
+    if _held_cuts is None:
+        logger.warning("%s: %s", where, summary)
+    else:
+        _held_cuts.append((where, sum(inputs_cut.values()), max_tokens))
+        logger.info("%s: %s", where, summary)
+    if details:
+        logger.info("%s: %s", where, cut_details(inputs_cut, max_tokens))
+
+
+@contextmanager
+def one_warning_for_cuts() -> Iterator[None]:
+    """Within the block (an experiment's stages), cut inputs are warned about once, at its end:
+    every training run and evaluation stage of a variant cuts the same long inputs again."""
+    global _held_cuts
+    outer, _held_cuts = _held_cuts, []
+    try:
+        yield
+    finally:
+        held, _held_cuts = _held_cuts, outer
+        if held:
+            budgets = sorted({str(budget) for _, _, budget in held})
+            logger.warning(
+                "%d stages cut inputs to %s tokens (at most %d inputs in one stage); "
+                "--verbose lists them", len(held), " or ".join(budgets),
+                max(count for _, count, _ in held))
 
 
 def cut_details(inputs_cut: dict[str, int], max_tokens: int | None) -> str | None:

@@ -28,6 +28,7 @@ a change to any of them builds a new cache instead of reading a stale one.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -37,7 +38,9 @@ import logging
 import mmap
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -265,11 +268,13 @@ def open_training_set(
     *,
     cache_dir: Path | None = None,
     num_proc: int | None = None,
+    progress: BuildProgress | None = None,
 ) -> TokenizedTrainingSet:
     """The tokenized training set of ``task_names``, built on first use and then reused.
 
     Concurrent callers (the processes of one launch, or two jobs on one node) serialise on a
-    file lock: the first builds, the others wait and then read what it wrote.
+    file lock: the first builds, the others wait and then read what it wrote. ``progress`` sees
+    (instances tokenized, total) about twice a second while this process builds.
     """
     final = _cache_folder(encoder, index, task_names, splits, seed, cache_dir)
     _, train_sizes = seen_train_sizes(index, task_names, splits)
@@ -278,7 +283,7 @@ def open_training_set(
     with FileLock(str(final.with_name(f"{final.name}.lock"))):
         if not (final / META_FILE).is_file():
             seconds = _build(encoder, index, task_names, splits, seed, final, train_sizes,
-                             num_proc=num_proc)
+                             num_proc=num_proc, progress=progress)
             built = True
     return _open(final, train_sizes, built=built, build_seconds=seconds)
 
@@ -345,9 +350,8 @@ def _build(
     train_sizes: list[int],
     *,
     num_proc: int | None,
+    progress: BuildProgress | None = None,
 ) -> float:
-    import time
-
     started = time.perf_counter()
     total = sum(train_sizes)
     if num_proc is None:
@@ -372,17 +376,22 @@ def _build(
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     reported = final.with_name(final.name + ".errors.jsonl")
     reported.unlink(missing_ok=True)
+    counters = staging / "progress"
+    counters.mkdir(parents=True)
     try:
-        generated = datasets.Dataset.from_generator(
-            _encoded_rows,
-            features=features,
-            cache_dir=str(staging / "hf"),
-            gen_kwargs={"tasks": tasks, "encoder": encoder, "splits": splits, "seed": seed,
-                        "errors_file": str(reported)},
-            num_proc=num_proc if num_proc > 1 else None,
-            fingerprint=final.name,
-            split="train",
-        )
+        # datasets' own bar ("Generating train split") would be a second bar for this phase,
+        # one line per refresh in a log file; ours counts tasks' instances across processes.
+        with _datasets_quiet(), _ProgressWatch(counters, total, progress):
+            generated = datasets.Dataset.from_generator(
+                _encoded_rows,
+                features=features,
+                cache_dir=str(staging / "hf"),
+                gen_kwargs={"tasks": tasks, "encoder": encoder, "splits": splits, "seed": seed,
+                            "errors_file": str(reported), "counters": str(counters)},
+                num_proc=num_proc if num_proc > 1 else None,
+                fingerprint=final.name,
+                split="train",
+            )
     except DatasetGenerationError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         # datasets wraps what the generator raised; a bad task file must still be reported as
@@ -399,9 +408,11 @@ def _build(
     expected = np.repeat(np.arange(len(train_sizes)), train_sizes)
     if not np.array_equal(task_column, expected):  # never expected: shards keep task order
         raise RuntimeError(f"{final}: tokenized rows are not in task order")
-    generated.save_to_disk(str(staging / "data"))
+    with _datasets_quiet():
+        generated.save_to_disk(str(staging / "data"))
     del generated
     shutil.rmtree(staging / "hf", ignore_errors=True)
+    shutil.rmtree(counters, ignore_errors=True)
     seconds = time.perf_counter() - started
     meta = {"format": CACHE_FORMAT_VERSION, "tasks": list(task_names),
             "train_sizes": train_sizes, "rows": total, "id_type": id_type,
@@ -419,9 +430,14 @@ def _encoded_rows(
     splits: SplitConfig,
     seed: int,
     errors_file: str,
+    counters: str,
 ) -> Iterator[dict[str, Any]]:
-    """Every training instance of each task (one task file in memory at a time), encoded."""
+    """Every training instance of each task (one task file in memory at a time), encoded.
+
+    After each task, the instances encoded so far by this process go to its own file in
+    ``counters`` (the builder's progress bar sums them: worker processes share no memory)."""
     unlimited = splits.model_copy(update={"max_train_instances_per_task": None})
+    counter, encoded_so_far = Path(counters) / f"{os.getpid()}", 0
     for task_index, path in tasks:
         try:
             task = parse_task(Path(path))
@@ -442,3 +458,59 @@ def _encoded_rows(
                 "length": len(example),
                 "input_cut": int(input_cut),
             }
+        encoded_so_far += len(train)
+        counter.write_text(str(encoded_so_far), encoding="utf-8")
+
+
+BuildProgress = Callable[[int, int], None]
+
+
+class _ProgressWatch:
+    """Calls ``progress(done, total)`` from a thread while the build runs, ``done`` summed over
+    the counter files the encoding processes write."""
+
+    def __init__(self, folder: Path, total: int, progress: BuildProgress | None,
+                 interval: float = 0.5) -> None:
+        self.folder, self.total, self.progress, self.interval = folder, total, progress, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _ProgressWatch:
+        if self.progress is not None:
+            self.progress(0, self.total)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.progress is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        if exc_info[0] is None:
+            self.progress(self.total, self.total)
+
+    def _run(self) -> None:
+        assert self.progress is not None
+        while not self._stop.wait(self.interval):
+            self.progress(min(self._done(), self.total), self.total)
+
+    def _done(self) -> int:
+        done = 0
+        for counter in self.folder.iterdir():
+            try:
+                done += int(counter.read_text(encoding="utf-8") or 0)
+            except (OSError, ValueError):  # being rewritten: counted at the next look
+                continue
+        return done
+
+
+@contextlib.contextmanager
+def _datasets_quiet() -> Iterator[None]:
+    """datasets' progress bars off for the block (and back as they were after it)."""
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()

@@ -22,7 +22,7 @@ from accelerate.utils import gather_object
 
 from itransfer.config import ExperimentConfig, LoraConfig, drop_plain_text_format
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
-from itransfer.data.contexts import build_context, cut_details, cut_summary
+from itransfer.data.contexts import build_context, cut_details, warn_inputs_cut
 from itransfer.data.sni import Instance, Task
 from itransfer.errors import ConfigError, DataError, ITransferError
 from itransfer.eval.inference import EvalItem, ItemResult, Router, evaluate_items
@@ -70,8 +70,7 @@ class EvalSession:
             yield
         finally:
             cuts, self.held_cuts = self.held_cuts, None
-            if summary := cut_summary(cuts, self.config.model.max_source_length):
-                logger.warning("%s: %s", stage, summary)
+            warn_inputs_cut(stage, cuts, self.config.model.max_source_length, details=False)
 
     def encoder(self, context: str) -> ExampleEncoder:
         """One encoder per context, so cut counts add up for :meth:`finish`'s summary."""
@@ -148,8 +147,8 @@ class EvalSession:
         if self.held_cuts is not None:
             for task, count in cuts.items():
                 self.held_cuts[task] = self.held_cuts.get(task, 0) + count
-        elif summary := cut_summary(cuts, budget):
-            logger.warning("evaluation: %s", summary)
+        else:
+            warn_inputs_cut("evaluation", cuts, budget, details=False)
         if self.accelerator.num_processes == 1:
             return written
         counts = gather_object([written])

@@ -46,7 +46,7 @@ from accelerate.utils import gather_object
 from safetensors import SafetensorError
 
 from itransfer.config import ExperimentConfig
-from itransfer.data.contexts import cut_details, cut_summary
+from itransfer.data.contexts import warn_inputs_cut
 from itransfer.errors import TrainingStopped
 from itransfer.examples import EncodedExample, collate, count_targets, target_mask
 from itransfer.sampling import plot_sampling_schedule
@@ -58,7 +58,10 @@ from itransfer.train.resumable import ResumableSchedule
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int, dict[str, float]], None]
+# (done, total, row): a logged training row per step, and {"phase": "tokenizing"} with the
+# instances done while the tokenized training set is built (first use only).
+ProgressCallback = Callable[[int, int, dict[str, Any]], None]
+TOKENIZING = {"phase": "tokenizing"}
 
 
 @dataclass
@@ -101,7 +104,9 @@ def instruction_tune(
     handlers itself); ``clock`` times ``train.save_every_minutes`` (tests inject one).
     """
     train = config.train
-    state = setup(config, out_dir, resume=resume, accelerator=accelerator)
+    state = setup(config, out_dir, resume=resume, accelerator=accelerator,
+                  tokenizing=None if progress is None else (
+                      lambda done, total: progress(done, total, TOKENIZING)))
     state.resume_schedule = ResumableSchedule(
         every_steps=train.save_every_steps, every_minutes=train.save_every_minutes, clock=clock
     )
@@ -150,9 +155,7 @@ def instruction_tune(
 def _finish(state: TrainState) -> TrainResult:
     inputs_cut = state.examples.inputs_cut_by_task(state.task_names, state.stream.task_sizes)
     budget = state.config.model.max_source_length
-    if summary := cut_summary(inputs_cut, budget):
-        logger.warning("instruction tuning: %s", summary)
-        logger.info("instruction tuning: %s", cut_details(inputs_cut, budget))
+    warn_inputs_cut("instruction tuning", inputs_cut, budget)
     if state.is_main_process:
         # P(K) over the run as the sampler defines it (DWA: from its final loss history).
         plot_sampling_schedule(

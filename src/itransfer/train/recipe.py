@@ -28,7 +28,12 @@ from itransfer.data.batching import TaskBatchStream
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
 from itransfer.data.contexts import build_context
 from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
-from itransfer.data.tokenized import TokenizedTrainingSet, open_training_set, seen_train_sizes
+from itransfer.data.tokenized import (
+    BuildProgress,
+    TokenizedTrainingSet,
+    open_training_set,
+    seen_train_sizes,
+)
 from itransfer.errors import ConfigError, DataError
 from itransfer.examples import ExampleEncoder
 from itransfer.io_utils import atomic_write_text
@@ -153,9 +158,11 @@ def setup(
     *,
     resume: bool = False,
     accelerator: Accelerator | None = None,
+    tokenizing: BuildProgress | None = None,
 ) -> TrainState:
     """Build the run's state: data, sampler, model, optimizer; with ``resume``, restore the
-    latest checkpoint under ``out_dir`` exactly. The main process opens the metric sinks."""
+    latest checkpoint under ``out_dir`` exactly. The main process opens the metric sinks.
+    ``tokenizing`` sees the tokenized training set's build, when this process builds it."""
     train = config.train
     accelerator = accelerator or make_accelerator(
         mixed_precision="no" if train.precision == "fp32" else train.precision
@@ -184,7 +191,7 @@ def setup(
     # Tokenized once into an Arrow cache on disk that every process maps (built on first use).
     examples = open_training_set(
         _encoder(config, loaded.tokenizer, loaded.architecture), benchmark.index, task_names,
-        config.data.splits, config.seed,
+        config.data.splits, config.seed, progress=tokenizing,
     )
     stream = TaskBatchStream(
         task_sizes,
