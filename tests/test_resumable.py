@@ -5,6 +5,7 @@ full disk."""
 from __future__ import annotations
 
 import errno
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from itransfer.cli import main
+from itransfer.errors import ConfigError
 from itransfer.train import checkpoint as ckpt
 from itransfer.train.checkpoint import CheckpointError
 from itransfer.train.loop import instruction_tune
@@ -86,6 +88,63 @@ def test_resume_from_between_two_trajectory_checkpoints_is_bit_exact(
     # Resuming the finished run takes no step: its final checkpoint needs no optimizer state.
     again = instruction_tune(config, run, resume=True)
     assert again.steps == 8 and again.final_checkpoint == run / "checkpoints" / "step-0000008"
+
+
+def test_a_crash_before_the_first_resumable_checkpoint_replays_from_step_zero(
+    tiny_model_dir: Path, tmp_path: Path, straight_run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash during step 7 with trajectory checkpoints at 3 and 6 and no resumable one (the
+    default 30 minutes had not passed): --resume starts again from step 0, says so in one line,
+    rewrites 3 and 6 as they were and ends where the unbroken run ends, bit for bit."""
+    config = _config(tiny_model_dir, *STRAIGHT)
+    run = tmp_path / "run"
+
+    def crash_at_seven(step: int, total: int, row: dict) -> None:
+        if step == 7:
+            raise RuntimeError("node lost")
+
+    with pytest.raises(RuntimeError, match="node lost"):
+        instruction_tune(config, run, progress=crash_at_seven)
+    assert not (run / "resume").exists()
+    assert _names(run / "checkpoints") == ["step-0000003", "step-0000006"]
+    assert ckpt.resume_checkpoint(run) is None
+    written = {step: (run / "checkpoints" / step / "model.safetensors").read_bytes()
+               for step in ("step-0000003", "step-0000006")}
+
+    with caplog.at_level(logging.WARNING, logger="itransfer"):
+        resumed = instruction_tune(config, run, resume=True)
+    assert [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING and "checkpoint" in r.getMessage()] == [
+        f"{run} has no resumable checkpoint (trajectory checkpoints hold weights only): "
+        "restarting from step 0; the replay rewrites them identically up to step 6"]
+    assert [row["step"] for row in resumed.log] == list(range(1, 9))
+    assert [row["loss"] for row in resumed.log] == [row["loss"] for row in straight_run.log]
+    for step, content in written.items():
+        assert (run / "checkpoints" / step / "model.safetensors").read_bytes() == content
+    for step in ("step-0000003", "step-0000006", "step-0000008"):
+        assert _same_weights(run / "checkpoints" / step,
+                             straight_run.out_dir / "checkpoints" / step), step
+    # Without --resume the same folder is refused, naming the flag that continues it.
+    with pytest.raises(ConfigError, match="pass --resume to continue"):
+        instruction_tune(config, run)
+
+
+def test_resume_does_not_replay_over_another_configs_trajectory(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+
+    def crash_at_four(step: int, total: int, row: dict) -> None:
+        if step == 4:
+            raise RuntimeError("node lost")
+
+    with pytest.raises(RuntimeError, match="node lost"):
+        instruction_tune(_config(tiny_model_dir, *STRAIGHT), run, progress=crash_at_four)
+    before = (run / "checkpoints" / "step-0000003" / "model.safetensors").read_bytes()
+    other = _config(tiny_model_dir, *STRAIGHT, "train.learning_rate=1e-2")
+    with pytest.raises(CheckpointError, match=r"different config \(train.learning_rate"):
+        instruction_tune(other, run, resume=True)
+    assert (run / "checkpoints" / "step-0000003" / "model.safetensors").read_bytes() == before
 
 
 def test_a_run_from_before_resumable_checkpoints_still_resumes(

@@ -214,6 +214,13 @@ def setup(
         saved = ckpt.read_state(latest)
         check_compatible(latest, saved, fingerprint, config, accelerator.num_processes)
         load_weights(model, latest)
+    replayed = None if latest is not None or not resume else _newest_trajectory(out_dir)
+    if replayed is not None:
+        # Killed before its first resumable checkpoint: its trajectory checkpoints hold weights
+        # only, so the run starts again from step 0 (the same run: checked like a resume) and
+        # rewrites each of them identically on the way.
+        check_compatible(replayed, ckpt.read_state(replayed), fingerprint, config,
+                         accelerator.num_processes)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     state = TrainState(
@@ -225,6 +232,11 @@ def setup(
     )
     if latest is not None:
         _restore(state, latest, saved)
+    elif replayed is not None:
+        logger.warning(
+            "%s has no resumable checkpoint (trajectory checkpoints hold weights only): "
+            "restarting from step 0; the replay rewrites them identically up to step %d",
+            out_dir, ckpt.checkpoint_step(replayed))
     elif state.is_main_process and (ckpt.list_checkpoints(state.checkpoints_dir)
                                     or ckpt.list_checkpoints(state.resume_dir)):
         raise ConfigError(
@@ -314,6 +326,11 @@ def _optimizer_and_schedule(
         optimizer, linear_schedule(train.warmup_steps, total_optimizer_steps)
     )
     return optimizer, scheduler
+
+
+def _newest_trajectory(out_dir: Path) -> Path | None:
+    trajectory = ckpt.list_checkpoints(out_dir / ckpt.TRAJECTORY_DIR)
+    return trajectory[-1] if trajectory else None
 
 
 def _open_outputs(state: TrainState) -> None:
