@@ -249,8 +249,8 @@ def test_a_build_reports_its_own_progress_and_no_library_bar(
 
 
 def test_the_progress_counts_every_process_instances(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Each encoding process writes its running count after each task; the watch sums them."""
-    import os
+    """Each shard of the encoding writes its running count after each task; the watch sums
+    them."""
     import time
 
     names = _tasks(tmp_path / "tasks")
@@ -263,7 +263,13 @@ def test_the_progress_counts_every_process_instances(tiny_model_dir: Path, tmp_p
         pass
     sizes = [len(split_seen_task(parse_task(Path(path)), SplitConfig(), SEED).train)
              for _, path in tasks]
-    assert (counters / str(os.getpid())).read_text() == str(sizes[0] + sizes[1])
+    assert (counters / "shard-0").read_text() == str(sizes[0] + sizes[1])
+    # A second shard in the same process counts in its own file.
+    for _ in tokenized._encoded_rows(tasks[2:], _encoder(tiny_model_dir), SplitConfig(), SEED,
+                                     str(tmp_path / "errors.jsonl"), str(counters)):
+        pass
+    assert (counters / "shard-2").read_text() == str(sizes[2])
+    (counters / "shard-2").unlink()
     (counters / "another-process").write_text(str(sizes[2]))
     seen: list[int] = []
     with tokenized._ProgressWatch(counters, sum(sizes), lambda done, _: seen.append(done),

@@ -434,10 +434,12 @@ def _encoded_rows(
 ) -> Iterator[dict[str, Any]]:
     """Every training instance of each task (one task file in memory at a time), encoded.
 
-    After each task, the instances encoded so far by this process go to its own file in
-    ``counters`` (the builder's progress bar sums them: worker processes share no memory)."""
+    After each task, the instances encoded so far from this call's tasks (one shard: a worker
+    process may run several) go to the shard's own file in ``counters`` (the builder's progress
+    bar sums them: worker processes share no memory)."""
     unlimited = splits.model_copy(update={"max_train_instances_per_task": None})
-    counter, encoded_so_far = Path(counters) / f"{os.getpid()}", 0
+    shard = tasks[0][0] if tasks else 0
+    counter, encoded_so_far = Path(counters) / f"shard-{shard}", 0
     for task_index, path in tasks:
         try:
             task = parse_task(Path(path))
