@@ -399,12 +399,12 @@ def test_write_report_full_run(tmp_path: Path) -> None:
     assert "0.936" in text and "4.96e-42" in text and "0.705" in text and "0.621" in text
     verdicts = findings_rows(text)
     assert set(verdicts) == {finding.id for finding in PAPER_FINDINGS}
-    assert verdicts["3.1-ft-icl-correlation"].endswith("reproduces")
-    assert verdicts["3.1-it-harms-transfer"].endswith("reproduces")
-    assert verdicts["3.1-it-harms-transfer-rouge"].endswith("reproduces")
-    assert verdicts["4-proportional-best"].endswith("reproduces")
-    assert verdicts["5.2-mixing-reduces-forgetting"].endswith("reproduces")
-    assert verdicts["3.2-delta-correlation"].endswith("does not reproduce")  # planted ρ < 0
+    assert verdicts["3.1-ft-icl-correlation"] == "✓ reproduces"  # not "◐ partly reproduces"
+    assert verdicts["3.1-it-harms-transfer"] == "✓ reproduces"  # not "◐ partly reproduces"
+    assert verdicts["3.1-it-harms-transfer-rouge"] == "✓ reproduces"  # not "◐ partly reproduces"
+    assert verdicts["4-proportional-best"] == "✓ reproduces"  # not "◐ partly reproduces"
+    assert verdicts["5.2-mixing-reduces-forgetting"] == "✓ reproduces"  # not "◐ partly reproduces"
+    assert verdicts["3.2-delta-correlation"] == "✗ does not reproduce"  # planted ρ < 0
     # every correlation has its difficulty-controlled partner (4: §3.1, §3.2, two §5.1 phases)
     assert text.count("partial ρ=") == 4 and text.count("of ρ survives") == 4
     # provenance
