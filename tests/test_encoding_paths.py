@@ -134,3 +134,19 @@ def test_a_tokenizer_whose_pieces_do_not_join_uses_the_joined_text(tasks: list[T
     task = tasks[1]
     assert [example for example, _ in encoder.encode_task(task, task.instances)] == [
         encoder.encode_joined(task, instance) for instance in task.instances]
+
+
+def test_a_truncating_call_elsewhere_does_not_truncate_the_encoder(
+    tasks: list[Task], bundled_tokenizer
+) -> None:
+    """The wrapper leaves truncation set on the shared backend after a truncating call; the
+    encoder's direct backend calls must not inherit it."""
+    tokenizer = bundled_tokenizer.__class__.from_pretrained(bundled_model_dir())
+    encoder = ExampleEncoder(tokenizer, "seq2seq", build_context("exemplars", 3),
+                             max_source_length=512, max_target_length=64)
+    task = tasks[0]
+    before = list(encoder.encode_task(task, task.instances))
+    tokenizer(["a b c d e f g"], truncation=True, max_length=3)
+    assert tokenizer.backend_tokenizer.truncation is not None
+    assert list(encoder.encode_task(task, task.instances)) == before
+    assert max(len(example.source_ids) for example, _ in before) > 3
