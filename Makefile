@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 TORCH_INSTALL ?= $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test test-slow install lint clean
+.PHONY: quickstart test test-slow mutants install lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --durations=5
+
+# Mutation testing of the science modules (bench/mutants.py); not part of CI's time budget.
+mutants: $(STAMP)
+	$(BIN)/python -m pip install -q "mutmut>=3.8,<4"
+	$(BIN)/python bench/mutants.py --out bench/results-mutants-cpu.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench tools

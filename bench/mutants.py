@@ -1,0 +1,101 @@
+"""Mutation testing of the modules whose bugs change a scientific number (issue 27).
+
+    python bench/mutants.py                         # every group below; minutes to an hour
+    python bench/mutants.py --groups sampling,splits --out bench/results-mutants-cpu.json
+
+For each group, `mutmut` (3.x) mutates the group's modules in a scratch copy of the checkout and
+runs only the group's own tests against each mutant (not the whole suite). A mutant the tests
+kill is a small bug they catch; a survivor is one they let through, or an equivalent mutant
+(a change with no observable effect). The score is killed / (killed + survived); the target is
+>= 90 % per group. Not part of CI's time budget: `make mutants` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = "src/itransfer"
+# group: (modules mutated, the tests that target them)
+GROUPS: dict[str, tuple[list[str], list[str]]] = {
+    "sampling": (["sampling/rates.py", "sampling/samplers.py"],
+                 ["test_sampling.py", "test_sampler_choice.py"]),
+    "batching": (["data/batching.py"], ["test_batching.py"]),
+    "splits": (["data/splits.py"], ["test_splits.py"]),
+    "selection": (["data/selection.py"], ["test_selection.py"]),
+    "contexts": (["data/contexts.py"], ["test_contexts.py", "test_encoding_paths.py"]),
+    "metrics": (["eval/metrics.py", "eval/scoring_files.py"],
+                ["test_metrics.py", "test_scoring_files.py"]),
+    "token_losses": (["token_losses.py"], ["test_token_losses.py"]),
+    "correlations": (["analysis/correlations.py", "analysis/significance.py"],
+                     ["test_analysis.py", "test_partial_correlation.py"]),
+    "findings": (["analysis/findings.py"], ["test_verdicts.py", "test_analysis.py"]),
+    "multilora": (["eval/multilora.py"], ["test_multilora.py"]),
+    "schedule": (["train/recipe.py"], ["test_train_recipe.py"]),
+}
+COUNTS = re.compile(r"🎉 (\d+) 🫥 (\d+)\s+⏰ (\d+)\s+🤔 (\d+)\s+🙁 (\d+)\s+🔇 (\d+)")
+
+
+def run_group(name: str, modules: list[str], tests: list[str], mutmut: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"mutants-{name}-") as scratch:
+        copy = Path(scratch) / "repo"
+        shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(
+            ".venv", "mutants", "runs", ".git", "__pycache__", ".pytest_cache", ".ruff_cache"))
+        config = {
+            "paths_to_mutate": [f"{SRC}/{module}" for module in modules],
+            "tests_dir": [f"tests/{test}" for test in tests],
+            "also_copy": ["tests", SRC],
+            "pytest_add_cli_args": ["-q", "-p", "no:cacheprovider", "-m", "not slow"],
+        }
+        lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in config.items())
+        with (copy / "pyproject.toml").open("a", encoding="utf-8") as handle:
+            handle.write(f"\n[tool.mutmut]\n{lines}\n")
+        started = time.perf_counter()
+        done = subprocess.run([mutmut, "run", "--max-children", "2"], cwd=copy,
+                              capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        found = COUNTS.findall(done.stdout + done.stderr)
+        if not found:
+            return {"modules": modules, "error": (done.stdout + done.stderr)[-2000:]}
+        killed, _, timeout, suspicious, survived, _ = (int(n) for n in found[-1])
+        listing = subprocess.run([mutmut, "results"], cwd=copy, capture_output=True, text=True)
+        survivors = [line.split(":")[0].strip() for line in listing.stdout.splitlines()
+                     if line.strip().endswith("survived")]
+    score = killed / max(1, killed + survived)
+    return {"modules": modules, "tests": tests, "killed": killed, "survived": survived,
+            "timeout": timeout, "suspicious": suspicious, "score": round(score, 3),
+            "seconds": round(seconds, 1), "survivors": survivors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--groups", default=",".join(GROUPS))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"
+    results = {}
+    for name in args.groups.split(","):
+        modules, tests = GROUPS[name]
+        results[name] = run_group(name, modules, tests, mutmut)
+        row = results[name]
+        if "error" in row:
+            print(f"{name:>14}: mutmut failed: {row['error'][-300:]}", flush=True)
+        else:
+            print(f"{name:>14}: {row['killed']:>4} killed, {row['survived']:>4} survived "
+                  f"({row['score']:.0%}) in {row['seconds']:.0f} s", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n",
+                            encoding="utf-8")
+        print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
