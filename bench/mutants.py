@@ -91,8 +91,9 @@ def main() -> None:
         else:
             print(f"{name:>14}: {row['killed']:>4} killed, {row['survived']:>4} survived "
                   f"({row['score']:.0%}) in {row['seconds']:.0f} s", flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n",
+    if args.out:  # groups not run this time keep their earlier figures
+        earlier = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
+        args.out.write_text(json.dumps(earlier | results, indent=1, ensure_ascii=False) + "\n",
                             encoding="utf-8")
         print(f"written to {args.out}")
 

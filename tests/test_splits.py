@@ -15,6 +15,7 @@ from itransfer.config import SplitConfig
 from itransfer.data.sni import Instance, parse_task
 from itransfer.data.splits import (
     few_shot_draw,
+    seen_split_sizes,
     shuffled_order,
     split_evaluation_task,
     split_seen_task,
@@ -136,3 +137,28 @@ def test_data_limit_never_moves_validation_or_test(tmp_path: Path, limit: int) -
 def test_limit_larger_than_the_task_uses_all_of_it(tmp_path: Path) -> None:
     split = split_seen_task(_task(tmp_path, 50), SplitConfig(max_train_instances_per_task=5000), 0)
     assert len(split.train) == 40
+
+
+def test_other_fractions_and_sizes_are_honoured_in_their_places(tmp_path: Path) -> None:
+    """Fractions and sizes other than the defaults (10/10 %, 100 + 40), so that swapping test
+    and validation, or test and few-shot, or an off-by-one at a boundary, shows."""
+    config = SplitConfig(seen_test_fraction=0.2, seen_validation_fraction=0.05)
+    assert seen_split_sizes(1000, config) == (200, 50, 750)
+    assert seen_split_sizes(999, config) == (199, 49, 751)  # int() rounds each part down
+    task = _task(tmp_path, 1000)
+    order = [task.instances[i].id for i in shuffled_order(1000, 5, task.name)]
+    split = split_seen_task(task, config, seed=5)
+    assert _ids(split.test) == order[:200]
+    assert _ids(split.validation) == order[200:250]
+    assert _ids(split.train) == order[250:]
+    assert split.train_size_before_limit == 750 and split.split_seed == 5
+
+    sizes = SplitConfig(unseen_test_size=30, few_shot_pool_size=7)
+    small = _task(tmp_path / "small", 37)
+    order = [small.instances[i].id for i in shuffled_order(37, 5, small.name)]
+    evaluation = split_evaluation_task(small, sizes, seed=5)
+    assert _ids(evaluation.test) == order[:30]
+    assert _ids(evaluation.few_shot_pool) == order[30:37]
+    assert evaluation.split_seed == 5
+    with pytest.raises(DataError, match=r"has 36 instances; .* needs 30 test \+ 7 few-shot = 37"):
+        split_evaluation_task(_task(tmp_path / "short", 36), sizes, seed=5)
