@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from itransfer.data.batching import TaskBatchStream
 from itransfer.sampling import build_sampler
@@ -79,3 +80,50 @@ def test_state_round_trip_continues_identically() -> None:
     resumed = _stream()
     resumed.load_state_dict(state)
     assert [resumed.next_batch(step) for step in range(7, 40)] == expected
+
+
+class _SwitchAt:
+    """All weight on task 0 before ``switch``, on task 2 from it on; remembers what it was asked."""
+
+    def __init__(self, switch: int) -> None:
+        self.switch = switch
+        self.asked: list[int] = []
+
+    def weights(self, step: int) -> np.ndarray:
+        self.asked.append(step)
+        return np.array([1.0, 0.0, 0.0]) if step < self.switch else np.array([0.0, 0.0, 1.0])
+
+
+def test_a_time_varying_sampler_is_read_at_each_windows_first_step() -> None:
+    """P(K) changes over a run (reverse annealing, DWA): each window must draw from P(K) at its
+    own first step, never from step 0's (which would act as the initial, e.g. proportional)."""
+    sampler = _SwitchAt(switch=12)
+    stream = TaskBatchStream(SIZES, sampler, batch_size=4, seed=0, window_batches=4,
+                             length_of=lambda task, instance: 1)
+    tasks = [{task for task, _ in stream.next_batch(step)} for step in range(24)]
+    assert sampler.asked == [0, 4, 8, 12, 16, 20]
+    assert tasks[:12] == [{0}] * 12 and tasks[12:] == [{2}] * 12
+
+
+def test_the_smallest_batch_and_window_are_allowed() -> None:
+    stream = TaskBatchStream(SIZES, _SwitchAt(0), batch_size=1, seed=0, window_batches=1,
+                             length_of=lambda task, instance: 1)
+    assert [len(stream.next_batch(step)) for step in range(3)] == [1, 1, 1]
+    for batch_size, window in ((0, 1), (1, 0)):
+        with pytest.raises(ValueError, match="batch_size and window_batches must be >= 1"):
+            TaskBatchStream(SIZES, _SwitchAt(0), batch_size=batch_size, seed=0,
+                            window_batches=window, length_of=lambda task, instance: 1)
+
+
+class _OneTask:
+    def weights(self, step: int) -> np.ndarray:
+        return np.array([1.0])
+
+
+def test_each_pass_over_a_task_is_a_fresh_shuffle() -> None:
+    # Equal lengths: the stable length sort keeps the draw order, so a batch of 7 is one pass.
+    stream = TaskBatchStream([7], _OneTask(), batch_size=7, seed=0, window_batches=1,
+                             length_of=lambda task, instance: 1)
+    passes = [[instance for _, instance in stream.next_batch(step)] for step in range(3)]
+    assert all(sorted(one) == list(range(7)) for one in passes)
+    assert len({tuple(one) for one in passes}) == 3
