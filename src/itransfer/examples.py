@@ -110,7 +110,7 @@ class ExampleEncoder:
             ends = [match.end() for match in re.finditer(r"\S+", text)]
             prefixes = self._plain_ids_many([text[:end] for end in ends])
             for end, prefix in zip(ends, prefixes, strict=True):
-                if prefix != ids[: sum(1 for start, _ in offsets if start < end)]:
+                if prefix != ids[: _tokens_before(offsets, end)]:
                     return False
         return True
 
@@ -135,8 +135,8 @@ class ExampleEncoder:
         if self.chat_template:
             # The template writes its own special tokens (BOS, turn markers).
             texts = [self._chat([_user(text)], add_generation_prompt=True) for text in texts]
-            return self._tokens_many(texts)
-        return [[*self._bos, *ids] for ids in self._tokens_many(texts)]
+            return self._plain_ids_many(texts)
+        return [[*self._bos, *ids] for ids in self._plain_ids_many(texts)]
 
     def _special_frame(self) -> tuple[list[int], list[int]] | None:
         """The special ids before and after a source's text, or None when they are not a plain
@@ -161,15 +161,12 @@ class ExampleEncoder:
         if self.chat_template:
             texts = [self._assistant_turn(text) for text in texts]
         targets = []
-        for ids in self._tokens_many(texts):
+        for ids in self._plain_ids_many(texts):
             if eos is not None and ids and ids[-1] == eos:
                 ids = ids[:-1]  # the template ended the turn with EOS: it is put back below
             ids = ids[: self.max_target_length - 1]
             targets.append([*ids, eos] if eos is not None else ids)
         return targets
-
-    def _tokens_many(self, texts: list[str]) -> list[list[int]]:
-        return self._plain_ids_many(texts)
 
     def _plain_ids_many(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text without special tokens, in one batch call."""
@@ -346,7 +343,13 @@ def _prefix_within(
         if match.end() > limit:
             break
         end = match.end()
-    return ids[: sum(1 for start, _ in offsets[:room] if start < end)]
+    return ids[: _tokens_before(offsets[:room], end)]
+
+
+def _tokens_before(offsets: list[tuple[int, int]], end: int) -> int:
+    """How many tokens start before character ``end`` (those of the words that end by it, for a
+    tokenizer whose tokens never span whitespace)."""
+    return sum(1 for start, _ in offsets if start < end)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,6 @@ logger = logging.getLogger(__name__)
 # (done, total, row): a logged training row per step, and {"phase": "tokenizing"} with the
 # instances done while the tokenized training set is built (first use only).
 ProgressCallback = Callable[[int, int, dict[str, Any]], None]
-TOKENIZING = {"phase": "tokenizing"}
 
 
 @dataclass
@@ -106,7 +105,7 @@ def instruction_tune(
     train = config.train
     state = setup(config, out_dir, resume=resume, accelerator=accelerator,
                   tokenizing=None if progress is None else (
-                      lambda done, total: progress(done, total, TOKENIZING)))
+                      lambda done, total: progress(done, total, {"phase": "tokenizing"})))
     state.resume_schedule = ResumableSchedule(
         every_steps=train.save_every_steps, every_minutes=train.save_every_minutes, clock=clock
     )

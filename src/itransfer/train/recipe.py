@@ -214,7 +214,8 @@ def setup(
         saved = ckpt.read_state(latest)
         check_compatible(latest, saved, fingerprint, config, accelerator.num_processes)
         load_weights(model, latest)
-    replayed = None if latest is not None or not resume else _newest_trajectory(out_dir)
+    replayed = (None if latest is not None or not resume
+                else ckpt.latest_checkpoint(out_dir / ckpt.TRAJECTORY_DIR))
     if replayed is not None:
         # Killed before its first resumable checkpoint: its trajectory checkpoints hold weights
         # only, so the run starts again from step 0 (the same run: checked like a resume) and
@@ -326,11 +327,6 @@ def _optimizer_and_schedule(
         optimizer, linear_schedule(train.warmup_steps, total_optimizer_steps)
     )
     return optimizer, scheduler
-
-
-def _newest_trajectory(out_dir: Path) -> Path | None:
-    trajectory = ckpt.list_checkpoints(out_dir / ckpt.TRAJECTORY_DIR)
-    return trajectory[-1] if trajectory else None
 
 
 def _open_outputs(state: TrainState) -> None:
