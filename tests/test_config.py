@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from itransfer.config import ExperimentConfig, load_config
@@ -150,3 +151,27 @@ def test_run_record_has_config_seed_versions_and_git(tmp_path: Path) -> None:
     assert "commit" in record["git"] and record["itransfer_version"]
     resolved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert ExperimentConfig.model_validate(resolved) == config
+
+
+def test_run_record_names_the_hardware(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(None, [])
+    write_run_record(tmp_path, config, seed=config.seed)
+    cpu_only = json.loads((tmp_path / "run.json").read_text())["hardware"]
+    assert cpu_only["gpus"] == [] and cpu_only["cpu_count"] >= 1
+    assert cpu_only["torch_threads"] >= 1
+    # Stand-ins for a 2-GPU machine: the record lists each device by name.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"NVIDIA H200 #{index}")
+    write_run_record(tmp_path, config, seed=config.seed)
+    record = json.loads((tmp_path / "run.json").read_text())["hardware"]
+    assert record["gpus"] == ["NVIDIA H200 #0", "NVIDIA H200 #1"]
+
+
+def test_report_header_names_the_machine() -> None:
+    from itransfer.analysis.report import _hardware_text
+
+    assert _hardware_text({}) == "hardware not recorded"  # manifests written before the field
+    assert _hardware_text({"cpu_count": 2, "gpus": []}) == "CPU (2 cores)"
+    two = {"cpu_count": 16, "gpus": ["NVIDIA H200", "NVIDIA H200", "NVIDIA A100"]}
+    assert _hardware_text(two) == "2× NVIDIA H200 + 1× NVIDIA A100"

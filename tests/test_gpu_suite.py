@@ -298,3 +298,30 @@ def test_two_processes_part_runs_on_cpus_when_asked(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = json.loads(out.read_text())["ddp"]
     assert ddp["processes"] == 2 and ddp["steps_timed"] >= 1 and positive(ddp["samples_per_s"])
+
+
+@pytest.mark.slow
+def test_profile_script_smoke_times_every_variant_and_splits_kernel_time(tmp_path: Path) -> None:
+    out = tmp_path / "profile.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "profile_t5_step.py"), "--smoke", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    variants = {row["variant"]: row for row in json.loads(out.read_text())["variants"]}
+    assert set(variants) == {"baseline", "fused_adamw", "bf16_weights", "half_batch"}
+    assert all("error" not in row and row["step_s"] > 0 for row in variants.values()), variants
+    assert variants["half_batch"]["batch_size"] * 2 == variants["baseline"]["batch_size"]
+    shares = variants["baseline"]["profile"]["share_by_kind"]
+    assert shares["matrix products"] > 0 and sum(shares.values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_profile_script_sorts_kernels_into_kinds() -> None:
+    import profile_t5_step
+
+    kind = profile_t5_step.kind_of
+    assert kind("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n") == "matrix products"
+    assert kind("void at::native::(anonymous)::cunn_SoftMaxForward<4, float>") == "softmax"
+    assert kind("void at::native::multi_tensor_apply_kernel<AdamW>") == "optimizer"
+    assert kind("void at::native::vectorized_elementwise_kernel<4, add>") == "other elementwise"
+    assert kind("aten::something_new") == "other"

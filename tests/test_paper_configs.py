@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
 from itertools import product
 from pathlib import Path
@@ -130,6 +131,11 @@ def test_paper_experiment_at_tiny_scale(config: Path, family: str, tmp_path: Pat
     markdown = (run_dir / "report.md").read_text(encoding="utf-8")
     assert experiment.spec.title in html
     assert "| § | Claim | Paper | This run | Test | Verdict |" in markdown
+    # The header says which machine made the numbers (a GPU's differ from a CPU's).
+    assert manifest.hardware["cpu_count"] == os.cpu_count()
+    expected = (f"1× {manifest.hardware['gpus'][0]}" if manifest.hardware["gpus"]
+                else f"CPU ({os.cpu_count()} cores)")
+    assert f" · {expected} · full report" in markdown.splitlines()[2]
     for key, section_cls in SECTION_TYPES.items():
         ran = key in manifest.sections
         assert (f"<h2>{section_cls.title}</h2>" in html) == ran

@@ -53,7 +53,7 @@ from itransfer.experiment import Experiment
 from itransfer.io_utils import atomic_write_text, staged_dir
 from itransfer.launch import agreed, make_state
 from itransfer.models import model_facts, model_type_of
-from itransfer.provenance import git_revision, package_versions, write_run_record
+from itransfer.provenance import git_revision, hardware, package_versions, write_run_record
 from itransfer.schema import (
     MANIFEST,
     MANIFEST_VERSION,
@@ -462,5 +462,6 @@ def _write_manifest(
                   for label, config in experiment.variants.items()},
         versions=package_versions(),
         git=git_revision(),
+        hardware=hardware(),
     )
     atomic_write_text(manifest_path, manifest.to_json())

@@ -1,8 +1,9 @@
-"""Run records: what produced a result (resolved config, seed, versions, git revision)."""
+"""Run records: what produced a result (resolved config, seed, versions, git revision, hardware)."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel
 
 from itransfer import __version__
@@ -50,6 +52,24 @@ def git_revision(path: Path | None = None) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
+def hardware() -> dict[str, Any]:
+    """The accelerators this process sees and the torch build that drives them.
+
+    Two runs of one config on a CPU and on a GPU give close but not equal numbers (other
+    kernels, other summation orders), so a result must say which machine made it.
+    """
+    record: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_build": torch.version.cuda,
+        "gpus": [],
+    }
+    if torch.cuda.is_available():
+        record["gpus"] = [torch.cuda.get_device_name(index)
+                          for index in range(torch.cuda.device_count())]
+    return record
+
+
 def run_record(config: BaseModel, *, seed: int, command: list[str] | None = None) -> dict[str, Any]:
     return {
         "itransfer_version": __version__,
@@ -60,6 +80,7 @@ def run_record(config: BaseModel, *, seed: int, command: list[str] | None = None
         "platform": platform.platform(),
         "packages": package_versions(),
         "git": git_revision(),
+        "hardware": hardware(),
         "config": config.model_dump(mode="json"),
     }
 

@@ -378,6 +378,7 @@ class RunManifest(StrictModel):
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     versions: dict[str, Any] = Field(default_factory=dict)
     git: dict[str, Any] = Field(default_factory=dict)
+    hardware: dict[str, Any] = Field(default_factory=dict)  # provenance.hardware(); {} before
 
     @model_validator(mode="before")
     @classmethod

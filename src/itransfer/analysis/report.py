@@ -164,6 +164,7 @@ def render_html(analysis: RunAnalysis, findings: list[FindingResult],
             ("generated", datetime.now(timezone.utc).isoformat(timespec="seconds")),
             ("results rows", analysis.num_rows),
             ("git commit", _git_text(manifest.git)),
+            ("hardware", _hardware_text(manifest.hardware)),
         ]),
         *([_scale_html(scale)] if scale is not None else []),
         "<h2>Findings: the paper vs this run</h2>",
@@ -228,6 +229,16 @@ def _findings_html(findings: list[FindingResult], scale: ScaleAssessment | None 
             + details("How each number is computed", f"<ul>{how}</ul>"))
 
 
+def _hardware_text(record: Mapping[str, Any]) -> str:
+    """``1× NVIDIA H200`` or ``CPU (2 cores)``: which machine made these numbers."""
+    if not record:
+        return "hardware not recorded"
+    gpus = list(record.get("gpus") or ())
+    if gpus:
+        return " + ".join(f"{gpus.count(name)}× {name}" for name in dict.fromkeys(gpus))
+    return f"CPU ({record.get('cpu_count')} cores)"
+
+
 def _git_text(git: Mapping[str, Any]) -> str:
     commit = git.get("commit")
     if not commit:
@@ -273,7 +284,8 @@ def render_markdown(analysis: RunAnalysis, findings: list[FindingResult],
     manifest = analysis.manifest
     lines = [f"# {manifest.title or manifest.experiment or 'itransfer run'}", "",
              f"Experiment `{manifest.experiment}` · {analysis.num_rows} result rows · "
-             f"git {_git_text(manifest.git)} · full report: [{REPORT_HTML}]({REPORT_HTML})", ""]
+             f"git {_git_text(manifest.git)} · {_hardware_text(manifest.hardware)} · "
+             f"full report: [{REPORT_HTML}]({REPORT_HTML})", ""]
     if scale is not None:
         lines += [f"Scale: {_scale_summary(scale)}.", ""]
         if scale.pipeline_check:
