@@ -69,10 +69,23 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str) -> d
         listing = subprocess.run([mutmut, "results"], cwd=copy, capture_output=True, text=True)
         survivors = [line.split(":")[0].strip() for line in listing.stdout.splitlines()
                      if line.strip().endswith("survived")]
+        # the changed line of each survivor, so that equivalent mutants can be named in a line
+        changes = {name: _changed_lines(subprocess.run(
+            [mutmut, "show", name], cwd=copy, capture_output=True, text=True).stdout)
+            for name in survivors}
     score = killed / max(1, killed + survived)
     return {"modules": modules, "tests": tests, "killed": killed, "survived": survived,
             "timeout": timeout, "suspicious": suspicious, "score": round(score, 3),
-            "seconds": round(seconds, 1), "survivors": survivors}
+            "seconds": round(seconds, 1), "survivors": changes}
+
+
+def _changed_lines(diff: str) -> str:
+    """'-old  =>  +new' from a unified diff of one mutant (its removed and added lines)."""
+    removed = [line[1:].strip() for line in diff.splitlines()
+               if line.startswith("-") and not line.startswith("---")]
+    added = [line[1:].strip() for line in diff.splitlines()
+             if line.startswith("+") and not line.startswith("+++")]
+    return f"{' / '.join(removed)}  =>  {' / '.join(added)}"
 
 
 def main() -> None:
@@ -91,11 +104,17 @@ def main() -> None:
         else:
             print(f"{name:>14}: {row['killed']:>4} killed, {row['survived']:>4} survived "
                   f"({row['score']:.0%}) in {row['seconds']:.0f} s", flush=True)
-    if args.out:  # groups not run this time keep their earlier figures
-        earlier = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
-        args.out.write_text(json.dumps(earlier | results, indent=1, ensure_ascii=False) + "\n",
-                            encoding="utf-8")
+        if args.out:  # after each group, so that a long run interrupted keeps what it measured
+            _save(args.out, {name: row})
+    if args.out:
         print(f"written to {args.out}")
+
+
+def _save(out: Path, rows: dict) -> None:
+    """Merge rows into out; groups not run this time keep their earlier figures."""
+    earlier = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    out.write_text(json.dumps(earlier | rows, indent=1, ensure_ascii=False) + "\n",
+                   encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -123,3 +123,59 @@ def test_benchmark_keeps_only_the_recent_tasks_parsed(monkeypatch: pytest.Monkey
     again = benchmark.task(names[0])
     assert parsed == [*names, names[0]]
     assert again == first and again is not first
+
+
+def test_every_exclusion_reason_and_boundary_exactly(tmp_path: Path) -> None:
+    """Each rule's exact reason, the 140-instance boundary on both sides, every language field,
+    and the group names that ``groups()`` and ``to_json()`` report."""
+    one = [{"input": "x", "output": ["y"]}]
+    metadata = _index(
+        tmp_path,
+        {
+            "task001_seen": {},
+            "task002_output_french": {"Output_language": ["French"]},
+            "task003_instruction_spanish": {"Instruction_language": ["Spanish"]},
+            "task004_unseen_at_140": {"Categories": ["Title Generation"], "Instances": one * 140},
+            "task005_reddit_small": {"Domains": ["Social Media -> Reddit"], "Instances": one * 9},
+            "task006_anli_small": {"Source": ["anli"], "Instances": one * 9},
+            "task007_synthetic_train": {"Source": ["Synthetic"]},
+            "task008_two_unseen": {"Categories": ["Keyword Tagging", "Title Generation"],
+                                   "Instances": one * 139},
+            "task009_input_german": {"Input_language": ["German"]},
+            "task010_no_output_language": {"Output_language": []},
+            "task011_two_foreign": {"Output_language": ["French", "English", "German"]},
+            "task012_two_other_categories": {"Categories": ["Mathematics", "Poetry"]},
+            "task013_reddit_at_140": {"Domains": ["Social Media -> Reddit"], "Instances": one * 140},
+            "task014_seen_last": {},
+        },
+    )
+    selection = select_tasks(metadata, SelectionConfig())
+    assert selection.unseen == ("task004_unseen_at_140",)
+    assert selection.excluded == {
+        "task002_output_french": "not English: output language French not in ['English']",
+        "task003_instruction_spanish":
+            "not English: instruction language Spanish not in ['English']",
+        "task005_reddit_small": "held out of training (evaluation domain "
+                                "'Social Media -> Reddit') with fewer than 140 instances for "
+                                "evaluation",
+        "task006_anli_small": "held out of training (adversarial source 'anli') with fewer "
+                              "than 140 instances for evaluation",
+        "task007_synthetic_train": "synthetic task (no synthetic tasks are used for training)",
+        "task008_two_unseen": "unseen category 'Keyword Tagging' but fewer than 140 instances "
+                              "(139)",
+        "task009_input_german": "not English: input language German not in ['English']",
+        "task010_no_output_language": "not English: output language missing not in ['English']",
+        "task011_two_foreign": "not English: output language French, German not in ['English']",
+        "task012_two_other_categories": "category 'Mathematics', 'Poetry' is neither a seen nor "
+                                        "an unseen category",
+    }
+    assert selection.heldout_domain == ("task013_reddit_at_140",)
+    assert list(selection.groups()) == ["seen", "unseen", "unseen_synthetic", "heldout_domain",
+                                        "heldout_adversarial"]
+    data = selection.to_json()
+    assert data["counts"] == {"seen": 2, "unseen": 1, "unseen_synthetic": 0,
+                              "heldout_domain": 1, "heldout_adversarial": 0,
+                              "heldout_generalization": 1, "excluded": 10}
+    assert data["seen"] == ["task001_seen", "task014_seen_last"] and data["heldout_generalization"] == ["task013_reddit_at_140"]
+    assert list(data["excluded"]) == sorted(selection.excluded)
+    assert selection.category_counts("unseen") == {"Title Generation": 1}
