@@ -6,14 +6,16 @@
 For each group, `mutmut` (3.x) mutates the group's modules in a scratch copy of the checkout and
 runs only the group's own tests against each mutant (not the whole suite). A mutant the tests
 kill is a small bug they catch; a survivor is one they let through, or an equivalent mutant
-(a change with no observable effect). The score is killed / (killed + survived); the target is
->= 90 % per group. Not part of CI's time budget: `make mutants` runs it.
+(a change with no observable effect). The score is detected / (detected + survived), where a
+mutant is detected when a test fails on it or it runs past mutmut's time limit (a hang the suite
+would show); the target is >= 90 % per group. Not part of CI's time budget: `make mutants` runs it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -59,8 +61,13 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str) -> d
         with (copy / "pyproject.toml").open("a", encoding="utf-8") as handle:
             handle.write(f"\n[tool.mutmut]\n{lines}\n")
         started = time.perf_counter()
+        # mutmut forks each mutant's test run from a process that has already run torch: a
+        # forked child entering an OpenMP parallel region can spin forever on the parent's
+        # thread pool (and then dies of mutmut's CPU limit, counted as a time-out, minutes
+        # later). One intra-op thread per child avoids the pool; two children use both cores.
+        env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         done = subprocess.run([mutmut, "run", "--max-children", "2"], cwd=copy,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=env)
         seconds = time.perf_counter() - started
         found = COUNTS.findall(done.stdout + done.stderr)
         if not found:
@@ -73,7 +80,7 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str) -> d
         changes = {name: _changed_lines(subprocess.run(
             [mutmut, "show", name], cwd=copy, capture_output=True, text=True).stdout)
             for name in survivors}
-    score = killed / max(1, killed + survived)
+    score = (killed + timeout) / max(1, killed + timeout + survived)
     return {"modules": modules, "tests": tests, "killed": killed, "survived": survived,
             "timeout": timeout, "suspicious": suspicious, "score": round(score, 3),
             "seconds": round(seconds, 1), "survivors": changes}
