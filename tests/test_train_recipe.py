@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from itransfer.data.benchmark import open_benchmark
+from itransfer.errors import ConfigError
 from itransfer.sampling import UniformSampler
 from itransfer.train import checkpoint as ckpt
 from itransfer.train import loop
 from itransfer.train.loop import (
     cleanup,
     instruction_tune,
+    log_step,
     save_checkpoint,
     save_resumable,
     train_step,
@@ -314,3 +316,129 @@ def test_resume_check_tells_the_two_budgets_apart_only_where_they_differ(
     # Without a data limit the budgets count the same examples: one run.
     check_compatible(tmp_path, saved_with(), {"fingerprint": 1},
                      _config(tiny_model_dir, "train.budget=steps"), world=1)
+
+
+def test_throughput_is_examples_and_tokens_per_second_of_its_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from itransfer.train import recipe
+
+    clock = iter([14.0, 14.0, 16.0, 16.0])
+    monkeypatch.setattr(recipe.time, "perf_counter", lambda: next(clock))
+    throughput = recipe.Throughput(started=10.0)
+    throughput.add(20, 300)
+    throughput.add(20, 100)
+    assert throughput.rates() == {"samples_per_s": 10.0, "tokens_per_s": 100.0}  # at 14
+    assert (throughput.started, throughput.examples, throughput.tokens) == (14.0, 0, 0)
+    throughput.add(3, 8)
+    assert throughput.rates() == {"samples_per_s": 1.5, "tokens_per_s": 4.0}  # at 16
+
+
+def test_resume_keeps_the_log_up_to_its_step_and_says_where_it_resumed(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = _config(tiny_model_dir, "train.steps=6")
+    state = setup(config, tmp_path / "run")
+    for _ in range(2):
+        log_step(state, train_step(state), None)
+    folder = save_resumable(state)
+    for _ in range(2):
+        log_step(state, train_step(state), None)
+    cleanup(state)
+    log_file = tmp_path / "run" / LOG_FILE
+    assert [row["step"] for row in _rows(log_file)] == [1, 2, 3, 4]
+    with caplog.at_level("INFO", logger="itransfer.train.recipe"):
+        resumed = setup(config, tmp_path / "run", resume=True)
+    try:
+        assert [row["step"] for row in resumed.log] == [1, 2]
+        assert [row["step"] for row in _rows(log_file)] == [1, 2]  # rewritten as restored
+        # A resumable checkpoint is not a trajectory one: the trajectory is still unsaved.
+        assert resumed.last_saved is None and resumed.saved_step is None
+        assert f"resumed from {folder} at step 2" in caplog.messages
+    finally:
+        cleanup(resumed)
+
+
+def test_resuming_a_finished_run_counts_its_final_trajectory_checkpoint_as_saved(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = _config(tiny_model_dir, "train.steps=3")
+    instruction_tune(config, tmp_path / "run")
+    (tmp_path / "run" / LOG_FILE).unlink()  # a run without a log resumes with an empty one
+    resumed = setup(config, tmp_path / "run", resume=True)
+    try:
+        final = tmp_path / "run" / "checkpoints" / "step-0000003"
+        assert (resumed.it_step, resumed.last_saved, resumed.saved_step) == (3, final, 3)
+        assert resumed.log == []
+    finally:
+        cleanup(resumed)
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def test_resume_check_names_the_other_model_and_reads_a_checkpoint_without_config(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = _config(tiny_model_dir, "train.steps=6")
+    saved = {"model": {"fingerprint": 2}, "config": config.model_dump(mode="json"),
+             "world_size": 1}
+    with pytest.raises(ckpt.CheckpointError) as error:
+        check_compatible(tmp_path, saved, {"fingerprint": 1}, config, world=1)
+    assert str(error.value) == (f"{tmp_path} belongs to another model ({{'fingerprint': 2}}); "
+                                "this config builds {'fingerprint': 1}")
+    without_config = {"model": {"fingerprint": 1}, "world_size": 1}
+    with pytest.raises(ckpt.CheckpointError, match=r"\(seed, data, model, train\.\w+.* differ\); "
+                       r"resume with the run's own config\.yaml$"):
+        check_compatible(tmp_path, without_config, {"fingerprint": 1}, config, world=1)
+    with pytest.raises(ckpt.CheckpointError, match="written by 2 processes; resuming with 1"):
+        check_compatible(tmp_path, {**saved, "model": {"fingerprint": 1}, "world_size": 2},
+                         {"fingerprint": 1}, config, world=1)
+
+
+def test_linear_schedule_peaks_at_the_end_of_warm_up_and_reaches_zero_at_the_last_step() -> None:
+    from itransfer.train.recipe import linear_schedule
+
+    factor = linear_schedule(4, 10)
+    assert [factor(step) for step in range(12)] == pytest.approx(
+        [0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0.0, 0.0])
+    short = linear_schedule(2, 3)  # one step after warm-up: the peak, then 0
+    assert [short(step) for step in range(4)] == pytest.approx([0.5, 1.0, 1.0, 0.0])
+    no_warmup = linear_schedule(0, 4)
+    assert [no_warmup(step) for step in range(5)] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+
+
+@pytest.mark.parametrize(("precision", "expected"), [("fp32", "no"), ("bf16", "bf16")])
+def test_setup_passes_the_precision_to_accelerate(
+    precision: str, expected: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one process-wide state, set by the first Accelerator of the session.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        state = setup(_config(tiny_model_dir, "train.steps=2", f"train.precision={precision}"),
+                      tmp_path / "run")
+        assert state.accelerator.mixed_precision == expected
+        cleanup(state)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_setup_without_resume_refuses_a_folder_with_checkpoints_and_plans_the_limited_run(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = _config(tiny_model_dir, "train.steps=2")
+    instruction_tune(config, tmp_path / "run")
+    with pytest.raises(ConfigError, match="already holds checkpoints; pass --resume"):
+        setup(config, tmp_path / "run")
+    limited = _config(tiny_model_dir, LIMIT_10, "train.budget=epochs")
+    state = setup(limited, tmp_path / "limited")
+    try:
+        assert state.total_it_steps == instruction_tuning_steps(limited)
+        assert state.total_it_steps < instruction_tuning_steps(_config(tiny_model_dir))
+    finally:
+        cleanup(state)
