@@ -4,6 +4,7 @@ the checkpoint it writes and reads back, and clean-up."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from itransfer.data.benchmark import open_benchmark
-from itransfer.errors import ConfigError
+from itransfer.errors import ConfigError, DataError
 from itransfer.sampling import UniformSampler
 from itransfer.train import checkpoint as ckpt
 from itransfer.train import loop
@@ -442,3 +443,121 @@ def test_setup_without_resume_refuses_a_folder_with_checkpoints_and_plans_the_li
         assert state.total_it_steps < instruction_tuning_steps(_config(tiny_model_dir))
     finally:
         cleanup(state)
+
+
+def test_setup_hands_the_config_to_each_part(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed, the context, the architecture and the model options reach the parts that use
+    them (a part silently given its default would train another run)."""
+    from itransfer.train import recipe
+
+    seen: dict[str, Any] = {}
+    for name in ("load_model_and_tokenizer", "open_training_set", "open_benchmark",
+                 "UnsupervisedBatches"):
+        real = getattr(recipe, name)
+
+        def recording(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            seen[_name] = (args, kwargs)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(recipe, name, recording)
+    def progress(*_: Any) -> None:
+        return None
+
+    config = _config(tiny_model_dir, "train.steps=2", "seed=3", "train.mixing.every=2",
+                     "data.context={name: exemplars, num_exemplars: 1}",
+                     "model.trust_remote_code=true", "train.weight_decay=0.05")
+    state = setup(config, tmp_path / "run", tokenizing=progress)
+    try:
+        assert seen["load_model_and_tokenizer"][1] == {"architecture": "auto",
+                                                       "trust_remote_code": True}
+        assert seen["open_benchmark"][0][1] == 3
+        (encoder, _, _, splits, seed), options = seen["open_training_set"]
+        assert (splits, seed, options) == (config.data.splits, 3, {"progress": progress})
+        assert (encoder.architecture, encoder.context.num_exemplars) == ("seq2seq", 1)
+        assert (encoder.chat_template, encoder.max_source_length) == (False, 96)
+        assert seen["UnsupervisedBatches"][0][2] == "seq2seq"
+        assert state.fingerprint == recipe.model_fingerprint(state.model, str(tiny_model_dir))
+        assert state.architecture == "seq2seq"
+        assert _inner_optimizer(state).param_groups[0]["weight_decay"] == 0.05
+    finally:
+        cleanup(state)
+
+
+def test_with_mixing_the_schedule_ends_after_the_unsupervised_steps_too(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    state = setup(_config(tiny_model_dir, "train.steps=7", "train.mixing.every=3"),
+                  tmp_path / "run")
+    try:
+        factor = state.scheduler.lr_lambdas[0]
+        # 7 instruction-tuning steps and 7 // 3 = 2 unsupervised ones: 9 optimizer steps.
+        assert factor(1) == 1.0 and factor(8) == pytest.approx(1 / 7) and factor(9) == 0.0
+    finally:
+        cleanup(state)
+    plain = setup(_config(tiny_model_dir, "train.steps=7"), tmp_path / "plain")
+    try:
+        factor = plain.scheduler.lr_lambdas[0]
+        assert factor(6) == pytest.approx(1 / 5) and factor(7) == 0.0
+    finally:
+        cleanup(plain)
+
+
+def test_a_crash_before_any_resumable_checkpoint_replays_from_step_0(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = _config(tiny_model_dir, "train.steps=4")
+    state = setup(config, tmp_path / "run")
+    for _ in range(2):
+        train_step(state)
+    save_checkpoint(state)  # weights only; then the process "dies"
+    cleanup(state)
+    with caplog.at_level("INFO", logger="itransfer.train.recipe"):
+        replay = setup(config, tmp_path / "run", resume=True)
+    try:
+        assert (replay.it_step, replay.optimizer_step, replay.last_saved) == (0, 0, None)
+        assert (f"{tmp_path / 'run'} has no resumable checkpoint (trajectory checkpoints hold "
+                "weights only): restarting from step 0; the replay rewrites them identically "
+                "up to step 2") in caplog.messages
+    finally:
+        cleanup(replay)
+    other = _config(tiny_model_dir, "train.steps=4", "train.learning_rate=1e-4")
+    trajectory = tmp_path / "run" / "checkpoints" / "step-0000002"
+    with pytest.raises(ckpt.CheckpointError,
+                       match=rf"^{re.escape(str(trajectory))} was written with a different config "
+                             r"\(train\.learning_rate differ\)"):
+        setup(other, tmp_path / "run", resume=True)
+    # A plain restart of the same folder is still refused: it has checkpoints.
+    run = re.escape(str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=rf"^{run} already holds checkpoints; pass --resume to "
+                                          r"continue that run or choose another --out$"):
+        setup(config, tmp_path / "run")
+
+
+def test_resuming_with_a_changed_config_names_the_resumable_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = _config(tiny_model_dir, "train.steps=4")
+    state = setup(config, tmp_path / "run")
+    train_step(state)
+    folder = save_resumable(state)
+    cleanup(state)
+    with pytest.raises(ckpt.CheckpointError,
+                       match=rf"^{re.escape(str(folder))} was written with a different "):
+        setup(_config(tiny_model_dir, "train.steps=4", "seed=2"), tmp_path / "run", resume=True)
+
+
+def test_launch_checks_name_the_setting_at_fault(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^train\.batch_size=9 must be divisible by processes "
+                                          r"\(1\) × train\.gradient_accumulation \(2\)$"):
+        setup(_config(tiny_model_dir, "train.batch_size=9", "train.gradient_accumulation=2"),
+              tmp_path / "odd")
+    from itransfer.train import tracking
+
+    if not tracking._importable("wandb"):
+        with pytest.raises(ConfigError, match=r"train\.wandb_project='x' needs the wandb package"):
+            setup(_config(tiny_model_dir, "train.wandb_project=x"), tmp_path / "wandb")
+    with pytest.raises(DataError, match="no seen \\(training\\) tasks in this selection") as error:
+        setup(_config(tiny_model_dir, "data.selection.seen_categories=[]"), tmp_path / "none")
+    assert str(open_benchmark(_config(tiny_model_dir).data, 0).tasks_dir) in str(error.value)
