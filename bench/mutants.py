@@ -29,7 +29,7 @@ SRC = "src/itransfer"
 # group: (modules mutated, the tests that target them)
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "sampling": (["sampling/rates.py", "sampling/samplers.py"],
-                 ["test_sampling.py", "test_sampler_choice.py"]),
+                 ["test_sampling.py", "test_sampler_choice.py", "test_rates_edges.py"]),
     "batching": (["data/batching.py"], ["test_batching.py"]),
     "splits": (["data/splits.py"], ["test_splits.py"]),
     "selection": (["data/selection.py"], ["test_selection.py"]),
