@@ -109,3 +109,46 @@ def test_budget_uses_the_given_token_counter(qasc) -> None:
 
     cut = build_context("exemplars").encode(qasc, X, max_tokens=120, count_tokens=characters)
     assert len(cut.text) <= 120 and cut.exemplars_dropped >= 2
+
+
+def test_cut_inputs_are_warned_once_per_stage_with_details_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from itransfer.data.contexts import one_warning_for_cuts, warn_inputs_cut
+
+    cuts = {"task_a": 1, "task_b": 5, "task_c": 2, "task_d": 3}
+    assert cut_details(cuts, 64) == (
+        "11 inputs of 4 tasks were longer than the 64-token budget even without context and "
+        "lost their tail (most: task_b (5), task_d (3), task_c (2)); raise "
+        "model.max_source_length to keep them")
+    assert cut_details({}, 64) is None and cut_summary({}, 64) is None
+    with caplog.at_level("INFO", logger="itransfer.data.contexts"):
+        warn_inputs_cut("train it", {}, 64)
+        assert caplog.records == []
+        warn_inputs_cut("train it", cuts, 64)
+        warn_inputs_cut("eval pt", {"task_a": 2}, 64, details=False)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "train it: 11 inputs cut to 64 tokens; --verbose lists them"),
+        ("INFO", f"train it: {cut_details(cuts, 64)}"),
+        ("WARNING", "eval pt: 2 inputs cut to 64 tokens; --verbose lists them"),
+    ]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="itransfer.data.contexts"):
+        with one_warning_for_cuts():
+            warn_inputs_cut("train it", cuts, 64, details=False)
+            warn_inputs_cut("eval it@80", {"task_a": 2}, 128, details=False)
+            warn_inputs_cut("eval it@160", {}, 128, details=False)
+            assert all(r.levelname == "INFO" for r in caplog.records)
+        with one_warning_for_cuts():
+            pass  # a block without cuts says nothing
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "train it: 11 inputs cut to 64 tokens; --verbose lists them"),
+        ("INFO", "eval it@80: 2 inputs cut to 128 tokens; --verbose lists them"),
+        ("WARNING", "2 stages cut inputs to 64 or 128 tokens (at most 11 inputs in one stage); "
+                    "--verbose lists them"),
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="itransfer.data.contexts"):
+        warn_inputs_cut("after", {"task_a": 1}, 8, details=False)  # the block ended: at once
+    assert [r.getMessage() for r in caplog.records] == [
+        "after: 1 inputs cut to 8 tokens; --verbose lists them"]

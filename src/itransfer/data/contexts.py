@@ -178,7 +178,8 @@ def one_warning_for_cuts() -> Iterator[None]:
     finally:
         held, _held_cuts = _held_cuts, outer
         if held:
-            budgets = sorted({str(budget) for _, _, budget in held})
+            budgets = [str(budget) for budget in sorted({budget for _, _, budget in held},
+                                                        key=lambda budget: budget or 0)]
             logger.warning(
                 "%d stages cut inputs to %s tokens (at most %d inputs in one stage); "
                 "--verbose lists them", len(held), " or ".join(budgets),
