@@ -58,6 +58,9 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str) -> d
             "tests_dir": [f"tests/{test}" for test in tests],
             "also_copy": ["tests", SRC],
             "pytest_add_cli_args": ["-q", "-p", "no:cacheprovider", "-m", "not slow"],
+            # mutmut's CPU limit per mutant is 2 x multiplier x the tests' time; its default of
+            # 15 lets one mutant that loops forever hold a core for minutes.
+            "timeout_multiplier": 5.0,
         }
         lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in config.items())
         with (copy / "pyproject.toml").open("a", encoding="utf-8") as handle:
