@@ -110,7 +110,7 @@ def test_the_smallest_batch_and_window_are_allowed() -> None:
                              length_of=lambda task, instance: 1)
     assert [len(stream.next_batch(step)) for step in range(3)] == [1, 1, 1]
     for batch_size, window in ((0, 1), (1, 0)):
-        with pytest.raises(ValueError, match="batch_size and window_batches must be >= 1"):
+        with pytest.raises(ValueError, match=r"^batch_size and window_batches must be >= 1$"):
             TaskBatchStream(SIZES, _SwitchAt(0), batch_size=batch_size, seed=0,
                             window_batches=window, length_of=lambda task, instance: 1)
 
@@ -127,3 +127,28 @@ def test_each_pass_over_a_task_is_a_fresh_shuffle() -> None:
     passes = [[instance for _, instance in stream.next_batch(step)] for step in range(3)]
     assert all(sorted(one) == list(range(7)) for one in passes)
     assert len({tuple(one) for one in passes}) == 3
+
+
+def test_the_same_seed_draws_the_same_batches_and_16_batches_is_the_default_window() -> None:
+    lengths = _lengths()
+
+    def stream(**options: int) -> TaskBatchStream:
+        sampler = build_sampler({"name": "proportional"}, SIZES, total_steps=100, batch_size=16)
+        return TaskBatchStream(SIZES, sampler, batch_size=16, seed=3,
+                               length_of=lambda task, instance: int(lengths[task][instance]),
+                               **options)
+
+    def draws(made: TaskBatchStream) -> list[list[tuple[int, int]]]:
+        return [made.next_batch(step) for step in range(40)]
+
+    assert draws(stream()) == draws(stream()) == draws(stream(window_batches=16))
+    assert draws(stream()) != draws(stream(window_batches=17))
+
+
+def test_a_checkpoint_of_other_task_sizes_is_refused_by_name() -> None:
+    state = _stream().state_dict()
+    other = TaskBatchStream([50, 200, 751], _OneTask(), batch_size=16, seed=3,
+                            length_of=lambda task, instance: 1)
+    with pytest.raises(ValueError,
+                       match=r"^the checkpoint's batch stream was built over other task sizes$"):
+        other.load_state_dict(state)

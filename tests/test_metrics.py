@@ -131,5 +131,5 @@ def test_report_to_dict_shape() -> None:
 
 
 def test_summarize_rejects_no_instances() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^cannot summarize zero instances$"):
         summarize([])

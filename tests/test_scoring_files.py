@@ -241,3 +241,100 @@ def test_cli_lets_input_errors_propagate(tmp_path: Path, files: tuple[Path, Path
     args = ["--predictions", str(tmp_path / "nope.jsonl"), "--references", str(files[1])]
     result = CliRunner().invoke(_cli(), args)
     assert isinstance(result.exception, DataError)
+
+
+# Exact messages and the article flag (mutation testing, issue 27): an error that names the
+# wrong file or line, or a scorer that keeps "the"/"a", would pass the looser tests above.
+
+def _error(call: Any) -> DataError:
+    with pytest.raises(DataError) as error:
+        call()
+    return error.value
+
+
+def test_articles_are_dropped_by_default_for_exact_match(tmp_path: Path) -> None:
+    from itransfer.eval.metrics import SniScorer, default_scorer
+
+    assert SniScorer().score("the Blue Whale", ["a blue whale"]).exact_match == 1.0
+    assert default_scorer().score("blue whale", ["the blue whale"]).exact_match == 1.0
+    kept = SniScorer(drop_articles=False)
+    assert kept.score("blue whale", ["the blue whale"]).exact_match == 0.0
+    assert kept.score("the blue whale", ["The blue whale."]).exact_match == 1.0
+    references = _write_jsonl(tmp_path / "r.jsonl", [_reference("a", "t", "c", "the cat")])
+    predictions = _write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prediction": "cat"}])
+    assert score_files(predictions, references).overall.exact_match == 100.0
+    assert score_files(predictions, references,
+                       drop_articles=False).overall.exact_match == 0.0
+    with pytest.raises(ValueError, match=r"^an instance needs at least one reference$"):
+        SniScorer().score("x", [])
+
+
+def test_errors_name_the_file_the_line_and_the_problem(
+    tmp_path: Path, files: tuple[Path, Path]
+) -> None:
+    predictions, references = files
+    lines = [json.dumps(r) for r in REFERENCES]
+    bad = tmp_path / "bad.jsonl"
+
+    def refs_with(line: str) -> DataError:
+        bad.write_text("\n".join([*lines[:2], line]) + "\n", encoding="utf-8")
+        return _error(lambda: score_files(predictions, bad))
+
+    assert str(refs_with(lines[0])) == (
+        f"{bad}:3: duplicate id 't1-0' (first seen on line 1)")
+    assert str(refs_with(json.dumps(_reference("x", "t", "c")))) == (
+        f"{bad}:3: field 'references' must be a non-empty list of strings")
+    assert str(refs_with(json.dumps(_reference("x", "t", "c", "y") | {"track": "xlingual"}))) == (
+        f"{bad}:3: field 'track' is 'xlingual'; only 'default' is supported")
+    assert str(refs_with("[1]")) == f"{bad}:3: expected a JSON object, got list"
+    assert str(refs_with(json.dumps(_reference("x", "t", "c", "y") | {"task_id": 3}))) == (
+        f"{bad}:3: field 'task_id' must be a string, got int")
+    bad.write_text("\n", encoding="utf-8")
+    assert str(_error(lambda: score_files(predictions, bad))) == (
+        f"{bad}: no instances (the file is empty)")
+    missing = tmp_path / "absent.jsonl"
+    assert str(_error(lambda: score_files(predictions, missing))) == f"{missing}: file not found"
+    bad.write_bytes(b"\xff\xfe{}\n")
+    error = _error(lambda: score_files(predictions, bad))
+    assert error.path == bad and error.message.startswith("cannot read file: ")
+    assert "codec can't decode" in error.message
+
+    def predictions_with(*records: Any) -> DataError:
+        _write_jsonl(bad, list(records))
+        return _error(lambda: score_files(bad, references))
+
+    assert str(predictions_with({"id": "t1-0", "prediction": "a"}, {"prediction": "b"})) == (
+        f"{bad}:2: missing field 'id'")
+    assert str(predictions_with({"id": "t1-0", "prediction": "a"}, {"id": "t1-0",
+                                                                     "prediction": "b"})) == (
+        f"{bad}:2: duplicate id 't1-0' (first seen on line 1)")
+    assert str(predictions_with({"id": "t1-0", "prediction": "a"},
+                                {"id": "t1-1", "prediction": 5})) == (
+        f"{bad}:2: field 'prediction' must be a string, got int")
+
+
+def test_long_id_lists_show_ten_and_count_the_rest(tmp_path: Path) -> None:
+    def unknown(n: int) -> str:
+        references = _write_jsonl(tmp_path / "r.jsonl", [_reference("a", "t", "c", "x")])
+        predictions = _write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prediction": "x"}] + [
+            {"id": f"u{i:02d}", "prediction": "x"} for i in range(n)])
+        return str(_error(lambda: score_files(predictions, references)))
+
+    ten = ", ".join(f"'u{i:02d}'" for i in range(10))
+    assert unknown(10).endswith(f"predictions for ids not in {tmp_path / 'r.jsonl'}: "
+                                f"10 ids: {ten}")
+    assert unknown(11).endswith(f"11 ids: {ten}, ... (1 more)")
+
+
+def test_missing_predictions_warn_with_their_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    references = _write_jsonl(tmp_path / "r.jsonl", [_reference(i, "t", "c", "x") for i in "abc"])
+    predictions = _write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prediction": "x"}])
+    assert str(_error(lambda: score_files(predictions, references))) == (
+        f"{predictions}: no prediction for ids in {references}: 2 ids: 'b', 'c' "
+        "(pass --allow-missing to score them as empty strings)")
+    with caplog.at_level("WARNING"):
+        report = score_files(predictions, references, allow_missing=True)
+    assert "No prediction for 2 instances; scoring them as ''." in caplog.messages
+    assert report.overall.exact_match == pytest.approx(100 / 3)

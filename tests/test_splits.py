@@ -162,3 +162,18 @@ def test_other_fractions_and_sizes_are_honoured_in_their_places(tmp_path: Path) 
     assert evaluation.split_seed == 5
     with pytest.raises(DataError, match=r"has 36 instances; .* needs 30 test \+ 7 few-shot = 37"):
         split_evaluation_task(_task(tmp_path / "short", 36), sizes, seed=5)
+
+
+def test_split_errors_name_the_task_and_the_split_the_task(tmp_path: Path) -> None:
+    path = write_task(tmp_path / "tasks", "task009_small", Instances=[
+        {"input": f"x{i}", "output": ["y"]} for i in range(30)])
+    task = parse_task(path)
+    with pytest.raises(DataError) as error:
+        split_evaluation_task(task, SplitConfig(), seed=0)
+    assert error.value.path == path
+    seen = split_seen_task(task, SplitConfig(), seed=0)
+    evaluation = split_evaluation_task(task, SplitConfig(unseen_test_size=20,
+                                                         few_shot_pool_size=10), seed=0)
+    assert seen.task == evaluation.task == "task009_small"
+    with pytest.raises(ValueError, match=r"^task task009_small: k must be >= 0, got -1$"):
+        evaluation.few_shot_indices(-1, seed=0)
