@@ -152,3 +152,81 @@ def test_cut_inputs_are_warned_once_per_stage_with_details_at_info(
         warn_inputs_cut("after", {"task_a": 1}, 8, details=False)  # the block ended: at once
     assert [r.getMessage() for r in caplog.records] == [
         "after: 1 inputs cut to 8 tokens; --verbose lists them"]
+
+
+def _words_task(tmp_path: Path, definition: str = "one two three four five six"):
+    return parse_task(write_task(
+        tmp_path, "task007_words", Definition=[definition],
+        **{"Positive Examples": [{"input": f"q{i} w", "output": f"a{i}", "explanation": "ok"}
+                                 for i in range(3)]}))
+
+
+def test_a_registered_context_cuts_exemplars_then_instruction_then_input_by_exact_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from itransfer.data import contexts
+
+    monkeypatch.setattr(contexts, "CONTEXTS", dict(contexts.CONTEXTS))
+
+    @contexts.register_context("toy")
+    class Toy(contexts.TaskContext):
+        # The task's name, the instruction, one word per exemplar, then x; counted in words.
+        uses_exemplars = True
+        uses_definition = True
+
+        def render(self, task, x, exemplars, definition):  # type: ignore[no-untyped-def]
+            parts = [task.name, definition, *(e.output for e in exemplars), x]
+            return " ".join(part for part in parts if part)
+
+    assert Toy.name == "toy" and contexts.CONTEXTS["toy"] is Toy
+    toy = build_context("toy", 3)
+    task = _words_task(tmp_path)
+    x = "x1 x2 x3 x4"
+    full = 1 + 6 + 3 + 4  # 14 words
+    assert toy.encode(task, x, max_tokens=full) == contexts.EncodedInput(toy.render(
+        task, x, list(task.positive_examples[:3]), task.definition))
+    assert toy.encode(task, x, max_tokens=full - 1) == contexts.EncodedInput(
+        f"task007_words one two three four five six a0 a1 {x}", exemplars_dropped=1)
+    assert toy.encode(task, x, max_tokens=full - 3) == contexts.EncodedInput(
+        f"task007_words one two three four five six {x}", exemplars_dropped=3)
+    assert toy.encode(task, x, max_tokens=full - 5) == contexts.EncodedInput(
+        f"task007_words one two three four {x}", exemplars_dropped=3, definition_words_cut=2)
+    with caplog.at_level(logging.DEBUG, logger="itransfer.data.contexts"):
+        cut = toy.encode(task, x, max_tokens=3)
+    assert cut == contexts.EncodedInput("task007_words x1 x2", exemplars_dropped=3,
+                                        definition_words_cut=6, input_words_cut=2)
+    assert toy.inputs_cut == {"task007_words": 1}
+    assert ("task007_words: input longer than the 3-token budget even without context; cut 2 "
+            "of its 4 words from the end") in caplog.messages
+    assert "task007_words: context cut to fit 3 tokens (3 exemplars dropped, 6 instruction " \
+           "words cut)" in caplog.messages
+
+
+def test_a_budget_met_by_dropping_exemplars_leaves_the_instruction_whole(tmp_path: Path) -> None:
+    task = _words_task(tmp_path)
+    context = build_context("definition+exemplars", 3)
+    bare = context.render(task, "x", [], task.definition)
+    got = context.encode(task, "x", max_tokens=len(bare.split()))
+    assert got == type(got)(bare, exemplars_dropped=3)
+    definition_only = build_context("definition")
+    assert definition_only.render(task, "x", [], "  ") == "x"
+    assert definition_only.render(task, "x", [], " do it ") == "do it\nx"
+
+
+def test_tk_instruct_layout_numbers_exemplars_from_one(tmp_path: Path) -> None:
+    task = _words_task(tmp_path)
+    text = build_context("definition+exemplars", 2).render(
+        task, "the input", list(task.positive_examples[:2]), "Say it.")
+    assert text == ("Definition: Say it.\n\n"
+                    "Positive Example 1 -\nInput: q0 w\nOutput: a0\n\n"
+                    "Positive Example 2 -\nInput: q1 w\nOutput: a1\n\n"
+                    "Now complete the following example -\nInput: the input\nOutput:")
+
+
+def test_longest_fitting_prefix_is_the_largest_n_that_fits() -> None:
+    from itransfer.data.contexts import longest_fitting_prefix
+
+    for length in range(0, 9):
+        for budget in range(-1, 10):
+            expected = max([n for n in range(length + 1) if n <= budget], default=0)
+            assert longest_fitting_prefix(length, lambda n, b=budget: n <= b) == expected

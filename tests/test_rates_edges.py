@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -55,6 +56,7 @@ def test_temperature_rates_formula_and_check() -> None:
 
 def test_capped_rates_formula_and_check() -> None:
     assert rates.capped_rates([1, 4, 10], 4) == pytest.approx([1 / 9, 4 / 9, 4 / 9])
+    assert rates.capped_rates([1, 2], 0.5).tolist() == [0.5, 0.5]  # any positive cap
     with pytest.raises(ValueError) as error:
         rates.capped_rates([1, 2], 0)
     assert str(error.value) == "cap must be > 0, got 0"
@@ -96,6 +98,7 @@ def test_unimax_allocation_ties_checks_and_leftovers() -> None:
     # 2 tasks of size 2 capped at 2 epochs (4 each); the rest goes to the large one.
     assert rates.unimax_allocation([2, 100, 2], 30, 2.0).tolist() == [4.0, 22.0, 4.0]
     assert rates.unimax_rates([2, 100, 2], 30, 2.0) == pytest.approx([4 / 30, 22 / 30, 4 / 30])
+    assert rates.unimax_allocation([1, 3], 0.5, 1.0).tolist() == [0.25, 0.25]  # any budget > 0
     for budget, epochs, message in ((0, 1.0, "budget must be > 0, got 0"),
                                     (10, 0.0, "max_epochs must be > 0, got 0.0")):
         with pytest.raises(ValueError) as error:
@@ -114,7 +117,9 @@ def test_loss_ratio_rates_formula_and_check() -> None:
 
 def test_entropy_counts_zero_mass_as_zero_along_the_last_axis() -> None:
     weights = np.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.25, 0.25, 0.5]])
-    got = rates.entropy(weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0 * log 0 is counted as 0, without a numpy warning
+        got = rates.entropy(weights)
     assert got == pytest.approx([math.log(2), 0.0, 1.5 * math.log(2)])
     assert rates.effective_num_tasks(weights) == pytest.approx([2.0, 1.0, 2 ** 1.5])
     assert rates.entropy([0.5, 0.5]) == pytest.approx(math.log(2))
