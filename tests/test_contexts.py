@@ -23,8 +23,13 @@ def qasc(sni_slice: Path):
 
 def test_registered_contexts() -> None:
     assert set(CONTEXTS) == {"none", "task_id", "definition", "exemplars", "definition+exemplars"}
-    with pytest.raises(ConfigError, match="unknown context 'fewshot'"):
+    with pytest.raises(ConfigError) as error:
         build_context("fewshot")
+    assert str(error.value) == ("unknown context 'fewshot'; known: definition, "
+                                "definition+exemplars, exemplars, none, task_id")
+    assert build_context("exemplars").num_exemplars == 3  # the paper's three (Figure 5)
+    assert CONTEXTS["exemplars"]().num_exemplars == 3
+    assert build_context("exemplars", 2).num_exemplars == 2
 
 
 def test_none_and_task_id(qasc) -> None:
@@ -185,8 +190,12 @@ def test_a_registered_context_cuts_exemplars_then_instruction_then_input_by_exac
     full = 1 + 6 + 3 + 4  # 14 words
     assert toy.encode(task, x, max_tokens=full) == contexts.EncodedInput(toy.render(
         task, x, list(task.positive_examples[:3]), task.definition))
-    assert toy.encode(task, x, max_tokens=full - 1) == contexts.EncodedInput(
-        f"task007_words one two three four five six a0 a1 {x}", exemplars_dropped=1)
+    with caplog.at_level(logging.INFO, logger="itransfer.data.contexts"):
+        assert toy.encode(task, x, max_tokens=full - 1) == contexts.EncodedInput(
+            f"task007_words one two three four five six a0 a1 {x}", exemplars_dropped=1)
+    assert caplog.messages == ["task007_words: context cut to fit 13 tokens (1 exemplars dropped, "
+                               "0 instruction words cut)"]
+    caplog.clear()
     assert toy.encode(task, x, max_tokens=full - 3) == contexts.EncodedInput(
         f"task007_words one two three four five six {x}", exemplars_dropped=3)
     assert toy.encode(task, x, max_tokens=full - 5) == contexts.EncodedInput(
