@@ -337,3 +337,65 @@ def test_a_cell_trains_the_same_adapter_in_any_group_and_pass_size(
         for name, expected in reference.items():
             # Pass splits reorder float64 sums (~1e-13); another mask would move it by ~1e-3.
             torch.testing.assert_close(got[name], expected, atol=1e-10, rtol=0, msg=label)
+
+
+def test_a_causal_group_matches_sequential_peft_with_a_target_only_example(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Decoder-only cells, one example without any source: a causal LM cannot predict its
+    first token, so that example has one target token fewer, as PEFT's loss counts it."""
+    import json
+
+    from safetensors import safe_open
+
+    from causal_models import build_causal_model
+    from itransfer.examples import EncodedExample
+
+    loaded = load_model_and_tokenizer(build_causal_model(tmp_path / "llama"))
+    model = loaded.model.double()
+    generator = torch.Generator().manual_seed(0)
+
+    def example(source: int, target: int) -> EncodedExample:
+        ids = torch.randint(5, 200, (source + target,), generator=generator).tolist()
+        return EncodedExample(tuple(ids[:source]), tuple(ids[source:]))
+
+    cells = [
+        TransferCell("task_a", 3, "none", 0, (example(0, 4), example(6, 3), example(9, 2))),
+        TransferCell("task_b", 2, "none", 0, (example(5, 5), example(3, 1))),
+    ]
+    settings = LoraConfig(dropout=0.0, batch_size=2, epochs=2, target_modules=["q_proj",
+                                                                               "v_proj"])
+    common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "causal",
+              "device": CPU}
+    expected = []
+    for cell in cells:
+        peft_model, losses = train_cell_peft(model, cell, settings, **common)
+        expected.append(losses)
+        model = peft_model.unload()
+    steps: list[tuple[int, int]] = []
+    with caplog.at_level("INFO", logger="itransfer.eval.multilora"):
+        result = train_cells_batched(model, cells, settings, max_tokens_per_pass=16,
+                                     progress=lambda step, total: steps.append((step, total)),
+                                     **common)
+    try:
+        assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]  # k = 3 at batch 2: 2 steps an epoch
+        assert "training 2 LoRA cells together in 4 global steps" in caplog.messages
+        for c in range(len(cells)):
+            assert result.losses[c] == pytest.approx(expected[c], abs=1e-6)
+        exported = result.adapters.export_peft_adapter(1, tmp_path / "cell1")
+        config = json.loads((exported / "adapter_config.json").read_text(encoding="utf-8"))
+        assert config["task_type"] == "CAUSAL_LM"
+        with safe_open(str(exported / "adapter_model.safetensors"), "pt") as handle:
+            assert handle.metadata() == {"format": "pt"}
+    finally:
+        result.adapters.remove()
+
+
+def test_an_empty_group_trains_nothing(loaded: LoadedModel) -> None:
+    model = loaded.model
+    steps: list[tuple[int, int]] = []
+    result = train_cells_batched(model, [], SETTINGS,
+                                 pad_token_id=0, architecture="seq2seq", device=CPU,
+                                 progress=lambda step, total: steps.append((step, total)))
+    result.adapters.remove()
+    assert result.losses == [] and steps == []
