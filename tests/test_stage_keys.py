@@ -20,6 +20,7 @@ from itransfer.schema import EvalPlan
 
 # A value other than the default for each setting that must not change results.
 NEUTRAL_TOGGLES: dict[str, Any] = {
+    "name": "another-label",
     "train.log_every": 7,
     "train.tensorboard": False,
     "train.wandb_project": "itransfer-test",
@@ -147,3 +148,97 @@ def test_the_step_budget_keys_a_training_stage_only_where_it_sets_the_step_count
     del before["train"]["budget"]
     assert result_relevant(before) == result_relevant(load_config(None, [limited]))
     assert "budget" in result_relevant(load_config(None, [limited, "train.budget=steps"]))["train"]
+
+
+# --- every field: part of the identity, or marked (issue 23) ---------------------------------
+
+# A changed value for the settings whose type alone does not give a valid one.
+CHANGED: dict[str, Any] = {
+    "data.sni_dir": "/data/natural-instructions",
+    "data.context.name": "none",
+    "data.context.max_input_tokens": 64,
+    "data.splits.max_train_instances_per_task": 10,
+    "model.name_or_path": "itransfer:tiny-llama",
+    "train.steps": 50,
+    "train.sampler": {"name": "uniform"},
+    "train.mixing.every": 3,
+    "train.mixing.source": "/data/c4",
+    "train.keep_checkpoints": 2,
+    "eval.tasks": ["task1624_disfl_qa_question_yes_no_classification"],
+    "eval.max_tasks": 3,
+    "eval.icl_context": "none",
+    "eval.shots": [0, 5],
+    "eval.transfer_contexts": ["none"],
+    "eval.seeds": [0, 1],
+    "eval.task_groups": ["heldout_domain"],
+    # "auto" is keyed as the modules it means on T5 (q, v), so spelling those out is the same
+    # stage by design (test_lora_targets): another list is another stage.
+    "eval.lora.target_modules": ["q", "k"],
+    "data.selection.languages": ["English", "German"],
+}
+# Settings in the identity only where they change the run (see config.result_relevant):
+# the extra overrides under which they do.
+CONDITIONAL: dict[str, list[str]] = {
+    "train.budget": ["data.splits.max_train_instances_per_task=10"],
+}
+
+
+def _leaves(model: type, prefix: str = "") -> dict[str, Any]:
+    """Every setting of the config tree as dotted key -> field info (the sampler is one)."""
+    from pydantic import BaseModel
+
+    found: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            found |= _leaves(info.annotation, f"{dotted}.")
+        else:
+            found[dotted] = info
+    return found
+
+
+def _changed_value(key: str, current: Any, info: Any) -> Any:
+    from typing import get_args
+
+    if key in CHANGED or key in NEUTRAL_TOGGLES:
+        return CHANGED.get(key, NEUTRAL_TOGGLES.get(key))
+    if isinstance(current, bool):
+        return not current
+    if isinstance(current, int):
+        return current + 1
+    if isinstance(current, float):
+        return current / 2 if current else 0.01
+    choices = [c for c in get_args(info.annotation) if isinstance(c, str) and c != current]
+    if choices:
+        return choices[0]
+    if isinstance(current, list) and len(current) > 1:
+        return current[:-1]
+    if isinstance(current, list):
+        return [*current, "another"]
+    raise AssertionError(f"no changed value for {key} (default {current!r}): add it to CHANGED")
+
+
+def _current(config: ExperimentConfig, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+@pytest.mark.parametrize("key", sorted(_leaves(ExperimentConfig)))
+def test_every_setting_is_in_the_stage_keys_or_marked(key: str) -> None:
+    import json
+
+    info = _leaves(ExperimentConfig)[key]
+    extra = CONDITIONAL.get(key, [])
+    base = load_config(None, extra)
+    value = _changed_value(key, _current(base, key), info)
+    changed = load_config(None, [*extra, f"{key}={json.dumps(value)}"])
+    assert _current(changed, key) != _current(base, key)
+    base_train, base_eval = _keys(base)
+    train_key, eval_key = _keys(changed)
+    if key in RESULT_NEUTRAL_SETTINGS:
+        assert (train_key, eval_key) == (base_train, base_eval)
+        return
+    assert eval_key != base_eval, f"{key} changes no stage key and is not marked NO_EFFECT"
+    assert (train_key != base_train) == (not key.startswith("eval."))

@@ -33,6 +33,32 @@ else:
     SamplerSpec = sampler_config_union()
 
 
+# Each setting is marked once, on its field, by how it bears on a run's identity (whether two
+# runs, stages or checkpoints are "the same"); unmarked settings are part of it.
+# Settings that change how a run is logged or how fast it computes, never its numbers
+# (evaluation batches and passes regroup the same computations): the stage keys of
+# `itransfer run` and the resume check leave them out, so turning one on reuses finished work.
+NO_EFFECT: dict[str, Any] = {"identity": "no effect"}
+# Which checkpoints a run writes and keeps, not the weights it reaches: a run may resume under
+# other values, but a pipeline stage's trajectory (the checkpoints there are to evaluate) is
+# made of them, so the stage keys keep them.
+CHECKPOINT_SCHEDULE: dict[str, Any] = {"identity": "checkpoint schedule"}
+
+
+def marked_settings(
+    model: type[BaseModel], mark: dict[str, Any], prefix: str = ""
+) -> frozenset[str]:
+    """The dotted keys of ``model``'s fields (nested configs included) that carry ``mark``."""
+    found: set[str] = set()
+    for name, info in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        if info.json_schema_extra == mark:
+            found.add(dotted)
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            found |= marked_settings(info.annotation, mark, f"{dotted}.")
+    return frozenset(found)
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -148,17 +174,20 @@ class TrainConfig(StrictModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     sampler: SamplerSpec = Field(default_factory=ProportionalConfig)
     mixing: MixingConfig = Field(default_factory=MixingConfig)
-    checkpoint_every: int = Field(default=0, ge=0)  # 0: only the final checkpoint
-    keep_checkpoints: int | None = Field(default=None, ge=1)  # None keeps the whole trajectory
+    checkpoint_every: int = Field(default=0, ge=0,  # 0: only the final checkpoint
+                                  json_schema_extra=CHECKPOINT_SCHEDULE)
+    keep_checkpoints: int | None = Field(default=None, ge=1,  # None keeps the whole trajectory
+                                         json_schema_extra=CHECKPOINT_SCHEDULE)
     # The trajectory keeps weights only; what resuming needs (optimizer, data positions, RNGs)
     # goes into a rolling resumable checkpoint, written when either of these fires (and when a
     # signal stops the run). None switches one off.
-    save_every_minutes: float | None = Field(default=30, gt=0)
-    save_every_steps: int | None = Field(default=None, ge=1)
-    log_every: int = Field(default=10, ge=1)
+    save_every_minutes: float | None = Field(default=30, gt=0, json_schema_extra=NO_EFFECT)
+    save_every_steps: int | None = Field(default=None, ge=1, json_schema_extra=NO_EFFECT)
+    log_every: int = Field(default=10, ge=1, json_schema_extra=NO_EFFECT)
     length_window_batches: int = Field(default=16, ge=1)
-    tensorboard: bool = True
-    wandb_project: str | None = None  # log to Weights & Biases too (needs `wandb`)
+    tensorboard: bool = Field(default=True, json_schema_extra=NO_EFFECT)
+    # Log to Weights & Biases too (needs `wandb`).
+    wandb_project: str | None = Field(default=None, json_schema_extra=NO_EFFECT)
 
 
 EVALUATION_TASK_GROUPS = ("unseen", "unseen_synthetic", "heldout_domain", "heldout_adversarial")
@@ -205,16 +234,17 @@ class EvalConfig(StrictModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     engine: Literal["batched", "peft"] = "batched"
     lora: LoraConfig = Field(default_factory=LoraConfig)
-    cells_per_group: int = Field(default=64, ge=1)  # batched engine: adapters trained together
+    # Batched engine: adapters trained together.
+    cells_per_group: int = Field(default=64, ge=1, json_schema_extra=NO_EFFECT)
     # Batched engine: one forward/backward pass holds at most this many examples and padded
     # tokens (a global step's examples, sorted by length, take several passes). CPU: the
     # defaults (bench/transfer_grid.py); a GPU wants far more of both.
-    max_examples_per_pass: int | None = Field(default=64, ge=1)
-    max_tokens_per_pass: int | None = Field(default=4096, ge=1)
+    max_examples_per_pass: int | None = Field(default=64, ge=1, json_schema_extra=NO_EFFECT)
+    max_tokens_per_pass: int | None = Field(default=4096, ge=1, json_schema_extra=NO_EFFECT)
     # An evaluation batch: at most batch_size rows and max_batch_tokens padded tokens (short
     # items share big batches). bench/transfer_grid.py measures both; GPUs want more of each.
-    batch_size: int = Field(default=64, ge=1)
-    max_batch_tokens: int | None = Field(default=16384, ge=1)
+    batch_size: int = Field(default=64, ge=1, json_schema_extra=NO_EFFECT)
+    max_batch_tokens: int | None = Field(default=16384, ge=1, json_schema_extra=NO_EFFECT)
     max_new_tokens: int = Field(default=64, ge=1)
     generate: bool = True
     seen_max_instances: int | None = Field(default=100, ge=1)  # per task and split
@@ -249,7 +279,7 @@ class EvalConfig(StrictModel):
 
 
 class ExperimentConfig(StrictModel):
-    name: str = "itransfer"
+    name: str = Field(default="itransfer", json_schema_extra=NO_EFFECT)  # a label
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -267,21 +297,11 @@ class ExperimentConfig(StrictModel):
         return self
 
 
-# Settings that change how a run is logged or how fast it computes, never its numbers
-# (evaluation batches and passes regroup the same computations), as dotted keys. The stage keys
-# of `itransfer run` and the resume check ignore them, so turning one on reuses finished work.
-RESULT_NEUTRAL_SETTINGS: frozenset[str] = frozenset({
-    "train.log_every", "train.tensorboard", "train.wandb_project",
-    "train.save_every_minutes", "train.save_every_steps",
-    "eval.batch_size", "eval.max_batch_tokens", "eval.max_examples_per_pass",
-    "eval.max_tokens_per_pass", "eval.cells_per_group",
-})
-# Which checkpoints a run writes and keeps, not the weights it reaches: a run may resume under
-# other values, but a pipeline stage's trajectory (the checkpoints there are to evaluate) is
-# made of them, so the stage keys keep them.
-CHECKPOINT_SCHEDULE_SETTINGS: frozenset[str] = frozenset({
-    "train.checkpoint_every", "train.keep_checkpoints",
-})
+# What a run's identity (its stage keys, the resume check) leaves out, derived from the marks on
+# the fields above (see NO_EFFECT and CHECKPOINT_SCHEDULE) as dotted keys.
+RESULT_NEUTRAL_SETTINGS: frozenset[str] = marked_settings(ExperimentConfig, NO_EFFECT)
+CHECKPOINT_SCHEDULE_SETTINGS: frozenset[str] = marked_settings(ExperimentConfig,
+                                                               CHECKPOINT_SCHEDULE)
 
 
 def result_relevant(
