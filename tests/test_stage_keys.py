@@ -242,3 +242,34 @@ def test_every_setting_is_in_the_stage_keys_or_marked(key: str) -> None:
         return
     assert eval_key != base_eval, f"{key} changes no stage key and is not marked NO_EFFECT"
     assert (train_key != base_train) == (not key.startswith("eval."))
+
+
+# The keys themselves: a change to how they are computed would silently orphan every cached
+# stage and trajectory of existing run folders (computed on 2026-12-05, before run identity
+# moved onto the fields; change them only with a compatibility reader).
+PINNED_KEYS: dict[str, tuple[str, str]] = {
+    "quickstart:it-proportional": ("bd56c59e97c9", "69c85763bcf0"),
+    "quickstart:it-limit10": ("0254babee393", "85110b2db878"),
+    "quickstart:it-mix3": ("38de4b3e6da5", "4e1690501af1"),
+    "quickstart:it-uniform": ("8cc1f8f6f69c", "b86f46072ba2"),
+    "defaults": ("c7bd61cb9421", "c5bbaa44282a"),
+    "steps, seed, reverse annealing": ("bb52c306c9cd", "88ebfb5e0e75"),
+}
+
+
+def test_stage_keys_keep_their_values() -> None:
+    from itransfer.experiment import load_experiment
+    from itransfer.packaged_configs import packaged_config
+
+    quickstart = load_experiment(packaged_config("quickstart"))
+    configs = {f"quickstart:{label}": config for label, config in quickstart.variants.items()}
+    configs["defaults"] = load_config(None, [])
+    configs["steps, seed, reverse annealing"] = load_config(
+        None, ["train.steps=7", "seed=2", "train.sampler={name: reverse_annealing}"])
+    got = {}
+    for name, config in configs.items():
+        train_key = _train_key(config)
+        plan = [True, False, [0, 5], ["none"]] if name.startswith("quickstart") else [
+            True, False, [0], ["none"]]
+        got[name] = (train_key, _eval_key(config, f"{train_key}@6", plan))
+    assert got == PINNED_KEYS
