@@ -363,8 +363,8 @@ def test_a_causal_group_matches_sequential_peft_with_a_target_only_example(
         TransferCell("task_a", 3, "none", 0, (example(0, 4), example(6, 3), example(9, 2))),
         TransferCell("task_b", 2, "none", 0, (example(5, 5), example(3, 1))),
     ]
-    settings = LoraConfig(dropout=0.0, batch_size=2, epochs=2, target_modules=["q_proj",
-                                                                               "v_proj"])
+    settings = LoraConfig(dropout=0.0, batch_size=2, epochs=2, weight_decay=0.1,
+                          target_modules=["q_proj", "v_proj"])
     common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "causal",
               "device": CPU}
     expected = []
@@ -373,11 +373,14 @@ def test_a_causal_group_matches_sequential_peft_with_a_target_only_example(
         expected.append(losses)
         model = peft_model.unload()
     steps: list[tuple[int, int]] = []
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
     with caplog.at_level("INFO", logger="itransfer.eval.multilora"):
         result = train_cells_batched(model, cells, settings, max_tokens_per_pass=16,
                                      progress=lambda step, total: steps.append((step, total)),
                                      **common)
     try:
+        # Only the adapters train: the base weights stay frozen while the group is wrapped.
+        assert not any(p.requires_grad for n, p in model.named_parameters() if "lora" not in n)
         assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]  # k = 3 at batch 2: 2 steps an epoch
         assert "training 2 LoRA cells together in 4 global steps" in caplog.messages
         for c in range(len(cells)):
@@ -387,8 +390,19 @@ def test_a_causal_group_matches_sequential_peft_with_a_target_only_example(
         assert config["task_type"] == "CAUSAL_LM"
         with safe_open(str(exported / "adapter_model.safetensors"), "pt") as handle:
             assert handle.metadata() == {"format": "pt"}
+        batch = collate([cells[0].train_examples[1]] * 2, pad_token_id=0, architecture="causal")
+        with pytest.raises(RuntimeError, match=r"^MultiLoraLinear called outside "
+                                               r"MultiLoraModel\.route\(indices\)$"):
+            model(input_ids=batch["input_ids"])
+        with pytest.raises(RuntimeError) as error, result.adapters.route([0]):
+            model(input_ids=batch["input_ids"])
+        assert str(error.value) == ("batch has 2 rows but route() got 1 indices (for beam "
+                                    "search / num_return_sequences, repeat_interleave the "
+                                    "indices)")
     finally:
         result.adapters.remove()
+    assert result.adapters.remove() is model  # a second removal changes nothing
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
 
 
 def test_an_empty_group_trains_nothing(loaded: LoadedModel) -> None:
