@@ -145,7 +145,8 @@ def test_every_exclusion_reason_and_boundary_exactly(tmp_path: Path) -> None:
             "task010_no_output_language": {"Output_language": []},
             "task011_two_foreign": {"Output_language": ["French", "English", "German"]},
             "task012_two_other_categories": {"Categories": ["Mathematics", "Poetry"]},
-            "task013_reddit_at_140": {"Domains": ["Social Media -> Reddit"], "Instances": one * 140},
+            "task013_reddit_at_140": {"Domains": ["Social Media -> Reddit"],
+                                      "Instances": one * 140},
             "task014_seen_last": {},
         },
     )
@@ -176,6 +177,7 @@ def test_every_exclusion_reason_and_boundary_exactly(tmp_path: Path) -> None:
     assert data["counts"] == {"seen": 2, "unseen": 1, "unseen_synthetic": 0,
                               "heldout_domain": 1, "heldout_adversarial": 0,
                               "heldout_generalization": 1, "excluded": 10}
-    assert data["seen"] == ["task001_seen", "task014_seen_last"] and data["heldout_generalization"] == ["task013_reddit_at_140"]
+    assert data["seen"] == ["task001_seen", "task014_seen_last"]
+    assert data["heldout_generalization"] == ["task013_reddit_at_140"]
     assert list(data["excluded"]) == sorted(selection.excluded)
     assert selection.category_counts("unseen") == {"Title Generation": 1}
