@@ -41,10 +41,19 @@ def _rho(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _resampled_rhos(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Each resample's rho: pandas' average ranks, then Pearson's r of the ranks (NaN for a
+    constant resample); checked against scipy's spearmanr on the first rows."""
     index = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    ranks_x = pd.DataFrame(x[index]).rank(axis=1).to_numpy()
+    ranks_y = pd.DataFrame(y[index]).rank(axis=1).to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rhos = np.array([np.corrcoef(a, b)[0, 1] if a.std() and b.std() else np.nan
+                         for a, b in zip(ranks_x, ranks_y, strict=True)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a constant resample's rho is NaN, as the module's
-        return np.array([_rho(x[row], y[row]) for row in index])
+        first = [_rho(x[row], y[row]) for row in index[:20]]
+    assert np.allclose(rhos[:20], first, equal_nan=True)
+    return rhos
 
 
 def test_rowwise_spearman_is_scipys_rho_per_row_with_ties_and_nan_for_constant_rows() -> None:
@@ -198,3 +207,33 @@ def test_holm_steps_down_in_order_of_the_p_values() -> None:
     assert got[5] == pytest.approx(0.5) and math.isnan(got[3])
     assert holm([0.3, 0.3]) == pytest.approx([0.6, 0.6])
     assert all(math.isnan(v) for v in holm([float("nan")] * 2)) and holm([]) == []
+
+
+def test_correlation_difference_edges_of_its_p_value_and_resamples() -> None:
+    table = _tasks(10, 0.5, seed=11)
+    same = correlation_difference(table, table, "x", "y", n_boot=200, confidence=0.5)
+    # Every resampled difference is 0: as many on each side, so p = 1 (not below it).
+    assert same.difference == 0.0 and same.p_value == 1.0 and same.confidence == 0.5
+    weak, strong = _tasks(30, 3.0, seed=12), _tasks(30, 0.01, seed=13)
+    strong.index = weak.index
+    gap = correlation_difference(weak, strong, "x", "y", n_boot=400)
+    assert gap.ci_low > 0 and gap.p_value == pytest.approx(2 / 400)  # no resample at or below 0
+    # A seed whose one resample draws a single task: the only difference is undefined.
+    small = _tasks(MIN_PAIRS + 1, 0.3, seed=14)
+    seed = next(s for s in range(10_000)
+                if len(set(np.random.default_rng(s).integers(0, 4, size=(1, 4))[0])) == 1)
+    got = correlation_difference(small, small.iloc[::-1].set_axis(small.index), "x", "y",
+                                 n_boot=1, seed=seed, confidence=0.9)
+    assert got.defined and got.n == MIN_PAIRS + 1 and got.confidence == 0.9
+    assert [math.isnan(v) for v in (got.ci_low, got.ci_high, got.p_value)] == [True] * 3
+
+
+def test_ranking_stability_reports_its_inputs_when_undefined_and_reads_every_column() -> None:
+    per_task = pd.DataFrame({"proportional": [3.0, 3.0, 3.0], "uniform": [1.0, 1.1, 0.9],
+                             "inverse": [2.0, 2.0, 2.0]})
+    best = ranking_stability(per_task, "uniform", n_boot=50)
+    assert best.observed_first and best.share_first == 1.0
+    missing = ranking_stability(per_task, "other", n_boot=50)
+    assert (missing.target, missing.observed_first, missing.n_tasks, missing.n_boot) == (
+        "other", False, 3, 50)
+    assert rho_below(_tasks(8, 0.1, seed=15), "x", "y", 0.5, confidence=0.8).confidence == 0.8
