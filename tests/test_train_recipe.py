@@ -465,11 +465,26 @@ def test_setup_hands_the_config_to_each_part(
     def progress(*_: Any) -> None:
         return None
 
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("A first document of plain text.\n\nA second one, longer than it.\n",
+                      encoding="utf-8")
+    opened: list[tuple[Any, Any]] = []
+    real_documents = recipe.iter_corpus_documents
+    monkeypatch.setattr(recipe, "iter_corpus_documents", lambda source, seed: (
+        opened.append((source, seed)) or real_documents(source, seed=seed)))
     config = _config(tiny_model_dir, "train.steps=2", "seed=3", "train.mixing.every=2",
+                     f"train.mixing.source={corpus}", "train.mixing.max_length=64",
                      "data.context={name: exemplars, num_exemplars: 1}",
                      "model.trust_remote_code=true", "train.weight_decay=0.05")
     state = setup(config, tmp_path / "run", tokenizing=progress)
     try:
+        unsupervised = seen["UnsupervisedBatches"]
+        assert unsupervised[1]["max_length"] == 64 and unsupervised[1]["seed"] == 3
+        next(iter(unsupervised[0][0]()))
+        assert set(opened) == {(str(corpus), 3)}
+        import json
+
+        assert json.loads((tmp_path / "run" / "run.json").read_text())["seed"] == 3
         assert seen["load_model_and_tokenizer"][1] == {"architecture": "auto",
                                                        "trust_remote_code": True}
         assert seen["open_benchmark"][0][1] == 3
