@@ -19,16 +19,12 @@ from itransfer.analysis import correlations as corr
 from itransfer.analysis import seen_fit
 from itransfer.analysis.report import write_report
 from itransfer.analysis.run import analyse
-from itransfer.analysis.sections import (
-    PAPER_FINDINGS,
-    DataLimitsSection,
-    MixingSection,
-    TransferSection,
-)
-from itransfer.analysis.sections.data_limits import DataLimitsAnalysis
+from itransfer.analysis.sections import PAPER_FINDINGS
+from itransfer.analysis.sections.data_limits import DataLimitsAnalysis, DataLimitsSection
 from itransfer.analysis.sections.heldout_groups import HeldoutGroupsAnalysis
+from itransfer.analysis.sections.mixing import MixingSection
 from itransfer.analysis.sections.trajectory import TrajectoryAnalysis
-from itransfer.analysis.sections.transfer import TransferAnalysis
+from itransfer.analysis.sections.transfer import TransferAnalysis, TransferSection
 from itransfer.eval.results import ResultsTable
 from itransfer.schema import SECTION_TYPES, RunManifest
 

@@ -16,13 +16,11 @@ import yaml
 from itransfer import schema
 from itransfer.analysis.report import write_report
 from itransfer.analysis.run import analysis_class
-from itransfer.analysis.sections import (
-    PAPER_FINDINGS,
-    DataLimitsSection,
-    MixingSection,
-    TrajectorySection,
-    TransferSection,
-)
+from itransfer.analysis.sections import PAPER_FINDINGS
+from itransfer.analysis.sections.data_limits import DataLimitsSection
+from itransfer.analysis.sections.mixing import MixingSection
+from itransfer.analysis.sections.trajectory import TrajectorySection
+from itransfer.analysis.sections.transfer import TransferSection
 from itransfer.config import EvalConfig
 from itransfer.errors import ConfigError, DataError
 from itransfer.eval.results import ResultsTable

@@ -120,6 +120,9 @@ class Section(StrictModel):
 
     key: ClassVar[str] = ""  # the YAML key under ``sections:``, set by register_section
     title: ClassVar[str] = ""  # the report's heading
+    # The paper's numbering ("3.1", "4", "A" for an appendix): the report's order of sections.
+    # Unnumbered sections come last, in the order they were registered.
+    paper_section: ClassVar[str] = ""
     analysis: ClassVar[type[SectionAnalysis]]  # computes its tables from the results
     plots: ClassVar[tuple[PaperFigure, ...]] = ()  # report figures shown under the heading
     figures: ClassVar[tuple[str, ...]] = ()  # their names, set by register_section
@@ -170,10 +173,22 @@ def register_section(key: str) -> Callable[[type[SectionT]], type[SectionT]]:
         figures = _figure_names(key, section_cls)
         _check_findings(key, section_cls, figures)
         section_cls.key, section_cls.figures = key, figures
-        SECTION_TYPES[key] = section_cls
+        # Re-ordered in place, so every holder of the registry sees the report's order
+        # whatever order the modules were imported in.
+        ordered = sorted([*SECTION_TYPES.items(), (key, section_cls)],
+                         key=lambda item: _paper_order(item[1].paper_section))
+        SECTION_TYPES.clear()
+        SECTION_TYPES.update(ordered)
         return section_cls
 
     return register
+
+
+def _paper_order(number: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key of a paper section number: 3.1 < 3.2 < 4 < 10 < A (appendices) < unnumbered."""
+    if not number:
+        return ((2, 0),)
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in number.split("."))
 
 
 def _figure_names(key: str, section_cls: type[Section]) -> tuple[str, ...]:
@@ -191,8 +206,9 @@ def _figure_names(key: str, section_cls: type[Section]) -> tuple[str, ...]:
 
 
 def _check_findings(key: str, section_cls: type[Section], figures: tuple[str, ...]) -> None:
-    """Each finding belongs to this section, has its own id and cites a drawn figure (its own
-    section's or an earlier one's: §5.2 reads Figure 4 (left), drawn with §5.1)."""
+    """Each finding belongs to this section, has its own id and cites a drawn figure: its own
+    section's or a registered one's (§5.2 cites Figure 4 (left), drawn with §5.1, whose module
+    it imports for the name)."""
     drawn = {*figures, *(name for other in SECTION_TYPES.values() for name in other.figures)}
     taken = {finding.id for other in SECTION_TYPES.values() for finding in other.findings}
     for finding in section_cls.findings:

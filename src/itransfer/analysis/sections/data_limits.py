@@ -245,6 +245,7 @@ class DataLimitsSection(Section):
     """§3.2: models by per-task data limit; ``delta`` = (before, after) for the change scatter."""
 
     title = "§3.2 Less data per task improves transfer and ICL"
+    paper_section = "3.2"
     analysis = DataLimitsAnalysis
     plots = PLOTS
     findings = (LESS_DATA_HELPS, DELTA_CORRELATION)

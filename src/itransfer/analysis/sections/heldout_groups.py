@@ -86,6 +86,7 @@ class HeldoutGroupsSection(Section):
     """
 
     title = "Evaluation groups: unseen, synthetic, held-out domains and adversarial sources"
+    paper_section = "A"  # Appendix A: after the numbered sections
     analysis = HeldoutGroupsAnalysis
     task_groups = EVALUATION_TASK_GROUPS
 

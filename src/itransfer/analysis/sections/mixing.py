@@ -140,6 +140,7 @@ class MixingSection(Section):
     """§5.2: trajectories with and without unsupervised data mixed in."""
 
     title = "§5.2 Continual training on unsupervised data"
+    paper_section = "5.2"
     analysis = MixingAnalysis
     findings = (MIXING_REDUCES_FORGETTING, MIXING_IMPROVES_ICL)  # no figure of its own
 

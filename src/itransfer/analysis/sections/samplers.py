@@ -248,6 +248,7 @@ class SamplersSection(Section):
     """§4: models by task sampler (the names are display labels, e.g. "proportional")."""
 
     title = "§4 Multi-task generalization vs ICL (task samplers)"
+    paper_section = "4"
     analysis = SamplersAnalysis
     plots = PLOTS
     findings = (PROPORTIONAL_BEST,)

@@ -365,6 +365,7 @@ class TrajectorySection(Section):
     """§5.1: one model's checkpoints; the phases split at ``phase_split_step``."""
 
     title = "§5.1 The trajectory of ICL and forgetting"
+    paper_section = "5.1"
     analysis = TrajectoryAnalysis
     plots = PLOTS
     findings = (EARLY_PHASE_CORRELATION, LATE_PHASE_CORRELATION, ICL_IMPROVES_THROUGHOUT,

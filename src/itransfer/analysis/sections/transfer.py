@@ -364,6 +364,7 @@ class TransferSection(Section):
     """§3.1: pre-trained vs instruction-tuned transfer, and FT-vs-ICL per task."""
 
     title = "§3.1 Instruction tuning harms transfer; transfer correlates with ICL"
+    paper_section = "3.1"
     analysis = TransferAnalysis
     plots = PLOTS
     findings = (IT_HARMS_TRANSFER, IT_HARMS_TRANSFER_ROUGE, IT_IMPROVES_ICL, FT_ICL_CORRELATION)
