@@ -37,7 +37,13 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "token_losses": (["token_losses.py"], ["test_token_losses.py"]),
     "correlations": (["analysis/correlations.py", "analysis/significance.py"],
                      ["test_analysis.py", "test_partial_correlation.py"]),
-    "findings": (["analysis/findings.py"], ["test_verdicts.py", "test_analysis.py"]),
+    # The verdict machinery and the sections' evaluators (with their analyses and figures since
+    # each section became one module: runs before that mutated analysis/findings.py alone).
+    "findings": (["analysis/verdicts.py",
+                  *(f"analysis/sections/{key}.py" for key in ("transfer", "data_limits",
+                                                              "samplers", "trajectory",
+                                                              "mixing"))],
+                 ["test_verdicts.py", "test_analysis.py", "test_sections.py"]),
     "multilora": (["eval/multilora.py"], ["test_multilora.py"]),
     "schedule": (["train/recipe.py"], ["test_train_recipe.py"]),
 }

@@ -1,25 +1,28 @@
 """The paper sections an experiment reproduces, what each needs measured, and the run manifest.
 
 One schema serves both ends of a run: the experiment YAML's ``sections:`` are validated into the
-section classes below, :func:`itransfer.pipeline.plan_evaluations` asks each section what it
-needs measured, the pipeline writes ``<run>/manifest.json`` as a :class:`RunManifest`
+section classes registered here, :func:`itransfer.pipeline.plan_evaluations` asks each section
+what it needs measured, the pipeline writes ``<run>/manifest.json`` as a :class:`RunManifest`
 (``model_dump_json``) and the analysis reads it back with :func:`read_manifest`
-(``model_validate_json``). This module imports neither torch nor pandas, so the analysis side
-stays light.
+(``model_validate_json``). This module imports neither torch nor pandas; the paper's sections
+themselves live beside their analyses and are loaded on first use (:func:`section_types`).
 
 Adding a paper section
-    Write one subclass of :class:`Section` here, decorated with ``@register_section("<yaml
-    key>")``: its fields are the YAML keys of ``sections.<yaml key>`` (validated like every
-    other config key), :meth:`Section.model_labels` lists the model labels it refers to (checked
-    against the experiment's variants), :meth:`Section.needs` returns the evaluations it wants
-    per model (merged with every other section's by :class:`EvalPlan`), and the class
-    variables give its report heading (``title``), the report figures it shows (``figures``),
-    the evaluation task groups whose rows its analysis reads (``task_groups``: the unseen tasks
-    unless it says otherwise) and its analysis (``analysis = "module:Class"``). That class, in
-    ``itransfer.analysis``, computes the section's tables from the results table (``compute``)
-    and renders them (``tables_html``); a section's findings (``analysis/paper.py`` and its
-    evaluator in ``analysis/findings.py``) and figures (``analysis/figures.py``) sit beside the
-    others. The pipeline, the manifest and the report need no edit.
+    One new module in ``itransfer/analysis/sections/`` (``<yaml key>.py``, found by listing the
+    folder) plus the experiment YAML that uses it; the pipeline, the manifest and the report
+    need no edit. The module holds a subclass of :class:`Section` decorated with
+    ``@register_section("<yaml key>")``: its fields are the YAML keys of ``sections.<yaml
+    key>`` (validated like every other config key), :meth:`Section.model_labels` lists the model
+    labels it refers to (checked against the experiment's variants), :meth:`Section.needs`
+    returns the evaluations it wants per model (merged with every other section's by
+    :class:`EvalPlan`), and its class variables name the rest of the module: its report heading
+    (``title``) and place (``paper_section``), its analysis class (``analysis``: ``compute``
+    turns the results table into the section's tables, ``tables_html`` renders them), its
+    figures (``plots``, :class:`itransfer.analysis.plotting.PaperFigure`), the paper's findings
+    it judges (``findings``, :class:`itransfer.analysis.verdicts.Finding`, each with the test
+    that gives its verdict) and the evaluation task groups whose rows its analysis reads
+    (``task_groups``: the unseen tasks unless it says otherwise). A figure or finding that
+    clashes with another or cites a figure nobody draws fails at import.
 """
 
 from __future__ import annotations
