@@ -41,7 +41,13 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "correlations": (["analysis/correlations.py", "analysis/significance.py"],
                      ["test_analysis.py", "test_partial_correlation.py", "test_verdicts.py",
                       "test_significance.py"]),
-    "findings": (["analysis/findings.py"], ["test_verdicts.py", "test_analysis.py"]),
+    # The verdict machinery and the sections' evaluators (with their analyses and figures since
+    # each section became one module: runs before that mutated analysis/findings.py alone).
+    "findings": (["analysis/verdicts.py",
+                  *(f"analysis/sections/{key}.py" for key in ("transfer", "data_limits",
+                                                              "samplers", "trajectory",
+                                                              "mixing"))],
+                 ["test_verdicts.py", "test_analysis.py", "test_sections.py"]),
     "multilora": (["eval/multilora.py"], ["test_multilora.py"]),
     "schedule": (["train/recipe.py"], ["test_train_recipe.py"]),
 }

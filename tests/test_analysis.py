@@ -17,23 +17,16 @@ from scipy import stats
 
 from itransfer.analysis import correlations as corr
 from itransfer.analysis import seen_fit
-from itransfer.analysis.paper import PAPER_FINDINGS
 from itransfer.analysis.report import write_report
-from itransfer.analysis.sections import (
-    DataLimitsAnalysis,
-    HeldoutGroupsAnalysis,
-    TrajectoryAnalysis,
-    TransferAnalysis,
-    analyse,
-)
+from itransfer.analysis.run import analyse
+from itransfer.analysis.sections import PAPER_FINDINGS
+from itransfer.analysis.sections.data_limits import DataLimitsAnalysis, DataLimitsSection
+from itransfer.analysis.sections.heldout_groups import HeldoutGroupsAnalysis
+from itransfer.analysis.sections.mixing import MixingSection
+from itransfer.analysis.sections.trajectory import TrajectoryAnalysis
+from itransfer.analysis.sections.transfer import TransferAnalysis, TransferSection
 from itransfer.eval.results import ResultsTable
-from itransfer.schema import (
-    SECTION_TYPES,
-    DataLimitsSection,
-    MixingSection,
-    RunManifest,
-    TransferSection,
-)
+from itransfer.schema import SECTION_TYPES, RunManifest
 
 SHOTS = (0, 5, 10, 20, 40)
 TRAJECTORY = (100, 200, 300)
@@ -449,8 +442,8 @@ def test_report_without_results_rows(tmp_path: Path) -> None:
 
 def test_it_harms_transfer_is_judged_per_context_and_metric() -> None:
     """Plant harm without context only: both findings are partial and name each context."""
-    from itransfer.analysis.findings import PARTLY, evaluate_findings
-    from itransfer.analysis.sections import analyse
+    from itransfer.analysis.run import analyse
+    from itransfer.analysis.verdicts import PARTLY, evaluate_findings
 
     rows = []
     for record in build_rows(num_tasks=12):

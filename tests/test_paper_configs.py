@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from itransfer.analysis.paper import PAPER_FINDINGS
+from itransfer.analysis.sections import PAPER_FINDINGS
 from itransfer.cli.run import quickstart_config, quickstart_overrides
 from itransfer.eval.results import ResultsTable
 from itransfer.experiment import load_experiment

@@ -14,9 +14,13 @@ import pytest
 import yaml
 
 from itransfer import schema
-from itransfer.analysis.paper import PAPER_FINDINGS
 from itransfer.analysis.report import write_report
-from itransfer.analysis.sections import analysis_class
+from itransfer.analysis.run import analysis_class
+from itransfer.analysis.sections import PAPER_FINDINGS
+from itransfer.analysis.sections.data_limits import DataLimitsSection
+from itransfer.analysis.sections.mixing import MixingSection
+from itransfer.analysis.sections.trajectory import TrajectorySection
+from itransfer.analysis.sections.transfer import TransferSection
 from itransfer.config import EvalConfig
 from itransfer.errors import ConfigError, DataError
 from itransfer.eval.results import ResultsTable
@@ -27,14 +31,10 @@ from itransfer.schema import (
     MANIFEST_VERSION,
     PRETRAINED,
     SECTION_TYPES,
-    DataLimitsSection,
     EvalPlan,
-    MixingSection,
     Need,
     RunManifest,
     Section,
-    TrajectorySection,
-    TransferSection,
     read_manifest,
 )
 from test_analysis import row
@@ -212,22 +212,6 @@ def test_a_bad_manifest_is_one_line_naming_the_file(tmp_path: Path, change: dict
 # --- adding a section is one class and its analysis ----------------------------------------
 
 
-class ProbeSection(Section):
-    """A section no paper has: the mean ICL loss of one model."""
-
-    title = "Probe: mean ICL loss"
-    analysis = "test_schema:ProbeAnalysis"
-
-    model: str
-    scale: float = 1.0
-
-    def model_labels(self) -> list[str]:
-        return [self.model]
-
-    def needs(self, eval_config: EvalConfig) -> list[Need]:
-        return [Need(self.model, "final", EvalPlan(icl=True))]
-
-
 @dataclass(frozen=True)
 class ProbeAnalysis:
     spec: ProbeSection
@@ -242,6 +226,22 @@ class ProbeAnalysis:
 
     def tables_html(self) -> str:
         return f"<p>probe: mean ICL loss {self.mean_icl:.4f}</p>"
+
+
+class ProbeSection(Section):
+    """A section no paper has: the mean ICL loss of one model."""
+
+    title = "Probe: mean ICL loss"
+    analysis = ProbeAnalysis
+
+    model: str
+    scale: float = 1.0
+
+    def model_labels(self) -> list[str]:
+        return [self.model]
+
+    def needs(self, eval_config: EvalConfig) -> list[Need]:
+        return [Need(self.model, "final", EvalPlan(icl=True))]
 
 
 @pytest.fixture()

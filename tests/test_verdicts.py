@@ -9,20 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from itransfer.analysis.findings import (
+from itransfer.analysis.run import analyse
+from itransfer.analysis.significance import (
+    correlation_difference,
+    holm,
+    paired_test,
+    ranking_stability,
+)
+from itransfer.analysis.verdicts import (
     FAILS,
     NOT_SIGNIFICANT,
     PARTLY,
     REPRODUCES,
     FindingResult,
     evaluate_findings,
-)
-from itransfer.analysis.sections import analyse
-from itransfer.analysis.significance import (
-    correlation_difference,
-    holm,
-    paired_test,
-    ranking_stability,
 )
 from itransfer.schema import RunManifest
 

@@ -15,7 +15,8 @@ run by name as ``paper/sec3_1_transfer``; see :mod:`itransfer.packaged_configs`)
       tiny: {base: {...}, variants: {...}, sections: {...}}
 
 ``pretrained`` is always available: the base model before instruction tuning. Each key of
-``sections`` is a section class of :mod:`itransfer.schema`, which validates its settings.
+``sections`` is a registered section class (:mod:`itransfer.analysis.sections`), which
+validates its settings.
 """
 
 from __future__ import annotations

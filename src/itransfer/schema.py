@@ -1,25 +1,28 @@
 """The paper sections an experiment reproduces, what each needs measured, and the run manifest.
 
 One schema serves both ends of a run: the experiment YAML's ``sections:`` are validated into the
-section classes below, :func:`itransfer.pipeline.plan_evaluations` asks each section what it
-needs measured, the pipeline writes ``<run>/manifest.json`` as a :class:`RunManifest`
+section classes registered here, :func:`itransfer.pipeline.plan_evaluations` asks each section
+what it needs measured, the pipeline writes ``<run>/manifest.json`` as a :class:`RunManifest`
 (``model_dump_json``) and the analysis reads it back with :func:`read_manifest`
-(``model_validate_json``). This module imports neither torch nor pandas, so the analysis side
-stays light.
+(``model_validate_json``). This module imports neither torch nor pandas; the paper's sections
+themselves live beside their analyses and are loaded on first use (:func:`section_types`).
 
 Adding a paper section
-    Write one subclass of :class:`Section` here, decorated with ``@register_section("<yaml
-    key>")``: its fields are the YAML keys of ``sections.<yaml key>`` (validated like every
-    other config key), :meth:`Section.model_labels` lists the model labels it refers to (checked
-    against the experiment's variants), :meth:`Section.needs` returns the evaluations it wants
-    per model (merged with every other section's by :class:`EvalPlan`), and the class
-    variables give its report heading (``title``), the report figures it shows (``figures``),
-    the evaluation task groups whose rows its analysis reads (``task_groups``: the unseen tasks
-    unless it says otherwise) and its analysis (``analysis = "module:Class"``). That class, in
-    ``itransfer.analysis``, computes the section's tables from the results table (``compute``)
-    and renders them (``tables_html``); a section's findings (``analysis/paper.py`` and its
-    evaluator in ``analysis/findings.py``) and figures (``analysis/figures.py``) sit beside the
-    others. The pipeline, the manifest and the report need no edit.
+    One new module in ``itransfer/analysis/sections/`` (``<yaml key>.py``, found by listing the
+    folder) plus the experiment YAML that uses it; the pipeline, the manifest and the report
+    need no edit. The module holds a subclass of :class:`Section` decorated with
+    ``@register_section("<yaml key>")``: its fields are the YAML keys of ``sections.<yaml
+    key>`` (validated like every other config key), :meth:`Section.model_labels` lists the model
+    labels it refers to (checked against the experiment's variants), :meth:`Section.needs`
+    returns the evaluations it wants per model (merged with every other section's by
+    :class:`EvalPlan`), and its class variables name the rest of the module: its report heading
+    (``title``) and place (``paper_section``), its analysis class (``analysis``: ``compute``
+    turns the results table into the section's tables, ``tables_html`` renders them), its
+    figures (``plots``, :class:`itransfer.analysis.plotting.PaperFigure`), the paper's findings
+    it judges (``findings``, :class:`itransfer.analysis.verdicts.Finding`, each with the test
+    that gives its verdict) and the evaluation task groups whose rows its analysis reads
+    (``task_groups``: the unseen tasks unless it says otherwise). A figure or finding that
+    clashes with another or cites a figure nobody draws fails at import.
 """
 
 from __future__ import annotations
@@ -28,11 +31,10 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     BeforeValidator,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationError,
@@ -40,8 +42,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from itransfer.config import EVALUATION_TASK_GROUPS, ContextConfig, EvalConfig, StrictModel
+from itransfer.config import EvalConfig, StrictModel
 from itransfer.errors import DataError
+
+if TYPE_CHECKING:  # the analysis side imports this module, not the other way round
+    from itransfer.analysis.plotting import PaperFigure
+    from itransfer.analysis.run import SectionAnalysis
+    from itransfer.analysis.verdicts import Finding
 
 PRETRAINED = "pretrained"  # the base model before instruction tuning; step 0 of trajectories
 MANIFEST = "manifest.json"
@@ -87,7 +94,8 @@ class Need:
     plan: EvalPlan = field(default_factory=EvalPlan)
 
 
-def _transfer_plan(shots: Iterable[int], contexts: Iterable[str] = ("none",)) -> EvalPlan:
+def transfer_plan(shots: Iterable[int], contexts: Iterable[str] = ("none",)) -> EvalPlan:
+    """ICL and k-shot fine-tuning at each of ``shots`` in each fine-tuning context."""
     return EvalPlan(icl=True, shots=frozenset(shots), contexts=frozenset(contexts))
 
 
@@ -96,16 +104,32 @@ def _transfer_plan(shots: Iterable[int], contexts: Iterable[str] = ("none",)) ->
 DIFFICULTY_PLAN = EvalPlan(shots=frozenset({0}), contexts=frozenset({"none"}))
 
 
+def trajectory_needs(labels: list[str], shots: int) -> list[Need]:
+    """Every checkpoint of each model, and the pre-trained model as their step 0."""
+    plan = transfer_plan({shots})
+    return [*(Need(label, "trajectory", plan) for label in labels),
+            Need(PRETRAINED, "final", plan | DIFFICULTY_PLAN)]
+
+
 # --- sections ------------------------------------------------------------------------------
 
 
 class Section(StrictModel):
-    """One section of the paper: its settings (the fields), models and measurements."""
+    """One section of the paper: its settings (the fields), models and measurements.
+
+    The class variables tie the section to the rest of its module: its analysis class, the
+    figures it draws (``plots``) and the paper's findings it judges (``findings``).
+    """
 
     key: ClassVar[str] = ""  # the YAML key under ``sections:``, set by register_section
     title: ClassVar[str] = ""  # the report's heading
-    figures: ClassVar[tuple[str, ...]] = ()  # report figures shown under the heading
-    analysis: ClassVar[str] = ""  # "module:Class" of its analysis in itransfer.analysis
+    # The paper's numbering ("3.1", "4", "A" for an appendix): the report's order of sections.
+    # Unnumbered sections come last, in the order they were registered.
+    paper_section: ClassVar[str] = ""
+    analysis: ClassVar[type[SectionAnalysis]]  # computes its tables from the results
+    plots: ClassVar[tuple[PaperFigure, ...]] = ()  # report figures shown under the heading
+    figures: ClassVar[tuple[str, ...]] = ()  # their names, set by register_section
+    findings: ClassVar[tuple[Finding, ...]] = ()  # the paper's claims it judges, paper order
     # The evaluation groups whose rows the analysis is given (seen-task rows always are): the
     # paper's §3-§5 measure transfer to unseen tasks, so evaluating more groups for another
     # section must not move their numbers.
@@ -124,170 +148,82 @@ SECTION_TYPES: dict[str, type[Section]] = {}
 SectionT = TypeVar("SectionT", bound=Section)
 
 
+def section_types() -> dict[str, type[Section]]:
+    """The registry in report order, the paper's own sections loaded.
+
+    They live beside their analyses in :mod:`itransfer.analysis.sections`, which imports this
+    module, so they are imported on first use rather than at the top.
+    """
+    import itransfer.analysis.sections  # noqa: F401  (registers the paper's sections)
+
+    return SECTION_TYPES
+
+
 def register_section(key: str) -> Callable[[type[SectionT]], type[SectionT]]:
-    """Make ``sections.<key>`` of an experiment YAML (and of a manifest) validate as the class."""
+    """Make ``sections.<key>`` of an experiment YAML (and of a manifest) validate as the class.
+
+    Everything the class names is checked here, at import: a figure or finding that clashes
+    with a registered one, or a finding that cites a figure nobody draws, is an error then,
+    not a row or picture silently missing from a report.
+    """
 
     def register(section_cls: type[SectionT]) -> type[SectionT]:
         if key in SECTION_TYPES:
             raise ValueError(f"section '{key}' is registered twice")
-        if not section_cls.title or ":" not in section_cls.analysis:
-            raise ValueError(f"section '{key}' needs a title and an analysis ('module:Class')")
-        section_cls.key = key
-        SECTION_TYPES[key] = section_cls
+        analysis = getattr(section_cls, "analysis", None)
+        if not section_cls.title or not callable(getattr(analysis, "compute", None)):
+            raise ValueError(f"section '{key}' needs a title and an analysis class")
+        figures = _figure_names(key, section_cls)
+        _check_findings(key, section_cls, figures)
+        section_cls.key, section_cls.figures = key, figures
+        # Re-ordered in place, so every holder of the registry sees the report's order
+        # whatever order the modules were imported in.
+        ordered = sorted([*SECTION_TYPES.items(), (key, section_cls)],
+                         key=lambda item: _paper_order(item[1].paper_section))
+        SECTION_TYPES.clear()
+        SECTION_TYPES.update(ordered)
         return section_cls
 
     return register
 
 
-@register_section("transfer")
-class TransferSection(Section):
-    """§3.1: pre-trained vs instruction-tuned transfer, and FT-vs-ICL per task."""
-
-    title = "§3.1 Instruction tuning harms transfer; transfer correlates with ICL"
-    figures = ("Figure 1 (left)", "Figure 1 (right)")
-    analysis = "itransfer.analysis.sections:TransferAnalysis"
-
-    pretrained: str = PRETRAINED
-    instruction_tuned: str
-    correlation_shots: int = 5
-    correlation_context: str = "none"
-
-    def model_labels(self) -> list[str]:
-        return [self.pretrained, self.instruction_tuned]
-
-    def needs(self, eval_config: EvalConfig) -> list[Need]:
-        plan = _transfer_plan(eval_config.shots, eval_config.transfer_contexts)
-        return [*(Need(label, "final", plan) for label in self.model_labels()),
-                Need(self.pretrained, "final", DIFFICULTY_PLAN)]
+def _paper_order(number: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key of a paper section number: 3.1 < 3.2 < 4 < 10 < A (appendices) < unnumbered."""
+    if not number:
+        return ((2, 0),)
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in number.split("."))
 
 
-@register_section("data_limits")
-class DataLimitsSection(Section):
-    """§3.2: models by per-task data limit; ``delta`` = (before, after) for the change scatter."""
-
-    title = "§3.2 Less data per task improves transfer and ICL"
-    figures = ("Figure 2 (left)", "Figure 2 (right)")
-    analysis = "itransfer.analysis.sections:DataLimitsAnalysis"
-
-    models: dict[str, str]  # limit (as text) → variant label
-    delta: tuple[str, str]  # the two variants whose per-task changes are correlated
-    shots: int = 5
-
-    def model_labels(self) -> list[str]:
-        return [*self.models.values(), *self.delta]
-
-    def needs(self, eval_config: EvalConfig) -> list[Need]:
-        plan = _transfer_plan({self.shots})
-        return [*(Need(label, "final", plan) for label in dict.fromkeys(self.model_labels())),
-                Need(PRETRAINED, "final", DIFFICULTY_PLAN)]
+def _figure_names(key: str, section_cls: type[Section]) -> tuple[str, ...]:
+    """The names of the section's plots; each names one figure of the whole report."""
+    names = tuple(plot.name for plot in section_cls.plots)
+    declared = vars(section_cls).get("figures")
+    if declared is not None and tuple(declared) != names:
+        raise ValueError(f"section '{key}': figures {list(declared)} are not drawn by its "
+                         f"plots {list(names)}")
+    taken = {name for other in SECTION_TYPES.values() for name in other.figures}
+    clashes = [name for name in names if name in taken or names.count(name) > 1]
+    if clashes:
+        raise ValueError(f"section '{key}': figure(s) {clashes} drawn twice")
+    return names
 
 
-@register_section("samplers")
-class SamplersSection(Section):
-    """§4: models by task sampler (the names are display labels, e.g. "proportional")."""
-
-    title = "§4 Multi-task generalization vs ICL (task samplers)"
-    figures = ("Figure 3 (left)", "Figure 3 (centre, right)")
-    analysis = "itransfer.analysis.sections:SamplersAnalysis"
-
-    models: dict[str, str]  # sampler name → variant label
-    # §4: "We sweep over T = 10^{2,3,4,5} and report the two highest performing methods based
-    # on seen task validation data": how many reverse-annealing runs Figure 3 keeps.
-    keep_reverse_annealing: int = Field(default=2, ge=1)
-
-    def model_labels(self) -> list[str]:
-        return list(self.models.values())
-
-    def needs(self, eval_config: EvalConfig) -> list[Need]:
-        plan = EvalPlan(icl=True, seen=True)
-        return [Need(label, "final", plan) for label in self.model_labels()]
-
-
-@register_section("trajectory")
-class TrajectorySection(Section):
-    """§5.1: one model's checkpoints; the phases split at ``phase_split_step``."""
-
-    title = "§5.1 The trajectory of ICL and forgetting"
-    figures = ("Figure 4 (left)", "Figure 4 (centre, right)")
-    analysis = "itransfer.analysis.sections:TrajectoryAnalysis"
-
-    model: str
-    phase_split_step: int = Field(ge=1)
-    shots: int = 5
-
-    def model_labels(self) -> list[str]:
-        return [self.model]
-
-    def needs(self, eval_config: EvalConfig) -> list[Need]:
-        return _trajectory_needs(self.model_labels(), self.shots)
-
-
-@register_section("mixing")
-class MixingSection(Section):
-    """§5.2: trajectories with and without unsupervised data mixed in."""
-
-    title = "§5.2 Continual training on unsupervised data"
-    figures = ()  # drawn into Figure 4 (left) with the trajectory
-    analysis = "itransfer.analysis.sections:MixingAnalysis"
-
-    with_: str = Field(alias="with")
-    without: str
-    shots: int = 5
-
-    # The YAML key is "with" (a Python keyword); "with_" is accepted too.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True,
-                              validate_by_alias=True, serialize_by_alias=True)
-
-    def model_labels(self) -> list[str]:
-        return [self.with_, self.without]
-
-    def needs(self, eval_config: EvalConfig) -> list[Need]:
-        return _trajectory_needs(self.model_labels(), self.shots)
-
-
-@register_section("heldout_groups")
-class HeldoutGroupsSection(Section):
-    """§2.4 and Appendix A: every evaluation group of Table 2's setup beside ``unseen``.
-
-    The paper evaluates on unseen NLU tasks and names three more groups it never trains on
-    (synthetic unseen tasks, tasks of held-out domains and of adversarial sources) without
-    reporting them; this section measures the named models on each ``groups`` entry (added to
-    their evaluations whatever ``eval.task_groups`` says) and tabulates them side by side.
-    """
-
-    title = "Evaluation groups: unseen, synthetic, held-out domains and adversarial sources"
-    figures = ()
-    analysis = "itransfer.analysis.sections:HeldoutGroupsAnalysis"
-    task_groups = EVALUATION_TASK_GROUPS
-
-    models: dict[str, str]  # display name → variant label, e.g. pre-trained, instruction-tuned
-    groups: list[str] = Field(default_factory=lambda: list(EVALUATION_TASK_GROUPS), min_length=1)
-    shots: int = Field(default=5, ge=0)  # the k of the k-shot fine-tuning loss shown
-    context: str = "none"  # the fine-tuning context of that loss
-
-    @model_validator(mode="after")
-    def _known_groups_and_context(self) -> HeldoutGroupsSection:
-        unknown = [group for group in self.groups if group not in EVALUATION_TASK_GROUPS]
-        if unknown:
-            # Rows record a task's own group, so the heldout_generalization union is not one.
-            raise ValueError(f"groups: unknown {unknown}; known: {list(EVALUATION_TASK_GROUPS)}")
-        ContextConfig._known_context(self.context)
-        return self
-
-    def model_labels(self) -> list[str]:
-        return list(self.models.values())
-
-    def needs(self, eval_config: EvalConfig) -> list[Need]:
-        plan = EvalPlan(icl=True, shots=frozenset({self.shots}),
-                        contexts=frozenset({self.context}), task_groups=frozenset(self.groups))
-        return [Need(label, "final", plan) for label in dict.fromkeys(self.model_labels())]
-
-
-def _trajectory_needs(labels: list[str], shots: int) -> list[Need]:
-    """Every checkpoint of each model, and the pre-trained model as their step 0."""
-    plan = _transfer_plan({shots})
-    return [*(Need(label, "trajectory", plan) for label in labels),
-            Need(PRETRAINED, "final", plan | DIFFICULTY_PLAN)]
+def _check_findings(key: str, section_cls: type[Section], figures: tuple[str, ...]) -> None:
+    """Each finding belongs to this section, has its own id and cites a drawn figure: its own
+    section's or a registered one's (§5.2 cites Figure 4 (left), drawn with §5.1, whose module
+    it imports for the name)."""
+    drawn = {*figures, *(name for other in SECTION_TYPES.values() for name in other.figures)}
+    taken = {finding.id for other in SECTION_TYPES.values() for finding in other.findings}
+    for finding in section_cls.findings:
+        if finding.section != key:
+            raise ValueError(f"finding '{finding.id}' names section '{finding.section}', "
+                             f"but is listed by '{key}'")
+        if finding.id in taken:
+            raise ValueError(f"finding '{finding.id}' is defined twice")
+        if finding.figure not in drawn:
+            raise ValueError(f"finding '{finding.id}' cites {finding.figure!r}, which no "
+                             f"section draws; drawn: {sorted(drawn)}")
+        taken.add(finding.id)
 
 
 def _validate_sections(raw: Any) -> dict[str, Section]:
@@ -297,14 +233,15 @@ def _validate_sections(raw: Any) -> dict[str, Section]:
         return dict(raw)
     if not isinstance(raw, Mapping):
         raise PydanticCustomError("dict_type", "Input should be a mapping of sections")
+    registry = section_types()
     parsed: dict[str, Section] = {}
     errors: list[Any] = []
     for key, value in raw.items():
-        section_cls = SECTION_TYPES.get(key)
+        section_cls = registry.get(key)
         if section_cls is None:
             errors.append({"type": PydanticCustomError(
                 "unknown_section", "unknown section; known: {known}",
-                {"known": ", ".join(SECTION_TYPES)}), "loc": (key,), "input": value})
+                {"known": ", ".join(registry)}), "loc": (key,), "input": value})
         elif value is not None:  # ``transfer: null`` leaves the section out, as if absent
             try:
                 parsed[key] = section_cls.model_validate(value)
@@ -315,7 +252,7 @@ def _validate_sections(raw: Any) -> dict[str, Section]:
                            for error in exc.errors()]
     if errors:
         raise ValidationError.from_exception_data("sections", errors)
-    return {key: parsed[key] for key in SECTION_TYPES if key in parsed}
+    return {key: parsed[key] for key in registry if key in parsed}
 
 
 Sections = Annotated[dict[str, SerializeAsAny[Section]], BeforeValidator(_validate_sections)]

@@ -15,8 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from itransfer.analysis.findings import FindingResult, holm_summary
-from itransfer.analysis.paper import PAPER_FINDINGS
 from itransfer.analysis.report import (
     RunFindings,
     markdown_cell,
@@ -24,6 +22,7 @@ from itransfer.analysis.report import (
     test_cell,
     verdict_cell,
 )
+from itransfer.analysis.verdicts import FindingResult, holm_summary, registered_findings
 from itransfer.errors import ConfigError
 from itransfer.schema import read_manifest
 
@@ -75,7 +74,7 @@ def render_families_markdown(runs: Sequence[FamilyRun]) -> str:
              "Each column is one run, analysed exactly as its own report "
              "(verdict, then the number and the test it rests on).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for finding in PAPER_FINDINGS:
+    for finding in registered_findings():
         results = [run.result(finding.id) for run in runs]
         if all(result is None for result in results):
             continue

@@ -21,8 +21,11 @@ from typing import Any
 
 import pandas as pd
 
-from itransfer.analysis.figures import draw_all
-from itransfer.analysis.findings import (
+from itransfer.analysis.html import details, table
+from itransfer.analysis.plotting import draw_all
+from itransfer.analysis.run import RunAnalysis, analyse
+from itransfer.analysis.scale import NEAR_UNIFORM_SHARE, ScaleAssessment, assess_scale
+from itransfer.analysis.verdicts import (
     ALPHA,
     FAILS,
     NOT_SIGNIFICANT,
@@ -34,9 +37,6 @@ from itransfer.analysis.findings import (
     evaluate_findings,
     holm_summary,
 )
-from itransfer.analysis.html import details, table
-from itransfer.analysis.scale import NEAR_UNIFORM_SHARE, ScaleAssessment, assess_scale
-from itransfer.analysis.sections import RunAnalysis, analyse
 from itransfer.eval.results import ResultsTable
 from itransfer.io_utils import atomic_write_text
 from itransfer.schema import RunManifest, read_manifest
@@ -173,6 +173,8 @@ def render_html(analysis: RunAnalysis, findings: list[FindingResult],
     for key, section_analysis in analysis.sections.items():
         section = manifest.sections[key]
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        # A figure its section has nothing to draw for in this run is left out; a name that
+        # matches no drawing cannot occur (register_section refuses it).
         parts.extend(_image(name, figures[name]) for name in section.figures if name in figures)
         parts.append(section_analysis.tables_html())
     parts.extend(_provenance_html(manifest))
@@ -213,7 +215,7 @@ def _findings_html(findings: list[FindingResult], scale: ScaleAssessment | None 
     rows = []
     for result in findings:
         finding = result.finding
-        cells = [finding.paper_section, finding.figure, finding.claim, _paper_cell(result),
+        cells = [finding.paper_section, finding.figure_cell, finding.claim, _paper_cell(result),
                  result.run_text, test_cell(result)]
         rows.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells)
                     + f'<td class="verdict">{html.escape(verdict_cell(result, scale))}'

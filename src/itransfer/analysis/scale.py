@@ -18,8 +18,9 @@ import pandas as pd
 from scipy import stats
 
 from itransfer.analysis.correlations import model_rows, task_values
-from itransfer.analysis.findings import FindingResult
-from itransfer.analysis.sections import RunAnalysis, evaluated_step, rows_of_groups
+from itransfer.analysis.rows import evaluated_step, rows_of_groups
+from itransfer.analysis.run import RunAnalysis
+from itransfer.analysis.verdicts import FindingResult
 
 ALPHA = 0.05
 POWER = 0.8

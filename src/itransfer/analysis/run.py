@@ -1,0 +1,63 @@
+"""One run's analysis: every section the manifest names, computed once.
+
+Each section class (:mod:`itransfer.analysis.sections`) names its analysis class: its
+``compute`` turns (results table, manifest, section) into the section's tables and its
+``tables_html`` renders them for the report. :func:`analyse` runs every section's; the figures,
+the findings and the report all read from the resulting :class:`RunAnalysis`, so each number
+is computed in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import pandas as pd
+
+from itransfer.analysis.rows import rows_of_groups
+from itransfer.schema import RunManifest, Section
+
+
+class SectionAnalysis(Protocol):
+    """What a section's ``analysis`` class provides."""
+
+    @classmethod
+    def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: Any, *,
+                n_boot: int, seed: int) -> SectionAnalysis: ...
+
+    def tables_html(self) -> str: ...
+
+
+AnalysisT = TypeVar("AnalysisT")
+
+
+@dataclass(frozen=True)
+class RunAnalysis:
+    manifest: RunManifest
+    num_rows: int
+    sections: dict[str, SectionAnalysis] = field(default_factory=dict)  # by section key
+
+    def of(self, kind: type[AnalysisT]) -> AnalysisT | None:
+        """This run's analysis of class ``kind``; None when the run lacks that section."""
+        for found in self.sections.values():
+            if isinstance(found, kind):
+                return found
+        return None
+
+
+def analysis_class(section: Section) -> type[SectionAnalysis]:
+    """The analysis class of ``section``'s class."""
+    return type(section).analysis
+
+
+def analyse(
+    frame: pd.DataFrame, manifest: RunManifest, *, n_boot: int = 2000, seed: int = 0
+) -> RunAnalysis:
+    """Compute every section the manifest names, in the manifest's (the registry's) order,
+    each on the rows of the task groups it reads (:func:`rows_of_groups`)."""
+    sections = {
+        key: analysis_class(section).compute(rows_of_groups(frame, type(section).task_groups),
+                                             manifest, section, n_boot=n_boot, seed=seed)
+        for key, section in manifest.sections.items()
+    }
+    return RunAnalysis(manifest=manifest, num_rows=len(frame), sections=sections)

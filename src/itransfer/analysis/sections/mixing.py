@@ -1,0 +1,159 @@
+"""§5.2: trajectories with and without unsupervised data mixed in.
+
+The YAML keys (``sections.mixing``), the analysis and the section's two findings; its curves
+are drawn into Figure 4 (left) with §5.1's (:mod:`.trajectory`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from pydantic import ConfigDict, Field
+
+from itransfer.analysis import correlations as corr
+from itransfer.analysis.html import table
+from itransfer.analysis.rows import trajectory_steps
+from itransfer.analysis.run import RunAnalysis
+from itransfer.analysis.sections.trajectory import FIGURE_4_LEFT
+from itransfer.analysis.significance import PairedTest, paired_test
+from itransfer.analysis.verdicts import (
+    Evaluator,
+    Finding,
+    FindingResult,
+    Settings,
+    largest_p,
+    passes,
+    undefined,
+    verdict,
+)
+from itransfer.config import EvalConfig
+from itransfer.schema import Need, RunManifest, Section, register_section, trajectory_needs
+
+KEY = "mixing"
+
+
+# --- analysis --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MixingAnalysis:
+    """§5.2, Figure 4 (left)."""
+
+    spec: MixingSection
+    curves: pd.DataFrame  # label (with | without), step, method → mean loss
+    points: pd.DataFrame  # label, step, task → icl, finetune loss (for the paired tests)
+
+    @classmethod
+    def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: MixingSection, *,
+                n_boot: int, seed: int) -> MixingAnalysis:
+        curves, points = [], []
+        for label, model in (("with mixing", section.with_), ("without mixing", section.without)):
+            steps = trajectory_steps(frame, manifest, model)
+            curve = corr.trajectory_curves(frame, model, steps, pretrained=manifest.pretrained,
+                                           shots=section.shots)
+            curves.append(curve.assign(label=label))
+            points.append(corr.trajectory_points(frame, model, steps,
+                                                 pretrained=manifest.pretrained,
+                                                 shots=section.shots).assign(label=label))
+        return cls(spec=section, curves=pd.concat(curves, ignore_index=True),
+                   points=pd.concat(points, ignore_index=True))
+
+    def tables_html(self) -> str:
+        return (f"<p>Drawn in {FIGURE_4_LEFT} above.</p><h3>Mean loss by step</h3>"
+                + table(self.curves.pivot_table(index=["method", "label"], columns="step",
+                                                values="mean"), index=True))
+
+
+# --- findings: the tests behind the verdicts -------------------------------------------------
+
+
+def _mixing_effect(method: str) -> Evaluator:
+    """With − without mixing at each common step > 0, each step with a paired test."""
+    name = "FT" if method == "finetune" else "ICL"
+
+    def evaluate(analysis: RunAnalysis, finding: Finding, settings: Settings) -> FindingResult:
+        mixing = analysis.of(MixingAnalysis)
+        assert mixing is not None
+        curves = mixing.curves[(mixing.curves["method"] == method) & (mixing.curves["step"] > 0)]
+        wide = curves.pivot_table(index="step", columns="label", values="mean")
+        if {"with mixing", "without mixing"} - set(wide.columns):
+            return undefined(finding, f"{name} loss missing with or without mixing")
+        gaps = (wide["with mixing"] - wide["without mixing"]).dropna()
+        if gaps.empty:
+            return undefined(finding, "no common step > 0 with and without mixing")
+        tests = _step_tests(mixing.points, method, gaps.index)
+        lower = [bool(gap < 0) for gap in gaps]
+        significant = [passes(test, -1.0) for _, test in tests] if tests else [False]
+        final = float(gaps.iloc[-1])
+        text = (f"{name} loss with − without mixing {final:+.3f} at step {gaps.index[-1]}; "
+                f"lower at {sum(lower)}/{gaps.size} common steps")
+        return FindingResult(
+            finding, verdict(lower, significant), final,
+            largest_p([test.p_value for _, test in tests]), text,
+            test="Wilcoxon signed-rank over tasks at each step (" + "; ".join(
+                f"step {step}: {test.describe()}" for step, test in tests) + ")")
+
+    return evaluate
+
+
+def _step_tests(points: pd.DataFrame, method: str, steps: pd.Index
+                ) -> list[tuple[int, PairedTest]]:
+    """At each step, the paired test over tasks of without vs with mixing."""
+    tests = []
+    for step in steps:
+        at_step = points[points["step"] == step].pivot_table(
+            index="task", columns="label", values=method)
+        if {"with mixing", "without mixing"} <= set(at_step.columns):
+            tests.append((int(step), paired_test(at_step["without mixing"],
+                                                 at_step["with mixing"])))
+    return tests
+
+
+# --- findings: the paper's claims ------------------------------------------------------------
+
+MIXING_REDUCES_FORGETTING = Finding(
+    id="5.2-mixing-reduces-forgetting", paper_section="5.2", section=KEY, figure=FIGURE_4_LEFT,
+    claim="Mixing in unsupervised data reduces forgetting (lower fine-tuning loss)",
+    kind="direction", paper_value=None, paper_p=None,
+    paper_text="with mixing: lower FT loss throughout training",
+    how_to_compute="Mean 5-shot LoRA loss with vs without mixing at each common step > 0, "
+                   "with a paired Wilcoxon test over tasks at each.",
+    evaluate=_mixing_effect("finetune"),
+)
+MIXING_IMPROVES_ICL = Finding(
+    id="5.2-mixing-improves-icl", paper_section="5.2", section=KEY, figure=FIGURE_4_LEFT,
+    claim="Mixing in unsupervised data improves ICL",
+    kind="direction", paper_value=None, paper_p=None,
+    paper_text="with mixing: lower ICL loss at the end of training",
+    how_to_compute="Mean unseen ICL loss with vs without mixing at each common step > 0, "
+                   "with a paired Wilcoxon test over tasks at each.",
+    evaluate=_mixing_effect("icl"),
+)
+
+
+# --- the YAML keys ---------------------------------------------------------------------------
+
+
+@register_section(KEY)
+class MixingSection(Section):
+    """§5.2: trajectories with and without unsupervised data mixed in."""
+
+    title = "§5.2 Continual training on unsupervised data"
+    paper_section = "5.2"
+    analysis = MixingAnalysis
+    findings = (MIXING_REDUCES_FORGETTING, MIXING_IMPROVES_ICL)  # no figure of its own
+
+    with_: str = Field(alias="with")
+    without: str
+    shots: int = 5
+
+    # The YAML key is "with" (a Python keyword); "with_" is accepted too.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True,
+                              validate_by_alias=True, serialize_by_alias=True)
+
+    def model_labels(self) -> list[str]:
+        return [self.with_, self.without]
+
+    def needs(self, eval_config: EvalConfig) -> list[Need]:
+        return trajectory_needs(self.model_labels(), self.shots)

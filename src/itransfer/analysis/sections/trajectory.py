@@ -1,0 +1,382 @@
+"""§5.1: one model's checkpoints, split into two phases (Figure 4).
+
+The YAML keys (``sections.trajectory``), the analysis, Figure 4 (its left panel also draws
+§5.2's mixing curves) and the section's four findings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from pydantic import Field
+
+from itransfer.analysis import correlations as corr
+from itransfer.analysis import plotting
+from itransfer.analysis.html import details, table
+from itransfer.analysis.plotting import PaperFigure
+from itransfer.analysis.rows import trajectory_steps
+from itransfer.analysis.run import RunAnalysis
+from itransfer.analysis.significance import (
+    CorrelationDifference,
+    PairedTest,
+    correlation_difference,
+    paired_test,
+    rho_below,
+)
+from itransfer.analysis.verdicts import (
+    ALPHA,
+    FAILS,
+    NOT_SIGNIFICANT,
+    PARTLY,
+    REPRODUCES,
+    UNDEFINED,
+    WEAK_RHO,
+    Finding,
+    FindingResult,
+    Settings,
+    largest_p,
+    passes,
+    undefined,
+    verdict,
+)
+from itransfer.config import EvalConfig
+from itransfer.schema import Need, RunManifest, Section, register_section, trajectory_needs
+
+KEY = "trajectory"
+FIGURE_4_LEFT = "Figure 4 (left)"
+FIGURE_4_CENTRE_RIGHT = "Figure 4 (centre, right)"
+
+
+# --- analysis --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrajectoryAnalysis:
+    """§5.1, Figure 4 (left, centre, right)."""
+
+    spec: TrajectorySection
+    curves: pd.DataFrame  # step, method (icl | finetune) → mean loss
+    points: pd.DataFrame  # per step and task: icl, finetune loss (for the paired tests)
+    phases: corr.PhaseCorrelations
+    early_partial: corr.PartialCorrelation  # each phase's correlation, difficulty partialled out
+    late_partial: corr.PartialCorrelation
+
+    @classmethod
+    def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: TrajectorySection, *,
+                n_boot: int, seed: int) -> TrajectoryAnalysis:
+        steps = trajectory_steps(frame, manifest, section.model)
+        phases = corr.phase_correlations(
+            frame, section.model, split_step=section.phase_split_step,
+            final_step=max(steps), pretrained=manifest.pretrained, shots=section.shots,
+            seed=seed,
+        )
+        difficulty = corr.zero_shot_difficulty(frame, manifest.pretrained)
+        return cls(
+            spec=section,
+            curves=corr.trajectory_curves(frame, section.model, steps,
+                                          pretrained=manifest.pretrained, shots=section.shots),
+            points=corr.trajectory_points(frame, section.model, steps,
+                                          pretrained=manifest.pretrained, shots=section.shots),
+            phases=phases,
+            early_partial=corr.difficulty_partial(phases.early_table, "finetune_delta",
+                                                  "icl_delta", difficulty, seed=seed),
+            late_partial=corr.difficulty_partial(phases.late_table, "finetune_delta",
+                                                 "icl_delta", difficulty, seed=seed),
+        )
+
+    def tables_html(self) -> str:
+        phases = self.phases
+        return ("<h3>Mean loss by step</h3>"
+                + table(self.curves.pivot_table(index="method", columns="step",
+                                                values="mean"), index=True)
+                + details(f"Early phase per task: {phases.early.describe()}",
+                          table(phases.early_table, index=True))
+                + details(f"Late phase per task: {phases.late.describe()}",
+                          table(phases.late_table, index=True)))
+
+
+# --- Figure 4 --------------------------------------------------------------------------------
+
+
+def _trajectory_series(analysis: RunAnalysis) -> tuple[dict[str, pd.DataFrame], int]:
+    """The curves Figure 4 (left) draws, by legend label, and their k: §5.2's pair with and
+    without mixing when the run has it, else this section's model."""
+    # mixing.py imports this module (its findings cite Figure 4 (left)), hence imported here.
+    from itransfer.analysis.sections.mixing import MixingAnalysis
+
+    mixing, trajectory = analysis.of(MixingAnalysis), analysis.of(TrajectoryAnalysis)
+    series: dict[str, pd.DataFrame] = {}
+    shots = 0
+    if mixing is not None:
+        shots = mixing.spec.shots
+        for label, curve in mixing.curves.groupby("label", sort=False):
+            series[f"{label} ({curve['model'].iloc[0]})"] = curve
+    elif trajectory is not None:
+        shots = trajectory.spec.shots
+        series[trajectory.spec.model] = trajectory.curves
+    return {label: curve for label, curve in series.items() if not curve.empty}, shots
+
+
+def draw_trajectories(analysis: RunAnalysis, path: Path) -> Path | None:
+    """F4 left: FT and ICL loss vs instruction-tuning step, with and without mixing."""
+    series, shots = _trajectory_series(analysis)
+    if not series:
+        return None
+    trajectory = analysis.of(TrajectoryAnalysis)
+    figure, axes_list = plotting.new_figure(2)
+    for axes, method, name in zip(axes_list, ("finetune", "icl"),
+                                  (f"{shots}-shot fine-tuning", "in-context learning"),
+                                  strict=True):
+        for index, (label, curves) in enumerate(series.items()):
+            curve = curves[curves["method"] == method].sort_values("step")
+            if not curve.empty:
+                plotting.errorbar(axes, curve["step"].tolist(), curve, label=label,
+                                  **plotting.style(index))
+        if trajectory is not None:
+            axes.axvline(trajectory.spec.phase_split_step, color="#888888", linestyle=":",
+                         linewidth=1.0, label="phase split")
+        axes.set_xlabel("instruction-tuning step (0 = pre-trained)")
+        axes.set_ylabel(f"mean unseen-task {name} loss ↓")
+        axes.set_title(name, fontsize=9)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=7)
+    figure.suptitle(f"{FIGURE_4_LEFT}: transfer and ICL through instruction tuning",
+                    fontsize=10)
+    return plotting.save(figure, path)
+
+
+def draw_phase_deltas(analysis: RunAnalysis, path: Path) -> Path | None:
+    """F4 centre/right: per task, Δ FT vs Δ ICL loss in the early and the late phase."""
+    trajectory = analysis.of(TrajectoryAnalysis)
+    if trajectory is None:
+        return None
+    phases = trajectory.phases
+    if phases.early_table.empty and phases.late_table.empty:
+        return None
+    figure, axes_list = plotting.new_figure(2)
+    panels = (
+        (phases.early_table, phases.early, f"Figure 4 (centre): steps 0 → {phases.split_step}"),
+        (phases.late_table, phases.late,
+         f"Figure 4 (right): steps {phases.split_step} → {phases.final_step}"),
+    )
+    for axes, (per_task, correlation, title) in zip(axes_list, panels, strict=True):
+        plotting.scatter(axes, per_task["finetune_delta"], per_task["icl_delta"], correlation,
+                         xlabel=f"Δ {trajectory.spec.shots}-shot fine-tuning loss",
+                         ylabel="Δ in-context learning loss", title=title, zero_lines=True)
+    return plotting.save(figure, path)
+
+
+PLOTS = (PaperFigure(FIGURE_4_LEFT, "fig4_trajectories.png", draw_trajectories),
+         PaperFigure(FIGURE_4_CENTRE_RIGHT, "fig4_phase_scatter.png", draw_phase_deltas))
+
+
+# --- findings: the tests behind the verdicts -------------------------------------------------
+
+
+def _phase_difference(trajectory: TrajectoryAnalysis, settings: Settings
+                      ) -> CorrelationDifference:
+    phases = trajectory.phases
+    return correlation_difference(phases.early_table, phases.late_table, "finetune_delta",
+                                  "icl_delta", n_boot=settings.n_boot, seed=settings.seed)
+
+
+def _early_phase(analysis: RunAnalysis, finding: Finding, settings: Settings
+                 ) -> FindingResult:
+    """"The correlation is very low" in the first phase: ✓ when ρ_early < WEAK_RHO and either
+    its one-sided 95% bootstrap bound is below WEAK_RHO or it is significantly below the late
+    phase's ρ (paired bootstrap); ≈ when only the point estimate is below WEAK_RHO; ◐ when it
+    is significantly below the late phase but not weak. Merely smaller is not weak."""
+    trajectory = analysis.of(TrajectoryAnalysis)
+    assert trajectory is not None
+    early, late = trajectory.phases.early, trajectory.phases.late
+    label = (f"; steps 0 → {trajectory.phases.split_step}; "
+             f"{trajectory.early_partial.describe()}")
+    if not early.defined:
+        return FindingResult(finding, UNDEFINED, None, None, early.describe() + label, early)
+    weak = rho_below(trajectory.phases.early_table, "finetune_delta", "icl_delta", WEAK_RHO,
+                     n_boot=settings.n_boot, seed=settings.seed)
+    difference = _phase_difference(trajectory, settings) if late.defined else None
+    below_late = difference is not None and difference.defined and difference.ci_low > 0
+    if early.rho < WEAK_RHO:
+        found = REPRODUCES if weak.holds or below_late else NOT_SIGNIFICANT
+    else:
+        found = PARTLY if below_late else FAILS
+    tests = [weak.describe()]
+    # Either route shows "weak", so the verdict rests on the stronger of the two tests.
+    p_values = [weak.p_value]
+    if difference is not None:
+        tests.append(f"late − early: {difference.describe()}")
+        p_values.append(difference.p_value)
+    finite = [p for p in p_values if not math.isnan(p)]
+    late_text = f" (late phase ρ={late.rho:.3f})" if late.defined else " (late phase undefined)"
+    return FindingResult(finding, found, early.rho, min(finite) if finite else None,
+                         f"{early.describe()}{label}{late_text}", early, test="; ".join(tests))
+
+
+def _late_phase(analysis: RunAnalysis, finding: Finding, settings: Settings
+                ) -> FindingResult:
+    """"Much more tightly correlated" after the first phase: ✓ when ρ_late > 0 with p < α and
+    ρ_late − ρ_early > 0 with a paired bootstrap CI above 0."""
+    trajectory = analysis.of(TrajectoryAnalysis)
+    assert trajectory is not None
+    phases = trajectory.phases
+    early, late = phases.early, phases.late
+    label = (f"; steps {phases.split_step} → {phases.final_step}; "
+             f"{trajectory.late_partial.describe()}")
+    if not late.defined:
+        return FindingResult(finding, UNDEFINED, None, None, late.describe() + label, late)
+    directions, significant = [late.rho > 0], [late.p_value < ALPHA]
+    p_values = [late.p_value]
+    tests = [f"Spearman's test: ρ_late={late.rho:.3f}, p={late.p_value:.2g}"]
+    if early.defined:
+        difference = _phase_difference(trajectory, settings)
+        directions.append(late.rho > early.rho)
+        significant.append(difference.defined and difference.ci_low > 0)
+        p_values.append(difference.p_value)
+        tests.append(f"late − early: {difference.describe()}")
+        label += f" (early phase ρ={early.rho:.3f})"
+    return FindingResult(finding, verdict(directions, significant), late.rho,
+                         largest_p(p_values), late.describe() + label, late,
+                         test="; ".join(tests))
+
+
+def _step_tests(points: pd.DataFrame, method: str, steps: Sequence[int]
+                ) -> list[tuple[int, int, PairedTest]]:
+    """Paired tests of ``method``'s per-task loss between consecutive ``steps``."""
+    wide = points.pivot_table(index="task", columns="step", values=method)
+    return [(before, after, paired_test(wide[before], wide[after]))
+            for before, after in itertools.pairwise(steps)
+            if before in wide.columns and after in wide.columns]
+
+
+def _icl_improves_throughout(analysis: RunAnalysis, finding: Finding, settings: Settings
+                             ) -> FindingResult:
+    """"ICL generalization increases throughout the entire training process": a paired test
+    between every two consecutive checkpoints, each of which must show a decrease."""
+    trajectory = analysis.of(TrajectoryAnalysis)
+    assert trajectory is not None
+    icl = _method_curve(trajectory.curves, "icl")
+    if len(icl) < 2:
+        return undefined(finding, f"needs ICL loss at two steps, has {len(icl)}")
+    steps = [int(step) for step in icl.index]
+    tests = _step_tests(trajectory.points, "icl", steps)
+    decreases = [bool(later < earlier) for earlier, later in itertools.pairwise(icl)]
+    significant = [passes(test, -1.0) for _, _, test in tests] if tests else [False]
+    text = (f"ICL loss {icl.iloc[0]:.3f} (step {icl.index[0]}) → {icl.iloc[-1]:.3f} "
+            f"(step {icl.index[-1]}); decreases at {sum(decreases)}/{len(decreases)} "
+            "checkpoints")
+    return FindingResult(finding, verdict(decreases, significant),
+                         float(icl.iloc[-1] - icl.iloc[0]),
+                         largest_p([test.p_value for _, _, test in tests]), text,
+                         test=_steps_text(tests))
+
+
+def _steps_text(tests: Sequence[tuple[int, int, PairedTest]]) -> str:
+    return ("Wilcoxon signed-rank over tasks at each step (" + "; ".join(
+        f"{before}→{after}: {test.describe()}" for before, after, test in tests) + ")")
+
+
+def _method_curve(curves: pd.DataFrame, method: str) -> pd.Series:
+    chosen = curves[curves["method"] == method]
+    return chosen.set_index("step")["mean"].sort_index().dropna()
+
+
+def _forgetting_then_recovery(analysis: RunAnalysis, finding: Finding, settings: Settings
+                              ) -> FindingResult:
+    """Fine-tuning loss rises from step 0 to the split step, then falls to the end: a paired
+    test for each phase."""
+    trajectory = analysis.of(TrajectoryAnalysis)
+    assert trajectory is not None
+    tuned = _method_curve(trajectory.curves, "finetune")
+    split = trajectory.phases.split_step
+    if 0 not in tuned.index or split not in tuned.index or len(tuned) < 3:
+        return undefined(finding, "needs FT loss at step 0, the split step and a later step")
+    final = int(tuned.index[-1])
+    start, middle, end = tuned.loc[0], tuned.loc[split], tuned.iloc[-1]
+    tests = _step_tests(trajectory.points, "finetune", [0, split, final])
+    signs = {(0, split): 1.0, (split, final): -1.0}
+    significant = [passes(test, signs[(before, after)]) for before, after, test in tests]
+    text = (f"FT loss {start:.3f} (step 0) → {middle:.3f} (step {split}) → {end:.3f} "
+            f"(step {final})")
+    return FindingResult(finding, verdict([middle > start, end < middle],
+                                          significant if len(tests) == 2 else [False]),
+                         float(middle - start),
+                         largest_p([test.p_value for _, _, test in tests]), text,
+                         test=_steps_text(tests))
+
+
+# --- findings: the paper's claims and numbers ------------------------------------------------
+
+EARLY_PHASE_CORRELATION = Finding(
+    id="5.1-early-phase-correlation", paper_section="5.1", section=KEY,
+    figure=FIGURE_4_CENTRE_RIGHT, panel="centre",
+    claim="In the first phase of IT, FT and ICL changes are only weakly correlated",
+    kind="correlation", paper_value=0.245, paper_p=0.019,
+    paper_text="Spearman ρ = 0.245 (p = 0.019), steps 0 → 50k",
+    how_to_compute="Spearman's rho between per-task Δ 5-shot LoRA loss and Δ ICL loss "
+                   "from step 0 (pre-trained) to the phase split step. Weak means ρ < 0.4, "
+                   "shown by a one-sided bootstrap bound below 0.4 or by a paired bootstrap "
+                   "over tasks putting it significantly below the late phase's ρ.",
+    evaluate=_early_phase,
+)
+LATE_PHASE_CORRELATION = Finding(
+    id="5.1-late-phase-correlation", paper_section="5.1", section=KEY,
+    figure=FIGURE_4_CENTRE_RIGHT, panel="right",
+    claim="After the first phase, FT and ICL changes are much more tightly correlated",
+    kind="correlation", paper_value=0.621, paper_p=None,
+    paper_text="Spearman ρ = 0.621, steps 50k → end (higher than the early phase)",
+    how_to_compute="Spearman's rho between per-task Δ 5-shot LoRA loss and Δ ICL loss "
+                   "from the phase split step to the final step; should be significant and "
+                   "exceed the early phase's rho (paired bootstrap over tasks of the "
+                   "difference, CI above 0).",
+    evaluate=_late_phase,
+)
+ICL_IMPROVES_THROUGHOUT = Finding(
+    id="5.1-icl-improves-throughout", paper_section="5.1", section=KEY, figure=FIGURE_4_LEFT,
+    claim="ICL improves throughout instruction tuning (early stopping does not help)",
+    kind="direction", paper_value=None, paper_p=None,
+    paper_text="ICL loss decreases at every checkpoint",
+    how_to_compute="Mean unseen ICL loss at each trajectory step (step 0 = pre-trained); "
+                   "between every two consecutive checkpoints a paired Wilcoxon test over "
+                   "tasks, each of which must show a decrease.",
+    evaluate=_icl_improves_throughout,
+)
+FORGETTING_THEN_RECOVERY = Finding(
+    id="5.1-forgetting-then-recovery", paper_section="5.1", section=KEY, figure=FIGURE_4_LEFT,
+    claim="Fine-tuning transfer first degrades, then improves with continued training",
+    kind="direction", paper_value=None, paper_p=None,
+    paper_text="FT loss rises 0 → split step, then falls to the end",
+    how_to_compute="Mean 5-shot LoRA loss at step 0, the phase split step and the final "
+                   "step: should rise then fall, each change with a paired Wilcoxon test.",
+    evaluate=_forgetting_then_recovery,
+)
+
+
+# --- the YAML keys ---------------------------------------------------------------------------
+
+
+@register_section(KEY)
+class TrajectorySection(Section):
+    """§5.1: one model's checkpoints; the phases split at ``phase_split_step``."""
+
+    title = "§5.1 The trajectory of ICL and forgetting"
+    paper_section = "5.1"
+    analysis = TrajectoryAnalysis
+    plots = PLOTS
+    findings = (EARLY_PHASE_CORRELATION, LATE_PHASE_CORRELATION, ICL_IMPROVES_THROUGHOUT,
+                FORGETTING_THEN_RECOVERY)
+
+    model: str
+    phase_split_step: int = Field(ge=1)
+    shots: int = 5
+
+    def model_labels(self) -> list[str]:
+        return [self.model]
+
+    def needs(self, eval_config: EvalConfig) -> list[Need]:
+        return trajectory_needs(self.model_labels(), self.shots)

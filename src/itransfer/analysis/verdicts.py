@@ -1,0 +1,187 @@
+"""The verdict machinery every section's findings share: what a finding is, how a verdict is
+reached, and the report's multiplicity adjustment.
+
+A finding (:class:`Finding`) is one of the paper's claims as data — the number the paper
+reports, the figure it reads it from — plus the function that recomputes it on a run; each
+section module defines its own beside its analysis. Every verdict rests on a test over tasks
+(:mod:`itransfer.analysis.significance`), named with its statistic and p-value or CI:
+
+* ✓ "reproduces": the claim's direction holds everywhere it is claimed and its test passes at
+  α = 0.05 (for a claim made of several tests, e.g. "at every checkpoint", every one of them:
+  an intersection–union test, whose p-value is the largest of its parts);
+* ≈ "reproduces (not significant)": the direction holds everywhere, a test does not pass;
+* ◐ "partly reproduces": the direction holds in some of the places claimed;
+* ✗ "does not reproduce"; ? "undefined": too few tasks or points to say.
+
+The report adjusts the verdicts' p-values for multiplicity with Holm's method across its
+findings (:func:`adjust_for_multiplicity`) and says which ✓ survive. Findings whose section the
+experiment did not run are left out, not marked as failures.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from itransfer.analysis.correlations import Correlation, PartialCorrelation
+from itransfer.analysis.run import RunAnalysis
+from itransfer.analysis.significance import PairedTest, holm
+from itransfer.schema import section_types
+
+ALPHA = 0.05
+# §5.1 calls the early-phase correlation "very low" (ρ = 0.245). "Weak" here means a rank
+# correlation below 0.4, the usual upper edge of "weak" (Evans, 1996: 0.20–0.39).
+WEAK_RHO = 0.4
+
+REPRODUCES = "reproduces"
+NOT_SIGNIFICANT = "reproduces (not significant)"
+PARTLY = "partly reproduces"
+FAILS = "does not reproduce"
+UNDEFINED = "undefined"
+
+FindingKind = Literal["correlation", "direction"]
+# A figure's name as the report captions it: "Figure 4 (centre, right)".
+_FIGURE_NAME = re.compile(r"Figure (?P<number>\S+) \((?P<panels>[^()]+)\)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the findings' bootstrap tests are run."""
+
+    n_boot: int
+    seed: int
+
+
+Evaluator = Callable[[RunAnalysis, "Finding", Settings], "FindingResult"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One claim of the paper (Mueller, Dredze & Andrews) and how a run is judged against it.
+
+    Numbers are copied from the text (§3.1, §3.2, §5.1); claims the paper makes only from a
+    plot are directions (which is lower), since the plotted values cannot be read back exactly.
+    """
+
+    id: str
+    paper_section: str  # the paper's numbering, e.g. "3.1"
+    section: str  # the key of the section whose analysis it reads
+    figure: str  # the name of the report figure it reads, e.g. "Figure 4 (centre, right)"
+    claim: str
+    kind: FindingKind
+    paper_value: float | None  # Spearman's rho for correlations; None for directions
+    paper_p: float | None
+    paper_text: str  # the paper's result as shown in the report
+    how_to_compute: str
+    evaluate: Evaluator = field(repr=False, compare=False)
+    panel: str | None = None  # one panel of a figure of several, e.g. "centre"
+
+    def __post_init__(self) -> None:
+        self.figure_cell  # noqa: B018  (a malformed figure or panel fails at import)
+
+    @property
+    def figure_cell(self) -> str:
+        """The findings table's figure column: "4 (centre)" for panel centre of Figure 4."""
+        match = _FIGURE_NAME.fullmatch(self.figure)
+        if match is None:
+            raise ValueError(f"finding '{self.id}': {self.figure!r} is not a figure name "
+                             "like 'Figure 1 (left)'")
+        panels = match["panels"].split(", ")
+        if self.panel is not None and self.panel not in panels:
+            raise ValueError(f"finding '{self.id}': {self.figure} has no panel {self.panel!r}")
+        return f"{match['number']} ({self.panel or match['panels']})"
+
+
+@dataclass(frozen=True)
+class FindingResult:
+    finding: Finding
+    verdict: str
+    run_value: float | None  # rho for correlations, a signed difference for directions
+    run_p: float | None  # the p-value the verdict rests on (the largest, for several tests)
+    run_text: str
+    correlation: Correlation | None = None
+    test: str = ""  # the test(s) behind the verdict, with statistics and p-values or CIs
+    holm_p: float | None = None  # run_p adjusted across the report's findings
+
+
+def registered_findings() -> tuple[Finding, ...]:
+    """Every registered section's findings: the paper's order, section by section."""
+    return tuple(finding for section_cls in section_types().values()
+                 for finding in section_cls.findings)
+
+
+def evaluate_findings(analysis: RunAnalysis, *, n_boot: int = 2000, seed: int = 0
+                      ) -> list[FindingResult]:
+    """Every finding whose section this run has, in the paper's order, Holm-adjusted."""
+    settings = Settings(n_boot=n_boot, seed=seed)
+    results = [finding.evaluate(analysis, finding, settings)
+               for finding in registered_findings() if finding.section in analysis.sections]
+    return adjust_for_multiplicity(results)
+
+
+def adjust_for_multiplicity(results: Sequence[FindingResult]) -> list[FindingResult]:
+    """Attach Holm-adjusted p-values across every finding that has a p-value."""
+    adjusted = holm([math.nan if result.run_p is None else result.run_p for result in results])
+    return [replace(result, holm_p=None if math.isnan(p) else p)
+            for result, p in zip(results, adjusted, strict=True)]
+
+
+def holm_summary(results: Sequence[FindingResult]) -> str:
+    """One sentence on multiplicity for the report."""
+    tested = [result for result in results if result.holm_p is not None]
+    confirmed = [result for result in results if result.verdict == REPRODUCES]
+    surviving = [result for result in confirmed
+                 if result.holm_p is not None and result.holm_p < ALPHA]
+    return (f"Multiplicity: {len(tested)} findings rest on a p-value; after Holm's adjustment "
+            f"across them, {len(surviving)} of the {len(confirmed)} ✓ verdicts keep p < {ALPHA}.")
+
+
+# --- building blocks of the sections' evaluators ---------------------------------------------
+
+
+def undefined(finding: Finding, why: str) -> FindingResult:
+    return FindingResult(finding, UNDEFINED, None, None, why)
+
+
+def verdict(directions: Sequence[bool], significant: Sequence[bool]) -> str:
+    """✓ when every claimed direction holds and every test passes; ≈ when the directions hold;
+    ◐ when some do; ✗ when none does."""
+    if not directions:
+        return UNDEFINED
+    if all(directions):
+        return REPRODUCES if significant and all(significant) else NOT_SIGNIFICANT
+    return PARTLY if any(directions) else FAILS
+
+
+def passes(test: PairedTest, expected_sign: float) -> bool:
+    """The paired test rejects at α in the claimed direction."""
+    return test.defined and test.p_value < ALPHA and expected_sign * test.mean_difference > 0
+
+
+def largest_p(p_values: Sequence[float]) -> float | None:
+    """The p-value of an intersection–union test: the largest of its parts."""
+    if not p_values or any(math.isnan(p) for p in p_values):
+        return None
+    return max(p_values)
+
+
+def nan_to_none(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def correlation_result(finding: Finding, correlation: Correlation, extra: str = "",
+                       partial: PartialCorrelation | None = None) -> FindingResult:
+    """A claimed positive correlation: ✓ when ρ > 0 and Spearman's test has p < α."""
+    if partial is not None:
+        extra += f"; {partial.describe()}"
+    if not correlation.defined:
+        return FindingResult(finding, UNDEFINED, None, None, correlation.describe() + extra,
+                             correlation)
+    found = verdict([correlation.rho > 0], [correlation.p_value < ALPHA])
+    return FindingResult(finding, found, correlation.rho, correlation.p_value,
+                         correlation.describe() + extra, correlation,
+                         test=f"Spearman's test: ρ={correlation.rho:.3f}, "
+                              f"p={correlation.p_value:.2g}, n={correlation.n}")
