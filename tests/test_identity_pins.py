@@ -19,6 +19,7 @@ import pytest
 from itransfer.config import ExperimentConfig, load_config
 from itransfer.data import tokenized
 from itransfer.data.contexts import build_context
+from itransfer.data.splits import FEW_SHOT_DRAWS
 from itransfer.eval.session import EvalSession
 from itransfer.experiment import load_experiment
 from itransfer.packaged_configs import find_config
@@ -75,7 +76,7 @@ def _settings_hashes(config: ExperimentConfig) -> list[str]:
         EvalSession.settings_hash(session, method="finetune",
                                   lora=lora.model_dump(mode="json"),
                                   max_new_tokens=config.eval.max_new_tokens,
-                                  generate=config.eval.generate, draws="per-seed"),
+                                  generate=config.eval.generate, draws=FEW_SHOT_DRAWS),
     ]
 
 
@@ -132,55 +133,55 @@ def current_keys(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
 EXPECTED: dict[str, list[str]] = {
     "defaults": [
         "c7bd61cb9421", "e7c433134dbf", "147636abc734", "a9c96f83f394", "c6761bbe9da4",
-        "db831cd64d1c", "9082876afeab09cc12bf8d51", "cd350af4723f",
+        "1acb789edac4", "9082876afeab09cc12bf8d51", "cd350af4723f",
     ],
     "non_default": [
         "14e44f78d1e9", "a346aaf9883f", "86cc93ed6e60", "4a44b7cbd884", "7325e848dbc3",
-        "b7723cdd7a83", "7a58398c575208862a140328", "a9ade82ee6b2",
+        "af780ba4a33f", "7a58398c575208862a140328", "a9ade82ee6b2",
     ],
     "quickstart/it-proportional": [
         "bd56c59e97c9", "e44c0273711f", "76f5bb733f3e", "5f867a11946b", "f4e8ea76f1a3",
-        "e40bf7e79228", "f3eb4a886e74f109626e50f2", "24a60271e173",
+        "5a6f37b5be2d", "f3eb4a886e74f109626e50f2", "24a60271e173",
     ],
     "quickstart/it-uniform": [
         "8cc1f8f6f69c", "da19ec5ae047", "c73e7d6ef024", "5f867a11946b", "f4e8ea76f1a3",
-        "e40bf7e79228", "f3eb4a886e74f109626e50f2", "71ef607a69f9",
+        "5a6f37b5be2d", "f3eb4a886e74f109626e50f2", "71ef607a69f9",
     ],
     "quickstart/it-mix3": [
         "38de4b3e6da5", "e8087e8d7e06", "355febf6c17a", "5f867a11946b", "f4e8ea76f1a3",
-        "e40bf7e79228", "f3eb4a886e74f109626e50f2", "bf36d8702756",
+        "5a6f37b5be2d", "f3eb4a886e74f109626e50f2", "bf36d8702756",
     ],
     "quickstart/it-limit10": [
         "0254babee393", "53a3061fb2a9", "c70c2387e9ec", "63e490303909", "a2b988ec79f5",
-        "aa0453b9df3d", "f3eb4a886e74f109626e50f2", "186fb755325c",
+        "40817a121c92", "f3eb4a886e74f109626e50f2", "186fb755325c",
     ],
     "sec4-tiny/it-proportional": [
         "caf1fa9a0564", "bdb67ecfe8a6", "4f5663c10155", "80a06a4686fc", "f9e3a34ad1ea",
-        "d9816f504fd6", "731db99f5d8d8c2c9f5deddc", "95eb6e9f1e61",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "95eb6e9f1e61",
     ],
     "sec4-tiny/it-uniform": [
         "b8f9b181212d", "d77eb0abaa80", "4f7657714777", "80a06a4686fc", "f9e3a34ad1ea",
-        "d9816f504fd6", "731db99f5d8d8c2c9f5deddc", "4e7060d22fd7",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "4e7060d22fd7",
     ],
     "sec4-tiny/it-ra100": [
         "6d5a05137c59", "3394237c64f0", "c41c872eb8a7", "80a06a4686fc", "f9e3a34ad1ea",
-        "d9816f504fd6", "731db99f5d8d8c2c9f5deddc", "47424aa2160f",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "47424aa2160f",
     ],
     "sec4-tiny/it-ra1000": [
         "6fbb84ab3a64", "a516b3be6392", "a0ca9b258faf", "80a06a4686fc", "f9e3a34ad1ea",
-        "d9816f504fd6", "731db99f5d8d8c2c9f5deddc", "2b1c79cff9a1",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "2b1c79cff9a1",
     ],
     "sec4-tiny/it-ra10000": [
         "33c2155e9aad", "db04c399ac9c", "576c68081a2e", "80a06a4686fc", "f9e3a34ad1ea",
-        "d9816f504fd6", "731db99f5d8d8c2c9f5deddc", "ab392d9e0c4a",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "ab392d9e0c4a",
     ],
     "sec4-tiny/it-ra100000": [
         "e0c1b9a0f1e8", "3509f9d393c7", "f4e2e47ee460", "80a06a4686fc", "f9e3a34ad1ea",
-        "d9816f504fd6", "731db99f5d8d8c2c9f5deddc", "70c501d8cf38",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "70c501d8cf38",
     ],
     "sec4-tiny/it-dwa": [
         "bf183e71473b", "1d50298cccd8", "97d2f9f3037b", "80a06a4686fc", "f9e3a34ad1ea",
-        "d9816f504fd6", "731db99f5d8d8c2c9f5deddc", "8e34306113ad",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "8e34306113ad",
     ],
     "sec3_2/it-limit10": [
         "d1504e987e42", "f652ed557a55dcc346e08753", "98bd8ca9aaaa",
