@@ -19,11 +19,16 @@ import pytest
 from itransfer.config import ExperimentConfig, load_config
 from itransfer.data import tokenized
 from itransfer.data.contexts import build_context
-from itransfer.data.splits import FEW_SHOT_DRAWS
 from itransfer.eval.session import EvalSession
 from itransfer.experiment import load_experiment
+from itransfer.identity import (
+    TRAINING_SECTIONS,
+    evaluation_key,
+    plan_key,
+    resume_identity,
+    training_key,
+)
 from itransfer.packaged_configs import find_config
-from itransfer.pipeline import _eval_key, _plan_key, _train_key
 from itransfer.schema import EvalPlan
 
 PLANS = {
@@ -68,23 +73,18 @@ def _settings_hashes(config: ExperimentConfig) -> list[str]:
     session: Any = SimpleNamespace(config=config, model_label="runs/x/checkpoints/step-0000006")
     lora = config.eval.lora.model_copy(update={"target_modules": ["q", "v"]})
     return [
-        EvalSession.settings_hash(session, method="icl", context="exemplars",
-                                  max_new_tokens=config.eval.max_new_tokens,
-                                  generate=config.eval.generate),
-        EvalSession.settings_hash(session, method="seen", context=config.data.context.name,
-                                  cap=config.eval.seen_max_instances),
-        EvalSession.settings_hash(session, method="finetune",
-                                  lora=lora.model_dump(mode="json"),
-                                  max_new_tokens=config.eval.max_new_tokens,
-                                  generate=config.eval.generate, draws=FEW_SHOT_DRAWS),
+        EvalSession.settings_hash(session, "icl", context="exemplars"),
+        EvalSession.settings_hash(session, "seen", context=config.data.context.name),
+        EvalSession.settings_hash(session, "finetune", lora=lora.model_dump(mode="json")),
     ]
 
 
 def _stage_keys(label: str, config: ExperimentConfig) -> list[str]:
-    train_key = _train_key(config)
+    train_key = training_key(config)
     keys = [train_key]
     if not label.startswith("sec3_2/"):  # a hub model: its type is not known offline
-        keys += [_eval_key(config, f"{train_key}@6", _plan_key(plan)) for plan in PLANS.values()]
+        keys += [evaluation_key(config, f"{train_key}@6", plan_key(plan))
+                 for plan in PLANS.values()]
         keys += _settings_hashes(config)
     return keys
 
@@ -115,10 +115,10 @@ def _tokenized_key(config: ExperimentConfig, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def _resume_tree_hash(config: ExperimentConfig) -> str:
-    from itransfer.config import result_relevant
-
-    tree = result_relevant(config, ignore_checkpoint_schedule=True)
-    text = json.dumps(tree, sort_keys=True, default=str)
+    # What the resume check compares: the training sections, less the checkpoint schedule.
+    tree = resume_identity(config)
+    text = json.dumps({section: tree[section] for section in TRAINING_SECTIONS},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -133,73 +133,73 @@ def current_keys(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
 EXPECTED: dict[str, list[str]] = {
     "defaults": [
         "c7bd61cb9421", "e7c433134dbf", "147636abc734", "a9c96f83f394", "c6761bbe9da4",
-        "1acb789edac4", "9082876afeab09cc12bf8d51", "cd350af4723f",
+        "1acb789edac4", "9082876afeab09cc12bf8d51", "5036e6402b29",
     ],
     "non_default": [
         "14e44f78d1e9", "a346aaf9883f", "86cc93ed6e60", "4a44b7cbd884", "7325e848dbc3",
-        "af780ba4a33f", "7a58398c575208862a140328", "a9ade82ee6b2",
+        "af780ba4a33f", "7a58398c575208862a140328", "3bf43dd13b2d",
     ],
     "quickstart/it-proportional": [
         "bd56c59e97c9", "e44c0273711f", "76f5bb733f3e", "5f867a11946b", "f4e8ea76f1a3",
-        "5a6f37b5be2d", "f3eb4a886e74f109626e50f2", "24a60271e173",
+        "5a6f37b5be2d", "f3eb4a886e74f109626e50f2", "8a115c58527f",
     ],
     "quickstart/it-uniform": [
         "8cc1f8f6f69c", "da19ec5ae047", "c73e7d6ef024", "5f867a11946b", "f4e8ea76f1a3",
-        "5a6f37b5be2d", "f3eb4a886e74f109626e50f2", "71ef607a69f9",
+        "5a6f37b5be2d", "f3eb4a886e74f109626e50f2", "4bc665b79aee",
     ],
     "quickstart/it-mix3": [
         "38de4b3e6da5", "e8087e8d7e06", "355febf6c17a", "5f867a11946b", "f4e8ea76f1a3",
-        "5a6f37b5be2d", "f3eb4a886e74f109626e50f2", "bf36d8702756",
+        "5a6f37b5be2d", "f3eb4a886e74f109626e50f2", "6593d1dded72",
     ],
     "quickstart/it-limit10": [
         "0254babee393", "53a3061fb2a9", "c70c2387e9ec", "63e490303909", "a2b988ec79f5",
-        "40817a121c92", "f3eb4a886e74f109626e50f2", "186fb755325c",
+        "40817a121c92", "f3eb4a886e74f109626e50f2", "47ae5c756d34",
     ],
     "sec4-tiny/it-proportional": [
         "caf1fa9a0564", "bdb67ecfe8a6", "4f5663c10155", "80a06a4686fc", "f9e3a34ad1ea",
-        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "95eb6e9f1e61",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "315292dab884",
     ],
     "sec4-tiny/it-uniform": [
         "b8f9b181212d", "d77eb0abaa80", "4f7657714777", "80a06a4686fc", "f9e3a34ad1ea",
-        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "4e7060d22fd7",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "d75e24ef77bc",
     ],
     "sec4-tiny/it-ra100": [
         "6d5a05137c59", "3394237c64f0", "c41c872eb8a7", "80a06a4686fc", "f9e3a34ad1ea",
-        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "47424aa2160f",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "f4af4bdc28e6",
     ],
     "sec4-tiny/it-ra1000": [
         "6fbb84ab3a64", "a516b3be6392", "a0ca9b258faf", "80a06a4686fc", "f9e3a34ad1ea",
-        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "2b1c79cff9a1",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "619d65eb2820",
     ],
     "sec4-tiny/it-ra10000": [
         "33c2155e9aad", "db04c399ac9c", "576c68081a2e", "80a06a4686fc", "f9e3a34ad1ea",
-        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "ab392d9e0c4a",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "25b158c066db",
     ],
     "sec4-tiny/it-ra100000": [
         "e0c1b9a0f1e8", "3509f9d393c7", "f4e2e47ee460", "80a06a4686fc", "f9e3a34ad1ea",
-        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "70c501d8cf38",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "e0a155c8958c",
     ],
     "sec4-tiny/it-dwa": [
         "bf183e71473b", "1d50298cccd8", "97d2f9f3037b", "80a06a4686fc", "f9e3a34ad1ea",
-        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "8e34306113ad",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "e770d325a5f7",
     ],
     "sec3_2/it-limit10": [
-        "d1504e987e42", "f652ed557a55dcc346e08753", "98bd8ca9aaaa",
+        "d1504e987e42", "f652ed557a55dcc346e08753", "7448cfb5f2d7",
     ],
     "sec3_2/it-limit50": [
-        "d94c52a499ad", "f652ed557a55dcc346e08753", "93d3c4790da3",
+        "d94c52a499ad", "f652ed557a55dcc346e08753", "288c5430b65a",
     ],
     "sec3_2/it-limit100": [
-        "85148c794621", "f652ed557a55dcc346e08753", "58cbb58f036b",
+        "85148c794621", "f652ed557a55dcc346e08753", "5eff92dfa7e7",
     ],
     "sec3_2/it-limit500": [
-        "9b90553b4489", "f652ed557a55dcc346e08753", "792e93c06420",
+        "9b90553b4489", "f652ed557a55dcc346e08753", "c1a977e0b03a",
     ],
     "sec3_2/it-limit1000": [
-        "ab25c96e7d13", "f652ed557a55dcc346e08753", "39b9a9e6bbc2",
+        "ab25c96e7d13", "f652ed557a55dcc346e08753", "f1d422fac3d6",
     ],
     "sec3_2/it-limit5000": [
-        "bed8b042a351", "f652ed557a55dcc346e08753", "138085ae2cf9",
+        "bed8b042a351", "f652ed557a55dcc346e08753", "c461b6b431ce",
     ],
 }
 
