@@ -3,6 +3,10 @@
 Every section is a pydantic model with ``extra="forbid"``, so a misspelt key is an error rather
 than a silently ignored setting. :func:`load_config` reports each problem as
 ``<file>: <dotted.key>: <what is wrong> (got <value>)``.
+
+A setting that changes no result, or was added after runs were keyed, says so where it is
+declared (:mod:`itransfer.effect`); :mod:`itransfer.identity` derives every identity key from
+those marks.
 """
 
 from __future__ import annotations
