@@ -129,8 +129,8 @@ class Sizes:
     test_size: int
     max_new_tokens: int
     ddp_steps: int
-    # Config overrides for the grid: on a GPU, result-neutral evaluation speed knobs (config.py's
-    # RESULT_NEUTRAL_SETTINGS); in the smoke, shorter LoRA training as well.
+    # Config overrides for the grid: on a GPU, result-neutral evaluation speed knobs (marked
+    # NoEffect in config.py); in the smoke, shorter LoRA training as well.
     grid_overrides: tuple[str, ...]
 
 

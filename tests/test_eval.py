@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from itransfer import identity
 from itransfer.config import load_config
 from itransfer.data.tokenized import open_training_set
 from itransfer.errors import ITransferError
-from itransfer.eval import transfer
 from itransfer.eval.icl import evaluate_icl
 from itransfer.eval.inference import evaluate_items
 from itransfer.eval.scoring_files import score_files
@@ -174,7 +174,7 @@ def test_a_draw_does_not_depend_on_the_rest_of_the_grid(
     assert all(w.cell == full[key].cell and w.cell_id == full[key].cell_id
                for key, w in shard.items())
     # Another draw scheme is another settings hash, so cells drawn the old way are redone.
-    monkeypatch.setattr(transfer, "FEW_SHOT_DRAWS", "first-k-of-the-pool")
+    monkeypatch.setattr(identity, "FEW_SHOT_DRAWS", "first-k-of-the-pool")
     assert plan_cells(session)[1] != settings_hash
 
 

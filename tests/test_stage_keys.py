@@ -7,15 +7,16 @@ from typing import Any
 
 import pytest
 
-from itransfer import pipeline
-from itransfer.config import (
+from itransfer import identity
+from itransfer.config import ExperimentConfig, load_config
+from itransfer.identity import (
     CHECKPOINT_SCHEDULE_SETTINGS,
     RESULT_NEUTRAL_SETTINGS,
-    ExperimentConfig,
-    load_config,
     result_relevant,
 )
-from itransfer.pipeline import _eval_key, _plan_key, _train_key
+from itransfer.identity import evaluation_key as _eval_key
+from itransfer.identity import plan_key as _plan_key
+from itransfer.identity import training_key as _train_key
 from itransfer.schema import EvalPlan
 
 # A value other than the default for each setting that must not change results.
@@ -127,7 +128,7 @@ def test_only_stages_with_lora_cells_name_the_draw_scheme(monkeypatch: pytest.Mo
         return {name: _eval_key(config, "ckpt@6", _plan_key(plan)) for name, plan in plans.items()}
 
     before = keys()
-    monkeypatch.setattr(pipeline, "FEW_SHOT_DRAWS", "first-k-of-the-pool")
+    monkeypatch.setattr(identity, "FEW_SHOT_DRAWS", "first-k-of-the-pool")
     after = keys()
     assert after["cells"] != before["cells"]  # drawn otherwise: recomputed, not reused
     assert after["icl"] == before["icl"]  # nothing drawn: stays cached

@@ -3,14 +3,17 @@
 Every section is a pydantic model with ``extra="forbid"``, so a misspelt key is an error rather
 than a silently ignored setting. :func:`load_config` reports each problem as
 ``<file>: <dotted.key>: <what is wrong> (got <value>)``.
+
+A setting that changes no result, or was added after runs were keyed, says so where it is
+declared (:mod:`itransfer.effect`); :mod:`itransfer.identity` derives every identity key from
+those marks.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -23,6 +26,7 @@ from pydantic import (
 )
 
 from itransfer import paper_constants as paper
+from itransfer.effect import AddedLater, CheckpointSchedule, KeyedOnlyWhen, NoEffect
 from itransfer.errors import ConfigError
 from itransfer.sampling import SAMPLERS, ProportionalConfig, SamplerConfig, sampler_config_union
 
@@ -31,32 +35,6 @@ if TYPE_CHECKING:
 else:
     # Built from the registry: one member per registered sampler, chosen by `name`.
     SamplerSpec = sampler_config_union()
-
-
-# Each setting is marked once, on its field, by how it bears on a run's identity (whether two
-# runs, stages or checkpoints are "the same"); unmarked settings are part of it.
-# Settings that change how a run is logged or how fast it computes, never its numbers
-# (evaluation batches and passes regroup the same computations): the stage keys of
-# `itransfer run` and the resume check leave them out, so turning one on reuses finished work.
-NO_EFFECT: dict[str, Any] = {"identity": "no effect"}
-# Which checkpoints a run writes and keeps, not the weights it reaches: a run may resume under
-# other values, but a pipeline stage's trajectory (the checkpoints there are to evaluate) is
-# made of them, so the stage keys keep them.
-CHECKPOINT_SCHEDULE: dict[str, Any] = {"identity": "checkpoint schedule"}
-
-
-def marked_settings(
-    model: type[BaseModel], mark: dict[str, Any], prefix: str = ""
-) -> frozenset[str]:
-    """The dotted keys of ``model``'s fields (nested configs included) that carry ``mark``."""
-    found: set[str] = set()
-    for name, info in model.model_fields.items():
-        dotted = f"{prefix}{name}"
-        if info.json_schema_extra == mark:
-            found.add(dotted)
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-            found |= marked_settings(info.annotation, mark, f"{dotted}.")
-    return frozenset(found)
 
 
 class StrictModel(BaseModel):
@@ -135,8 +113,9 @@ class ModelConfig(StrictModel):
     max_source_length: int = Field(default=512, ge=8)
     max_target_length: int = Field(default=128, ge=1)
     # Decoder-only models: wrap source and target in the tokenizer's chat template (user turn,
-    # assistant turn); off, they are plain text (itransfer.examples).
-    chat_template: bool = False
+    # assistant turn); off, they are plain text (itransfer.examples), as every run was before
+    # the setting existed.
+    chat_template: Annotated[bool, AddedLater(False)] = False
 
 
 class MixingConfig(StrictModel):
@@ -154,6 +133,20 @@ class MixingConfig(StrictModel):
         return every
 
 
+def budget_sets_steps(train: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+    """Whether ``train.budget`` decides the step count of a run (dumped ``train``/``data``):
+    only without an explicit ``train.steps`` and with a per-task data limit; otherwise the
+    two budgets count the same examples."""
+    splits = data.get("splits") if isinstance(data.get("splits"), Mapping) else {}
+    return train.get("steps") is None and splits.get("max_train_instances_per_task") is not None
+
+
+def _budget_sets_steps_in(tree: Mapping[str, Any]) -> bool:
+    train, data = tree.get("train"), tree.get("data")
+    return isinstance(train, Mapping) and budget_sets_steps(
+        train, data if isinstance(data, Mapping) else {})
+
+
 class TrainConfig(StrictModel):
     """Instruction tuning (§2.4, Appendix B): AdamW, 500 warm-up steps to 5e-4, batch 16."""
 
@@ -163,8 +156,11 @@ class TrainConfig(StrictModel):
     # "epochs" passes over the run's own training data (after the per-task data limit), or
     # "steps": as many steps as `epochs` passes over the same tasks without the limit would
     # take (the unlimited model's step count), drawn from the limited data. §3.2 does not say
-    # which one the paper's limited models had.
-    budget: Literal["epochs", "steps"] = "epochs"
+    # which one the paper's limited models had. "epochs" is what every run did before the
+    # setting existed, and a run it does not change is one training stage under either value.
+    budget: Annotated[
+        Literal["epochs", "steps"], AddedLater("epochs"), KeyedOnlyWhen(_budget_sets_steps_in)
+    ] = "epochs"
     batch_size: int = Field(default=16, ge=1)  # global batch, across processes and accumulation
     gradient_accumulation: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=5e-4, gt=0)
@@ -174,20 +170,21 @@ class TrainConfig(StrictModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     sampler: SamplerSpec = Field(default_factory=ProportionalConfig)
     mixing: MixingConfig = Field(default_factory=MixingConfig)
-    checkpoint_every: int = Field(default=0, ge=0,  # 0: only the final checkpoint
-                                  json_schema_extra=CHECKPOINT_SCHEDULE)
-    keep_checkpoints: int | None = Field(default=None, ge=1,  # None keeps the whole trajectory
-                                         json_schema_extra=CHECKPOINT_SCHEDULE)
+    # 0: only the final checkpoint
+    checkpoint_every: Annotated[int, CheckpointSchedule] = Field(default=0, ge=0)
+    # None keeps the whole trajectory
+    keep_checkpoints: Annotated[int | None, CheckpointSchedule] = Field(default=None, ge=1)
     # The trajectory keeps weights only; what resuming needs (optimizer, data positions, RNGs)
     # goes into a rolling resumable checkpoint, written when either of these fires (and when a
-    # signal stops the run). None switches one off.
-    save_every_minutes: float | None = Field(default=30, gt=0, json_schema_extra=NO_EFFECT)
-    save_every_steps: int | None = Field(default=None, ge=1, json_schema_extra=NO_EFFECT)
-    log_every: int = Field(default=10, ge=1, json_schema_extra=NO_EFFECT)
+    # signal stops the run). None switches one off. Resuming is exact, so neither moves a
+    # number.
+    save_every_minutes: Annotated[float | None, NoEffect] = Field(default=30, gt=0)
+    save_every_steps: Annotated[int | None, NoEffect] = Field(default=None, ge=1)
+    log_every: Annotated[int, NoEffect] = Field(default=10, ge=1)
     length_window_batches: int = Field(default=16, ge=1)
-    tensorboard: bool = Field(default=True, json_schema_extra=NO_EFFECT)
-    # Log to Weights & Biases too (needs `wandb`).
-    wandb_project: str | None = Field(default=None, json_schema_extra=NO_EFFECT)
+    tensorboard: Annotated[bool, NoEffect] = True
+    # log to Weights & Biases too (needs `wandb`)
+    wandb_project: Annotated[str | None, NoEffect] = None
 
 
 EVALUATION_TASK_GROUPS = ("unseen", "unseen_synthetic", "heldout_domain", "heldout_adversarial")
@@ -234,17 +231,19 @@ class EvalConfig(StrictModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     engine: Literal["batched", "peft"] = "batched"
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    # The speed knobs below regroup the same computations (tests match the adapters and losses
+    # across them), so they change no result.
     # Batched engine: adapters trained together.
-    cells_per_group: int = Field(default=64, ge=1, json_schema_extra=NO_EFFECT)
+    cells_per_group: Annotated[int, NoEffect] = Field(default=64, ge=1)
     # Batched engine: one forward/backward pass holds at most this many examples and padded
     # tokens (a global step's examples, sorted by length, take several passes). CPU: the
     # defaults (bench/transfer_grid.py); a GPU wants far more of both.
-    max_examples_per_pass: int | None = Field(default=64, ge=1, json_schema_extra=NO_EFFECT)
-    max_tokens_per_pass: int | None = Field(default=4096, ge=1, json_schema_extra=NO_EFFECT)
+    max_examples_per_pass: Annotated[int | None, NoEffect] = Field(default=64, ge=1)
+    max_tokens_per_pass: Annotated[int | None, NoEffect] = Field(default=4096, ge=1)
     # An evaluation batch: at most batch_size rows and max_batch_tokens padded tokens (short
     # items share big batches). bench/transfer_grid.py measures both; GPUs want more of each.
-    batch_size: int = Field(default=64, ge=1, json_schema_extra=NO_EFFECT)
-    max_batch_tokens: int | None = Field(default=16384, ge=1, json_schema_extra=NO_EFFECT)
+    batch_size: Annotated[int, NoEffect] = Field(default=64, ge=1)
+    max_batch_tokens: Annotated[int | None, NoEffect] = Field(default=16384, ge=1)
     max_new_tokens: int = Field(default=64, ge=1)
     generate: bool = True
     seen_max_instances: int | None = Field(default=100, ge=1)  # per task and split
@@ -279,7 +278,7 @@ class EvalConfig(StrictModel):
 
 
 class ExperimentConfig(StrictModel):
-    name: str = Field(default="itransfer", json_schema_extra=NO_EFFECT)  # a label
+    name: Annotated[str, NoEffect] = "itransfer"  # labels the results rows, measures nothing
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -295,83 +294,6 @@ class ExperimentConfig(StrictModel):
                 f"eval.shots {too_many} exceed data.splits.few_shot_pool_size={pool}"
             )
         return self
-
-
-# What a run's identity (its stage keys, the resume check) leaves out, derived from the marks on
-# the fields above (see NO_EFFECT and CHECKPOINT_SCHEDULE) as dotted keys.
-RESULT_NEUTRAL_SETTINGS: frozenset[str] = marked_settings(ExperimentConfig, NO_EFFECT)
-CHECKPOINT_SCHEDULE_SETTINGS: frozenset[str] = marked_settings(ExperimentConfig,
-                                                               CHECKPOINT_SCHEDULE)
-
-
-def result_relevant(
-    config: BaseModel | Mapping[str, Any], *, ignore_checkpoint_schedule: bool = False
-) -> dict[str, Any]:
-    """``config`` as a JSON tree without :data:`RESULT_NEUTRAL_SETTINGS` (and, for a resumed run,
-    :data:`CHECKPOINT_SCHEDULE_SETTINGS`), nor sampler parameters at their
-    :attr:`~itransfer.sampling.SamplerConfig.legacy_defaults`, and without ``train.budget``
-    unless it is "steps" and sets the step count (:func:`budget_sets_steps`), nor
-    ``model.chat_template`` when off. A mapping is taken as an already dumped config, such as
-    the one a checkpoint saved."""
-    tree = (
-        config.model_dump(mode="json") if isinstance(config, BaseModel)
-        else copy.deepcopy(dict(config))
-    )
-    _drop_inert_budget(tree)
-    drop_plain_text_format(tree.get("model"))
-    ignored = RESULT_NEUTRAL_SETTINGS
-    if ignore_checkpoint_schedule:
-        ignored |= CHECKPOINT_SCHEDULE_SETTINGS
-    for dotted in ignored:
-        *sections, key = dotted.split(".")
-        node: Any = tree
-        for section in sections:
-            node = node.get(section) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(key, None)
-    _drop_legacy_sampler_defaults(tree)
-    return tree
-
-
-def _drop_legacy_sampler_defaults(tree: dict[str, Any]) -> None:
-    # Keys computed before such a parameter existed did not contain it; at the value that
-    # reproduces those runs, leaving it out keeps their keys.
-    train = tree.get("train")
-    sampler = train.get("sampler") if isinstance(train, dict) else None
-    if not isinstance(sampler, dict) or sampler.get("name") not in SAMPLERS:
-        return
-    for key, legacy_value in SAMPLERS[sampler["name"]].config_class.legacy_defaults.items():
-        if key in sampler and sampler[key] == legacy_value:
-            del sampler[key]
-
-
-def budget_sets_steps(train: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
-    """Whether ``train.budget`` decides the step count of a run (dumped ``train``/``data``):
-    only without an explicit ``train.steps`` and with a per-task data limit; otherwise the
-    two budgets count the same examples."""
-    splits = data.get("splits") if isinstance(data.get("splits"), Mapping) else {}
-    return train.get("steps") is None and splits.get("max_train_instances_per_task") is not None
-
-
-def _drop_inert_budget(tree: dict[str, Any]) -> None:
-    """Keep ``train.budget`` in a dumped config only where it changes the run: budget "steps"
-    when it sets the step count. "epochs" is what every run did before the setting existed,
-    so leaving it out keeps their stage keys (and their checkpoints resumable), and a run the
-    budget does not change is one training stage under either value."""
-    train, data = tree.get("train"), tree.get("data")
-    if not isinstance(train, dict):
-        return
-    if train.get("budget", "epochs") == "epochs" or not budget_sets_steps(
-        train, data if isinstance(data, Mapping) else {}
-    ):
-        train.pop("budget", None)
-
-
-def drop_plain_text_format(model: Any) -> None:
-    """Leave ``chat_template`` out of a dumped model section when off: every run before the
-    setting existed was plain text, and keys computed then must stay valid."""
-    if isinstance(model, dict) and model.get("chat_template") is False:
-        del model["chat_template"]
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

@@ -9,10 +9,11 @@ Stages and where they live (``--store``, default ``<out>/stages``):
 * ``eval-<key>/``: the evaluations of one checkpoint (ICL, transfer, seen), a results table;
 
 where ``key`` hashes the stage's resolved config and inputs, less the settings that change no
-result (``config.RESULT_NEUTRAL_SETTINGS``). Two experiments (or two variants) that need the
-same stage find it done and reuse it — the pre-trained baseline is evaluated once
-for every section — and an interrupted run resumes: finished stages are skipped, a training
-stage continues from its last checkpoint, an evaluation stage after its last finished cells.
+result (:mod:`itransfer.identity` derives both keys from the config's markers). Two
+experiments (or two variants) that need the same stage find it done and reuse it — the
+pre-trained baseline is evaluated once for every section — and an interrupted run resumes:
+finished stages are skipped, a training stage continues from its last checkpoint, an
+evaluation stage after its last finished cells.
 ``--force train:LABEL`` moves that stage aside (never deleting it) and reruns it;
 ``--force eval:LABEL`` re-measures that model's evaluations (newer rows win).
 
@@ -43,16 +44,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from itransfer.config import EVALUATION_TASK_GROUPS, ExperimentConfig, result_relevant
+from itransfer.config import EVALUATION_TASK_GROUPS, ExperimentConfig
 from itransfer.data.contexts import one_warning_for_cuts
-from itransfer.data.splits import FEW_SHOT_DRAWS
 from itransfer.errors import ConfigError, StoppedBySignal, TrainingStopped
-from itransfer.eval.lora_targets import targets_for_key
-from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable, config_hash
+from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable
 from itransfer.experiment import Experiment
+from itransfer.identity import evaluation_key, plan_key, training_key
 from itransfer.io_utils import atomic_write_text, staged_dir
 from itransfer.launch import agreed, make_state
-from itransfer.models import model_facts, model_type_of
+from itransfer.models import model_facts
 from itransfer.provenance import git_revision, hardware, package_versions, write_run_record
 from itransfer.schema import (
     MANIFEST,
@@ -105,43 +105,6 @@ def plan_evaluations(experiment: Experiment) -> dict[tuple[str, When], EvalPlan]
 
 def _config_of(experiment: Experiment, label: str) -> ExperimentConfig:
     return experiment.base if label == PRETRAINED else experiment.variants[label]
-
-
-def _train_key(config: ExperimentConfig) -> str:
-    """The training stage of ``config``; settings that do not change results are left out,
-    but the checkpoint schedule stays (it decides which trajectory checkpoints exist).
-    ``train.budget`` is in the key only where it sets the step count (a data limit, no
-    ``train.steps``): the two budgets share a run only where they cannot differ."""
-    relevant = result_relevant(config)
-    return config_hash({key: relevant[key] for key in ("seed", "data", "model", "train")})
-
-
-def _eval_key(config: ExperimentConfig, checkpoint: str, plan: list[Any]) -> str:
-    """The evaluation stage of ``checkpoint`` (a model, or a training stage's key@step)."""
-    relevant = result_relevant(config)
-    # `auto` is keyed as the modules it means for this model (q, v on T5: the keys of the old
-    # default), so spelling the list out shares the stage.
-    lora = relevant["eval"]["lora"]
-    lora["target_modules"] = targets_for_key(
-        lora["target_modules"],
-        model_type_of(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code),
-    )
-    relevant["model"].pop("name_or_path")  # the checkpoint names the weights
-    return config_hash({
-        "checkpoint": checkpoint,
-        "plan": plan,
-        "eval": relevant["eval"],
-        "data": relevant["data"],
-        "model": relevant["model"],
-    })
-
-
-def _plan_key(plan: EvalPlan) -> list[Any]:
-    """What an evaluation stage measures, for its key. Only stages with LoRA cells name the
-    k-shot draw scheme: when the draws change those are recomputed rather than reused, while
-    ICL and seen-task stages stay cached."""
-    key: list[Any] = [plan.icl, plan.seen, sorted(plan.shots), sorted(plan.contexts)]
-    return [*key, FEW_SHOT_DRAWS] if plan.shots else key
 
 
 def _finished(stage_dir: Path) -> bool:
@@ -274,7 +237,7 @@ def _run_stages(
     trained_labels = sorted({label for label, _ in plans if label != PRETRAINED})
     for label in trained_labels:
         config = _config_of(experiment, label)
-        stage_dir = store / f"train-{_train_key(config)}"
+        stage_dir = store / f"train-{training_key(config)}"
         name = f"train:{label}"
         if name in force and main:
             _set_aside(stage_dir)
@@ -337,10 +300,10 @@ def _run_stages(
                     "task_groups": [*config.eval.task_groups, *extra_groups]}
         )
         run_config = config.model_copy(update={"eval": eval_config})
-        key = _eval_key(
+        key = evaluation_key(
             run_config,
-            checkpoint if label == PRETRAINED else f"{_train_key(config)}@{step}",
-            _plan_key(plan),
+            checkpoint if label == PRETRAINED else f"{training_key(config)}@{step}",
+            plan_key(plan),
         )
         stage_dir = store / f"eval-{key}"
         name = f"eval:{label}@{step}"

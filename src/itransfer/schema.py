@@ -42,6 +42,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from itransfer.compat import manifest_version, upgrade_model_info
 from itransfer.config import EvalConfig, StrictModel
 from itransfer.errors import DataError
 
@@ -290,10 +291,7 @@ class ModelInfo(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _final_step_defaults_to_the_last_checkpoint(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and data.get("final_step") is None:
-            steps = [int(step) for step in data.get("trajectory_steps") or ()]
-            return {**data, "final_step": max(steps, default=0)}
-        return data
+        return upgrade_model_info(data)
 
 
 class RunManifest(StrictModel):
@@ -320,14 +318,7 @@ class RunManifest(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _readable_version(cls, data: Any) -> Any:
-        # Checked first, so a newer format gets this one line, not a list of field errors.
-        version = data.get("version", 1) if isinstance(data, Mapping) else 1
-        if not isinstance(version, int) or not 1 <= version <= MANIFEST_VERSION:
-            raise ValueError(
-                f"manifest format version {version!r}; this itransfer reads versions 1 to "
-                f"{MANIFEST_VERSION} (re-run `itransfer run`, or use the itransfer that wrote it)"
-            )
-        return data
+        return manifest_version(data, MANIFEST_VERSION)
 
     def section(self, kind: type[SectionT]) -> SectionT | None:
         return section_of(self.sections, kind)

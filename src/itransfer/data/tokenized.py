@@ -57,6 +57,7 @@ from itransfer.data.sni import parse_task
 from itransfer.data.splits import limited_size, seen_split_sizes, split_seen_task
 from itransfer.errors import DataError, ITransferError
 from itransfer.examples import EncodedExample, ExampleEncoder
+from itransfer.identity import encoder_identity, tokenized_cache_key
 from itransfer.io_utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -96,19 +97,6 @@ def _code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def encoder_spec(encoder: ExampleEncoder) -> dict[str, Any]:
-    """What an encoder's output depends on, besides the task and instance."""
-    return {
-        "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
-        "architecture": encoder.architecture,
-        "context": type(encoder.context).__name__,
-        "num_exemplars": encoder.context.num_exemplars,
-        "max_source_length": encoder.max_source_length,
-        "max_target_length": encoder.max_target_length,
-        "chat_template": encoder.chat_template,
-    }
-
-
 def cache_key(
     encoder: ExampleEncoder,
     index: TaskIndex,
@@ -116,17 +104,13 @@ def cache_key(
     splits: SplitConfig,
     seed: int,
 ) -> str:
+    """The cache folder's name (:func:`itransfer.identity.tokenized_cache_key`)."""
     entries = [index.get(name) for name in task_names]
-    content = {
-        "format": CACHE_FORMAT_VERSION,
-        "code": _code_fingerprint(),
-        "encoder": encoder_spec(encoder),
-        "split_seed": seed,
-        "seen_test_fraction": splits.seen_test_fraction,
-        "seen_validation_fraction": splits.seen_validation_fraction,
-        "tasks": [[entry.metadata.name, entry.sha256] for entry in entries],
-    }
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
+    return tokenized_cache_key(
+        encoder_identity(encoder, tokenizer_fingerprint(encoder.tokenizer)),
+        [(entry.metadata.name, entry.sha256) for entry in entries], splits, seed,
+        code=_code_fingerprint(), version=CACHE_FORMAT_VERSION,
+    )
 
 
 class MappedRows:

@@ -27,10 +27,7 @@ def evaluate_icl(
     """Evaluate every configured task in context; returns the number of rows written."""
     eval_config = session.config.eval
     context = context or eval_config.icl_context
-    settings = session.settings_hash(
-        method="icl", context=context, max_new_tokens=eval_config.max_new_tokens,
-        generate=eval_config.generate,
-    )
+    settings = session.settings_hash("icl", context=context)
     done = session.finished_cells(force=force)
     tasks = evaluation_tasks(session)
     todo = [name for name in tasks if _cell(session, name, context, settings) not in done]

@@ -13,8 +13,6 @@ appends newer rows, and :meth:`ResultsTable.read` keeps the latest row of each m
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import uuid
 from collections.abc import Iterable, Mapping
@@ -26,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from itransfer.compat import upgrade_result_row
 from itransfer.errors import DataError
 
 RESULTS_DIR = "results"
@@ -50,18 +49,10 @@ SCHEMA = pa.schema(
         ("written_at", pa.string()),
     ]
 )
-# Columns added after the first tables were written: a row or a file without one reads as null.
-LATER_COLUMNS = frozenset({"task_group"})
 MEASUREMENT_KEY = [
     "run", "model", "checkpoint_step", "task", "split", "method", "context", "shots", "seed",
     "metric", "config_hash",
 ]
-
-
-def config_hash(settings: Mapping[str, Any]) -> str:
-    """A short stable hash of the settings that determine a measurement."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class ResultsTable:
@@ -73,7 +64,7 @@ class ResultsTable:
     def append(self, rows: Iterable[Mapping[str, Any]]) -> Path | None:
         """Write ``rows`` as one new Parquet file; returns it (None when there are no rows)."""
         stamp = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-        records = [{**dict.fromkeys(LATER_COLUMNS), **row, "written_at": stamp} for row in rows]
+        records = [{**upgrade_result_row(row), "written_at": stamp} for row in rows]
         if not records:
             return None
         missing = [name for name in SCHEMA.names if name not in records[0]]
@@ -92,7 +83,7 @@ class ResultsTable:
 
     def read(self, *, latest_only: bool = True) -> pd.DataFrame:
         """All rows (by default the latest row of each measurement); a column of
-        :data:`LATER_COLUMNS` that a file predates reads as null."""
+        :data:`~itransfer.compat.LATER_RESULT_COLUMNS` that a file predates reads as null."""
         files = self.files()
         if not files:
             return pd.DataFrame({name: pd.Series(dtype=object) for name in SCHEMA.names})

@@ -25,7 +25,7 @@ def evaluate_seen(
     eval_config = session.config.eval
     context = session.config.data.context.name
     cap = eval_config.seen_max_instances
-    settings = session.settings_hash(method="seen", context=context, cap=cap)
+    settings = session.settings_hash("seen", context=context)
     done = session.finished_cells(force=force)
     tasks = [
         name for name in session.benchmark.selection.seen

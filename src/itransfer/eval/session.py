@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
 
-from itransfer.config import ExperimentConfig, LoraConfig, drop_plain_text_format
+from itransfer.config import ExperimentConfig, LoraConfig
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
 from itransfer.data.contexts import build_context, cut_details, warn_inputs_cut
 from itransfer.data.sni import Instance, Task
@@ -28,8 +28,9 @@ from itransfer.errors import ConfigError, DataError, ITransferError
 from itransfer.eval.inference import EvalItem, ItemResult, Router, evaluate_items
 from itransfer.eval.lora_targets import AUTO, resolve_target_modules
 from itransfer.eval.metrics import ScoredInstance, aggregate, default_scorer
-from itransfer.eval.results import ResultsTable, config_hash
+from itransfer.eval.results import ResultsTable
 from itransfer.examples import ExampleEncoder
+from itransfer.identity import measurement_hash
 from itransfer.io_utils import atomic_write_text
 from itransfer.launch import agreed, check_launch, make_accelerator
 from itransfer.models import LoadedModel, load_model_and_tokenizer
@@ -176,16 +177,10 @@ class EvalSession:
         targets = resolve_target_modules(lora.target_modules, self.loaded.model)
         return lora.model_copy(update={"target_modules": targets})
 
-    def settings_hash(self, **extra: Any) -> str:
-        model = self.config.model.model_dump(mode="json")
-        drop_plain_text_format(model)  # hashes from before the setting existed stay valid
-        settings = {
-            "model": model,
-            "data": self.config.data.model_dump(mode="json"),
-            "checkpoint": self.model_label,
-            **extra,
-        }
-        return config_hash(settings)
+    def settings_hash(self, method: str, **inputs: Any) -> str:
+        """The ``config_hash`` of the rows ``method`` measures on this checkpoint
+        (:func:`itransfer.identity.measurement_hash`)."""
+        return measurement_hash(self.config, self.model_label, method, **inputs)
 
     def write_predictions(self, name: str, records: list[dict[str, Any]]) -> None:
         """Predictions in the benchmark's evaluation format, for `itransfer score`."""

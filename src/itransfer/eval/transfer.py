@@ -26,7 +26,6 @@ from typing import Any
 
 from itransfer.config import LoraConfig
 from itransfer.data.sni import Instance, Task
-from itransfer.data.splits import FEW_SHOT_DRAWS
 from itransfer.eval.inference import EvalItem
 from itransfer.eval.lora import TransferCell, train_cell_peft
 from itransfer.eval.session import (
@@ -84,11 +83,7 @@ def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellW
     """
     eval_config = session.config.eval
     settings = session.lora_settings()  # `auto` hashed as the modules it stands for
-    settings_hash = session.settings_hash(
-        method="finetune", lora=settings.model_dump(mode="json"),
-        max_new_tokens=eval_config.max_new_tokens, generate=eval_config.generate,
-        draws=FEW_SHOT_DRAWS,
-    )
+    settings_hash = session.settings_hash("finetune", lora=settings.model_dump(mode="json"))
     seeds = list(dict.fromkeys(eval_config.seeds))
     done = session.finished_cells(force=force)
     work: list[CellWork] = []

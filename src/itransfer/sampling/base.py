@@ -38,16 +38,12 @@ class SamplerConfig(BaseModel):
     """A sampler's parameters as YAML writes them: ``{name: <sampler>, <parameter>: <value>}``.
 
     Each sampler subclasses this with ``name: Literal["<its name>"]`` and one typed field per
-    parameter, defaults included; the sampler reads its parameters from it.
+    parameter, defaults included; the sampler reads its parameters from it. A parameter added
+    after runs were keyed carries :class:`~itransfer.effect.AddedLater` with the value that
+    reproduces them, so their stages and checkpoints are still found.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    # Parameters added after runs were already keyed, each with the value that reproduces what
-    # runs did before it existed. Stage keys and the resume check leave such a parameter out
-    # at that value (config.result_relevant), so a run cached or checkpointed before it was
-    # added is still found, while any other value makes a different run.
-    legacy_defaults: ClassVar[Mapping[str, Any]] = {}
 
     name: str
 

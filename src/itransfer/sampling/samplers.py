@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, ClassVar, Literal
+from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import ValidationInfo, field_validator
 
+from itransfer.effect import AddedLater
 from itransfer.sampling.base import (
     FixedSampler,
     SamplerConfig,
@@ -156,12 +157,9 @@ class ReverseAnnealingConfig(SamplerConfig):
     start_temperature: Annotated[float, number_at_least(1.0, inclusive=True)] = 1.0
     max_temperature: Annotated[float, number_at_least(1.0, inclusive=True)] = 1000.0
     # How T moves from start to max (see ReverseAnnealingSampler). "linear" is the literal
-    # reading of Appendix B and what runs did before this key existed.
-    schedule: AnnealingSchedule = "linear"
-
-    # Runs keyed and checkpointed before `schedule` existed were linear; at that value the
-    # stage keys leave it out, so those runs are still found (see SamplerConfig).
-    legacy_defaults: ClassVar[Mapping[str, Any]] = {"schedule": "linear"}
+    # reading of Appendix B and what runs did before this key existed: at that value the keys
+    # leave it out, so runs keyed and checkpointed before it are still found.
+    schedule: Annotated[AnnealingSchedule, AddedLater("linear")] = "linear"
 
     @field_validator("max_temperature")
     @classmethod

@@ -21,9 +21,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from pydantic import ValidationError
 
-from itransfer.config import ExperimentConfig, TrainConfig, result_relevant
+from itransfer.config import ExperimentConfig, TrainConfig
 from itransfer.data.batching import TaskBatchStream
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
 from itransfer.data.contexts import build_context
@@ -36,6 +35,7 @@ from itransfer.data.tokenized import (
 )
 from itransfer.errors import ConfigError, DataError
 from itransfer.examples import ExampleEncoder
+from itransfer.identity import resume_differences
 from itransfer.io_utils import atomic_write_text
 from itransfer.launch import check_launch, make_accelerator
 from itransfer.models import load_model_and_tokenizer
@@ -389,20 +389,7 @@ def check_compatible(
             f"{checkpoint} belongs to another model ({saved.get('model')}); this config "
             f"builds {fingerprint}"
         )
-    saved_tree = dict(saved.get("config", {}))
-    if isinstance(saved_tree.get("train"), dict):
-        # Filled in before result_relevant, which then treats both configs alike.
-        saved_tree["train"] = {
-            **saved_tree["train"],
-            "sampler": _with_sampler_defaults(saved_tree["train"].get("sampler")),
-        }
-    saved_config = result_relevant(saved_tree, ignore_checkpoint_schedule=True)
-    current = result_relevant(config, ignore_checkpoint_schedule=True)
-    differing = [key for key in ("seed", "data", "model") if saved_config.get(key) != current[key]]
-    saved_train = saved_config.get("train", {})
-    differing += [
-        f"train.{key}" for key, value in current["train"].items() if saved_train.get(key) != value
-    ]
+    differing = resume_differences(saved.get("config", {}), config)
     if differing:
         raise ckpt.CheckpointError(
             f"{checkpoint} was written with a different config ({', '.join(differing)} differ); "
@@ -413,18 +400,6 @@ def check_compatible(
             f"{checkpoint} was written by {saved.get('world_size')} processes; resuming with "
             f"{world} would draw different batches per process"
         )
-
-
-def _with_sampler_defaults(saved_sampler: Any) -> Any:
-    """A saved ``train.sampler`` with its config's defaults filled in: checkpoints written
-    before sampler configs were typed saved only the keys the user gave."""
-    if not isinstance(saved_sampler, dict):
-        return saved_sampler
-    try:
-        typed = TrainConfig.model_validate({"sampler": saved_sampler}).sampler
-    except ValidationError:
-        return saved_sampler  # reported below as a differing train.sampler
-    return typed.model_dump(mode="json")
 
 
 def _read_log(out_dir: Path, *, up_to_step: int) -> list[dict[str, Any]]:
