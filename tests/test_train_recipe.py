@@ -3,6 +3,7 @@ the checkpoint it writes and reads back, and clean-up."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -376,8 +377,6 @@ def test_resuming_a_finished_run_counts_its_final_trajectory_checkpoint_as_saved
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
-    import json
-
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
@@ -482,8 +481,6 @@ def test_setup_hands_the_config_to_each_part(
         assert unsupervised[1]["max_length"] == 64 and unsupervised[1]["seed"] == 3
         next(iter(unsupervised[0][0]()))
         assert set(opened) == {(str(corpus), 3)}
-        import json
-
         assert json.loads((tmp_path / "run" / "run.json").read_text())["seed"] == 3
         assert seen["load_model_and_tokenizer"][1] == {"architecture": "auto",
                                                        "trust_remote_code": True}
