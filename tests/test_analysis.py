@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -50,6 +51,8 @@ def unseen_rows(model: str, step: int, tasks: list[str], icl: np.ndarray,
         rows.append(row(model=model, checkpoint_step=step, task=task, value=float(icl_loss)))
         rows.append(row(model=model, checkpoint_step=step, task=task, metric="rougeL",
                         value=float(50 - 10 * icl_loss)))
+        rows.append(row(model=model, checkpoint_step=step, task=task, metric="rougeL_recall",
+                        value=float(55 - 10 * icl_loss)))
         for shots in SHOTS:
             for context in ("none", "exemplars"):
                 # Loss falls with k; the exemplar context helps a little.
@@ -60,6 +63,8 @@ def unseen_rows(model: str, step: int, tasks: list[str], icl: np.ndarray,
                               "seed": seed}
                     rows.append(row(**common, value=float(level + jitter)))
                     rows.append(row(**common, metric="rougeL", value=float(40 - 10 * level)))
+                    rows.append(row(**common, metric="rougeL_recall",
+                                    value=float(45 - 10 * level)))
                     rows.append(row(**common, split="train", metric="final_train_loss",
                                     value=float(rng.uniform(0.1, 0.5))))
     return rows
@@ -359,7 +364,7 @@ def findings_rows(text: str) -> dict[str, str]:
     """Claim → verdict from the HTML findings table."""
     found = {}
     for finding in PAPER_FINDINGS:
-        match = re.search(re.escape(finding.claim) + r"</td>.*?class=\"verdict\">([^<]*)<",
+        match = re.search(re.escape(html.escape(finding.claim)) + r"</td>.*?class=\"verdict\">([^<]*)<",
                           text, flags=re.S)
         if match:
             found[finding.id] = match.group(1)
@@ -440,27 +445,92 @@ def test_report_without_results_rows(tmp_path: Path) -> None:
     assert "undefined" in text and embedded_pngs(text) == []
 
 
-def test_it_harms_transfer_is_judged_per_context_and_metric() -> None:
-    """Plant harm without context only: both findings are partial and name each context."""
-    from itransfer.analysis.run import analyse
-    from itransfer.analysis.verdicts import PARTLY, evaluate_findings
+def _transfer_results(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from itransfer.analysis.verdicts import evaluate_findings
 
-    rows = []
-    for record in build_rows(num_tasks=12):
-        if (record["model"] == "it-proportional" and record["method"] == "finetune"
-                and record["context"] == "exemplars" and record["split"] == "test"):
-            # IT with exemplars adapts better than PT: loss far lower, ROUGE-L far higher
-            shift = -10.0 if record["metric"] == "loss" else 100.0
-            record = {**record, "value": record["value"] + shift}
-        rows.append(record)
     manifest = RunManifest.model_validate(manifest_dict(sections={"transfer"}))
-    results = {result.finding.id: result
-               for result in evaluate_findings(analyse(pd.DataFrame(rows), manifest, n_boot=10))}
+    return {result.finding.id: result
+            for result in evaluate_findings(analyse(pd.DataFrame(rows), manifest, n_boot=10))}
+
+
+def _shifted(rows: list[dict[str, Any]], model: str, context: str,
+             shift: dict[str, float]) -> list[dict[str, Any]]:
+    """Fine-tuning test rows of one model and context moved by ``shift[metric]``."""
+    return [{**record, "value": record["value"] + shift.get(record["metric"], 0.0)}
+            if (record["model"] == model and record["method"] == "finetune"
+                and record["context"] == context and record["split"] == "test") else record
+            for record in rows]
+
+
+def test_it_harms_transfer_is_judged_per_comparison_and_metric() -> None:
+    """Plant harm without context only: both findings are partial and name each comparison."""
+    from itransfer.analysis.verdicts import PARTLY
+
+    # IT with exemplars adapts better than PT: loss far lower, ROUGE-L far higher
+    rows = _shifted(build_rows(num_tasks=12), "it-proportional", "exemplars",
+                    {"loss": -10.0, "rougeL": 100.0, "rougeL_recall": 100.0})
+    results = _transfer_results(rows)
     for finding_id in ("3.1-it-harms-transfer", "3.1-it-harms-transfer-rouge"):
         result = results[finding_id]
         assert result.verdict == PARTLY, (finding_id, result.run_text)
-        assert "context none" in result.run_text and "context exemplars" in result.run_text
+        assert "IT none vs PT none" in result.run_text
+        assert "IT exemplars vs PT none" in result.run_text
         assert "IT worse at 4/4 k" in result.run_text and "IT worse at 0/4 k" in result.run_text
+
+
+def test_it_harms_transfer_sets_it_against_the_pretrained_model_without_context() -> None:
+    """§3.1: the paper fine-tunes the pre-trained model without context only, so a bad
+    pre-trained exemplars curve must not decide the paper's findings — only our own row."""
+    from itransfer.analysis.verdicts import FAILS, REPRODUCES
+
+    rows = _shifted(build_rows(num_tasks=12), "pretrained", "exemplars",
+                    {"loss": 10.0, "rougeL": -100.0, "rougeL_recall": -100.0})
+    results = _transfer_results(rows)
+    for finding_id in ("3.1-it-harms-transfer", "3.1-it-harms-transfer-rouge"):
+        assert results[finding_id].verdict == REPRODUCES, results[finding_id].run_text
+        assert "PT exemplars" not in results[finding_id].run_text
+    ours = results["3.1-it-harms-transfer-within-context"]
+    assert ours.finding.ours and ours.verdict == FAILS, ours.run_text
+    assert "IT exemplars vs PT exemplars: loss" in ours.run_text
+    assert "IT exemplars vs PT exemplars: ROUGE-L recall" in ours.run_text
+    # our comparison stays out of the paper's Holm family
+    assert ours.run_p is not None and ours.holm_p is None
+    assert results["3.1-it-harms-transfer"].holm_p is not None
+
+
+def test_rouge_finding_reads_the_papers_recall_with_f_beside() -> None:
+    """§2: "we use the 'Rouge-L r' metric": the finding follows recall, not the F-measure."""
+    from itransfer.analysis.verdicts import FAILS, REPRODUCES
+
+    base = build_rows(num_tasks=12)
+    # F says IT is far better everywhere; recall (the paper's metric) still says IT is worse
+    f_opposite = _shifted(base, "it-proportional", "none", {"rougeL": 100.0})
+    f_opposite = _shifted(f_opposite, "it-proportional", "exemplars", {"rougeL": 100.0})
+    result = _transfer_results(f_opposite)["3.1-it-harms-transfer-rouge"]
+    assert result.verdict == REPRODUCES, result.run_text
+    assert "ROUGE-L recall IT − PT -" in result.run_text and "(F +" in result.run_text
+    # and the other way round: recall says IT is better, so the harm does not reproduce
+    recall_opposite = _shifted(base, "it-proportional", "none", {"rougeL_recall": 100.0})
+    recall_opposite = _shifted(recall_opposite, "it-proportional", "exemplars",
+                               {"rougeL_recall": 100.0})
+    assert _transfer_results(recall_opposite)["3.1-it-harms-transfer-rouge"].verdict == FAILS
+
+
+def test_figure_1_left_draws_the_papers_lines_and_labels_ours() -> None:
+    from itransfer.analysis.sections.transfer import _figure_1_lines
+
+    manifest = RunManifest.model_validate(manifest_dict(sections={"transfer"}))
+    transfer = analyse(pd.DataFrame(build_rows(num_tasks=6)), manifest, n_boot=10).of(
+        TransferAnalysis)
+    assert transfer is not None
+    legends = [legend for _, _, legend, _ in _figure_1_lines(transfer)]
+    assert legends == ["pre-trained, context: none", "instruction-tuned, context: none",
+                       "instruction-tuned, context: exemplars",
+                       "pre-trained, context: exemplars (ours)"]
+    assert not transfer.rouge_curves.empty and not transfer.rouge_f_curves.empty
+    recall = transfer.rouge_curves["mean"].to_numpy()
+    f_measure = transfer.rouge_f_curves["mean"].to_numpy()
+    assert np.allclose(recall - f_measure, 5.0)  # the fixture's recall is F + 5
 
 
 def test_data_limits_table_states_each_models_step_budget(tmp_path: Path) -> None:

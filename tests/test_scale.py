@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,13 @@ def test_unknown_scale_facts_are_said_not_guessed(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path, build_rows(num_tasks=5), manifest_dict())
     text = write_report(run_dir, n_boot=10).html.read_text(encoding="utf-8")
     assert "model: unknown parameters" in text and json.dumps("uniform-guess") not in text
+
+
+def test_the_header_gives_rouge_l_recall_first_and_f_beside(tmp_path: Path) -> None:
+    """§2 scores with "'Rouge-L r'": the header's best mean ROUGE-L is the recall, with the F
+    that Wang et al.'s scorer reports beside it (the fixture's recall is its F + 5)."""
+    html_text, markdown = _report(tmp_path, vocab_size=32_000)
+    found = re.search(r"best mean ROUGE-L recall (\d+\.\d), F (\d+\.\d)", markdown)
+    assert found is not None and found.group(0) in html_text
+    assert float(found.group(1)) - float(found.group(2)) == pytest.approx(5.0, abs=0.11)
+    assert "the F-measure beside it is what Wang et al.'s SNI scorer reports" in html_text

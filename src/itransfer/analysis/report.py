@@ -24,7 +24,7 @@ import pandas as pd
 from itransfer.analysis.html import details, table
 from itransfer.analysis.plotting import draw_all
 from itransfer.analysis.run import RunAnalysis, analyse
-from itransfer.analysis.scale import NEAR_UNIFORM_SHARE, ScaleAssessment, assess_scale
+from itransfer.analysis.scale import NEAR_UNIFORM_SHARE, ScaleAssessment, assess_scale, best_rouge
 from itransfer.analysis.verdicts import (
     ALPHA,
     FAILS,
@@ -115,9 +115,7 @@ def _scale_summary(scale: ScaleAssessment) -> str:
     losses = scale.models[["icl_loss", "finetune_loss_k>0"]].min(axis=1).dropna()
     if not losses.empty:
         parts.append(f"best mean unseen loss {losses.min():.2f}")
-    rouge = scale.models[["icl_rougeL", "finetune_rougeL_k>0"]].max(axis=1).dropna()
-    if not rouge.empty:
-        parts.append(f"best mean ROUGE-L {rouge.max():.1f}")
+    parts += best_rouge(scale.models)
     return "; ".join(parts)
 
 
@@ -188,7 +186,8 @@ def _scale_html(scale: ScaleAssessment) -> str:
         parts.append(f"<p><b>{html.escape(_pipeline_check_text(scale))}</b></p>")
     parts.append(details(
         f"Mean unseen-task loss and ROUGE-L per model ({len(scale.models)} models)",
-        "<p>A model whose mean loss reaches "
+        "<p>ROUGE-L recall is the paper's metric (§2: \"'Rouge-L r'\"); the F-measure beside "
+        "it is what Wang et al.'s SNI scorer reports. A model whose mean loss reaches "
         f"{NEAR_UNIFORM_SHARE:.0%} of the uniform-guess loss has learned next to nothing."
         "</p>" + table(scale.models)))
     if not scale.power.empty:

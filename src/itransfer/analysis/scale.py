@@ -54,7 +54,7 @@ def detectable_rho(n: int, alpha: float = ALPHA, power: float = POWER) -> float:
 class ScaleAssessment:
     num_parameters: int | None
     vocab_size: int | None
-    models: pd.DataFrame  # per model: step, mean ICL / fine-tuning loss, mean ROUGE-L, tasks
+    models: pd.DataFrame  # per model: step, mean ICL/fine-tuning loss, ROUGE-L recall, F, tasks
     power: pd.DataFrame  # per correlation finding: n, critical |ρ|, |ρ| detectable at 80 %
     pipeline_check_reasons: tuple[str, ...]
 
@@ -76,6 +76,21 @@ def _unseen_means(rows: pd.DataFrame, method: str, metric: str) -> tuple[float, 
     return (float(per_task.mean()) if not per_task.empty else float("nan"), int(per_task.size))
 
 
+# The paper scores "with the 'Rouge-L r' metric" (§2): recall first, the F-measure that Wang et
+# al.'s scorer reports beside it.
+ROUGE_COLUMNS = ("icl_rougeL_recall", "finetune_rougeL_recall_k>0", "icl_rougeL_F",
+                 "finetune_rougeL_F_k>0")
+_ROUGE_METRICS = {"icl_rougeL_recall": ("icl", "rougeL_recall"),
+                  "finetune_rougeL_recall_k>0": ("finetune", "rougeL_recall"),
+                  "icl_rougeL_F": ("icl", "rougeL"),
+                  "finetune_rougeL_F_k>0": ("finetune", "rougeL")}
+
+
+def _rouge_means(rows: pd.DataFrame) -> dict[str, float]:
+    return {column: _unseen_means(rows, method, metric)[0]
+            for column, (method, metric) in _ROUGE_METRICS.items()}
+
+
 def assess_scale(frame: pd.DataFrame, analysis: RunAnalysis,
                  findings: Sequence[FindingResult]) -> ScaleAssessment:
     manifest = analysis.manifest
@@ -91,15 +106,12 @@ def assess_scale(frame: pd.DataFrame, analysis: RunAnalysis,
             continue
         icl_loss, n_tasks = _unseen_means(rows, "icl", "loss")
         finetune_loss, _ = _unseen_means(rows, "finetune", "loss")
-        icl_rouge, _ = _unseen_means(rows, "icl", "rougeL")
-        finetune_rouge, _ = _unseen_means(rows, "finetune", "rougeL")
         records.append({"model": label, "step": int(rows["checkpoint_step"].iloc[0]),
                         "icl_loss": icl_loss, "finetune_loss_k>0": finetune_loss,
-                        "icl_rougeL": icl_rouge, "finetune_rougeL_k>0": finetune_rouge,
-                        "n_tasks": n_tasks})
+                        **_rouge_means(rows), "n_tasks": n_tasks})
     models = pd.DataFrame.from_records(
-        records, columns=["model", "step", "icl_loss", "finetune_loss_k>0", "icl_rougeL",
-                          "finetune_rougeL_k>0", "n_tasks"])
+        records, columns=["model", "step", "icl_loss", "finetune_loss_k>0", *ROUGE_COLUMNS,
+                          "n_tasks"])
     power = pd.DataFrame.from_records(
         [{"finding": result.finding.id, "n_tasks": result.correlation.n,
           "rho": result.correlation.rho,
@@ -110,6 +122,20 @@ def assess_scale(frame: pd.DataFrame, analysis: RunAnalysis,
                  "abs_rho_detectable_80%"])
     return ScaleAssessment(num_parameters, vocab_size, models, power,
                            _pipeline_check_reasons(models, vocab_size))
+
+
+def best_rouge(models: pd.DataFrame) -> list[str]:
+    """The header's ROUGE-L part: the best mean recall (the paper's metric), the F beside it."""
+    recall = models[list(ROUGE_COLUMNS[:2])].max(axis=1).dropna()
+    f_measure = models[list(ROUGE_COLUMNS[2:])].max(axis=1).dropna()
+    if recall.empty and f_measure.empty:
+        return []
+    parts = []
+    if not recall.empty:
+        parts.append(f"recall {recall.max():.1f}")
+    if not f_measure.empty:
+        parts.append(f"F {f_measure.max():.1f}")
+    return ["best mean ROUGE-L " + ", ".join(parts)]
 
 
 def _pipeline_check_reasons(models: pd.DataFrame, vocab_size: int | None) -> tuple[str, ...]:
@@ -123,7 +149,7 @@ def _pipeline_check_reasons(models: pd.DataFrame, vocab_size: int | None) -> tup
         if best >= NEAR_UNIFORM_SHARE * uniform:
             reasons.append(f"the best mean loss, {best:.2f}, is {best / uniform:.0%} of the "
                            f"uniform-guess loss ln {vocab_size} = {uniform:.2f}")
-    rouge = models[["icl_rougeL", "finetune_rougeL_k>0"]]
+    rouge = models[list(ROUGE_COLUMNS)]
     if rouge.notna().any(axis=None) and not (rouge.fillna(0) > 0).any(axis=None):
         reasons.append("no generation scores above ROUGE-L 0")
     return tuple(reasons)

@@ -78,6 +78,8 @@ class Finding:
     how_to_compute: str
     evaluate: Evaluator = field(repr=False, compare=False)
     panel: str | None = None  # one panel of a figure of several, e.g. "centre"
+    # A comparison of ours beside the paper's claims: shown, but outside the Holm family.
+    ours: bool = False
 
     def __post_init__(self) -> None:
         self.figure_cell  # noqa: B018  (a malformed figure or panel fails at import)
@@ -123,8 +125,10 @@ def evaluate_findings(analysis: RunAnalysis, *, n_boot: int = 2000, seed: int = 
 
 
 def adjust_for_multiplicity(results: Sequence[FindingResult]) -> list[FindingResult]:
-    """Attach Holm-adjusted p-values across every finding that has a p-value."""
-    adjusted = holm([math.nan if result.run_p is None else result.run_p for result in results])
+    """Attach Holm-adjusted p-values across every paper finding that has a p-value (our own
+    comparisons are not the paper's claims and stay out of the family)."""
+    adjusted = holm([math.nan if result.run_p is None or result.finding.ours else result.run_p
+                     for result in results])
     return [replace(result, holm_p=None if math.isnan(p) else p)
             for result, p in zip(results, adjusted, strict=True)]
 
@@ -132,7 +136,8 @@ def adjust_for_multiplicity(results: Sequence[FindingResult]) -> list[FindingRes
 def holm_summary(results: Sequence[FindingResult]) -> str:
     """One sentence on multiplicity for the report."""
     tested = [result for result in results if result.holm_p is not None]
-    confirmed = [result for result in results if result.verdict == REPRODUCES]
+    confirmed = [result for result in results
+                 if result.verdict == REPRODUCES and not result.finding.ours]
     surviving = [result for result in confirmed
                  if result.holm_p is not None and result.holm_p < ALPHA]
     return (f"Multiplicity: {len(tested)} findings rest on a p-value; after Holm's adjustment "
