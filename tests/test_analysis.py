@@ -364,8 +364,8 @@ def findings_rows(text: str) -> dict[str, str]:
     """Claim → verdict from the HTML findings table."""
     found = {}
     for finding in PAPER_FINDINGS:
-        match = re.search(re.escape(html.escape(finding.claim)) + r"</td>.*?class=\"verdict\">([^<]*)<",
-                          text, flags=re.S)
+        claim = re.escape(html.escape(finding.claim))
+        match = re.search(claim + r"</td>.*?class=\"verdict\">([^<]*)<", text, flags=re.S)
         if match:
             found[finding.id] = match.group(1)
     return found
