@@ -441,9 +441,11 @@ def test_report_without_results_rows(tmp_path: Path) -> None:
 
 
 def test_it_harms_transfer_is_judged_per_context_and_metric() -> None:
-    """Plant harm without context only: both findings are partial and name each context."""
+    """Plant harm without context only, and the opposite with exemplars: both findings name
+    each context and fail (half the (context, k) parts hold, no majority, and the exemplar
+    context's test is significant for IT better; this was ◐ under "any part holds")."""
     from itransfer.analysis.run import analyse
-    from itransfer.analysis.verdicts import PARTLY, evaluate_findings
+    from itransfer.analysis.verdicts import FAILS, evaluate_findings
 
     rows = []
     for record in build_rows(num_tasks=12):
@@ -458,8 +460,11 @@ def test_it_harms_transfer_is_judged_per_context_and_metric() -> None:
                for result in evaluate_findings(analyse(pd.DataFrame(rows), manifest, n_boot=10))}
     for finding_id in ("3.1-it-harms-transfer", "3.1-it-harms-transfer-rouge"):
         result = results[finding_id]
-        assert result.verdict == PARTLY, (finding_id, result.run_text)
+        assert result.verdict == FAILS, (finding_id, result.run_text)
         assert "context none" in result.run_text and "context exemplars" in result.run_text
+        exemplars = result.test.split("context exemplars: ")[1]
+        assert "; opposite: p=" in exemplars and "for IT better" in exemplars
+        assert "opposite" not in result.test.split("context exemplars: ")[0]
         assert "IT worse at 4/4 k" in result.run_text and "IT worse at 0/4 k" in result.run_text
 
 
