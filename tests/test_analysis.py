@@ -390,6 +390,10 @@ def test_write_report_full_run(tmp_path: Path) -> None:
             assert heading < figure < text.index("<h2>", heading + 1)
     # the paper's numbers beside this run's
     assert "0.936" in text and "4.96e-42" in text and "0.705" in text and "0.621" in text
+    assert text.count("93 tasks (its p-values imply 91)") == 3  # §3.1, §3.2, §5.1's early phase
+    # the legend states the rules the verdicts follow (tests/test_verdicts.py pins them)
+    assert "more than half of the claim's parts" in text and "one-sided" in text
+    assert "inside (−0.4, 0.4)" in text
     verdicts = findings_rows(text)
     assert set(verdicts) == {finding.id for finding in PAPER_FINDINGS}
     assert verdicts["3.1-ft-icl-correlation"] == "✓ reproduces"  # not "◐ partly reproduces"
