@@ -395,6 +395,10 @@ def test_write_report_full_run(tmp_path: Path) -> None:
             assert heading < figure < text.index("<h2>", heading + 1)
     # the paper's numbers beside this run's
     assert "0.936" in text and "4.96e-42" in text and "0.705" in text and "0.621" in text
+    assert text.count("93 tasks (its p-values imply 91)") == 3  # §3.1, §3.2, §5.1's early phase
+    # the legend states the rules the verdicts follow (tests/test_verdicts.py pins them)
+    assert "more than half of the claim's parts" in text and "one-sided" in text
+    assert "inside (−0.4, 0.4)" in text
     verdicts = findings_rows(text)
     assert set(verdicts) == {finding.id for finding in PAPER_FINDINGS}
     assert verdicts["3.1-ft-icl-correlation"] == "✓ reproduces"  # not "◐ partly reproduces"
@@ -463,8 +467,11 @@ def _shifted(rows: list[dict[str, Any]], model: str, context: str,
 
 
 def test_it_harms_transfer_is_judged_per_comparison_and_metric() -> None:
-    """Plant harm without context only: both findings are partial and name each comparison."""
-    from itransfer.analysis.verdicts import PARTLY
+    """Plant harm without context only, and the opposite with exemplars: both findings name
+    each comparison and fail (half the (comparison, k) parts hold, no majority, and the
+    exemplar comparison's test is significant for IT better; this was ◐ under "any part
+    holds")."""
+    from itransfer.analysis.verdicts import FAILS
 
     # IT with exemplars adapts better than PT: loss far lower, ROUGE-L far higher
     rows = _shifted(build_rows(num_tasks=12), "it-proportional", "exemplars",
@@ -472,9 +479,12 @@ def test_it_harms_transfer_is_judged_per_comparison_and_metric() -> None:
     results = _transfer_results(rows)
     for finding_id in ("3.1-it-harms-transfer", "3.1-it-harms-transfer-rouge"):
         result = results[finding_id]
-        assert result.verdict == PARTLY, (finding_id, result.run_text)
+        assert result.verdict == FAILS, (finding_id, result.run_text)
         assert "IT none vs PT none" in result.run_text
         assert "IT exemplars vs PT none" in result.run_text
+        exemplars = result.test.split("IT exemplars vs PT none")[1]
+        assert "; opposite: p=" in exemplars and "for IT better" in exemplars
+        assert "opposite" not in result.test.split("IT exemplars vs PT none")[0]
         assert "IT worse at 4/4 k" in result.run_text and "IT worse at 0/4 k" in result.run_text
 
 

@@ -22,9 +22,11 @@ from itransfer.analysis.significance import (
     CorrelationDifference,
     correlation_difference,
     holm,
+    one_sided_p,
     paired_test,
     ranking_stability,
     rho_below,
+    rho_within,
     rowwise_spearman,
 )
 
@@ -79,6 +81,10 @@ def test_correlation_difference_is_the_paired_bootstrap_of_its_definition() -> N
     assert got.difference == pytest.approx(_rho(x2, y2) - _rho(x1, y1))
     assert (got.ci_low, got.ci_high) == pytest.approx((low, high))
     assert got.p_value == pytest.approx(min(1.0, 2 * max(tail, 1 / differences.size)))
+    # one-sided: the share of resamples at or beyond 0 against a rise, and against a fall
+    assert got.p_rise == pytest.approx(max(np.mean(differences <= 0), 1 / differences.size))
+    assert got.p_fall == pytest.approx(max(np.mean(differences >= 0), 1 / differences.size))
+    assert got.difference > 0 and got.p_rise < got.p_fall
     assert got.n == 12 and got.confidence == 0.95
     narrower = correlation_difference(first, second, "x", "y", confidence=0.5)
     assert (narrower.ci_low, narrower.ci_high) == pytest.approx(
@@ -160,20 +166,35 @@ def test_rho_below_undefined_below_three_tasks_without_draws_or_for_a_constant_c
 def test_paired_test_is_scipys_wilcoxon_on_the_common_tasks() -> None:
     before = pd.Series([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, np.nan], index=list("abcdefg"))
     after = pd.Series([1.5, 1.0, 3.8, 4.9, 6.2, 6.1, 9.0, 1.0], index=list("abcdefgh"))
-    got = paired_test(before, after)
+    got = paired_test(before, after, 1.0)  # claimed: after is higher
     differences = np.array([0.5, -1.0, 0.8, 0.9, 1.2, 0.1])
-    reference = stats.wilcoxon(differences)
-    assert (got.statistic, got.p_value) == pytest.approx((reference.statistic, reference.pvalue))
+    towards = stats.wilcoxon(differences, alternative="greater")
+    away = stats.wilcoxon(differences, alternative="less")
+    assert (got.statistic, got.p_value) == pytest.approx((towards.statistic, towards.pvalue))
+    assert got.opposite_p == pytest.approx(away.pvalue)
+    # ranks of |d|: 0.1→1, 0.5→2, 0.8→3, 0.9→4, 1.0→5, 1.2→6; W = 21 − 5 = 16 of 21
+    assert (got.statistic, got.rank_total, got.favours_claim) == (16.0, 21.0, True)
     assert got.n == 6 and got.mean_difference == pytest.approx(differences.mean())
-    assert got.describe() == f"Wilcoxon W={got.statistic:g}, p={got.p_value:.2g}, n=6"
-    short = paired_test(before[:2], after[:2])
+    assert got.describe() == (f"Wilcoxon W=16 of 21 for the claim, one-sided "
+                              f"p={got.p_value:.2g}, n=6")
+    # the same tasks, the other claim: the p-values swap and W is the other rank sum
+    other = paired_test(before, after, -1.0, opposite="a rise")
+    assert (other.statistic, other.p_value, other.opposite_p) == pytest.approx(
+        (5.0, away.pvalue, towards.pvalue))
+    assert not other.favours_claim and other.goes_opposite
+    assert other.describe().endswith(f"; opposite: p={towards.pvalue:.2g} for a rise")
+    with pytest.raises(ValueError, match="claimed_sign"):
+        paired_test(before, after, 0.0)
+    short = paired_test(before[:2], after[:2], -1.0)
     assert math.isnan(short.p_value) and short.n == 2 and not short.defined
+    assert not short.favours_claim and not short.goes_opposite
     assert short.mean_difference == pytest.approx(-0.25)
     assert short.describe() == "Wilcoxon undefined (n=2)"
-    assert paired_test(before[:3], after[:3]).defined
-    same = paired_test(before[:4], before[:4])
+    assert paired_test(before[:3], after[:3], -1.0).defined
+    same = paired_test(before[:4], before[:4], -1.0)
     assert (same.statistic, same.p_value, same.n, same.mean_difference) == (0.0, 1.0, 4, 0.0)
-    assert math.isnan(paired_test(before[:0], after[:0]).mean_difference)
+    assert same.opposite_p == 1.0 and not same.favours_claim and not same.goes_opposite
+    assert math.isnan(paired_test(before[:0], after[:0], 1.0).mean_difference)
 
 
 def test_ranking_stability_is_the_share_of_resamples_where_the_target_is_first() -> None:
@@ -218,6 +239,7 @@ def test_correlation_difference_edges_of_its_p_value_and_resamples() -> None:
     strong.index = weak.index
     gap = correlation_difference(weak, strong, "x", "y", n_boot=400)
     assert gap.ci_low > 0 and gap.p_value == pytest.approx(2 / 400)  # no resample at or below 0
+    assert gap.p_rise == pytest.approx(1 / 400) and gap.p_fall == pytest.approx(1.0)
     # A seed whose one resample draws a single task: the only difference is undefined.
     small = _tasks(MIN_PAIRS + 1, 0.3, seed=14)
     seed = next(s for s in range(10_000)
@@ -237,3 +259,44 @@ def test_ranking_stability_reports_its_inputs_when_undefined_and_reads_every_col
     assert (missing.target, missing.observed_first, missing.n_tasks, missing.n_boot) == (
         "other", False, 3, 50)
     assert rho_below(_tasks(8, 0.1, seed=15), "x", "y", 0.5, confidence=0.8).confidence == 0.8
+
+
+def test_rho_within_is_the_two_sided_bootstrap_ci_of_its_definition() -> None:
+    table = _tasks(40, 4.0, seed=16)  # ρ near 0.2
+    got = rho_within(table, "x", "y", 0.4)  # the defaults: 2,000 draws, seed 0, 95 %
+    rhos = _resampled_rhos(table["x"].to_numpy(), table["y"].to_numpy(), 2000, 0)
+    rhos = rhos[np.isfinite(rhos)]
+    assert (got.ci_low, got.ci_high) == pytest.approx(tuple(np.percentile(rhos, [2.5, 97.5])))
+    above = (1 + np.sum(rhos >= 0.4)) / (1 + rhos.size)
+    below = (1 + np.sum(rhos <= -0.4)) / (1 + rhos.size)
+    assert got.p_value == pytest.approx(min(1.0, 2 * max(above, below)))
+    assert got.holds == (got.ci_low > -0.4 and got.ci_high < 0.4)
+    assert got.describe() == (f"ρ inside (−0.4, 0.4): bootstrap 95% CI [{got.ci_low:+.2f}, "
+                              f"{got.ci_high:+.2f}], p={got.p_value:.2g}")
+
+
+def test_rho_within_a_strong_negative_correlation_is_not_weak_and_a_null_one_is() -> None:
+    strong = _tasks(30, 0.15, seed=17).assign(y=lambda frame: -frame["y"])
+    assert _rho(strong["x"], strong["y"]) < -0.9  # the ρ = −0.96 passed as weak
+    negative = rho_within(strong, "x", "y", 0.4)
+    assert not negative.holds and negative.ci_high < -0.4 and negative.p_value == 1.0
+    rng = np.random.default_rng(18)
+    null = pd.DataFrame({"x": rng.normal(size=200), "y": rng.normal(size=200)})
+    inside = rho_within(null, "x", "y", 0.4)
+    assert inside.holds and -0.4 < inside.ci_low < inside.ci_high < 0.4
+    assert inside.p_value < 0.05
+    nan_result = rho_within(null.iloc[:2], "x", "y", 0.4)
+    assert math.isnan(nan_result.p_value) and not nan_result.holds
+    assert math.isnan(rho_within(null, "x", "y", 0.4, n_boot=0).ci_low)
+
+
+def test_one_sided_p_halves_a_symmetric_two_sided_p_in_the_claimed_direction() -> None:
+    x = np.arange(20.0)
+    y = x + np.random.default_rng(19).normal(0, 6, 20)
+    two_sided = stats.spearmanr(x, y)
+    rho = float(two_sided.statistic)
+    assert rho > 0
+    for sign, alternative in ((1.0, "greater"), (-1.0, "less")):
+        assert one_sided_p(float(two_sided.pvalue), rho, sign) == pytest.approx(
+            stats.spearmanr(x, y, alternative=alternative).pvalue)
+    assert math.isnan(one_sided_p(float("nan"), rho, 1.0))

@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
+from itransfer.analysis.correlations import Correlation
 from itransfer.analysis.run import analyse
 from itransfer.analysis.significance import (
     correlation_difference,
@@ -21,9 +23,15 @@ from itransfer.analysis.verdicts import (
     NOT_SIGNIFICANT,
     PARTLY,
     REPRODUCES,
+    UNDEFINED,
     FindingResult,
+    Parts,
+    correlation_result,
     evaluate_findings,
+    registered_findings,
+    verdict,
 )
+from itransfer.paper_constants import PAPER_NUM_UNSEEN_TASKS, PAPER_P_VALUE_TASKS
 from itransfer.schema import RunManifest
 
 STEPS = (0, 100, 200, 300)  # 0 is the pre-trained model; the phases split at 100
@@ -106,8 +114,12 @@ def test_paired_noise_in_the_right_direction_is_not_significant() -> None:
     after = before + balanced_noise(20)  # mean −0.02, as many tasks better as worse
     result = transfer_findings(before, after)["3.1-it-improves-icl"]
     assert result.verdict == NOT_SIGNIFICANT
-    assert result.run_p is not None and result.run_p > 0.5
-    assert "Wilcoxon W=" in result.test
+    # one-sided for "IT lower": the ranks lean that way by 110 to 100, p ≈ 0.43
+    assert result.run_p == pytest.approx(
+        stats.wilcoxon(after - before, alternative="less").pvalue)
+    assert 0.25 < result.run_p < 0.5
+    assert "Wilcoxon W=110 of 210 for the claim" in result.test
+    assert "opposite" not in result.test
 
 
 def test_a_real_paired_effect_reproduces() -> None:
@@ -120,11 +132,54 @@ def test_a_real_paired_effect_reproduces() -> None:
 
 
 def test_paired_test_matches_a_hand_case() -> None:
-    test = paired_test(pd.Series([1.0, 2.0, 3.0, 4.0], index=list("abcd")),
-                       pd.Series([2.0, 4.0, 6.0, 8.0, 9.0], index=list("abcde")))
-    # differences 1, 2, 3, 4 (task e has no pair): all positive, W = 0, exact p = 2/16
-    assert (test.n, test.statistic, test.mean_difference) == (4, 0.0, 2.5)
-    assert test.p_value == pytest.approx(0.125)
+    before = pd.Series([1.0, 2.0, 3.0, 4.0], index=list("abcd"))
+    after = pd.Series([2.0, 4.0, 6.0, 8.0, 9.0], index=list("abcde"))
+    # differences 1, 2, 3, 4 (task e has no pair): all positive. Claimed rise: W = 1+2+3+4 =
+    # 10 of 10, exact one-sided p = 1/16 (only the all-positive sign pattern is as extreme).
+    rise = paired_test(before, after, 1.0)
+    assert (rise.n, rise.statistic, rise.rank_total, rise.mean_difference) == (4, 10.0, 10.0,
+                                                                               2.5)
+    assert rise.p_value == pytest.approx(1 / 16) and rise.opposite_p == pytest.approx(1.0)
+    assert rise.favours_claim and "opposite" not in rise.describe()
+    # Claimed fall on the same tasks: W = 0, p = 1, and the evidence is for the other way.
+    fall = paired_test(before, after, -1.0, opposite="a rise")
+    assert (fall.statistic, fall.p_value) == (0.0, pytest.approx(1.0))
+    assert fall.opposite_p == pytest.approx(1 / 16) and not fall.favours_claim
+    assert fall.describe().endswith("; opposite: p=0.062 for a rise")
+
+
+def outlier_plant(n: int = 15, claimed: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-trained and IT ICL losses: n − 1 tasks move a little one way (IT lower when
+    ``claimed``), one outlier moves far the other way and sets the mean."""
+    before = np.linspace(4.0, 6.0, n)
+    small = 0.05 + 0.01 * np.arange(n - 1)  # distinct sizes, so the ranks have no ties
+    sign = -1.0 if claimed else 1.0
+    after = before + np.append(sign * small, -sign * 5.0)
+    return before, after
+
+
+def test_the_verdict_follows_the_ranks_not_an_outliers_mean() -> None:
+    before, after = outlier_plant(claimed=True)
+    assert np.mean(after - before) > 0  # the mean says IT is worse
+    result = transfer_findings(before, after)["3.1-it-improves-icl"]
+    # 14 of 15 tasks lower: the one-sided signed-rank test for "IT lower" rejects
+    expected = stats.wilcoxon(after - before, alternative="less").pvalue
+    assert result.run_p == pytest.approx(expected) and expected < 0.05
+    assert result.verdict == REPRODUCES
+    assert "Wilcoxon W=105 of 120 for the claim" in result.test
+
+
+def test_the_reverse_outlier_case_is_not_evidence_for_the_claim() -> None:
+    before, after = outlier_plant(claimed=False)
+    assert np.mean(after - before) < 0  # the mean says IT is better, as claimed
+    result = transfer_findings(before, after)["3.1-it-improves-icl"]
+    # the ranks say IT is worse on 14 of 15 tasks: significantly opposite, so ✗, and the
+    # p-value behind the verdict is the claim's (near 1), not the opposite's
+    assert result.verdict == FAILS
+    assert result.run_p is not None and result.run_p > 0.95
+    opposite = stats.wilcoxon(after - before, alternative="greater").pvalue
+    assert opposite < 0.05
+    assert f"opposite: p={opposite:.2g} for IT worse" in result.test
 
 
 # --- two correlations on the same tasks (paired bootstrap) ----------------------------------
@@ -151,7 +206,9 @@ def test_early_phase_is_weak_only_when_weak() -> None:
     weak = trajectory_findings(*planted_phases(rng, 60, early_tie=0.0, late_tie=0.95))
     assert weak["5.1-early-phase-correlation"].verdict == REPRODUCES
     assert weak["5.1-late-phase-correlation"].verdict == REPRODUCES
-    assert "paired bootstrap" in weak["5.1-late-phase-correlation"].test
+    late = weak["5.1-late-phase-correlation"]
+    assert "paired bootstrap" in late.test and "for a rise" in late.test
+    assert "opposite" not in late.test
     # the issue's case: early ρ ≈ 0.89 under late ρ ≈ 0.92 is neither weak nor a difference
     strong = trajectory_findings(*planted_phases(rng, 15, early_tie=0.95, late_tie=0.97))
     assert strong["5.1-early-phase-correlation"].verdict == FAILS
@@ -179,9 +236,22 @@ def test_every_checkpoint_claims_need_every_test() -> None:
     result = trajectory_findings(noisy, ft)["5.1-icl-improves-throughout"]
     assert result.verdict == NOT_SIGNIFICANT and result.run_p is not None
     assert result.run_p > 0.05  # the largest of the three p-values
+    # ICL rises by noise in the last interval: 2 of 3 intervals fall, none is significantly
+    # opposite, so partly
+    rising = dict(icl)
+    rising[300] = icl[200] - balanced_noise(30)
+    assert trajectory_findings(rising, ft)["5.1-icl-improves-throughout"].verdict == PARTLY
+    # ICL rises clearly in the last interval: still 2 of 3, but a significant rise forbids ◐
+    # (this was ◐ under the rule "any part holds")
     worse = dict(icl)
     worse[300] = icl[200] + 1.0
-    assert trajectory_findings(worse, ft)["5.1-icl-improves-throughout"].verdict == PARTLY
+    result = trajectory_findings(worse, ft)["5.1-icl-improves-throughout"]
+    assert result.verdict == FAILS and "opposite: p=" in result.test
+    # only 1 of 3 intervals falls, the others rise by noise: a minority is not ◐
+    minority = dict(icl)
+    minority[200] = icl[100] - balanced_noise(30)
+    minority[300] = minority[200] - balanced_noise(30)
+    assert trajectory_findings(minority, ft)["5.1-icl-improves-throughout"].verdict == FAILS
 
 
 # --- rankings ---------------------------------------------------------------------------------
@@ -207,3 +277,136 @@ def test_holm_matches_hand_values() -> None:
     assert holm([0.01, 0.04, 0.03, float("nan")])[:3] == pytest.approx([0.03, 0.06, 0.06])
     assert np.isnan(holm([0.01, float("nan")])[1])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+# --- the symbols: ◐ needs a majority and nothing significantly opposite ----------------------
+
+
+def test_partly_needs_a_majority_of_parts_and_none_significantly_opposite() -> None:
+    assert verdict([True, True, False], [True, True, False]) == PARTLY
+    assert verdict([True, True, False], [True, True, False], [False, False, True]) == FAILS
+    assert verdict([True, False], [True, False]) == FAILS  # half is not a majority
+    assert verdict([True, False, False], [True, False, False]) == FAILS
+    assert verdict([True, True], [True, True]) == REPRODUCES
+    assert verdict([True, True], [True, False]) == NOT_SIGNIFICANT
+    # every mean goes the claimed way but a test is significant the other way: ✗
+    assert verdict([True, True], [False, False], [True, False]) == FAILS
+    assert verdict([], []) == UNDEFINED
+
+
+def test_parts_gathers_paired_tests_by_their_ranks() -> None:
+    before, after = outlier_plant(claimed=True)
+    index = [f"t{i}" for i in range(before.size)]
+    towards = paired_test(pd.Series(before, index), pd.Series(after, index), -1.0)
+    away = paired_test(pd.Series(before, index), pd.Series(after, index), 1.0)
+    parts = Parts()
+    parts.add_paired(towards, fallback=False)  # the mean says no; the ranks say yes
+    parts.add_paired(away, fallback=True)
+    assert parts.directions == [True, False] and parts.significant == [True, False]
+    assert parts.opposite == [False, True] and parts.verdict() == FAILS
+    assert parts.largest_p() == pytest.approx(away.p_value)
+    undefined_test = paired_test(pd.Series([1.0]), pd.Series([0.0]), -1.0)
+    few = Parts()
+    few.add_paired(undefined_test, fallback=True)  # too few tasks to rank: the means decide
+    assert few.directions == [True] and few.verdict() == NOT_SIGNIFICANT
+    assert few.largest_p() is None
+
+
+# --- "weak" means a CI inside (−0.4, 0.4) ----------------------------------------------------
+
+
+def test_a_strong_negative_early_phase_is_not_weak() -> None:
+    rng = np.random.default_rng(6)
+    icl, ft = planted_phases(rng, 40, early_tie=0.98, late_tie=0.9)
+    icl[100] = 2 * icl[0] - icl[100] - 6  # the early ICL change mirrored: ρ_early ≈ −0.96
+    result = trajectory_findings(icl, ft)["5.1-early-phase-correlation"]
+    assert result.correlation is not None and result.correlation.rho < -0.9
+    assert result.verdict == FAILS and "ρ inside (−0.4, 0.4)" in result.test
+    assert "late − early" not in result.test  # no second route to "weak"
+
+
+# --- §5.2: "improves ICL" is judged where the paper claims it, at the end ----------------------
+
+
+def mixing_findings(gaps: dict[int, np.ndarray]) -> dict[str, FindingResult]:
+    """§5.2's findings with per-task (with − without mixing) ICL and FT gaps at each step."""
+    rows = []
+    n = len(next(iter(gaps.values())))
+    for step, gap in gaps.items():
+        for index in range(n):
+            for model, shift in (("without", 0.0), ("with", gap[index])):
+                rows += [_row(model, step, f"t{index:03d}", "icl", 4.0 + index / n + shift),
+                         _row(model, step, f"t{index:03d}", "finetune", 3.0 + shift)]
+    for index in range(n):
+        rows += [_row("pretrained", 0, f"t{index:03d}", "icl", 5.0),
+                 _row("pretrained", 0, f"t{index:03d}", "finetune", 3.0)]
+    steps = sorted(gaps)
+    model = {"final_step": steps[-1], "trajectory_steps": steps}
+    manifest = RunManifest.model_validate({
+        "models": {"pretrained": {"kind": "pretrained"}, "with": model, "without": model},
+        "sections": {"mixing": {"with": "with", "without": "without", "shots": 5}}})
+    analysis = analyse(pd.DataFrame(rows), manifest, n_boot=10)
+    return {result.finding.id: result for result in evaluate_findings(analysis, n_boot=10)}
+
+
+def test_mixing_improves_icl_is_judged_at_the_end_of_training() -> None:
+    rng = np.random.default_rng(7)
+    worse, better = rng.uniform(0.2, 0.4, 12), -rng.uniform(0.2, 0.4, 12)
+    # worse with mixing at the first two steps, better at the last: the claim holds
+    result = mixing_findings({100: worse, 200: worse, 300: better})["5.2-mixing-improves-icl"]
+    assert "end of training" in result.finding.claim
+    assert result.verdict == REPRODUCES and "step 300" in result.test
+    assert "step 100" not in result.test
+    # better until the end, worse at it: it does not
+    late = mixing_findings({100: better, 200: better, 300: worse})
+    assert late["5.2-mixing-improves-icl"].verdict == FAILS
+    # forgetting is claimed "throughout": 2 of 3 steps lower and one significantly higher
+    assert late["5.2-mixing-reduces-forgetting"].verdict == FAILS
+
+
+# --- the paper's own n -----------------------------------------------------------------------
+
+
+def spearman_p(rho: float, n: int) -> float:
+    """Spearman's two-sided p-value by its t approximation (scipy's), for ρ > 0."""
+    t = rho * np.sqrt((n - 2) / (1 - rho**2))
+    return float(2 * stats.t.sf(t, n - 2))
+
+
+@pytest.mark.parametrize(("rho", "paper_p"), [(0.936, 4.96e-42), (0.705, 6.31e-15),
+                                               (0.245, 0.019)])
+def test_the_papers_p_values_imply_91_tasks_not_93(rho: float, paper_p: float) -> None:
+    """The paper's ρ is rounded to 3 decimals: its p must lie between the p-values of
+    ρ ± 0.0005. At n = 91 it does for all three, at n = 93 (the stated count) for none."""
+    def covers(n: int) -> bool:
+        return spearman_p(rho + 0.0005, n) <= paper_p <= spearman_p(rho - 0.0005, n)
+
+    assert covers(PAPER_P_VALUE_TASKS) and PAPER_P_VALUE_TASKS == 91
+    assert not covers(PAPER_NUM_UNSEEN_TASKS) and PAPER_NUM_UNSEEN_TASKS == 93
+    quoted = [finding for finding in registered_findings() if finding.paper_p == paper_p]
+    assert len(quoted) == 1
+    assert "93 tasks (its p-values imply 91)" in quoted[0].paper_text
+
+
+# --- correlations claimed positive: Spearman's test one-sided --------------------------------
+
+
+def test_a_negative_correlation_is_not_shown_as_evidence_for_a_positive_one() -> None:
+    finding = next(f for f in registered_findings() if f.id == "3.1-ft-icl-correlation")
+    x = np.arange(30.0)
+    y = -x + np.random.default_rng(8).normal(0, 8, 30)
+    two_sided = stats.spearmanr(x, y)
+    correlation = Correlation(rho=float(two_sided.statistic), p_value=float(two_sided.pvalue),
+                              n=30, ci_low=-1.0, ci_high=0.0)
+    assert correlation.rho < 0 and correlation.p_value < 0.01
+    result = correlation_result(finding, correlation)
+    greater = stats.spearmanr(x, y, alternative="greater").pvalue
+    less = stats.spearmanr(x, y, alternative="less").pvalue
+    assert result.verdict == FAILS and result.run_p == pytest.approx(greater) and greater > 0.99
+    assert f"one-sided p={greater:.2g} for ρ > 0" in result.test
+    assert f"opposite: p={less:.2g} for ρ < 0" in result.test
+    positive = correlation_result(finding, Correlation(rho=-correlation.rho,
+                                                       p_value=correlation.p_value, n=30,
+                                                       ci_low=0.0, ci_high=1.0))
+    assert positive.verdict == REPRODUCES and positive.run_p == pytest.approx(less)
+    assert "opposite" not in positive.test

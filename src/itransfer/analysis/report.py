@@ -219,10 +219,14 @@ def _findings_html(findings: list[FindingResult], scale: ScaleAssessment | None 
         rows.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells)
                     + f'<td class="verdict">{html.escape(verdict_cell(result, scale))}'
                     + "</td></tr>")
-    legend = (f"<p>✓ reproduces: the claimed direction holds everywhere and its test passes at "
-              f"α = {ALPHA} (every test, for a claim made of several) · ≈ the direction holds, "
-              "a test does not pass · ◐ partly · ✗ does not reproduce · ? undefined (too few "
-              f"tasks or points). A correlation is weak below ρ = {WEAK_RHO}. "
+    legend = (f"<p>✓ reproduces: the claimed direction holds everywhere and its test, "
+              f"one-sided in the claimed direction, passes at α = {ALPHA} (every test, for a "
+              "claim made of several) · ≈ the direction holds, a test does not pass · ◐ partly: "
+              "the direction holds in more than half of the claim's parts and no part is "
+              "significant the other way · ✗ does not reproduce (always when a part is "
+              "significant the other way) · ? undefined (too few tasks or points). A paired "
+              "test's direction is its tasks' signed ranks, not its mean. A correlation is "
+              f"weak when its 95% CI lies inside (−{WEAK_RHO}, {WEAK_RHO}). "
               f"{html.escape(holm_summary(findings))}</p>")
     how = "".join(f"<li><b>{html.escape(r.finding.id)}</b>: "
                   f"{html.escape(r.finding.how_to_compute)}</li>" for r in findings)

@@ -3,10 +3,12 @@
 A verdict compares this run with a claim of the paper; each kind of claim gets the test a
 reviewer would ask for:
 
-* paired losses of two models or two steps on the same tasks: Wilcoxon's signed-rank test
-  (:func:`paired_test`);
+* paired losses of two models or two steps on the same tasks: Wilcoxon's signed-rank test,
+  one-sided in the claimed direction (:func:`paired_test`);
 * two Spearman correlations on the same tasks (§5.1's early vs late phase): a paired bootstrap
-  over tasks of their difference (:func:`correlation_difference`);
+  over tasks of their difference, one-sided p-values for a rise and a fall
+  (:func:`correlation_difference`);
+* "the correlation is weak": a bootstrap CI of ρ inside (−bound, bound) (:func:`rho_within`);
 * a ranking (§4: proportional sampling first): how often it holds when the tasks are resampled
   (:func:`ranking_stability`);
 * and, across the report's findings, Holm's step-down adjustment (:func:`holm`).
@@ -31,35 +33,70 @@ MIN_PAIRS = 3  # fewer paired tasks and no test is run
 
 @dataclass(frozen=True)
 class PairedTest:
-    """Wilcoxon signed-rank test of ``after − before`` over tasks (two-sided)."""
+    """Wilcoxon signed-rank test of ``after − before`` over tasks, one-sided in the claimed
+    direction: ``claimed_sign`` −1 claims ``after`` is lower, +1 that it is higher.
 
-    statistic: float  # W, the smaller of the signed-rank sums
-    p_value: float
+    A two-sided test with the direction read from the mean can call a claim significant when
+    most tasks go against it and one outlier sets the mean; here the direction is the ranks'
+    (:attr:`favours_claim`), and the opposite direction gets its own one-sided p-value so the
+    report can say when the evidence is for the other effect.
+    """
+
+    statistic: float  # W: the sum of the ranks of the tasks that go the claimed way
+    p_value: float  # one-sided, in the claimed direction
     n: int
     mean_difference: float
+    claimed_sign: float
+    opposite_p: float  # one-sided, in the opposite direction
+    rank_total: float  # the sum of all ranks (zero differences dropped): W + W_opposite
+    opposite: str = "the opposite direction"  # what the other way means, for the report
 
     @property
     def defined(self) -> bool:
         return not math.isnan(self.p_value)
 
+    @property
+    def favours_claim(self) -> bool:
+        """The ranks lean the claimed way: W is more than half of all the ranks."""
+        return self.defined and 2 * self.statistic > self.rank_total
+
+    @property
+    def goes_opposite(self) -> bool:
+        return self.defined and 2 * self.statistic < self.rank_total
+
     def describe(self) -> str:
         if not self.defined:
             return f"Wilcoxon undefined (n={self.n})"
-        return f"Wilcoxon W={self.statistic:g}, p={self.p_value:.2g}, n={self.n}"
+        text = (f"Wilcoxon W={self.statistic:g} of {self.rank_total:g} for the claim, "
+                f"one-sided p={self.p_value:.2g}, n={self.n}")
+        if self.goes_opposite:
+            text += f"; opposite: p={self.opposite_p:.2g} for {self.opposite}"
+        return text
 
 
-def paired_test(before: pd.Series, after: pd.Series) -> PairedTest:
-    """Paired Wilcoxon signed-rank test over the tasks both series have."""
+def paired_test(before: pd.Series, after: pd.Series, claimed_sign: float, *,
+                opposite: str = "the opposite direction") -> PairedTest:
+    """Paired Wilcoxon signed-rank test over the tasks both series have, one-sided in the
+    direction ``claimed_sign`` (−1: ``after`` lower; +1: higher); ``opposite`` names the other
+    direction in the report's words (e.g. "IT better")."""
+    if claimed_sign not in (-1.0, 1.0):
+        raise ValueError(f"claimed_sign must be -1 or +1, not {claimed_sign!r}")
     joined = pd.concat({"before": before, "after": after}, axis=1).dropna()
     differences = (joined["after"] - joined["before"]).to_numpy(dtype=float)
     n = int(differences.size)
     mean = float(differences.mean()) if n else float("nan")
+    nan = float("nan")
     if n < MIN_PAIRS:
-        return PairedTest(float("nan"), float("nan"), n, mean)
+        return PairedTest(nan, nan, n, mean, claimed_sign, nan, nan, opposite)
     if np.all(differences == 0):
-        return PairedTest(0.0, 1.0, n, mean)
-    result = stats.wilcoxon(differences)
-    return PairedTest(float(result.statistic), float(result.pvalue), n, mean)
+        return PairedTest(0.0, 1.0, n, mean, claimed_sign, 1.0, 0.0, opposite)
+    # Turned so that "greater" is the claim; scipy's one-sided statistic is then W.
+    claimed = claimed_sign * differences
+    towards = stats.wilcoxon(claimed, alternative="greater")
+    away = stats.wilcoxon(claimed, alternative="less")
+    nonzero = int(np.count_nonzero(claimed))
+    return PairedTest(float(towards.statistic), float(towards.pvalue), n, mean, claimed_sign,
+                      float(away.pvalue), nonzero * (nonzero + 1) / 2, opposite)
 
 
 @dataclass(frozen=True)
@@ -72,6 +109,10 @@ class CorrelationDifference:
     p_value: float  # two-sided: twice the smaller share of resampled differences beyond 0
     n: int
     confidence: float = 0.95
+    # One-sided, for a claimed rise (second > first) or fall: the share of resampled
+    # differences at or beyond 0 against the claim, at least one resample's worth.
+    p_rise: float = float("nan")
+    p_fall: float = float("nan")
 
     @property
     def defined(self) -> bool:
@@ -124,9 +165,11 @@ def correlation_difference(
         return CorrelationDifference(observed, nan, nan, nan, n, confidence)
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(differences, [tail, 100.0 - tail])
-    beyond = min(np.mean(differences <= 0), np.mean(differences >= 0))
-    p_value = min(1.0, 2.0 * max(float(beyond), 1.0 / differences.size))
-    return CorrelationDifference(observed, float(low), float(high), p_value, n, confidence)
+    p_rise, p_fall = (max(float(np.mean(against)), 1.0 / differences.size)
+                      for against in (differences <= 0, differences >= 0))
+    p_value = min(1.0, 2.0 * min(p_rise, p_fall))
+    return CorrelationDifference(observed, float(low), float(high), p_value, n, confidence,
+                                 p_rise, p_fall)
 
 
 @dataclass(frozen=True)
@@ -213,3 +256,60 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - position) * values[index]))
         adjusted[index] = running
     return adjusted.tolist()
+
+
+# --- one-sided tests of correlations (verdicts in the claimed direction) ---------------------
+
+
+def one_sided_p(p_two_sided: float, estimate: float, claimed_sign: float) -> float:
+    """The p-value in the claimed direction from a two-sided one whose null distribution is
+    symmetric (Spearman's t approximation in scipy): half of it when the estimate goes the
+    claimed way, else one minus that half."""
+    if math.isnan(p_two_sided) or math.isnan(estimate):
+        return float("nan")
+    half = p_two_sided / 2.0
+    return half if claimed_sign * estimate > 0 else 1.0 - half
+
+
+@dataclass(frozen=True)
+class WithinBound:
+    """Is Spearman's rho inside (−bound, bound)? Its two-sided percentile bootstrap CI over
+    tasks must lie inside; the p-value is that of both one-sided tests together (twice the
+    larger, so p < α exactly when each side's p < α/2, as the two-sided CI's tails)."""
+
+    bound: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    confidence: float = 0.95
+
+    @property
+    def holds(self) -> bool:
+        return (not math.isnan(self.ci_low) and -self.bound < self.ci_low
+                and self.ci_high < self.bound)
+
+    def describe(self) -> str:
+        return (f"ρ inside (−{self.bound:g}, {self.bound:g}): bootstrap {self.confidence:.0%} "
+                f"CI [{self.ci_low:+.2f}, {self.ci_high:+.2f}], p={self.p_value:.2g}")
+
+
+def rho_within(table: pd.DataFrame, x: str, y: str, bound: float, *, n_boot: int = 2000,
+               seed: int = 0, confidence: float = 0.95) -> WithinBound:
+    """Test "|ρ(x, y)| < bound" over the tasks of ``table`` (e.g. "the correlation is weak"),
+    resampling tasks as :func:`rho_below` and the correlations' own CIs do."""
+    clean = table[[x, y]].dropna()
+    nan = float("nan")
+    if len(clean) < MIN_PAIRS or n_boot < 1:
+        return WithinBound(bound, nan, nan, nan, confidence)
+    xs, ys = clean[x].to_numpy(dtype=float), clean[y].to_numpy(dtype=float)
+    index = np.random.default_rng(seed).integers(0, len(clean), size=(n_boot, len(clean)))
+    rhos = rowwise_spearman(xs[index], ys[index])
+    rhos = rhos[np.isfinite(rhos)]
+    if rhos.size == 0:
+        return WithinBound(bound, nan, nan, nan, confidence)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(rhos, [tail, 100.0 - tail])
+    # A resample at a bound counts against the claim, as in rho_below.
+    sides = ((1 + int(np.sum(rhos >= bound))) / (1 + rhos.size),
+             (1 + int(np.sum(rhos <= -bound))) / (1 + rhos.size))
+    return WithinBound(bound, float(low), float(high), min(1.0, 2.0 * max(sides)), confidence)

@@ -6,16 +6,21 @@ reports, the figure it reads it from — plus the function that recomputes it on
 section module defines its own beside its analysis. Every verdict rests on a test over tasks
 (:mod:`itransfer.analysis.significance`), named with its statistic and p-value or CI:
 
-* ✓ "reproduces": the claim's direction holds everywhere it is claimed and its test passes at
-  α = 0.05 (for a claim made of several tests, e.g. "at every checkpoint", every one of them:
-  an intersection–union test, whose p-value is the largest of its parts);
-* ≈ "reproduces (not significant)": the direction holds everywhere, a test does not pass;
-* ◐ "partly reproduces": the direction holds in some of the places claimed;
-* ✗ "does not reproduce"; ? "undefined": too few tasks or points to say.
+* ✓ "reproduces": the claim's direction holds in every part of it and each part's test, one-sided
+  in the claimed direction, passes at α = 0.05 (for a claim made of several tests, e.g. "at
+  every checkpoint", every one of them: an intersection–union test, whose p-value is the
+  largest of its parts);
+* ≈ "reproduces (not significant)": the direction holds in every part, a test does not pass;
+* ◐ "partly reproduces": the direction holds in a majority (more than half) of the parts and
+  no part is significantly opposite;
+* ✗ "does not reproduce": anything else, and always when a part's one-sided test in the
+  opposite direction has p < α; ? "undefined": too few tasks or points to say.
 
-The report adjusts the verdicts' p-values for multiplicity with Holm's method across its
-findings (:func:`adjust_for_multiplicity`) and says which ✓ survive. Findings whose section the
-experiment did not run are left out, not marked as failures.
+A part tested by a paired test holds when its signed ranks lean the claimed way
+(:attr:`PairedTest.favours_claim`), not when its mean does: one outlier task cannot set the
+direction. The report adjusts the verdicts' one-sided p-values for multiplicity with Holm's
+method across its findings (:func:`adjust_for_multiplicity`) and says which ✓ survive. Findings
+whose section the experiment did not run are left out, not marked as failures.
 """
 
 from __future__ import annotations
@@ -28,12 +33,12 @@ from typing import Literal
 
 from itransfer.analysis.correlations import Correlation, PartialCorrelation
 from itransfer.analysis.run import RunAnalysis
-from itransfer.analysis.significance import PairedTest, holm
+from itransfer.analysis.significance import PairedTest, holm, one_sided_p
 from itransfer.schema import section_types
 
 ALPHA = 0.05
 # §5.1 calls the early-phase correlation "very low" (ρ = 0.245). "Weak" here means a rank
-# correlation below 0.4, the usual upper edge of "weak" (Evans, 1996: 0.20–0.39).
+# correlation inside (−0.4, 0.4), the usual upper edge of "weak" (Evans, 1996: 0.20–0.39).
 WEAK_RHO = 0.4
 
 REPRODUCES = "reproduces"
@@ -151,19 +156,64 @@ def undefined(finding: Finding, why: str) -> FindingResult:
     return FindingResult(finding, UNDEFINED, None, None, why)
 
 
-def verdict(directions: Sequence[bool], significant: Sequence[bool]) -> str:
-    """✓ when every claimed direction holds and every test passes; ≈ when the directions hold;
-    ◐ when some do; ✗ when none does."""
+def verdict(directions: Sequence[bool], significant: Sequence[bool],
+            opposite: Sequence[bool] = ()) -> str:
+    """One claim's symbol from its parts: ``directions`` (does each part go the claimed way),
+    ``significant`` (does each test pass, one-sided in the claimed direction) and ``opposite``
+    (is a part significant the other way).
+
+    ✓ when every direction holds and every test passes; ≈ when every direction holds; ◐ when
+    more than half of them hold; ✗ otherwise, and whenever a part is significantly opposite:
+    evidence against the claim is not a partial reproduction of it."""
     if not directions:
         return UNDEFINED
+    if any(opposite):
+        return FAILS
     if all(directions):
         return REPRODUCES if significant and all(significant) else NOT_SIGNIFICANT
-    return PARTLY if any(directions) else FAILS
+    return PARTLY if 2 * sum(directions) > len(directions) else FAILS
 
 
-def passes(test: PairedTest, expected_sign: float) -> bool:
-    """The paired test rejects at α in the claimed direction."""
-    return test.defined and test.p_value < ALPHA and expected_sign * test.mean_difference > 0
+def passes(test: PairedTest) -> bool:
+    """The paired test rejects at α in the claimed direction (its p-value is one-sided)."""
+    return test.defined and test.p_value < ALPHA
+
+
+def opposed(test: PairedTest) -> bool:
+    """The paired test's one-sided test in the opposite direction rejects at α."""
+    return test.defined and test.opposite_p < ALPHA
+
+
+def holds(test: PairedTest, fallback: bool) -> bool:
+    """Does a part tested by ``test`` go the claimed way: by its ranks when the test is defined,
+    else by ``fallback`` (the means, for too few tasks to rank)."""
+    return test.favours_claim if test.defined else fallback
+
+
+@dataclass
+class Parts:
+    """The parts of one claim, gathered as a section's evaluator tests them."""
+
+    directions: list[bool] = field(default_factory=list)
+    significant: list[bool] = field(default_factory=list)
+    opposite: list[bool] = field(default_factory=list)
+    p_values: list[float] = field(default_factory=list)  # one-sided, in the claimed direction
+
+    def add(self, direction: bool, significant: bool, opposite: bool, p_value: float) -> None:
+        self.directions.append(direction)
+        self.significant.append(significant)
+        self.opposite.append(opposite)
+        self.p_values.append(p_value)
+
+    def add_paired(self, test: PairedTest, fallback: bool) -> None:
+        """A part tested by a paired test; ``fallback`` is its direction by the means."""
+        self.add(holds(test, fallback), passes(test), opposed(test), test.p_value)
+
+    def verdict(self) -> str:
+        return verdict(self.directions, self.significant, self.opposite)
+
+    def largest_p(self) -> float | None:
+        return largest_p(self.p_values)
 
 
 def largest_p(p_values: Sequence[float]) -> float | None:
@@ -177,16 +227,28 @@ def nan_to_none(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+def spearman_test_text(correlation: Correlation, name: str = "ρ") -> str:
+    """Spearman's test of a claimed positive ρ, one-sided, with the opposite p when ρ < 0."""
+    towards = one_sided_p(correlation.p_value, correlation.rho, 1.0)
+    text = (f"Spearman's test: {name}={correlation.rho:.3f}, one-sided p={towards:.2g} "
+            f"for ρ > 0, n={correlation.n}")
+    if correlation.rho < 0:
+        away = one_sided_p(correlation.p_value, correlation.rho, -1.0)
+        text += f"; opposite: p={away:.2g} for ρ < 0"
+    return text
+
+
 def correlation_result(finding: Finding, correlation: Correlation, extra: str = "",
                        partial: PartialCorrelation | None = None) -> FindingResult:
-    """A claimed positive correlation: ✓ when ρ > 0 and Spearman's test has p < α."""
+    """A claimed positive correlation: ✓ when ρ > 0 and Spearman's one-sided test has p < α;
+    ✗ when ρ ≤ 0 (one part: no ◐)."""
     if partial is not None:
         extra += f"; {partial.describe()}"
     if not correlation.defined:
         return FindingResult(finding, UNDEFINED, None, None, correlation.describe() + extra,
                              correlation)
-    found = verdict([correlation.rho > 0], [correlation.p_value < ALPHA])
-    return FindingResult(finding, found, correlation.rho, correlation.p_value,
+    towards = one_sided_p(correlation.p_value, correlation.rho, 1.0)
+    found = verdict([correlation.rho > 0], [towards < ALPHA])
+    return FindingResult(finding, found, correlation.rho, towards,
                          correlation.describe() + extra, correlation,
-                         test=f"Spearman's test: ρ={correlation.rho:.3f}, "
-                              f"p={correlation.p_value:.2g}, n={correlation.n}")
+                         test=spearman_test_text(correlation))

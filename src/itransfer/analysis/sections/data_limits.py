@@ -22,14 +22,13 @@ from itransfer.analysis.significance import paired_test
 from itransfer.analysis.verdicts import (
     Finding,
     FindingResult,
+    Parts,
     Settings,
     correlation_result,
-    largest_p,
-    passes,
     undefined,
-    verdict,
 )
 from itransfer.config import EvalConfig
+from itransfer.paper_constants import PAPER_TASKS
 from itransfer.schema import (
     DIFFICULTY_PLAN,
     PRETRAINED,
@@ -182,26 +181,25 @@ def _less_data_helps(analysis: RunAnalysis, finding: Finding, settings: Settings
     if len(summary) < 2:
         return undefined(finding, f"needs two data limits with results, has {len(summary)}")
     smallest, largest = summary.iloc[0], summary.iloc[-1]
-    directions, significant, p_values, parts, tests = [], [], [], [], []
+    judged, parts, tests = Parts(), [], []
     for method, name in (("icl", "ICL"), ("finetune", "FT")):
         gap = smallest[f"{method}_loss"] - largest[f"{method}_loss"]
         if math.isnan(gap):
             continue
         extremes = limits.extremes
-        test = (paired_test(extremes[f"{method}_before"], extremes[f"{method}_after"])
-                if not extremes.empty else paired_test(pd.Series(), pd.Series()))
-        directions.append(bool(gap < 0))
-        significant.append(passes(test, -1.0))
-        p_values.append(test.p_value)
+        test = (paired_test(extremes[f"{method}_before"], extremes[f"{method}_after"], -1.0,
+                            opposite="more data better")
+                if not extremes.empty else paired_test(pd.Series(), pd.Series(), -1.0))
+        judged.add_paired(test, fallback=bool(gap < 0))
         parts.append(f"{name} loss {gap:+.3f}")
         tests.append(f"{name}: {test.describe()}")
-    if not directions:
+    if not judged.directions:
         return undefined(finding, "no ICL or fine-tuning loss at the smallest and largest limit")
     text = f"limit {smallest['limit']} − limit {largest['limit']}: " + ", ".join(parts)
-    return FindingResult(finding, verdict(directions, significant),
+    return FindingResult(finding, judged.verdict(),
                          float(np.nanmean([smallest["icl_loss"] - largest["icl_loss"],
                                            smallest["finetune_loss"] - largest["finetune_loss"]])),
-                         largest_p(p_values), text,
+                         judged.largest_p(), text,
                          test="Wilcoxon signed-rank over tasks, smallest vs largest limit ("
                               + "; ".join(tests) + ")")
 
@@ -223,14 +221,15 @@ LESS_DATA_HELPS = Finding(
     paper_text="smallest limit has lower ICL and FT loss than the largest",
     how_to_compute="Mean ICL loss and 5-shot fine-tuning loss of the smallest-limit model "
                    "minus those of the largest-limit model (both should be negative); a "
-                   "paired Wilcoxon test over tasks for each.",
+                   "paired Wilcoxon test over tasks for each, one-sided (smaller limit "
+                   "lower).",
     evaluate=_less_data_helps,
 )
 DELTA_CORRELATION = Finding(
     id="3.2-delta-correlation", paper_section="3.2", section=KEY, figure=FIGURE_2_RIGHT,
     claim="Per-task changes in fine-tuning loss correlate with changes in ICL loss",
     kind="correlation", paper_value=0.705, paper_p=6.31e-15,
-    paper_text="Spearman ρ = 0.705 (p = 6.31e-15), 5,000 → 50 per task",
+    paper_text=f"Spearman ρ = 0.705, p = 6.31e-15; {PAPER_TASKS}; 5,000 → 50 per task",
     how_to_compute="Spearman's rho across unseen tasks between Δ 5-shot LoRA loss and "
                    "Δ ICL loss from the first to the second model of `data_limits.delta`.",
     evaluate=_delta_correlation,

@@ -7,7 +7,6 @@ The YAML keys (``sections.trajectory``), the analysis, Figure 4 (its left panel 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,26 +24,27 @@ from itransfer.analysis.significance import (
     CorrelationDifference,
     PairedTest,
     correlation_difference,
+    one_sided_p,
     paired_test,
-    rho_below,
+    rho_within,
 )
 from itransfer.analysis.verdicts import (
     ALPHA,
     FAILS,
     NOT_SIGNIFICANT,
-    PARTLY,
     REPRODUCES,
     UNDEFINED,
     WEAK_RHO,
     Finding,
     FindingResult,
+    Parts,
     Settings,
-    largest_p,
-    passes,
+    nan_to_none,
+    spearman_test_text,
     undefined,
-    verdict,
 )
 from itransfer.config import EvalConfig
+from itransfer.paper_constants import PAPER_TASKS
 from itransfer.schema import Need, RunManifest, Section, register_section, trajectory_needs
 
 KEY = "trajectory"
@@ -187,10 +187,10 @@ def _phase_difference(trajectory: TrajectoryAnalysis, settings: Settings
 
 def _early_phase(analysis: RunAnalysis, finding: Finding, settings: Settings
                  ) -> FindingResult:
-    """"The correlation is very low" in the first phase: ✓ when ρ_early < WEAK_RHO and either
-    its one-sided 95% bootstrap bound is below WEAK_RHO or it is significantly below the late
-    phase's ρ (paired bootstrap); ≈ when only the point estimate is below WEAK_RHO; ◐ when it
-    is significantly below the late phase but not weak. Merely smaller is not weak."""
+    """"The correlation is very low" in the first phase: ✓ when the two-sided 95% bootstrap CI
+    of ρ_early lies inside (−WEAK_RHO, WEAK_RHO); ≈ when only |ρ_early| < WEAK_RHO; ✗ when
+    |ρ_early| ≥ WEAK_RHO (a strong negative correlation is not weak). Being below the late
+    phase's ρ is not weakness, so it is not a route to ✓."""
     trajectory = analysis.of(TrajectoryAnalysis)
     assert trajectory is not None
     early, late = trajectory.phases.early, trajectory.phases.late
@@ -198,30 +198,20 @@ def _early_phase(analysis: RunAnalysis, finding: Finding, settings: Settings
              f"{trajectory.early_partial.describe()}")
     if not early.defined:
         return FindingResult(finding, UNDEFINED, None, None, early.describe() + label, early)
-    weak = rho_below(trajectory.phases.early_table, "finetune_delta", "icl_delta", WEAK_RHO,
-                     n_boot=settings.n_boot, seed=settings.seed)
-    difference = _phase_difference(trajectory, settings) if late.defined else None
-    below_late = difference is not None and difference.defined and difference.ci_low > 0
-    if early.rho < WEAK_RHO:
-        found = REPRODUCES if weak.holds or below_late else NOT_SIGNIFICANT
-    else:
-        found = PARTLY if below_late else FAILS
-    tests = [weak.describe()]
-    # Either route shows "weak", so the verdict rests on the stronger of the two tests.
-    p_values = [weak.p_value]
-    if difference is not None:
-        tests.append(f"late − early: {difference.describe()}")
-        p_values.append(difference.p_value)
-    finite = [p for p in p_values if not math.isnan(p)]
+    weak = rho_within(trajectory.phases.early_table, "finetune_delta", "icl_delta", WEAK_RHO,
+                      n_boot=settings.n_boot, seed=settings.seed)
+    found = (FAILS if abs(early.rho) >= WEAK_RHO
+             else REPRODUCES if weak.holds else NOT_SIGNIFICANT)
     late_text = f" (late phase ρ={late.rho:.3f})" if late.defined else " (late phase undefined)"
-    return FindingResult(finding, found, early.rho, min(finite) if finite else None,
-                         f"{early.describe()}{label}{late_text}", early, test="; ".join(tests))
+    return FindingResult(finding, found, early.rho, nan_to_none(weak.p_value),
+                         f"{early.describe()}{label}{late_text}", early, test=weak.describe())
 
 
 def _late_phase(analysis: RunAnalysis, finding: Finding, settings: Settings
                 ) -> FindingResult:
-    """"Much more tightly correlated" after the first phase: ✓ when ρ_late > 0 with p < α and
-    ρ_late − ρ_early > 0 with a paired bootstrap CI above 0."""
+    """"Much more tightly correlated" after the first phase: ✓ when ρ_late > 0 with Spearman's
+    one-sided p < α and ρ_late − ρ_early > 0 with a one-sided paired bootstrap p < α; ✗ when
+    either is significant the other way."""
     trajectory = analysis.of(TrajectoryAnalysis)
     assert trajectory is not None
     phases = trajectory.phases
@@ -230,54 +220,62 @@ def _late_phase(analysis: RunAnalysis, finding: Finding, settings: Settings
              f"{trajectory.late_partial.describe()}")
     if not late.defined:
         return FindingResult(finding, UNDEFINED, None, None, late.describe() + label, late)
-    directions, significant = [late.rho > 0], [late.p_value < ALPHA]
-    p_values = [late.p_value]
-    tests = [f"Spearman's test: ρ_late={late.rho:.3f}, p={late.p_value:.2g}"]
+    judged = Parts()
+    judged.add(late.rho > 0, one_sided_p(late.p_value, late.rho, 1.0) < ALPHA,
+               one_sided_p(late.p_value, late.rho, -1.0) < ALPHA,
+               one_sided_p(late.p_value, late.rho, 1.0))
+    tests = [spearman_test_text(late, "ρ_late")]
     if early.defined:
         difference = _phase_difference(trajectory, settings)
-        directions.append(late.rho > early.rho)
-        significant.append(difference.defined and difference.ci_low > 0)
-        p_values.append(difference.p_value)
-        tests.append(f"late − early: {difference.describe()}")
+        judged.add(late.rho > early.rho, difference.p_rise < ALPHA, difference.p_fall < ALPHA,
+                   difference.p_rise)
+        rise = (f"late − early: {difference.describe()}; one-sided p={difference.p_rise:.2g} "
+                "for a rise")
+        if difference.defined and difference.difference < 0:
+            rise += f"; opposite: p={difference.p_fall:.2g} for a fall"
+        tests.append(rise)
         label += f" (early phase ρ={early.rho:.3f})"
-    return FindingResult(finding, verdict(directions, significant), late.rho,
-                         largest_p(p_values), late.describe() + label, late,
-                         test="; ".join(tests))
+    return FindingResult(finding, judged.verdict(), late.rho, judged.largest_p(),
+                         late.describe() + label, late, test="; ".join(tests))
 
 
-def _step_tests(points: pd.DataFrame, method: str, steps: Sequence[int]
-                ) -> list[tuple[int, int, PairedTest]]:
-    """Paired tests of ``method``'s per-task loss between consecutive ``steps``."""
+def _step_tests(points: pd.DataFrame, method: str, steps: Sequence[int],
+                signs: Sequence[float]) -> list[tuple[int, int, PairedTest]]:
+    """Paired tests of ``method``'s per-task loss between consecutive ``steps``, each
+    one-sided in its claimed direction (``signs``: −1 falls, +1 rises)."""
     wide = points.pivot_table(index="task", columns="step", values=method)
-    return [(before, after, paired_test(wide[before], wide[after]))
-            for before, after in itertools.pairwise(steps)
+    return [(before, after, paired_test(wide[before], wide[after], sign,
+                                        opposite="a rise" if sign < 0 else "a fall"))
+            for (before, after), sign in zip(itertools.pairwise(steps), signs, strict=True)
             if before in wide.columns and after in wide.columns]
 
 
 def _icl_improves_throughout(analysis: RunAnalysis, finding: Finding, settings: Settings
                              ) -> FindingResult:
-    """"ICL generalization increases throughout the entire training process": a paired test
-    between every two consecutive checkpoints, each of which must show a decrease."""
+    """"ICL generalization increases throughout the entire training process": a one-sided
+    paired test between every two consecutive checkpoints, each of which must show a fall."""
     trajectory = analysis.of(TrajectoryAnalysis)
     assert trajectory is not None
     icl = _method_curve(trajectory.curves, "icl")
     if len(icl) < 2:
         return undefined(finding, f"needs ICL loss at two steps, has {len(icl)}")
     steps = [int(step) for step in icl.index]
-    tests = _step_tests(trajectory.points, "icl", steps)
-    decreases = [bool(later < earlier) for earlier, later in itertools.pairwise(icl)]
-    significant = [passes(test, -1.0) for _, _, test in tests] if tests else [False]
+    tests = _step_tests(trajectory.points, "icl", steps, [-1.0] * (len(steps) - 1))
+    by_interval = {(before, after): test for before, after, test in tests}
+    judged = Parts()
+    for (before, after), (earlier, later) in zip(itertools.pairwise(steps),
+                                                 itertools.pairwise(icl), strict=True):
+        test = by_interval.get((before, after), paired_test(pd.Series(), pd.Series(), -1.0))
+        judged.add_paired(test, fallback=bool(later < earlier))
     text = (f"ICL loss {icl.iloc[0]:.3f} (step {icl.index[0]}) → {icl.iloc[-1]:.3f} "
-            f"(step {icl.index[-1]}); decreases at {sum(decreases)}/{len(decreases)} "
-            "checkpoints")
-    return FindingResult(finding, verdict(decreases, significant),
-                         float(icl.iloc[-1] - icl.iloc[0]),
-                         largest_p([test.p_value for _, _, test in tests]), text,
-                         test=_steps_text(tests))
+            f"(step {icl.index[-1]}); falls at {sum(judged.directions)}/"
+            f"{len(judged.directions)} checkpoints (by the tasks' ranks)")
+    return FindingResult(finding, judged.verdict(), float(icl.iloc[-1] - icl.iloc[0]),
+                         judged.largest_p(), text, test=_steps_text(tests))
 
 
 def _steps_text(tests: Sequence[tuple[int, int, PairedTest]]) -> str:
-    return ("Wilcoxon signed-rank over tasks at each step (" + "; ".join(
+    return ("Wilcoxon signed-rank over tasks, one-sided, at each step (" + "; ".join(
         f"{before}→{after}: {test.describe()}" for before, after, test in tests) + ")")
 
 
@@ -289,7 +287,7 @@ def _method_curve(curves: pd.DataFrame, method: str) -> pd.Series:
 def _forgetting_then_recovery(analysis: RunAnalysis, finding: Finding, settings: Settings
                               ) -> FindingResult:
     """Fine-tuning loss rises from step 0 to the split step, then falls to the end: a paired
-    test for each phase."""
+    test for each phase, one-sided in its claimed direction."""
     trajectory = analysis.of(TrajectoryAnalysis)
     assert trajectory is not None
     tuned = _method_curve(trajectory.curves, "finetune")
@@ -298,16 +296,17 @@ def _forgetting_then_recovery(analysis: RunAnalysis, finding: Finding, settings:
         return undefined(finding, "needs FT loss at step 0, the split step and a later step")
     final = int(tuned.index[-1])
     start, middle, end = tuned.loc[0], tuned.loc[split], tuned.iloc[-1]
-    tests = _step_tests(trajectory.points, "finetune", [0, split, final])
-    signs = {(0, split): 1.0, (split, final): -1.0}
-    significant = [passes(test, signs[(before, after)]) for before, after, test in tests]
+    tests = _step_tests(trajectory.points, "finetune", [0, split, final], [1.0, -1.0])
+    by_interval = {(before, after): test for before, after, test in tests}
+    judged = Parts()
+    for interval, sign, moved in (((0, split), 1.0, middle > start),
+                                  ((split, final), -1.0, end < middle)):
+        test = by_interval.get(interval, paired_test(pd.Series(), pd.Series(), sign))
+        judged.add_paired(test, fallback=bool(moved))
     text = (f"FT loss {start:.3f} (step 0) → {middle:.3f} (step {split}) → {end:.3f} "
             f"(step {final})")
-    return FindingResult(finding, verdict([middle > start, end < middle],
-                                          significant if len(tests) == 2 else [False]),
-                         float(middle - start),
-                         largest_p([test.p_value for _, _, test in tests]), text,
-                         test=_steps_text(tests))
+    return FindingResult(finding, judged.verdict(), float(middle - start), judged.largest_p(),
+                         text, test=_steps_text(tests))
 
 
 # --- findings: the paper's claims and numbers ------------------------------------------------
@@ -317,11 +316,11 @@ EARLY_PHASE_CORRELATION = Finding(
     figure=FIGURE_4_CENTRE_RIGHT, panel="centre",
     claim="In the first phase of IT, FT and ICL changes are only weakly correlated",
     kind="correlation", paper_value=0.245, paper_p=0.019,
-    paper_text="Spearman ρ = 0.245 (p = 0.019), steps 0 → 50k",
+    paper_text=f"Spearman ρ = 0.245, p = 0.019; {PAPER_TASKS}; steps 0 → 50k",
     how_to_compute="Spearman's rho between per-task Δ 5-shot LoRA loss and Δ ICL loss "
-                   "from step 0 (pre-trained) to the phase split step. Weak means ρ < 0.4, "
-                   "shown by a one-sided bootstrap bound below 0.4 or by a paired bootstrap "
-                   "over tasks putting it significantly below the late phase's ρ.",
+                   "from step 0 (pre-trained) to the phase split step. Weak means inside "
+                   "(−0.4, 0.4): reproduces when the two-sided 95% bootstrap CI of ρ over "
+                   "tasks lies inside it.",
     evaluate=_early_phase,
 )
 LATE_PHASE_CORRELATION = Finding(
@@ -331,9 +330,9 @@ LATE_PHASE_CORRELATION = Finding(
     kind="correlation", paper_value=0.621, paper_p=None,
     paper_text="Spearman ρ = 0.621, steps 50k → end (higher than the early phase)",
     how_to_compute="Spearman's rho between per-task Δ 5-shot LoRA loss and Δ ICL loss "
-                   "from the phase split step to the final step; should be significant and "
-                   "exceed the early phase's rho (paired bootstrap over tasks of the "
-                   "difference, CI above 0).",
+                   "from the phase split step to the final step; should be significantly "
+                   "positive (one-sided Spearman test) and exceed the early phase's rho "
+                   "(paired bootstrap over tasks of the difference, one-sided p < 0.05).",
     evaluate=_late_phase,
 )
 ICL_IMPROVES_THROUGHOUT = Finding(
@@ -343,7 +342,7 @@ ICL_IMPROVES_THROUGHOUT = Finding(
     paper_text="ICL loss decreases at every checkpoint",
     how_to_compute="Mean unseen ICL loss at each trajectory step (step 0 = pre-trained); "
                    "between every two consecutive checkpoints a paired Wilcoxon test over "
-                   "tasks, each of which must show a decrease.",
+                   "tasks, one-sided, each of which must show a decrease.",
     evaluate=_icl_improves_throughout,
 )
 FORGETTING_THEN_RECOVERY = Finding(
@@ -352,7 +351,8 @@ FORGETTING_THEN_RECOVERY = Finding(
     kind="direction", paper_value=None, paper_p=None,
     paper_text="FT loss rises 0 → split step, then falls to the end",
     how_to_compute="Mean 5-shot LoRA loss at step 0, the phase split step and the final "
-                   "step: should rise then fall, each change with a paired Wilcoxon test.",
+                   "step: should rise then fall, each change with a one-sided paired "
+                   "Wilcoxon test.",
     evaluate=_forgetting_then_recovery,
 )
 
