@@ -51,3 +51,24 @@ class StoppedBySignal(KeyboardInterrupt):
 
 class TrainingStopped(StoppedBySignal):
     """Training stopped at a step boundary after saving a resumable checkpoint."""
+
+
+# What the collective backends say when a process of the run is gone (killed, its node lost):
+# gloo's TCP pairs and NCCL's watchdog. The surviving processes' own state is intact.
+LOST_PEER_MESSAGES = ("Connection closed by peer", "Connection reset by peer",
+                      "NCCL communicator was aborted", "Broken pipe")
+LOST_PEER_EXIT_STATUS = 3
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another process of the run stopped."""
+    return isinstance(exc, RuntimeError) and any(message in str(exc)
+                                                 for message in LOST_PEER_MESSAGES)
+
+
+def lost_peer_message(exc: BaseException) -> str:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ("another process of this run stopped or became unreachable (its node failed or was "
+            f"killed; the backend says: {first_line}). Results and resumable checkpoints "
+            "written so far are intact: run the same command again on every node (itransfer "
+            "train: with --resume) to continue.")

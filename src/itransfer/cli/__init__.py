@@ -22,7 +22,12 @@ from itransfer.cli.results import results_app
 from itransfer.cli.run import quickstart, run
 from itransfer.cli.score import score
 from itransfer.cli.train import train
-from itransfer.errors import ITransferError
+from itransfer.errors import (
+    LOST_PEER_EXIT_STATUS,
+    ITransferError,
+    lost_peer,
+    lost_peer_message,
+)
 
 app = typer.Typer(
     name="itransfer",
@@ -86,3 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         stderr.print("interrupted", style="yellow")
         sys.exit(130)
+    except RuntimeError as exc:
+        # A lost peer is the cluster's failure, not a bug: one line, not a traceback per rank.
+        if not lost_peer(exc) or "--debug" in args:
+            raise
+        stderr.print(f"error: {lost_peer_message(exc)}", markup=False, highlight=False,
+                     style="bold red", soft_wrap=True)
+        sys.exit(LOST_PEER_EXIT_STATUS)
