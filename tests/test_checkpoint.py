@@ -8,6 +8,9 @@ import pytest
 import torch
 
 from itransfer.train import checkpoint as ckpt
+from itransfer.train.checkpoint import read_trajectory
+from itransfer.train.loop import instruction_tune
+from tiny_configs import tiny_train_config
 
 
 def _optimizer_after_steps() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -93,3 +96,31 @@ def test_rng_state_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(99)
     ckpt.restore_rng_state(ckpt.read_rank_rng(tmp_path, 0))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_trajectory_reader_reads_what_the_trainer_wrote(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_train_config(tiny_model_dir, "train.steps=6", "train.checkpoint_every=4")
+    stopped = tmp_path / "stopped"
+    instruction_tune(config, stopped, stop_after=5)  # a resumable checkpoint at step 5
+    partial = read_trajectory(stopped)
+    # The resumable checkpoint is no trajectory checkpoint; the budget is the run's, not 5.
+    assert partial.steps == (4,) and partial.final_step == 4 and partial.total_steps == 6
+    assert ckpt.list_checkpoints(stopped / "resume")
+
+    result = instruction_tune(config, tmp_path / "run")
+    trajectory = read_trajectory(result.out_dir)
+    assert trajectory.steps == (4, 6) and trajectory.final_step == result.steps == 6
+    assert trajectory.checkpoints[6] == result.final_checkpoint
+    assert trajectory.total_steps == 6 and trajectory.run_dir == result.out_dir
+    for step, checkpoint in trajectory.checkpoints.items():
+        assert ckpt.read_state(checkpoint)["it_step"] == step
+    ckpt.begin(result.out_dir / ckpt.TRAJECTORY_DIR, 8)  # a half-written checkpoint
+    assert read_trajectory(result.out_dir).steps == (4, 6)
+
+
+def test_a_run_without_checkpoints_has_an_empty_trajectory(tmp_path: Path) -> None:
+    trajectory = read_trajectory(tmp_path / "never-trained")
+    assert trajectory.steps == () and trajectory.final_step == 0
+    assert trajectory.total_steps is None

@@ -15,6 +15,7 @@ from itransfer.experiment import load_experiment
 from itransfer.models import load_model_and_tokenizer
 from itransfer.pipeline import _write_manifest, run_experiment
 from itransfer.schema import MANIFEST_VERSION, read_manifest
+from itransfer.train.checkpoint import Trajectory
 from two_processes import launch_two
 
 TINY = {
@@ -110,9 +111,10 @@ def test_the_manifest_states_the_annealing_schedule(tiny_model_dir: Path, tmp_pa
         tmp_path, tiny_model_dir, variants=variants,
         sections={"samplers": {"models": {"ra": "it-ra", "ra-log": "it-ra-log", "u": "it-b"}}},
     ))
-    fake_checkpoint = {6: tmp_path / "store" / "train" / "key" / "checkpoints" / "step-6"}
-    _write_manifest(tmp_path / "run", experiment, dict.fromkeys(variants, fake_checkpoint),
-                    {}, {}, tmp_path / "store")
+    stage = tmp_path / "store" / "train" / "key"
+    fake_trajectory = Trajectory(stage, {6: stage / "checkpoints" / "step-6"})
+    _write_manifest(tmp_path / "run", experiment, dict.fromkeys(variants, fake_trajectory),
+                    {}, tmp_path / "store")
     models = read_manifest(tmp_path / "run").models
     assert models["it-ra"].sampler_spec == {"name": "reverse_annealing", "start_temperature": 1.0,
                                             "max_temperature": 100.0, "schedule": "linear"}

@@ -26,6 +26,11 @@ training stage at a step boundary (with a resumable checkpoint), inside an evalu
 after the rows being written; :class:`~itransfer.errors.StoppedBySignal` then carries the
 signal (the CLI exits with 128 + it) and the same command continues the run.
 
+In code: :func:`plan_stages` says which stages a run has, in order, with their keys (no I/O;
+the evaluation stages of a trained model wait for the checkpoints its training stage saved,
+read through :func:`itransfer.train.checkpoint.read_trajectory`), and :func:`run_stage` runs
+one of them: the cache, ``--force``, stops, timing and the finished marker.
+
 Under ``accelerate launch`` every process runs this same driver: training and evaluation
 stages are split across them, whether a stage is done is decided once for all (by the main
 process), and only the main process writes the stage markers, the manifest and the report.
@@ -35,10 +40,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import pandas as pd
 import pyarrow as pa
@@ -65,6 +71,9 @@ from itransfer.schema import (
     read_manifest,
 )
 from itransfer.stopping import StopRequest, stop_requested_on_signal
+
+if TYPE_CHECKING:  # the trainer's module imports torch, which the planning does not need
+    from itransfer.train.checkpoint import Trajectory
 
 STAGE_FILE = "stage.json"
 
@@ -198,6 +207,194 @@ def _stop_between_stages(state: Any, request: StopRequest, before: str) -> None:
     _stop_if_requested(StopRequest(signum), f"before {before}")
 
 
+# --- planning: which stages a run has, in order, with their keys (no I/O) --------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One cached unit of work: done once, kept under ``<store>/<kind>-<key>/``."""
+
+    label: str  # the experiment's model label
+    key: str  # from itransfer.identity: equal keys mean equal results
+    forced: bool  # named by --force: measured again whether or not it is done
+
+    kind: ClassVar[str]
+    # --force: a training stage is set aside and redone; an evaluation stage keeps its rows and
+    # measures again (newer rows win).
+    replaced_when_forced: ClassVar[bool]
+    stops_after: ClassVar[str]  # where a stop inside the stage leaves it, for the message
+
+    @property
+    def name(self) -> str:
+        """What the reporter shows and ``--force`` names."""
+        return f"{self.kind}:{self.label}"
+
+    @property
+    def directory(self) -> str:
+        return f"{self.kind}-{self.key}"
+
+    def marker(self) -> dict[str, Any]:
+        """What the stage's finished marker records besides kind and time."""
+        return {"label": self.label}
+
+
+@dataclass(frozen=True)
+class TrainingStage(Stage):
+    config: ExperimentConfig
+
+    kind: ClassVar[str] = "train"
+    replaced_when_forced: ClassVar[bool] = True
+    stops_after: ClassVar[str] = "after a step, with a resumable checkpoint"
+
+
+@dataclass(frozen=True)
+class EvaluationStage(Stage):
+    step: int
+    checkpoint: str  # the model directory evaluated (the pre-trained model's name for step 0)
+    plan: EvalPlan  # the merged needs of every section for this checkpoint
+    config: ExperimentConfig  # the model's config with the plan's evaluation settings
+
+    kind: ClassVar[str] = "eval"
+    replaced_when_forced: ClassVar[bool] = False
+    stops_after: ClassVar[str] = "after writing its finished rows"
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.label}@{self.step}"
+
+    def marker(self) -> dict[str, Any]:
+        return {"label": self.label, "step": self.step}
+
+
+def training_stages(experiment: Experiment, force: Collection[str] = ()) -> list[TrainingStage]:
+    """One training stage per variant some section evaluates, by label."""
+    labels = sorted({label for label, _ in plan_evaluations(experiment) if label != PRETRAINED})
+    stages = []
+    for label in labels:
+        config = _config_of(experiment, label)
+        stages.append(TrainingStage(label=label, key=training_key(config), config=config,
+                                    forced=f"train:{label}" in force))
+    return stages
+
+
+def evaluation_stages(
+    experiment: Experiment, trajectories: Mapping[str, Trajectory], force: Collection[str] = ()
+) -> list[EvaluationStage]:
+    """One evaluation stage per checkpoint some section needs, by (label, step), each with
+    the union of what the sections ask of it; ``trajectories`` are the checkpoints the
+    training stages saved (a trained label missing there has nothing to evaluate yet)."""
+    merged: dict[tuple[str, int], tuple[EvalPlan, str]] = {}
+    for (label, when), plan in sorted(plan_evaluations(experiment).items()):
+        for step, checkpoint in _checkpoints_needed(experiment, label, when, trajectories):
+            combined, _ = merged.get((label, step), (EvalPlan(), checkpoint))
+            merged[(label, step)] = (combined | plan, checkpoint)
+    return [_evaluation_stage(experiment, label, step, plan, checkpoint, force)
+            for (label, step), (plan, checkpoint) in sorted(merged.items())]
+
+
+def plan_stages(
+    experiment: Experiment, trajectories: Mapping[str, Trajectory], force: Collection[str] = ()
+) -> list[Stage]:
+    """Every stage of the run in the order it runs them: training, then evaluation."""
+    return [*training_stages(experiment, force),
+            *evaluation_stages(experiment, trajectories, force)]
+
+
+def _checkpoints_needed(
+    experiment: Experiment, label: str, when: When, trajectories: Mapping[str, Trajectory]
+) -> list[tuple[int, str]]:
+    """(step, model directory) of each checkpoint of ``label`` a ``when`` need covers."""
+    if label == PRETRAINED:
+        return [(0, experiment.base.model.name_or_path)]
+    trajectory = trajectories.get(label)
+    if trajectory is None:
+        return []
+    steps = trajectory.steps if when == "trajectory" else trajectory.steps[-1:]
+    return [(step, str(trajectory.checkpoints[step])) for step in steps]
+
+
+def _evaluation_stage(
+    experiment: Experiment, label: str, step: int, plan: EvalPlan, checkpoint: str,
+    force: Collection[str],
+) -> EvaluationStage:
+    config = _config_of(experiment, label)
+    # A section's extra groups (held-out tasks) join the config's, in a fixed order
+    # so that the stage key does not depend on which section asked first.
+    extra_groups = [group for group in EVALUATION_TASK_GROUPS
+                    if group in plan.task_groups and group not in config.eval.task_groups]
+    eval_config = config.eval.model_copy(
+        update={"shots": sorted(plan.shots) or [0],
+                "transfer_contexts": sorted(plan.contexts) or ["none"],
+                "task_groups": [*config.eval.task_groups, *extra_groups]}
+    )
+    run_config = config.model_copy(update={"eval": eval_config})
+    key = evaluation_key(
+        run_config,
+        checkpoint if label == PRETRAINED else f"{training_key(config)}@{step}",
+        plan_key(plan),
+    )
+    forced = f"eval:{label}@{step}" in force or f"eval:{label}" in force
+    return EvaluationStage(label=label, key=key, forced=forced, step=step, checkpoint=checkpoint,
+                           plan=plan, config=run_config)
+
+
+# --- running one stage: caching, --force, stops, timing, the marker --------------------------
+
+# What a stage does once it must run: (its folder, a stop point it calls where stopping
+# loses nothing).
+StageWork = Callable[[Path, Callable[[], None]], None]
+
+
+@dataclass
+class StageRun:
+    """What every stage of one run shares, and what they add up to."""
+
+    state: Any  # accelerate's PartialState: the main process decides and writes markers
+    store: Path
+    stop: StopRequest
+    reporter: Reporter = field(default_factory=SilentReporter)
+    timings: dict[str, float] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
+
+    @property
+    def main(self) -> bool:
+        return bool(self.state.is_main_process)
+
+
+def run_stage(run: StageRun, stage: Stage, work: StageWork) -> bool:
+    """Run ``stage`` unless it is done (and not forced); returns whether it ran.
+
+    Every process calls this for every stage in the same order: whether the stage is done is
+    the main process's answer, and only it sets a forced stage aside and writes the marker.
+    A stop request ends the run before the stage, or inside it at the stop point ``work``
+    offers (a training run stops itself with :class:`TrainingStopped`).
+    """
+    stage_dir = run.store / stage.directory
+    if stage.forced and stage.replaced_when_forced and run.main:
+        _set_aside(stage_dir)
+    if agreed(run.state, lambda: _finished(stage_dir)) and not stage.forced:
+        run.cached.append(stage.name)
+        run.reporter.stage(stage.name, "cached")
+        return False
+    _stop_between_stages(run.state, run.stop, stage.name)
+    run.reporter.stage(stage.name, "running")
+    where = f"during {stage.name} {stage.stops_after}"
+    started = time.perf_counter()
+    try:
+        work(stage_dir, lambda: _stop_if_requested(run.stop, where))
+    except TrainingStopped as exc:
+        _stop_if_requested(StopRequest(exc.signal_number), where)
+    seconds = run.timings[stage.name] = time.perf_counter() - started
+    if run.main:
+        _mark_finished(stage_dir, stage.kind, seconds, **stage.marker())
+    run.state.wait_for_everyone()
+    run.reporter.stage(stage.name, "done", seconds)
+    return True
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
 def _run_stages(
     experiment: Experiment,
     out_dir: Path,
@@ -208,158 +405,110 @@ def _run_stages(
     write_report: bool,
     stop: StopRequest,
 ) -> RunSummary:
-    from itransfer.eval.icl import evaluate_icl
-    from itransfer.eval.seen import evaluate_seen
-    from itransfer.eval.session import open_session
-    from itransfer.eval.transfer import evaluate_transfer
-    from itransfer.train.checkpoint import list_checkpoints, read_state
-    from itransfer.train.loop import instruction_tune
+    from itransfer.train.checkpoint import read_trajectory
 
     state = make_state()
-    main = state.is_main_process
-    reporter = (reporter or SilentReporter()) if main else SilentReporter()
     out_dir = Path(out_dir)
-    store = Path(store) if store is not None else out_dir / "stages"
+    run = StageRun(state=state, store=Path(store) if store is not None else out_dir / "stages",
+                   stop=stop,
+                   reporter=(reporter or SilentReporter()) if state.is_main_process
+                   else SilentReporter())
+    _prepare_out_dir(run, out_dir, experiment)
+    # 1. instruction tuning of every variant a section uses (trajectory checkpoints included)
+    trajectories: dict[str, Trajectory] = {}
+    for training in training_stages(experiment, force):
+        run_stage(run, training, _training_work(run, training))
+        trajectories[training.label] = read_trajectory(run.store / training.directory)
+    # 2. evaluations of each checkpoint the sections need (plans merged per checkpoint)
+    evaluations = evaluation_stages(experiment, trajectories, force)
+    for evaluation in evaluations:
+        run_stage(run, evaluation, _evaluation_work(run, evaluation, experiment.name))
+    # 3. the experiment's own results table and manifest, then the report (main process only)
+    _stop_between_stages(state, stop, "the report")
+    report = (_write_outputs(run, out_dir, experiment, evaluations, trajectories, write_report)
+              if run.main else None)
+    # The others wait: a process that exits while its peers still use the group aborts.
+    state.wait_for_everyone()
+    return RunSummary(out_dir=out_dir, timings=run.timings, report=report,
+                      cached_stages=run.cached)
+
+
+def _prepare_out_dir(run: StageRun, out_dir: Path, experiment: Experiment) -> None:
     # Every process checks (so that all of them stop on an error) before any writes.
     _check_out_dir(out_dir, experiment)
     _check_tokenizers(experiment)
-    state.wait_for_everyone()
-    if main:
+    run.state.wait_for_everyone()
+    if run.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_run_record(out_dir, experiment.base, seed=experiment.base.seed)
-    timings: dict[str, float] = {}
-    cached: list[str] = []
-    plans = plan_evaluations(experiment)
 
-    # 1. instruction tuning of every variant a section uses (trajectory checkpoints included)
-    checkpoints: dict[str, dict[int, Path]] = {PRETRAINED: {}}
-    total_steps: dict[str, int] = {}  # what each run's step budget came to (its saved state)
-    trained_labels = sorted({label for label, _ in plans if label != PRETRAINED})
-    for label in trained_labels:
-        config = _config_of(experiment, label)
-        stage_dir = store / f"train-{training_key(config)}"
-        name = f"train:{label}"
-        if name in force and main:
-            _set_aside(stage_dir)
-        if agreed(state, lambda stage_dir=stage_dir: _finished(stage_dir)):
-            cached.append(name)
-            reporter.stage(name, "cached")
-        else:
-            _stop_between_stages(state, stop, name)
-            reporter.stage(name, "running")
-            started = time.perf_counter()
 
-            def on_step(step: int, total: int, row: dict[str, Any], name: str = name) -> None:
-                if "phase" in row:  # the training set's tokenization, before the first step
-                    reporter.progress(f"{name} {row['phase']}", step, total, {})
-                else:
-                    reporter.progress(name, step, total, row)
+def _training_work(run: StageRun, stage: TrainingStage) -> StageWork:
+    def train(stage_dir: Path, stop_point: Callable[[], None]) -> None:
+        from itransfer.train.loop import instruction_tune
 
-            try:
-                instruction_tune(config, stage_dir, resume=True, progress=on_step, stop=stop)
-            except TrainingStopped as exc:
-                _stop_if_requested(StopRequest(exc.signal_number),
-                                   f"during {name} after a step, with a resumable checkpoint")
-            timings[name] = time.perf_counter() - started
-            if main:
-                _mark_finished(stage_dir, "train", timings[name], label=label)
-            state.wait_for_everyone()
-            reporter.stage(name, "done", timings[name])
-        checkpoints[label] = {
-            int(path.name.removeprefix("step-")): path
-            for path in list_checkpoints(stage_dir / "checkpoints")
-        }
-        if checkpoints[label]:
-            last = checkpoints[label][max(checkpoints[label])]
-            total_steps[label] = int(read_state(last)["total_it_steps"])
+        del stop_point  # the trainer stops itself at a step boundary (TrainingStopped)
 
-    # 2. evaluations of each checkpoint the sections need (plans merged per checkpoint)
-    merged: dict[tuple[str, int], tuple[EvalPlan, str]] = {}
-    for (label, when), plan in sorted(plans.items()):
-        config = _config_of(experiment, label)
-        if label == PRETRAINED:
-            targets = {0: config.model.name_or_path}
-        else:
-            steps = sorted(checkpoints[label])
-            chosen = steps if when == "trajectory" else steps[-1:]
-            targets = {step: str(checkpoints[label][step]) for step in chosen}
-        for step, checkpoint in targets.items():
-            combined, _ = merged.get((label, step), (EvalPlan(), checkpoint))
-            merged[(label, step)] = (combined | plan, checkpoint)
+        def on_step(step: int, total: int, row: dict[str, Any]) -> None:
+            if "phase" in row:  # the training set's tokenization, before the first step
+                run.reporter.progress(f"{stage.name} {row['phase']}", step, total, {})
+            else:
+                run.reporter.progress(stage.name, step, total, row)
 
-    eval_stages: list[tuple[str, int, Path]] = []
-    for (label, step), (plan, checkpoint) in sorted(merged.items()):
-        config = _config_of(experiment, label)
-        # A section's extra groups (held-out tasks) join the config's, in a fixed order
-        # so that the stage key does not depend on which section asked first.
-        extra_groups = [group for group in EVALUATION_TASK_GROUPS
-                        if group in plan.task_groups and group not in config.eval.task_groups]
-        eval_config = config.eval.model_copy(
-            update={"shots": sorted(plan.shots) or [0],
-                    "transfer_contexts": sorted(plan.contexts) or ["none"],
-                    "task_groups": [*config.eval.task_groups, *extra_groups]}
-        )
-        run_config = config.model_copy(update={"eval": eval_config})
-        key = evaluation_key(
-            run_config,
-            checkpoint if label == PRETRAINED else f"{training_key(config)}@{step}",
-            plan_key(plan),
-        )
-        stage_dir = store / f"eval-{key}"
-        name = f"eval:{label}@{step}"
-        forced = name in force or f"eval:{label}" in force
-        eval_stages.append((label, step, stage_dir))
-        if agreed(state, lambda stage_dir=stage_dir: _finished(stage_dir)) and not forced:
-            cached.append(name)
-            reporter.stage(name, "cached")
-            continue
-        _stop_between_stages(state, stop, name)
-        reporter.stage(name, "running")
-        started = time.perf_counter()
-        session = open_session(run_config, checkpoint, stage_dir, run_name=experiment.name)
+        instruction_tune(stage.config, stage_dir, resume=True, progress=on_step, stop=run.stop)
+
+    return train
+
+
+def _evaluation_work(run: StageRun, stage: EvaluationStage, run_name: str) -> StageWork:
+    def evaluate(stage_dir: Path, stop_point: Callable[[], None]) -> None:
+        from itransfer.eval.icl import evaluate_icl
+        from itransfer.eval.seen import evaluate_seen
+        from itransfer.eval.session import open_session
+        from itransfer.eval.transfer import evaluate_transfer
+
+        session = open_session(stage.config, stage.checkpoint, stage_dir, run_name=run_name)
         # Inside the stage each process stops after its rows in hand are written (the rows are
         # appended at once, so the rerun skips them).
-        session.after_write = lambda name=name: _stop_if_requested(
-            stop, f"during {name} after writing its finished rows")
+        session.after_write = stop_point
 
-        def on_progress(what: str, done: float, total: int, name: str = name) -> None:
-            reporter.progress(f"{name} {what}", done, total, {})
+        def on_progress(what: str, done: float, total: int) -> None:
+            run.reporter.progress(f"{stage.name} {what}", done, total, {})
 
-        with session.one_cut_warning(name):
-            if plan.icl:
-                evaluate_icl(session, force=forced, progress=on_progress)
-            if plan.seen:
-                evaluate_seen(session, force=forced, progress=on_progress)
-            if plan.shots:
-                evaluate_transfer(session, force=forced, progress=on_progress)
-        timings[name] = time.perf_counter() - started
-        if main:
-            _mark_finished(stage_dir, "eval", timings[name], label=label, step=step)
-        state.wait_for_everyone()
-        reporter.stage(name, "done", timings[name])
+        with session.one_cut_warning(stage.name):
+            if stage.plan.icl:
+                evaluate_icl(session, force=stage.forced, progress=on_progress)
+            if stage.plan.seen:
+                evaluate_seen(session, force=stage.forced, progress=on_progress)
+            if stage.plan.shots:
+                evaluate_transfer(session, force=stage.forced, progress=on_progress)
 
-    # 3. the experiment's own results table and manifest, then the report (main process only)
-    report = None
-    _stop_between_stages(state, stop, "the report")
-    if main:
-        _assemble_results(out_dir, experiment, eval_stages)
-        _write_manifest(out_dir, experiment, checkpoints, total_steps, timings, store)
-        if write_report:
-            from itransfer.analysis.report import write_report as render
+    return evaluate
 
-            started = time.perf_counter()
-            reporter.stage("report", "running")
-            report = render(out_dir).html
-            timings["report"] = time.perf_counter() - started
-            reporter.stage("report", "done", timings["report"])
-            _write_manifest(out_dir, experiment, checkpoints, total_steps, timings, store)
-    # The others wait: a process that exits while its peers still use the group aborts.
-    state.wait_for_everyone()
-    return RunSummary(out_dir=out_dir, timings=timings, report=report, cached_stages=cached)
+
+def _write_outputs(
+    run: StageRun, out_dir: Path, experiment: Experiment, evaluations: list[EvaluationStage],
+    trajectories: Mapping[str, Trajectory], write_report: bool,
+) -> Path | None:
+    """The results table, the manifest and (unless told not to) the report; the manifest is
+    written again after the report so that it holds the report's timing too."""
+    _assemble_results(out_dir, experiment, evaluations, run.store)
+    _write_manifest(out_dir, experiment, trajectories, run.timings, run.store)
+    if not write_report:
+        return None
+    from itransfer.analysis.report import write_report as render
+
+    started = time.perf_counter()
+    run.reporter.stage("report", "running")
+    report = render(out_dir).html
+    run.timings["report"] = time.perf_counter() - started
+    run.reporter.stage("report", "done", run.timings["report"])
+    _write_manifest(out_dir, experiment, trajectories, run.timings, run.store)
+    return report
 
 
 def _assemble_results(
-    out_dir: Path, experiment: Experiment, stages: list[tuple[str, int, Path]]
+    out_dir: Path, experiment: Experiment, stages: list[EvaluationStage], store: Path
 ) -> None:
     """Copy every evaluation stage's rows into ``<out>/results``, labelled for this experiment.
 
@@ -367,11 +516,11 @@ def _assemble_results(
     to a staging folder and swapped in.
     """
     frames = []
-    for label, step, stage_dir in stages:
-        frame = ResultsTable(stage_dir).read()
+    for stage in stages:
+        frame = ResultsTable(store / stage.directory).read()
         if frame.empty:
             continue
-        frame = frame.assign(model=label, checkpoint_step=step, run=experiment.name)
+        frame = frame.assign(model=stage.label, checkpoint_step=stage.step, run=experiment.name)
         frames.append(frame)
     with staged_dir(out_dir / RESULTS_DIR) as staging:
         if frames:
@@ -383,8 +532,8 @@ def _assemble_results(
 
 
 def _write_manifest(
-    out_dir: Path, experiment: Experiment, checkpoints: dict[str, dict[int, Path]],
-    total_steps: dict[str, int], timings: dict[str, float], store: Path,
+    out_dir: Path, experiment: Experiment, trajectories: Mapping[str, Trajectory],
+    timings: dict[str, float], store: Path,
 ) -> None:
     base_model = experiment.base.model
     facts = model_facts(base_model.name_or_path, trust_remote_code=base_model.trust_remote_code)
@@ -393,9 +542,7 @@ def _write_manifest(
         num_parameters=facts.num_parameters if facts else None,
         vocab_size=facts.vocab_size if facts else None,
     )}
-    for label, steps in checkpoints.items():
-        if label == PRETRAINED:
-            continue
+    for label, trajectory in trajectories.items():
         config = experiment.variants[label]
         models[label] = ModelInfo(
             kind="instruction_tuned",
@@ -404,10 +551,10 @@ def _write_manifest(
             data_limit=config.data.splits.max_train_instances_per_task,
             mixing_every=config.train.mixing.every,
             budget="fixed" if config.train.steps is not None else config.train.budget,
-            total_steps=total_steps.get(label),
-            final_step=max(steps) if steps else 0,
-            trajectory_steps=tuple(sorted(steps)),
-            stage=str(next(iter(steps.values())).parent.parent) if steps else None,
+            total_steps=trajectory.total_steps,
+            final_step=trajectory.final_step,
+            trajectory_steps=trajectory.steps,
+            stage=str(trajectory.run_dir) if trajectory.checkpoints else None,
         )
     manifest_path = out_dir / MANIFEST
     previous_timings = read_manifest(out_dir).timings if manifest_path.is_file() else {}

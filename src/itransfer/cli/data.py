@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import typer
@@ -18,10 +19,11 @@ from itransfer.cli.common import (
     resolve_config,
 )
 from itransfer.config import EVALUATION_TASK_GROUPS
-from itransfer.data.benchmark import open_benchmark
-from itransfer.data.contexts import CONTEXTS, build_context
+from itransfer.data.benchmark import SNIBenchmark, open_benchmark
+from itransfer.data.contexts import CONTEXTS, EncodedInput, build_context
 from itransfer.data.paper_counts import PAPER_NOTES, CountCheck, PaperComparison, compare_with_paper
 from itransfer.data.selection import TaskSelection
+from itransfer.data.sni import Instance
 from itransfer.errors import ConfigError
 from itransfer.io_utils import atomic_write_text
 from itransfer.provenance import write_run_record
@@ -185,6 +187,19 @@ def show(
     context_name = context or config.data.context.name
     encoder = build_context(context_name, config.data.context.num_exemplars)
     benchmark = open_benchmark(config.data, config.seed)
+    group, label, instances = _instances_to_show(benchmark, task_name, split, draw_seed)
+    budget = max_input_tokens or config.data.context.max_input_tokens
+    console.rule(f"{task_name} · {group} · split={label} · context={context_name}", style="cyan")
+    for instance in instances[:num_instances]:
+        encoded = encoder.encode(benchmark.task(task_name), instance.input, max_tokens=budget)
+        _print_instance(instance, encoded, budget)
+        console.rule(style="dim")
+
+
+def _instances_to_show(
+    benchmark: SNIBenchmark, task_name: str, split: str | None, draw_seed: int | None
+) -> tuple[str, str, Sequence[Instance]]:
+    """(the task's group, the split's label, its instances in order) for ``data show``."""
     group = benchmark.group_of(task_name)
     if group == "excluded":
         reason = benchmark.selection.excluded[task_name]
@@ -205,24 +220,24 @@ def show(
         instances = getattr(task_split, role)
     if not instances:
         raise ConfigError(f"task {task_name} ({group}) has no '{role}' instances")
-    budget = max_input_tokens or config.data.context.max_input_tokens
-    console.rule(f"{task_name} · {group} · split={label} · context={context_name}", style="cyan")
-    for instance in instances[:num_instances]:
-        encoded = encoder.encode(benchmark.task(task_name), instance.input, max_tokens=budget)
-        console.print(f"[bold]id[/bold] {instance.id}", highlight=False)
-        console.print("[bold]input[/bold]", highlight=False)
-        console.print(encoded.text, markup=False, highlight=False, soft_wrap=True)
-        console.print("[bold]target[/bold]", highlight=False)
-        console.print(instance.outputs[0], markup=False, highlight=False, soft_wrap=True)
-        if len(instance.outputs) > 1:
-            others = json.dumps(list(instance.outputs[1:]), ensure_ascii=False)
-            console.print(f"(other references: {others})", markup=False, style="dim")
-        if encoded.was_cut:
-            console.print(
-                f"(cut to fit {budget} tokens: {encoded.exemplars_dropped} exemplars dropped, "
-                f"{encoded.definition_words_cut} instruction words and "
-                f"{encoded.input_words_cut} input words cut)",
-                style="yellow",
-                markup=False,
-            )
-        console.rule(style="dim")
+    return group, label, instances
+
+
+def _print_instance(instance: Instance, encoded: EncodedInput, budget: int | None) -> None:
+    """One instance as the model sees it: its input text, its references, what was cut."""
+    console.print(f"[bold]id[/bold] {instance.id}", highlight=False)
+    console.print("[bold]input[/bold]", highlight=False)
+    console.print(encoded.text, markup=False, highlight=False, soft_wrap=True)
+    console.print("[bold]target[/bold]", highlight=False)
+    console.print(instance.outputs[0], markup=False, highlight=False, soft_wrap=True)
+    if len(instance.outputs) > 1:
+        others = json.dumps(list(instance.outputs[1:]), ensure_ascii=False)
+        console.print(f"(other references: {others})", markup=False, style="dim")
+    if encoded.was_cut:
+        console.print(
+            f"(cut to fit {budget} tokens: {encoded.exemplars_dropped} exemplars dropped, "
+            f"{encoded.definition_words_cut} instruction words and "
+            f"{encoded.input_words_cut} input words cut)",
+            style="yellow",
+            markup=False,
+        )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,17 +61,8 @@ def pretrain(
     Llama-shaped LM with next-token prediction, reusing tiny-t5's tokenizer; with no other
     options this reproduces ``itransfer:tiny-llama``. Each has a RECIPE.md beside its weights.
     """
-    if architecture not in ("seq2seq", "causal"):
-        raise typer.BadParameter("must be seq2seq or causal", param_hint="--architecture")
-    if corpus is not None and hf_corpus is not None:
-        raise typer.BadParameter("give --corpus or --hf-corpus, not both")
-    other_family_steps = {
-        "seq2seq": [("--steps", steps)],
-        "causal": [("--steps-span", steps_span), ("--steps-prefix", steps_prefix)],
-    }
-    for flag, value in other_family_steps[architecture]:
-        if value is not None:
-            raise typer.BadParameter(f"{flag} does not apply to --architecture {architecture}")
+    _check_flags(architecture, corpus, hf_corpus,
+                 {"--steps": steps, "--steps-span": steps_span, "--steps-prefix": steps_prefix})
     overrides: dict[str, object] = {"seed": seed}
     if corpus is not None:
         overrides["corpus"] = str(corpus)
@@ -81,23 +74,61 @@ def pretrain(
     ):
         if value is not None:
             overrides[name] = value
+    config, phases, run_pretrain = _recipe(architecture, overrides)
+    with _phase_bars(phases) as on_step:
+        out_dir = run_pretrain(config, out, progress=on_step)
+    stderr.print(f"wrote {out_dir} (load it with load_model_and_tokenizer({str(out_dir)!r}))")
+
+
+# The step options of each architecture: the other's are refused, not ignored.
+STEP_FLAGS = {"seq2seq": ("--steps-span", "--steps-prefix"), "causal": ("--steps",)}
+
+
+def _check_flags(
+    architecture: str, corpus: Path | None, hf_corpus: str | None,
+    step_flags: dict[str, int | None],
+) -> None:
+    if architecture not in STEP_FLAGS:
+        raise typer.BadParameter("must be seq2seq or causal", param_hint="--architecture")
+    if corpus is not None and hf_corpus is not None:
+        raise typer.BadParameter("give --corpus or --hf-corpus, not both")
+    other = "causal" if architecture == "seq2seq" else "seq2seq"
+    for flag in STEP_FLAGS[other]:
+        if step_flags[flag] is not None:
+            raise typer.BadParameter(f"{flag} does not apply to --architecture {architecture}")
+
+
+# A pre-training phase's name -> (its progress bar's label, its steps).
+Phases = dict[str, tuple[str, int]]
+
+
+def _recipe(
+    architecture: str, overrides: dict[str, object]
+) -> tuple[object, Phases, Callable[..., Path]]:
+    """The architecture's recipe config with ``overrides``, its phases, and the function that
+    runs it."""
     # torch loads only when pre-training
     if architecture == "causal":
-        from itransfer.train.pretrain_causal import CAUSAL_PHASE, CausalPretrainConfig
-        from itransfer.train.pretrain_causal import pretrain_causal as run_pretrain
+        from itransfer.train.pretrain_causal import (
+            CAUSAL_PHASE,
+            CausalPretrainConfig,
+            pretrain_causal,
+        )
 
         causal_config = dataclasses.replace(CausalPretrainConfig(), **overrides)
-        phases = {CAUSAL_PHASE: ("causal LM", causal_config.steps)}
-        config: object = causal_config
-    else:
-        from itransfer.train.pretrain import PretrainConfig
-        from itransfer.train.pretrain import pretrain as run_pretrain
+        return (causal_config, {CAUSAL_PHASE: ("causal LM", causal_config.steps)},
+                pretrain_causal)
+    from itransfer.train.pretrain import PretrainConfig, pretrain
 
-        seq2seq_config = dataclasses.replace(PretrainConfig(), **overrides)
-        phases = {"span_corruption": ("span corruption", seq2seq_config.steps_span),
-                  "prefix_lm": ("prefix LM", seq2seq_config.steps_prefix)}
-        config = seq2seq_config
+    seq2seq_config = dataclasses.replace(PretrainConfig(), **overrides)
+    phases = {"span_corruption": ("span corruption", seq2seq_config.steps_span),
+              "prefix_lm": ("prefix LM", seq2seq_config.steps_prefix)}
+    return seq2seq_config, phases, pretrain
 
+
+@contextmanager
+def _phase_bars(phases: Phases) -> Iterator[Callable[[PretrainStep], None]]:
+    """One progress bar per phase, on stderr; yields the callback that advances them."""
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -122,5 +153,4 @@ def pretrain(
                 loss=smoothed[event.phase], lr=event.lr,
             )
 
-        out_dir = run_pretrain(config, out, progress=on_step)
-    stderr.print(f"wrote {out_dir} (load it with load_model_and_tokenizer({str(out_dir)!r}))")
+        yield on_step

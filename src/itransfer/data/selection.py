@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from itransfer.config import SelectionConfig
@@ -69,7 +70,7 @@ class TaskSelection:
         return data
 
 
-def _language_problem(task: TaskMetadata, languages: set[str]) -> str | None:
+def _language_problem(task: TaskMetadata, languages: AbstractSet[str]) -> str | None:
     for label, values in (
         ("input", task.input_languages),
         ("output", task.output_languages),
@@ -83,65 +84,77 @@ def _language_problem(task: TaskMetadata, languages: set[str]) -> str | None:
 
 def select_tasks(tasks: Iterable[TaskMetadata], config: SelectionConfig) -> TaskSelection:
     """Assign every task to one group (or exclude it, with a reason)."""
-    languages = set(config.languages)
-    seen_categories = set(config.seen_categories)
-    unseen_categories = set(config.unseen_categories)
-    evaluation_domains = set(config.evaluation_domains)
-    adversarial_sources = {source.lower() for source in config.adversarial_sources}
-    synthetic_sources = {source.lower() for source in config.synthetic_sources}
-    minimum = config.min_eval_instances
-
+    rules = _Rules.of(config)
     groups: dict[str, list[str]] = {
         "seen": [], "unseen": [], "unseen_synthetic": [],
         "heldout_domain": [], "heldout_adversarial": [],
     }
     excluded: dict[str, str] = {}
     categories: dict[str, tuple[str, ...]] = {}
-    too_few = f"fewer than {minimum} instances"
-
     for task in tasks:
-        name = task.name
-        categories[name] = task.categories
-        sources = {source.lower() for source in task.sources}
-        is_synthetic = bool(sources & synthetic_sources)
-
-        if problem := _language_problem(task, languages):
-            excluded[name] = f"not English: {problem}"
-            continue
-        if unseen_hit := [c for c in task.categories if c in unseen_categories]:
-            group = "unseen_synthetic" if is_synthetic else "unseen"
-            if task.num_instances >= minimum:
-                groups[group].append(name)
-            else:
-                excluded[name] = (
-                    f"unseen category {unseen_hit[0]!r} but {too_few} ({task.num_instances})"
-                )
-            continue
-        if not any(c in seen_categories for c in task.categories):
-            listed = ", ".join(repr(c) for c in task.categories)
-            excluded[name] = f"category {listed} is neither a seen nor an unseen category"
-            continue
-        if is_synthetic:
-            excluded[name] = "synthetic task (no synthetic tasks are used for training)"
-            continue
-        held_domains = [d for d in task.domains if d in evaluation_domains]
-        held_sources = [s for s in task.sources if s.lower() in adversarial_sources]
-        if held_domains or held_sources:
-            group = "heldout_domain" if held_domains else "heldout_adversarial"
-            why = (
-                f"evaluation domain {held_domains[0]!r}"
-                if held_domains
-                else f"adversarial source {held_sources[0]!r}"
-            )
-            if task.num_instances >= minimum:
-                groups[group].append(name)
-            else:
-                excluded[name] = f"held out of training ({why}) with {too_few} for evaluation"
-            continue
-        groups["seen"].append(name)
-
+        categories[task.name] = task.categories
+        group, reason = _assign(task, rules)
+        if group is None:
+            excluded[task.name] = reason
+        else:
+            groups[group].append(task.name)
     return TaskSelection(
         **{key: tuple(sorted(names)) for key, names in groups.items()},
         excluded=excluded,
         categories=categories,
     )
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """The selection config as the sets each task is checked against (sources lower-cased)."""
+
+    languages: frozenset[str]
+    seen_categories: frozenset[str]
+    unseen_categories: frozenset[str]
+    evaluation_domains: frozenset[str]
+    adversarial_sources: frozenset[str]
+    synthetic_sources: frozenset[str]
+    minimum: int
+
+    @classmethod
+    def of(cls, config: SelectionConfig) -> _Rules:
+        return cls(
+            languages=frozenset(config.languages),
+            seen_categories=frozenset(config.seen_categories),
+            unseen_categories=frozenset(config.unseen_categories),
+            evaluation_domains=frozenset(config.evaluation_domains),
+            adversarial_sources=frozenset(s.lower() for s in config.adversarial_sources),
+            synthetic_sources=frozenset(s.lower() for s in config.synthetic_sources),
+            minimum=config.min_eval_instances,
+        )
+
+
+def _assign(task: TaskMetadata, rules: _Rules) -> tuple[str | None, str]:
+    """(group, "") for a selected task, (None, why) for an excluded one; the checks go in
+    order: language, unseen category, seen category, synthetic, held-out domain or source."""
+    too_few = f"fewer than {rules.minimum} instances"
+    is_synthetic = bool({source.lower() for source in task.sources} & rules.synthetic_sources)
+    if problem := _language_problem(task, rules.languages):
+        return None, f"not English: {problem}"
+    if unseen_hit := [c for c in task.categories if c in rules.unseen_categories]:
+        if task.num_instances < rules.minimum:
+            return None, f"unseen category {unseen_hit[0]!r} but {too_few} ({task.num_instances})"
+        return ("unseen_synthetic" if is_synthetic else "unseen"), ""
+    if not any(c in rules.seen_categories for c in task.categories):
+        listed = ", ".join(repr(c) for c in task.categories)
+        return None, f"category {listed} is neither a seen nor an unseen category"
+    if is_synthetic:
+        return None, "synthetic task (no synthetic tasks are used for training)"
+    held_domains = [d for d in task.domains if d in rules.evaluation_domains]
+    held_sources = [s for s in task.sources if s.lower() in rules.adversarial_sources]
+    if held_domains or held_sources:
+        why = (
+            f"evaluation domain {held_domains[0]!r}"
+            if held_domains
+            else f"adversarial source {held_sources[0]!r}"
+        )
+        if task.num_instances < rules.minimum:
+            return None, f"held out of training ({why}) with {too_few} for evaluation"
+        return ("heldout_domain" if held_domains else "heldout_adversarial"), ""
+    return "seen", ""

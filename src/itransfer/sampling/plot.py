@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import cycle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,26 +50,7 @@ def plot_sampling_schedule(
     FigureCanvasAgg(figure)
     weights_axes = figure.subplots()
     spread_axes = weights_axes.twinx()
-    styles = cycle([(style, marker) for marker in _MARKERS for style in _LINE_STYLES])
-    for task, (line_style, marker) in zip(largest_tasks, styles, strict=False):
-        label = task_names[task] if task_names is not None else f"task {task}"
-        weights_axes.plot(
-            steps,
-            schedule[:, task],
-            linestyle=line_style,
-            marker=marker,
-            markersize=4,
-            # A fraction of the axes, not every n-th point: the steps are denser at the start.
-            markevery=0.1,
-            label=f"{label} (n={sampler.task_sizes[task]})",
-        )
-    weights_axes.axhline(1 / sampler.num_tasks, color="gray", linestyle=":", label="uniform 1/K")
-    weights_axes.set(
-        xlabel="optimizer step",
-        ylabel=f"P(task), the {len(largest_tasks)} largest tasks",
-        ylim=(0, None),
-    )
-
+    _plot_task_weights(weights_axes, sampler, steps, schedule, largest_tasks, task_names)
     # Thick and black so it reads apart from the per-task lines it shares the plot with.
     spread_axes.plot(
         steps, effective_num_tasks(schedule), color="black", linewidth=2.5,
@@ -88,6 +70,32 @@ def plot_sampling_schedule(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     return path
+
+
+def _plot_task_weights(
+    axes: Any, sampler: TaskSampler, steps: np.ndarray, schedule: np.ndarray,
+    tasks: np.ndarray, task_names: Sequence[str] | None,
+) -> None:
+    """One line of P(task) over the steps per task in ``tasks``, and the uniform 1/K."""
+    styles = cycle([(style, marker) for marker in _MARKERS for style in _LINE_STYLES])
+    for task, (line_style, marker) in zip(tasks, styles, strict=False):
+        label = task_names[task] if task_names is not None else f"task {task}"
+        axes.plot(
+            steps,
+            schedule[:, task],
+            linestyle=line_style,
+            marker=marker,
+            markersize=4,
+            # A fraction of the axes, not every n-th point: the steps are denser at the start.
+            markevery=0.1,
+            label=f"{label} (n={sampler.task_sizes[task]})",
+        )
+    axes.axhline(1 / sampler.num_tasks, color="gray", linestyle=":", label="uniform 1/K")
+    axes.set(
+        xlabel="optimizer step",
+        ylabel=f"P(task), the {len(tasks)} largest tasks",
+        ylim=(0, None),
+    )
 
 
 def describe_sampler(sampler: TaskSampler) -> str:

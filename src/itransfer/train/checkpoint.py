@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +288,34 @@ def read_optimizer(checkpoint: Path) -> dict[str, Any]:
 
 def read_rank_rng(checkpoint: Path, rank: int) -> dict[str, torch.Tensor]:
     return read_tensors(checkpoint / f"rng-rank{rank}.safetensors")
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """What a training run saved for evaluation: its trajectory checkpoints, by step."""
+
+    run_dir: Path
+    checkpoints: Mapping[int, Path]  # step -> checkpoint folder, oldest first
+    # The run's step budget as its newest checkpoint recorded it; None before any was saved.
+    total_steps: int | None = None
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        return tuple(sorted(self.checkpoints))
+
+    @property
+    def final_step(self) -> int:
+        """The newest checkpoint's step, 0 for a run that saved none."""
+        return max(self.checkpoints, default=0)
+
+
+def read_trajectory(run_dir: Path) -> Trajectory:
+    """The trajectory of the training run in ``run_dir`` (an ``instruction_tune`` out_dir),
+    read from its ``checkpoints/`` folder: the one place outside the trainer that knows how
+    the trainer lays its checkpoints out."""
+    found = {checkpoint_step(path): path for path in list_checkpoints(run_dir / TRAJECTORY_DIR)}
+    total = int(read_state(found[max(found)])["total_it_steps"]) if found else None
+    return Trajectory(run_dir=run_dir, checkpoints=found, total_steps=total)
 
 
 def resume_checkpoint(out_dir: Path) -> Path | None:

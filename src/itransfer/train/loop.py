@@ -129,18 +129,7 @@ def instruction_tune(
                 if state.it_step == state.total_it_steps:
                     break  # finished: the final checkpoint follows, nothing is left to resume
                 # 5. the resumable state: on its schedule, and before stopping
-                stopping = state.stop_agreed or (stop_after is not None
-                                                 and state.it_step >= stop_after)
-                if (stopping or state.save_agreed
-                        or state.resume_schedule.step_is_due(state.it_step)):
-                    save_resumable(state)
-                if state.stop_agreed:
-                    # Another process may have got the signal; a scheduler sends SIGTERM.
-                    raise TrainingStopped(
-                        f"{StopRequest(state.stop_signal).name}: stopped at step "
-                        f"{state.it_step} and saved a resumable checkpoint; resume with --resume",
-                        state.stop_signal or signal.SIGTERM)
-                if stopping:
+                if save_resumable_or_stop(state, stop_after):
                     break
     finally:
         cleanup(state)  # the sinks close on Ctrl-C and errors too
@@ -149,6 +138,21 @@ def instruction_tune(
             save_checkpoint(state)
         drop_resumable(state)
     return _finish(state)
+
+
+def save_resumable_or_stop(state: TrainState, stop_after: int | None) -> bool:
+    """Save the resumable state when it is due or the run stops here; True when it stops
+    after ``stop_after`` steps, :class:`TrainingStopped` when a signal stops it."""
+    stopping = state.stop_agreed or (stop_after is not None and state.it_step >= stop_after)
+    if stopping or state.save_agreed or state.resume_schedule.step_is_due(state.it_step):
+        save_resumable(state)
+    if state.stop_agreed:
+        # Another process may have got the signal; a scheduler sends SIGTERM.
+        raise TrainingStopped(
+            f"{StopRequest(state.stop_signal).name}: stopped at step "
+            f"{state.it_step} and saved a resumable checkpoint; resume with --resume",
+            state.stop_signal or signal.SIGTERM)
+    return stopping
 
 
 def _finish(state: TrainState) -> TrainResult:
@@ -224,7 +228,32 @@ def optimizer_update(
     # main process's clock asks for a resumable checkpoint, and the total NLL, reduced in one
     # collective (the requests cost no extra round trip).
     sums = torch.zeros(2 * num_tasks + 3, dtype=torch.float64, device=accelerator.device)
-    stop_slot, save_slot = 2 * num_tasks, 2 * num_tasks + 1
+    _accumulate_gradients(state, local, local_tasks, sums, world, global_targets)
+    if state.train.max_grad_norm is not None:
+        accelerator.clip_grad_norm_(model.parameters(), state.train.max_grad_norm)
+    state.optimizer.step()
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    task_losses = _reduce_step_sums(state, sums)
+    return StepStats(
+        loss=float(sums[-1]) / global_targets,
+        examples=len(examples),
+        target_tokens=global_targets,
+        source_tokens=sum(len(e.source_ids) for e in examples),
+        task_losses=task_losses,
+    )
+
+
+def _accumulate_gradients(
+    state: TrainState, local: list[EncodedExample], local_tasks: list[int] | None,
+    sums: torch.Tensor, world: int, global_targets: int,
+) -> None:
+    """Backward over this process's examples in ``gradient_accumulation`` micro-batches
+    (gradients synchronised on the last only), adding each task's per-example losses and
+    counts and the total NLL into ``sums``."""
+    accelerator, model = state.accelerator, state.model
+    causal = state.architecture == "causal"
+    num_tasks = len(state.task_names)
     micro_size = math.ceil(len(local) / state.train.gradient_accumulation)
     chunks = [local[i : i + micro_size] for i in range(0, len(local), micro_size)]
     for index, chunk in enumerate(chunks):
@@ -248,27 +277,23 @@ def optimizer_update(
             )
             sums.index_add_(0, chunk_tasks, per_example.detach().double())
             sums.index_add_(0, chunk_tasks + num_tasks, torch.ones_like(per_example).double())
-    if state.train.max_grad_norm is not None:
-        accelerator.clip_grad_norm_(model.parameters(), state.train.max_grad_norm)
-    state.optimizer.step()
-    state.scheduler.step()
-    state.optimizer.zero_grad(set_to_none=True)
+
+
+def _reduce_step_sums(state: TrainState, sums: torch.Tensor) -> dict[int, float]:
+    """Sum ``sums`` over the processes, in place, with this process's stop and save requests in
+    it (one collective), set what the processes agreed on, and return the step's mean loss per
+    task."""
+    num_tasks = len(state.task_names)
+    stop_slot, save_slot = 2 * num_tasks, 2 * num_tasks + 1
     sums[stop_slot] = 0.0 if state.stop_signal is None else 1.0
     sums[save_slot] = 1.0 if state.save_requested else 0.0
-    sums = accelerator.reduce(sums, reduction="sum")
+    sums[:] = state.accelerator.reduce(sums, reduction="sum")
     state.stop_agreed = bool(sums[stop_slot] > 0)
     state.save_agreed = bool(sums[save_slot] > 0)
     counts = sums[num_tasks : 2 * num_tasks]
-    task_losses = {
+    return {
         int(task): float(sums[task] / counts[task]) for task in torch.nonzero(counts).flatten()
     }
-    return StepStats(
-        loss=float(sums[-1]) / global_targets,
-        examples=len(examples),
-        target_tokens=global_targets,
-        source_tokens=sum(len(e.source_ids) for e in examples),
-        task_losses=task_losses,
-    )
 
 
 def log_step(state: TrainState, row: dict[str, Any], progress: ProgressCallback | None) -> None:

@@ -358,19 +358,7 @@ def pretrain(
 def _pretrain(
     config: PretrainConfig, out_dir: Path, progress: ProgressCallback | None, started: float
 ) -> Path:
-    tokenizer_sample = [
-        doc for _, doc in zip(
-            range(config.tokenizer_documents), iter_corpus_documents(config.corpus), strict=False
-        )
-    ]
-    tokenizer = train_tokenizer(tokenizer_sample, config.vocab_size)
-    token_counts: Counter[int] = Counter()
-    for ids in tokenizer(tokenizer_sample[:20_000])["input_ids"]:
-        token_counts.update(ids)
-    baseline = unigram_entropy(token_counts)
-    del tokenizer_sample
-    logger.info("tokenizer: %d tokens; unigram baseline %.3f nats", len(tokenizer), baseline)
-
+    tokenizer, baseline = _tokenizer_and_baseline(config)
     model = build_model(config, len(tokenizer))
 
     def documents(phase_seed: int) -> Callable[[int], Iterator[str]]:
@@ -416,3 +404,20 @@ def _pretrain(
     }
     atomic_write_text(out_dir / "pretrain_log.json", json.dumps(log, indent=1) + "\n")
     return out_dir
+
+
+def _tokenizer_and_baseline(config: PretrainConfig) -> tuple[PreTrainedTokenizerFast, float]:
+    """A tokenizer trained on the corpus's first documents, and the unigram entropy of their
+    first 20,000 in its tokens: the loss a model that ignores context reaches."""
+    tokenizer_sample = [
+        doc for _, doc in zip(
+            range(config.tokenizer_documents), iter_corpus_documents(config.corpus), strict=False
+        )
+    ]
+    tokenizer = train_tokenizer(tokenizer_sample, config.vocab_size)
+    token_counts: Counter[int] = Counter()
+    for ids in tokenizer(tokenizer_sample[:20_000])["input_ids"]:
+        token_counts.update(ids)
+    baseline = unigram_entropy(token_counts)
+    logger.info("tokenizer: %d tokens; unigram baseline %.3f nats", len(tokenizer), baseline)
+    return tokenizer, baseline

@@ -38,7 +38,7 @@ from itransfer.examples import ExampleEncoder
 from itransfer.identity import resume_differences
 from itransfer.io_utils import atomic_write_text
 from itransfer.launch import check_launch, make_accelerator
-from itransfer.models import load_model_and_tokenizer
+from itransfer.models import LoadedModel, load_model_and_tokenizer
 from itransfer.provenance import write_run_record
 from itransfer.sampling import TaskSampler, build_sampler
 from itransfer.train import checkpoint as ckpt
@@ -173,10 +173,7 @@ def setup(
     set_seed(config.seed)
 
     # The seen tasks, their training-set sizes (after the data limit) and the sampler over them.
-    benchmark, task_names = _seen_tasks(config)
-    task_sizes, unlimited_sizes = seen_train_sizes(
-        benchmark.index, task_names, config.data.splits
-    )
+    benchmark, task_names, task_sizes, unlimited_sizes = _seen_task_sizes(config)
     total_it_steps = planned_steps(train, task_sizes, unlimited_sizes)
     sampler = build_sampler(
         train.sampler, task_sizes, total_steps=total_it_steps, batch_size=train.batch_size
@@ -188,19 +185,8 @@ def setup(
         architecture=config.model.architecture,
         trust_remote_code=config.model.trust_remote_code,
     )
-    # Tokenized once into an Arrow cache on disk that every process maps (built on first use).
-    examples = open_training_set(
-        _encoder(config, loaded.tokenizer, loaded.architecture), benchmark.index, task_names,
-        config.data.splits, config.seed, progress=tokenizing,
-    )
-    stream = TaskBatchStream(
-        task_sizes,
-        sampler,
-        batch_size=train.batch_size,
-        seed=config.seed,
-        length_of=examples.length,
-        window_batches=train.length_window_batches,
-    )
+    examples, stream = _instruction_batches(config, loaded, benchmark, task_names, task_sizes,
+                                            sampler, tokenizing)
     unsupervised = _unsupervised_batches(config, loaded.tokenizer, loaded.architecture)
     model = loaded.model
     optimizer, scheduler = _optimizer_and_schedule(config, model, total_it_steps)
@@ -208,20 +194,8 @@ def setup(
     # The fingerprint and resumed weights concern the whole model, before DDP/FSDP wrap (and
     # FSDP shards) it; the optimizer state is loaded after, each rank taking its part.
     fingerprint = model_fingerprint(model, config.model.name_or_path)
-    latest = ckpt.resume_checkpoint(out_dir) if resume else None
-    saved: dict[str, Any] = {}
-    if latest is not None:
-        saved = ckpt.read_state(latest)
-        check_compatible(latest, saved, fingerprint, config, accelerator.num_processes)
-        load_weights(model, latest)
-    replayed = (None if latest is not None or not resume
-                else ckpt.latest_checkpoint(out_dir / ckpt.TRAJECTORY_DIR))
-    if replayed is not None:
-        # Killed before its first resumable checkpoint: its trajectory checkpoints hold weights
-        # only, so the run starts again from step 0 (the same run: checked like a resume) and
-        # rewrites each of them identically on the way.
-        check_compatible(replayed, ckpt.read_state(replayed), fingerprint, config,
-                         accelerator.num_processes)
+    start = _resume_point(out_dir, model, fingerprint, config, accelerator.num_processes) \
+        if resume else ResumePoint()
     model, optimizer = accelerator.prepare(model, optimizer)
 
     state = TrainState(
@@ -231,22 +205,81 @@ def setup(
         architecture=loaded.architecture, optimizer=optimizer, scheduler=scheduler,
         fingerprint=fingerprint,
     )
-    if latest is not None:
-        _restore(state, latest, saved)
-    elif replayed is not None:
-        logger.warning(
-            "%s has no resumable checkpoint (trajectory checkpoints hold weights only): "
-            "restarting from step 0; the replay rewrites them identically up to step %d",
-            out_dir, ckpt.checkpoint_step(replayed))
-    elif state.is_main_process and (ckpt.list_checkpoints(state.checkpoints_dir)
-                                    or ckpt.list_checkpoints(state.resume_dir)):
-        raise ConfigError(
-            f"{out_dir} already holds checkpoints; pass --resume to continue that run "
-            "or choose another --out"
-        )
+    _start_from(state, start)
     if state.is_main_process:
         _open_outputs(state)
     return state
+
+
+def _instruction_batches(
+    config: ExperimentConfig, loaded: LoadedModel, benchmark: SNIBenchmark, task_names: list[str],
+    task_sizes: Sequence[int], sampler: TaskSampler, tokenizing: BuildProgress | None,
+) -> tuple[TokenizedTrainingSet, TaskBatchStream]:
+    """The tokenized training examples and the stream of batches drawn from them."""
+    # Tokenized once into an Arrow cache on disk that every process maps (built on first use).
+    examples = open_training_set(
+        _encoder(config, loaded.tokenizer, loaded.architecture), benchmark.index, task_names,
+        config.data.splits, config.seed, progress=tokenizing,
+    )
+    stream = TaskBatchStream(
+        task_sizes,
+        sampler,
+        batch_size=config.train.batch_size,
+        seed=config.seed,
+        length_of=examples.length,
+        window_batches=config.train.length_window_batches,
+    )
+    return examples, stream
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a ``--resume`` run continues from (nothing: a fresh run)."""
+
+    checkpoint: Path | None = None  # the checkpoint its state is restored from
+    saved: dict[str, Any] = field(default_factory=dict)  # that checkpoint's trainer state
+    # A run killed before its first resumable checkpoint: its newest trajectory checkpoint
+    # (weights only), which the run replays up to from step 0.
+    replayed: Path | None = None
+
+
+def _resume_point(
+    out_dir: Path, model: torch.nn.Module, fingerprint: dict[str, Any],
+    config: ExperimentConfig, world: int,
+) -> ResumePoint:
+    """Find the checkpoint ``out_dir``'s run continues from, check it belongs to this run and
+    load its weights into ``model`` (still unwrapped)."""
+    latest = ckpt.resume_checkpoint(out_dir)
+    if latest is not None:
+        saved = ckpt.read_state(latest)
+        check_compatible(latest, saved, fingerprint, config, world)
+        load_weights(model, latest)
+        return ResumePoint(checkpoint=latest, saved=saved)
+    replayed = ckpt.latest_checkpoint(out_dir / ckpt.TRAJECTORY_DIR)
+    if replayed is not None:
+        # Killed before its first resumable checkpoint: its trajectory checkpoints hold weights
+        # only, so the run starts again from step 0 (the same run: checked like a resume) and
+        # rewrites each of them identically on the way.
+        check_compatible(replayed, ckpt.read_state(replayed), fingerprint, config, world)
+    return ResumePoint(replayed=replayed)
+
+
+def _start_from(state: TrainState, start: ResumePoint) -> None:
+    """Restore the resumed state, or say that the run replays, or refuse to start a fresh run
+    over another run's checkpoints."""
+    if start.checkpoint is not None:
+        _restore(state, start.checkpoint, start.saved)
+    elif start.replayed is not None:
+        logger.warning(
+            "%s has no resumable checkpoint (trajectory checkpoints hold weights only): "
+            "restarting from step 0; the replay rewrites them identically up to step %d",
+            state.out_dir, ckpt.checkpoint_step(start.replayed))
+    elif state.is_main_process and (ckpt.list_checkpoints(state.checkpoints_dir)
+                                    or ckpt.list_checkpoints(state.resume_dir)):
+        raise ConfigError(
+            f"{state.out_dir} already holds checkpoints; pass --resume to continue that run "
+            "or choose another --out"
+        )
 
 
 def planned_steps(
@@ -272,11 +305,20 @@ def planned_steps(
 
 def instruction_tuning_steps(config: ExperimentConfig) -> int:
     """:func:`planned_steps` of ``config``, from its benchmark alone (no model is loaded)."""
+    _, _, task_sizes, unlimited_sizes = _seen_task_sizes(config)
+    return planned_steps(config.train, task_sizes, unlimited_sizes)
+
+
+def _seen_task_sizes(
+    config: ExperimentConfig,
+) -> tuple[SNIBenchmark, list[str], list[int], list[int]]:
+    """The benchmark, its seen tasks, and their training-set sizes after and before the
+    per-task data limit."""
     benchmark, task_names = _seen_tasks(config)
     task_sizes, unlimited_sizes = seen_train_sizes(
         benchmark.index, task_names, config.data.splits
     )
-    return planned_steps(config.train, task_sizes, unlimited_sizes)
+    return benchmark, task_names, task_sizes, unlimited_sizes
 
 
 def _check_launch(config: ExperimentConfig, accelerator: Accelerator) -> None:
