@@ -180,14 +180,6 @@ EXPECTED: dict[str, list[str]] = {
         "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "e0a155c8958c",
     ],
     # The schedule readings of §4's sweep (added with them; no earlier run had these keys).
-    "sec4-tiny/it-ra100-inv": [
-        "6ba70f5c3ec4", "21810034756c", "69e0efcc9db6", "80a06a4686fc", "f9e3a34ad1ea",
-        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "65b8b4bf5630",
-    ],
-    "sec4-tiny/it-ra100-log": [
-        "bf38f6ddbfe5", "ec11c1ba8def", "4cab5ac71355", "80a06a4686fc", "f9e3a34ad1ea",
-        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "748ff9b55c22",
-    ],
     "sec4-tiny/it-ra1000-inv": [
         "9b4c22356106", "e058d119282d", "9053aedb90a8", "80a06a4686fc", "f9e3a34ad1ea",
         "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "8b7a05987350",
@@ -195,22 +187,6 @@ EXPECTED: dict[str, list[str]] = {
     "sec4-tiny/it-ra1000-log": [
         "b98b42666809", "37a0eb7703e8", "b0323f01fcb9", "80a06a4686fc", "f9e3a34ad1ea",
         "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "f1a6bf238283",
-    ],
-    "sec4-tiny/it-ra10000-inv": [
-        "9115abfaae7f", "9615c5340e06", "0d6e115e9e39", "80a06a4686fc", "f9e3a34ad1ea",
-        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "a0889530ac8d",
-    ],
-    "sec4-tiny/it-ra10000-log": [
-        "82daa7c3d5c8", "c345e5d45d47", "6e3501f18b66", "80a06a4686fc", "f9e3a34ad1ea",
-        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "f4571d7fd3cd",
-    ],
-    "sec4-tiny/it-ra100000-inv": [
-        "d12b17453438", "72d381fdd1a2", "87e9b752e83c", "80a06a4686fc", "f9e3a34ad1ea",
-        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "3c7b51233fb4",
-    ],
-    "sec4-tiny/it-ra100000-log": [
-        "507409927d2a", "cb17267918cf", "92fb65aeddc3", "80a06a4686fc", "f9e3a34ad1ea",
-        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "ad8d83902790",
     ],
     "sec4-tiny/it-dwa": [
         "bf183e71473b", "1d50298cccd8", "97d2f9f3037b", "80a06a4686fc", "f9e3a34ad1ea",

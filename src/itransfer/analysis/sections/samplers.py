@@ -82,7 +82,10 @@ class SamplersAnalysis:
                   for name, model in section.models.items()}
         reference = next((name for name in comparison.compared
                           if kinds.get(name) == "proportional"), None)
-        small, fits = _small_task_fits(tables, compared_models, section, reference)
+        seen_losses = {split: pd.DataFrame({name: table[f"{split}_loss"]
+                                            for name, table in tables.items()})
+                       for split in ("train", "test")}
+        small, fits = _small_task_fits(tables, seen_losses, compared_models, section, reference)
         return cls(
             spec=section, summary=summary, comparison=comparison,
             binned=seen_fit.size_binned_seen_losses(frame, compared_models,
@@ -92,9 +95,7 @@ class SamplersAnalysis:
             per_task_icl=pd.DataFrame({
                 name: corr.icl_values(corr.model_rows(frame, model, steps.get(name)))
                 for name, model in compared_models.items()}),
-            seen_losses={split: pd.DataFrame({name: table[f"{split}_loss"]
-                                              for name, table in tables.items()})
-                         for split in ("train", "test")},
+            seen_losses=seen_losses,
             test_weights=_across(tables, compared_models, "test_weight"),
             small=small, reference=reference, fits=fits,
         )
@@ -195,19 +196,18 @@ def _across(tables: dict[str, pd.DataFrame], names: Iterable[str], column: str) 
 
 
 def _small_task_fits(
-    tables: dict[str, pd.DataFrame], compared: Iterable[str], section: SamplersSection,
-    reference: str | None,
+    tables: dict[str, pd.DataFrame], losses: dict[str, pd.DataFrame], compared: Iterable[str],
+    section: SamplersSection, reference: str | None,
 ) -> tuple[tuple[str, ...], dict[str, seen_fit.SmallTaskFit]]:
     """The small tasks (Figure 3's bins, over the compared samplers' tasks) and every other
-    sampler's fit of them against ``reference``."""
+    sampler's fit of them against ``reference`` (``losses``: split → task × sampler)."""
     sizes = _across(tables, compared, "train_size")
     edges = seen_fit.size_bin_edges(sizes.to_numpy(dtype=float), section.size_bins)
     small = tuple(seen_fit.small_tasks(sizes, edges, section.small_bins))
     if reference is None:
         return small, {}
-    train = pd.DataFrame({name: table["train_loss"] for name, table in tables.items()})
-    test = pd.DataFrame({name: table["test_loss"] for name, table in tables.items()})
-    return small, {name: seen_fit.small_task_fit(train, test, small, name, reference)
+    return small, {name: seen_fit.small_task_fit(losses["train"], losses["test"], small, name,
+                                                 reference)
                    for name in tables if name != reference}
 
 
