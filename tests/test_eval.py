@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from itransfer import identity
@@ -16,7 +17,7 @@ from itransfer.errors import ITransferError
 from itransfer.eval.icl import evaluate_icl
 from itransfer.eval.inference import evaluate_items
 from itransfer.eval.scoring_files import score_files
-from itransfer.eval.seen import evaluate_seen
+from itransfer.eval.seen import evaluate_seen, seen_allocation
 from itransfer.eval.session import evaluation_tasks, open_session
 from itransfer.eval.transfer import CellWork, HeldTestItems, evaluate_transfer, plan_cells
 from itransfer.models import DEFAULT_MODEL, bundled_model_dir
@@ -208,6 +209,50 @@ def test_seen_task_fit_rows(tiny_model_dir: Path, tmp_path: Path) -> None:
     losses = frame[frame["metric"] == "loss"]
     assert set(losses["split"]) == {"train", "validation", "test"}
     assert (losses["n"] <= 3).all()
+    # Each split's size, the task's weight in a pooled average, whatever the cap scored.
+    split = session.benchmark.split(task)
+    split_sizes = frame[(frame["metric"] == "split_size") & (frame["task"] == task)]
+    assert split_sizes.set_index("split")["value"].to_dict() == {
+        "train": len(split.train), "validation": len(split.validation), "test": len(split.test)}
+
+
+def test_seen_allocation_is_size_proportional_with_a_floor_and_a_cap() -> None:
+    sizes = [5000, 1000, 400, 60, 7]
+    shares = seen_allocation(sizes, 1000, floor=1)
+    assert shares.sum() == 1000  # largest remainders: the budget exactly
+    assert np.abs(shares - 1000 * np.array(sizes) / sum(sizes)).max() < 1
+    floored = seen_allocation(sizes, 1000, floor=20)
+    assert floored.tolist()[:3] == shares.tolist()[:3] and floored.tolist()[3:] == [20, 7]
+    assert seen_allocation(sizes, 1000, floor=1, cap=100).tolist() == [100, 100, 62, 9, 1]
+    assert seen_allocation(sizes, 10**6).tolist() == sizes  # a budget past the whole split
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # bounded: never past budget + tasks × floor, never past a split
+        sizes = rng.integers(1, 6500, size=rng.integers(1, 40)).tolist()
+        budget, floor = int(rng.integers(1, 5000)), int(rng.integers(1, 30))
+        counts = seen_allocation(sizes, budget, floor=floor)
+        assert counts.sum() <= budget + len(sizes) * floor
+        assert (counts <= sizes).all() and (counts >= np.minimum(sizes, floor)).all()
+
+
+def test_seen_budget_scores_a_size_proportional_sample(tiny_model_dir: Path, tmp_path: Path
+                                                       ) -> None:
+    config = _config("eval.seen_budget=60", "eval.seen_min_instances=1",
+                     "eval.seen_max_instances=null")
+    session = open_session(config, tiny_model_dir, tmp_path)
+    capped = identity.measurement_hash(_config("eval.seen_max_instances=null"),
+                                       session.model_label, "seen", context="exemplars")
+    assert session.settings_hash("seen", context="exemplars") != capped
+    evaluate_seen(session)
+    frame = session.table.read()
+    sizes = frame[frame["metric"] == "split_size"].pivot(index="task", columns="split",
+                                                         values="value")
+    scored = frame[frame["metric"] == "loss"].pivot(index="task", columns="split", values="n")
+    for split in ("train", "test"):
+        expected = seen_allocation(sizes[split].astype(int).tolist(), 60, floor=1)
+        got = scored[split].reindex(sizes.index).fillna(0).astype(int)
+        assert got.tolist() == expected.tolist()
+        # proportional beyond the floor: the biggest split gets the most instances
+        assert got[sizes[split].idxmax()] == got.max() > 1
 
 
 @pytest.mark.own_cache  # its first session must find no cache

@@ -179,6 +179,15 @@ EXPECTED: dict[str, list[str]] = {
         "e0c1b9a0f1e8", "3509f9d393c7", "f4e2e47ee460", "80a06a4686fc", "f9e3a34ad1ea",
         "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "e0a155c8958c",
     ],
+    # The schedule readings of §4's sweep (added with them; no earlier run had these keys).
+    "sec4-tiny/it-ra1000-inv": [
+        "9b4c22356106", "e058d119282d", "9053aedb90a8", "80a06a4686fc", "f9e3a34ad1ea",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "8b7a05987350",
+    ],
+    "sec4-tiny/it-ra1000-log": [
+        "b98b42666809", "37a0eb7703e8", "b0323f01fcb9", "80a06a4686fc", "f9e3a34ad1ea",
+        "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "f1a6bf238283",
+    ],
     "sec4-tiny/it-dwa": [
         "bf183e71473b", "1d50298cccd8", "97d2f9f3037b", "80a06a4686fc", "f9e3a34ad1ea",
         "f04d851e319b", "731db99f5d8d8c2c9f5deddc", "e770d325a5f7",

@@ -27,6 +27,8 @@ from itransfer.sampling.rates import (
     ANNEALING_SCHEDULES,
     annealed_temperature,
     effective_num_tasks,
+    proportional_rates,
+    temperature_rates,
     unimax_allocation,
     unimax_rates,
 )
@@ -225,6 +227,36 @@ def test_reverse_annealing_schedules_order_the_spread_of_p_k() -> None:
     }
     assert np.all(spread["linear"] > spread["log_linear"])
     assert np.all(spread["log_linear"] > spread["inverse_linear"])
+
+
+def test_temperature_sampling_never_draws_small_tasks_less_than_proportional() -> None:
+    # §4's "Reverse Annealing underfits lower resource tasks" cannot come from drawing them less
+    # often. p_k(T) / p_k(1) = n_k^(1/T - 1) · Σ n_j / Σ n_j^(1/T): non-increasing in n_k for
+    # T >= 1, and >= 1 for the smallest task (each n_j / n_min >= 1 is at least its 1/T-th
+    # power). So the tasks that gain are all those below a size, the smallest always among them.
+    rng = np.random.default_rng(0)
+    for trial in range(500):
+        sizes = rng.integers(1, 6500, size=int(rng.integers(2, 80)))
+        temperature = 1.0 if trial % 10 == 0 else 1.0 + float(rng.exponential(rng.choice(
+            [0.5, 10.0, 1000.0])))
+        ratio = temperature_rates(sizes, temperature) / proportional_rates(sizes)
+        order = np.argsort(sizes, kind="stable")
+        assert ratio[order[0]] >= 1.0 - 1e-12, (sizes.tolist(), temperature)
+        assert np.all(np.diff(ratio[order]) <= 1e-12 * ratio[order][:-1])
+
+
+@pytest.mark.parametrize("schedule", ANNEALING_SCHEDULES)
+def test_reverse_annealing_draws_the_smallest_task_at_least_proportionally_at_every_step(
+    schedule: str,
+) -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        sizes = rng.integers(1, 6500, size=int(rng.integers(2, 50))).tolist()
+        sampler = make({"name": "reverse_annealing", "max_temperature": float(
+            rng.choice([1.0, 100.0, 1e5])), "schedule": schedule}, sizes, total_steps=200)
+        smallest = int(np.argmin(sizes))
+        shares = sampling_schedule(sampler, range(0, 201, 5))[:, smallest]
+        assert np.all(shares >= proportional_rates(sizes)[smallest] * (1 - 1e-12))
 
 
 def test_unknown_schedule_names_the_parameter() -> None:

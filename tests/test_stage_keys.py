@@ -167,6 +167,7 @@ CHANGED: dict[str, Any] = {
     "train.keep_checkpoints": 2,
     "eval.tasks": ["task1624_disfl_qa_question_yes_no_classification"],
     "eval.max_tasks": 3,
+    "eval.seen_budget": 30000,
     "eval.icl_context": "none",
     "eval.shots": [0, 5],
     "eval.transfer_contexts": ["none"],
@@ -181,6 +182,7 @@ CHANGED: dict[str, Any] = {
 # the extra overrides under which they do.
 CONDITIONAL: dict[str, list[str]] = {
     "train.budget": ["data.splits.max_train_instances_per_task=10"],
+    "eval.seen_min_instances": ["eval.seen_budget=30000"],  # the floor of a budget only
 }
 
 

@@ -219,6 +219,12 @@ class LoraConfig(StrictModel):
         return value
 
 
+def _seen_budget_in(tree: Mapping[str, Any]) -> bool:
+    """Whether a dumped config samples seen tasks by budget (the floor matters only then)."""
+    evaluation = tree.get("eval")
+    return isinstance(evaluation, Mapping) and evaluation.get("seen_budget") is not None
+
+
 class EvalConfig(StrictModel):
     """What the evaluations measure: ICL, few-shot LoRA transfer and seen-task fit."""
 
@@ -247,6 +253,14 @@ class EvalConfig(StrictModel):
     max_new_tokens: int = Field(default=64, ge=1)
     generate: bool = True
     seen_max_instances: int | None = Field(default=100, ge=1)  # per task and split
+    # §4 compares samplers on an example-weighted (pooled) seen loss as well as the per-task
+    # mean, and proportional sampling minimises the first, uniform the second: a per-task cap
+    # weights every task alike. A budget scores, per split, about this many instances across
+    # all seen tasks, each task's share proportional to its split size (at least
+    # seen_min_instances, so every task keeps a per-task mean; seen_max_instances still caps
+    # it). None: the cap alone, what runs did before the setting existed.
+    seen_budget: Annotated[int | None, AddedLater(None)] = Field(default=None, ge=1)
+    seen_min_instances: Annotated[int, KeyedOnlyWhen(_seen_budget_in)] = Field(default=10, ge=1)
     save_adapters: bool = False
 
     @field_validator("task_groups")

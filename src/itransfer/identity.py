@@ -44,7 +44,9 @@ NAMED_BY_THE_CHECKPOINT = "name_or_path"
 # The eval settings each method's rows depend on, under the names their hashes have used.
 MEASURED_WITH: dict[str, dict[str, str]] = {
     "icl": {"max_new_tokens": "max_new_tokens", "generate": "generate"},
-    "seen": {"cap": "seen_max_instances"},
+    # The budget and its floor were added later: absent from the keys where unset (below).
+    "seen": {"cap": "seen_max_instances", "budget": "seen_budget",
+             "min_instances": "seen_min_instances"},
     "finetune": {"max_new_tokens": "max_new_tokens", "generate": "generate"},
 }
 # Of the splits, the tokenized cache depends on the seen tasks' fractions only: the per-task
@@ -192,8 +194,11 @@ def measurement_hash(
     ``inputs`` (the context; for LoRA cells the resolved ``lora`` settings, with the draw
     scheme added here)."""
     relevant = result_relevant(config)
-    measured = {hashed: getattr(config.eval, setting)
-                for hashed, setting in MEASURED_WITH[method].items()}
+    # Read from the keyed tree, so a setting its markers leave out (added later, at its old
+    # value) leaves the hash as it was before the setting existed.
+    measured = {hashed: relevant["eval"][setting]
+                for hashed, setting in MEASURED_WITH[method].items()
+                if setting in relevant["eval"]}
     if method == "finetune":
         measured["draws"] = FEW_SHOT_DRAWS
     return config_hash({**{section: relevant[section] for section in MEASUREMENT_SECTIONS},

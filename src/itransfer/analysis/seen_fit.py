@@ -13,20 +13,58 @@ import numpy as np
 import pandas as pd
 
 from itransfer.analysis.correlations import icl_values, mean_and_sem, model_rows, task_values
+from itransfer.analysis.significance import PairedTest, paired_test
+
+SEEN_SPLITS = ("train", "validation", "test")
 
 
 def seen_task_table(frame: pd.DataFrame, model: str, step: int | None = None) -> pd.DataFrame:
-    """Per seen task: training-set size and mean train/test loss (columns may be NaN)."""
+    """Per seen task: training-set size, mean train/validation/test loss and each split's
+    weight in a pooled average (``<split>_weight``; columns may be NaN).
+
+    The weight is the split's size (``split_size`` rows). Results written before those rows
+    existed fall back on the training-set size: every seen task has the same validation and
+    test fractions, so without a data limit (§4 has none) their sizes are proportional to it
+    up to rounding.
+    """
     rows = model_rows(frame, model, step)
-    table = pd.concat(
-        {"train_size": task_values(rows, method="seen", metric="train_size", split="train"),
-         "train_loss": task_values(rows, method="seen", metric="loss", split="train"),
-         "validation_loss": task_values(rows, method="seen", metric="loss", split="validation"),
-         "test_loss": task_values(rows, method="seen", metric="loss", split="test")},
-        axis=1,
-    )
+    columns = {"train_size": task_values(rows, method="seen", metric="train_size", split="train")}
+    for split in SEEN_SPLITS:
+        columns[f"{split}_loss"] = task_values(rows, method="seen", metric="loss", split=split)
+    for split in SEEN_SPLITS:
+        columns[f"{split}_weight"] = task_values(rows, method="seen", metric="split_size",
+                                                 split=split)
+    table = pd.concat(columns, axis=1)
+    for split in SEEN_SPLITS:
+        table[f"{split}_weight"] = table[f"{split}_weight"].fillna(table["train_size"])
     table.index.name = "task"
     return table.sort_index()
+
+
+def pooled_mean(losses: pd.Series, weights: pd.Series) -> float:
+    """The example-weighted (pooled) mean of per-task mean losses: Σ w·loss / Σ w over the
+    tasks with both. With each task's mean from a random sample of its split and w its split
+    size, it estimates the mean loss over every example of the split without bias."""
+    both = pd.concat({"loss": losses, "weight": weights}, axis=1).dropna()
+    both = both[both["weight"] > 0]
+    if both.empty:
+        return float("nan")
+    return float(np.average(both["loss"], weights=both["weight"]))
+
+
+def pooled_per_task(per_task: pd.DataFrame, weights: pd.Series) -> pd.DataFrame:
+    """``per_task`` (task × candidate losses) rescaled so that a column's plain mean is its
+    pooled mean: each task's values times ``w / mean(w)`` over the tasks every candidate and
+    the weights have (others dropped).
+
+    A bootstrap over tasks of these values (``significance.ranking_stability``) then ranks each
+    resample by its pooled means: within a resample the plain mean is Σ w·loss over the drawn
+    tasks divided by a number common to every candidate, so the order is the pooled one.
+    """
+    complete = per_task.join(weights.rename("__weight__"), how="inner").dropna()
+    complete = complete[complete["__weight__"] > 0]
+    scale = complete.pop("__weight__")
+    return complete.mul(scale / scale.mean(), axis=0)
 
 
 def size_bin_edges(sizes: Sequence[float] | np.ndarray, num_bins: int = 5) -> np.ndarray:
@@ -83,7 +121,8 @@ def size_binned_seen_losses(
 def sampler_summary(
     frame: pd.DataFrame, models: Mapping[str, str], *, steps: Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
-    """Per sampler: mean seen train/validation/test loss and unseen ICL loss (Figure 3 left)."""
+    """Per sampler: seen train/validation/test loss, as the mean over tasks and as the pooled
+    (example-weighted) mean, and unseen ICL loss (Figure 3 left)."""
     records = []
     for sampler, model in models.items():
         rows = model_rows(frame, model, (steps or {}).get(sampler))
@@ -91,16 +130,63 @@ def sampler_summary(
         icl = icl_values(rows)
         records.append({
             "sampler": sampler, "model": model,
-            "seen_train_loss": float(seen["train_loss"].mean()),
-            "seen_validation_loss": float(seen["validation_loss"].mean()),
-            "seen_test_loss": float(seen["test_loss"].mean()),
+            **{f"seen_{split}_loss": float(seen[f"{split}_loss"].mean())
+               for split in SEEN_SPLITS},
+            **{f"seen_{split}_loss_pooled": pooled_mean(seen[f"{split}_loss"],
+                                                        seen[f"{split}_weight"])
+               for split in SEEN_SPLITS},
             "icl_loss": float(icl.mean()) if not icl.empty else float("nan"),
             "n_seen_tasks": int(seen["test_loss"].notna().sum()),
             "n_unseen_tasks": int(icl.size),
         })
-    columns = ["sampler", "model", "seen_train_loss", "seen_validation_loss", "seen_test_loss",
-               "icl_loss", "n_seen_tasks", "n_unseen_tasks"]
-    return pd.DataFrame.from_records(records, columns=columns)
+    return pd.DataFrame.from_records(records, columns=SUMMARY_COLUMNS)
+
+
+# Per sampler: the per-task mean of each seen split's loss, then the pooled (example-weighted)
+# one; proportional sampling minimises the pooled training loss, uniform the per-task mean.
+SUMMARY_COLUMNS = ["sampler", "model", "seen_train_loss", "seen_validation_loss",
+                   "seen_test_loss", "seen_train_loss_pooled", "seen_validation_loss_pooled",
+                   "seen_test_loss_pooled", "icl_loss", "n_seen_tasks", "n_unseen_tasks"]
+
+
+# --- §4: over- and underfitting the small tasks (Figure 3 centre and right) -----------------
+
+
+def small_tasks(sizes: pd.Series, edges: np.ndarray, small_bins: int) -> list[str]:
+    """The tasks (``sizes``: task → training-set size) in the lowest ``small_bins`` of the
+    log-size bins ``edges``, Figure 3's "lower resource tasks"."""
+    bins = assign_size_bins(sizes, edges)
+    if bins.isna().all():
+        return []
+    lowest = list(bins.cat.categories[:small_bins])
+    return sorted(sizes.index[bins.isin(lowest)])
+
+
+@dataclass(frozen=True)
+class SmallTaskFit:
+    """A sampler against the reference (proportional) on the small tasks: Wilcoxon tests of the
+    per-task differences ``sampler − reference`` of train and of test loss."""
+
+    sampler: str
+    reference: str
+    train: PairedTest
+    test: PairedTest
+    gap_difference: float  # mean over tasks of (test − train)_sampler − (test − train)_reference
+
+
+def small_task_fit(train: pd.DataFrame, test: pd.DataFrame, tasks: Sequence[str],
+                   sampler: str, reference: str) -> SmallTaskFit:
+    """``train``/``test``: task × sampler per-task losses; ``tasks``: the small ones."""
+    rows = list(tasks)
+    ours, theirs = train.reindex(rows), test.reindex(rows)
+    gaps = (theirs[sampler] - ours[sampler]) - (theirs[reference] - ours[reference])
+    # TODO one-sided: the claims are directional (significance.paired_test's alternative).
+    return SmallTaskFit(
+        sampler=sampler, reference=reference,
+        train=paired_test(ours[reference], ours[sampler]),
+        test=paired_test(theirs[reference], theirs[sampler]),
+        gap_difference=float(gaps.mean()) if gaps.notna().any() else float("nan"),
+    )
 
 
 # --- §4: which samplers the paper compares -------------------------------------------------

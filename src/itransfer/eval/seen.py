@@ -2,9 +2,22 @@
 
 The validation loss is what §4 picks reverse annealing's maximum temperature by.
 
-Each row carries the task's training-set size (after the data limit), so losses can be binned
-by dataset size. ``eval.seen_max_instances`` caps the instances scored per task and split (the
-first ones of the split's fixed order), which keeps the cost of 619 tasks bounded.
+Each row carries the task's training-set size (after the data limit), and a ``split_size`` row
+per split gives the weight of the task in an example-weighted (pooled) average of that split:
+§4 compares samplers on it as well as on the per-task mean, and proportional sampling
+minimises the first where uniform sampling minimises the second.
+
+Which instances are scored, per task and split (the first ones of the split's order, which is a
+seeded shuffle, so they are a simple random sample and each task's mean loss is unbiased):
+
+* ``eval.seen_max_instances`` alone: at most that many per task (every task weighs alike in
+  the cost; the pooled average is still unbiased, but its big tasks are estimated from few);
+* with ``eval.seen_budget``: about that many across all seen tasks per split, each task's share
+  proportional to its split size (:func:`seen_allocation`), so the pooled average is estimated
+  as precisely as the budget allows, raised to ``eval.seen_min_instances`` per task so the
+  per-task mean of small tasks does not rest on one instance. At full SNI size (619 tasks, up to
+  6,500 instances each) the cost is bounded by ``budget + 619 * min_instances`` per split
+  instead of growing with the ~1.5 million training instances.
 
 The training split's examples come from the tokenized training cache when the run that trained
 the model left one (same tokenizer, context, lengths, split and task files) instead of being
@@ -13,6 +26,12 @@ encoded again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+
+from itransfer.config import EvalConfig, SplitConfig
+from itransfer.data.splits import limited_size, seen_split_sizes
 from itransfer.data.tokenized import TokenizedTrainingSet, find_training_set
 from itransfer.eval.inference import EvalItem
 from itransfer.eval.session import EvalSession, ProgressCallback
@@ -22,9 +41,8 @@ def evaluate_seen(
     session: EvalSession, *, force: bool = False, progress: ProgressCallback | None = None
 ) -> int:
     """Train and test loss of every seen task; returns the number of rows written."""
-    eval_config = session.config.eval
     context = session.config.data.context.name
-    cap = eval_config.seen_max_instances
+    counts = scored_counts(session)
     settings = session.settings_hash("seen", context=context)
     done = session.finished_cells(force=force)
     tasks = [
@@ -46,7 +64,9 @@ def evaluate_seen(
         for split_name, instances in (
             ("train", split.train), ("validation", split.validation), ("test", split.test),
         ):
-            chosen = instances[:cap] if cap is not None else instances
+            rows.append(session.row(split=split_name, metric="split_size",
+                                    value=float(len(instances)), n=len(instances), **common))
+            chosen = instances[:counts[split_name][name]]
             if not chosen:
                 continue
             if split_name == "train" and cached is not None:
@@ -75,3 +95,62 @@ def _training_cache(session: EvalSession, context: str) -> TokenizedTrainingSet 
     seen = list(session.benchmark.selection.seen)
     return find_training_set(session.encoder(context), session.benchmark.index, seen,
                              session.config.data.splits, session.config.seed)
+
+
+SEEN_SPLITS = ("train", "validation", "test")
+
+
+def seen_allocation(
+    sizes: Sequence[int], budget: int, *, floor: int = 1, cap: int | None = None,
+) -> np.ndarray:
+    """Instances to score per task, from splits of ``sizes``, under a total ``budget``.
+
+    Shares proportional to size, rounded by largest remainders (ties to the earlier task) so
+    they sum to ``budget``; then each is raised to ``floor`` and cut to ``cap`` and to the split
+    itself. The total is therefore at most ``budget + len(sizes) * floor``.
+    """
+    split_sizes = np.asarray(sizes, dtype=np.int64)
+    total = int(split_sizes.sum())
+    if total == 0:
+        return np.zeros_like(split_sizes)
+    quotas = budget * split_sizes / total
+    shares = np.floor(quotas).astype(np.int64)
+    # argsort of the negated remainders, stable: the largest first, ties in task order.
+    order = np.argsort(-(quotas - shares), kind="stable")
+    shares[order[: budget - int(shares.sum())]] += 1
+    limit = split_sizes if cap is None else np.minimum(split_sizes, cap)
+    return np.minimum(np.maximum(shares, floor), limit)
+
+
+def split_sizes(num_instances: int, splits: SplitConfig) -> dict[str, int]:
+    """A seen task's split sizes from its instance count (no task file is parsed)."""
+    test, validation, train = seen_split_sizes(num_instances, splits)
+    return {"train": limited_size(train, splits), "validation": validation, "test": test}
+
+
+def allocate(sizes: dict[str, dict[str, int]], eval_config: EvalConfig
+             ) -> dict[str, dict[str, int]]:
+    """Per split, per task (``sizes``: split → task → split size): how many instances to score
+    under ``eval_config``'s cap, or its budget (see the module's docstring)."""
+    cap, budget = eval_config.seen_max_instances, eval_config.seen_budget
+    if budget is None:
+        return {split: {task: size if cap is None else min(size, cap)
+                        for task, size in of_split.items()}
+                for split, of_split in sizes.items()}
+    allotted = {}
+    for split, of_split in sizes.items():
+        counts = seen_allocation(list(of_split.values()), budget,
+                                 floor=eval_config.seen_min_instances, cap=cap)
+        allotted[split] = dict(zip(of_split, counts.tolist(), strict=True))
+    return allotted
+
+
+def scored_counts(session: EvalSession) -> dict[str, dict[str, int]]:
+    """:func:`allocate` over every seen task (not this process's shard only, so that every
+    process of a distributed evaluation draws the same sample)."""
+    sizes: dict[str, dict[str, int]] = {split: {} for split in SEEN_SPLITS}
+    for name in session.benchmark.selection.seen:
+        count = session.benchmark.index.get(name).metadata.num_instances
+        for split, size in split_sizes(count, session.config.data.splits).items():
+            sizes[split][name] = size
+    return allocate(sizes, session.config.eval)
