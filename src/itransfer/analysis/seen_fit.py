@@ -180,11 +180,12 @@ def small_task_fit(train: pd.DataFrame, test: pd.DataFrame, tasks: Sequence[str]
     rows = list(tasks)
     ours, theirs = train.reindex(rows), test.reindex(rows)
     gaps = (theirs[sampler] - ours[sampler]) - (theirs[reference] - ours[reference])
-    # TODO one-sided: the claims are directional (significance.paired_test's alternative).
+    # One-sided for a higher loss than the reference's (underfit on train, worse on test); a
+    # significantly lower train loss (overfit's half) is the train test's opposite side.
     return SmallTaskFit(
         sampler=sampler, reference=reference,
-        train=paired_test(ours[reference], ours[sampler]),
-        test=paired_test(theirs[reference], theirs[sampler]),
+        train=paired_test(ours[reference], ours[sampler], 1.0, opposite="lower train loss"),
+        test=paired_test(theirs[reference], theirs[sampler], 1.0, opposite="lower test loss"),
         gap_difference=float(gaps.mean()) if gaps.notna().any() else float("nan"),
     )
 

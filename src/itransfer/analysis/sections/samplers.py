@@ -27,6 +27,7 @@ from itransfer.analysis.verdicts import (
     FindingResult,
     Settings,
     largest_p,
+    opposed,
     passes,
     undefined,
     verdict,
@@ -215,9 +216,9 @@ def fit_label(fit: seen_fit.SmallTaskFit) -> str:
     """§4's words for a sampler's fit of the small tasks against proportional: "underfits"
     when its train loss there is significantly higher; "overfits" when it is significantly
     lower and the test loss significantly higher; else "neither"."""
-    if passes(fit.train, 1.0):
+    if passes(fit.train):
         return "underfits"
-    if passes(fit.train, -1.0) and passes(fit.test, 1.0):
+    if opposed(fit.train) and passes(fit.test):
         return "overfits"
     return "neither"
 
@@ -381,7 +382,8 @@ def _ra_underfits(analysis: RunAnalysis, finding: Finding, settings: Settings
                         for fit in fits)
             + ". Readings of the schedule: " + _readings(samplers))
     return FindingResult(
-        finding, verdict([d > 0 for d in differences], [passes(fit.train, 1.0) for fit in fits]),
+        finding, verdict([d > 0 for d in differences], [passes(fit.train) for fit in fits],
+                         [opposed(fit.train) for fit in fits]),
         min(differences), largest_p([fit.train.p_value for fit in fits]), text,
         test="; ".join(f"{fit.sampler} train: {fit.train.describe()}" for fit in fits))
 
@@ -412,12 +414,13 @@ def _uniform_overfits(analysis: RunAnalysis, finding: Finding, settings: Setting
     if not (fit.train.defined and fit.test.defined):
         return undefined(finding, f"fewer than 3 small tasks with both losses (n={fit.test.n})")
     found = verdict([fit.train.mean_difference < 0, fit.test.mean_difference > 0],
-                    [passes(fit.train, -1.0), passes(fit.test, 1.0)])
+                    [opposed(fit.train), passes(fit.test)],
+                    [passes(fit.train), opposed(fit.test)])
     text = (f"{fit.sampler} minus {fit.reference} over the small tasks: train "
             f"{fit.train.mean_difference:+.3f}, test {fit.test.mean_difference:+.3f}, "
             f"test-minus-train gap {fit.gap_difference:+.3f} (n={fit.test.n})")
     return FindingResult(finding, found, fit.test.mean_difference,
-                         largest_p([fit.train.p_value, fit.test.p_value]), text,
+                         largest_p([fit.train.opposite_p, fit.test.p_value]), text,
                          test=f"train: {fit.train.describe()}; test: {fit.test.describe()}")
 
 
