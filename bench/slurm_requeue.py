@@ -1,0 +1,200 @@
+"""docs/slurm.md's requeueing job, run for real on a one-node SLURM cluster (issue 25, part 3).
+
+    python bench/slurm_requeue.py            # starts the cluster with tools/slurm_local.sh
+
+The job script is taken from docs/slurm.md's ``jobs/train.sbatch`` block and changed only in its
+sizes (each change below must match, so an edit of the document that breaks one fails here):
+no GPUs, two CPU processes, a two-minute time limit with ``USR1`` 60 s before it, this run's
+folders and a training config of the bundled tiny T5. SLURM sends ``USR1`` before the limit, the
+job's processes write the resumable checkpoint and exit 138, the script requeues the job, and
+``--resume`` continues — as many times as the training needs. The same ``accelerate launch``
+command then runs once without SLURM, and the two runs' logged losses and final weights are
+compared exactly. Results: ``bench/results-slurm_requeue-cpu.json`` (the job's ``sacct
+--completion`` lines, its requeues, the stop lines of its log, the comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "slurm.md"
+CLUSTER = ROOT / "tools" / "slurm_local.sh"
+
+# The training run: the quickstart's model and data, long enough to outlive a few time limits
+# on 2 busy cores.
+TRAIN_CONFIG = """\
+seed: 0
+model: {name_or_path: "itransfer:tiny-t5", max_source_length: 128, max_target_length: 32}
+data: {context: {name: exemplars, num_exemplars: 3}}
+train:
+  steps: STEPS
+  batch_size: 16
+  warmup_steps: 20
+  learning_rate: 1.0e-3
+  checkpoint_every: CHECKPOINT_EVERY
+  log_every: 10
+  tensorboard: false
+"""
+
+
+def doc_job_script() -> str:
+    """The ``jobs/train.sbatch`` block of docs/slurm.md, as written there."""
+    text = DOC.read_text(encoding="utf-8")
+    found = re.search(r"`jobs/train\.sbatch`.*?```bash\n(.*?)```", text, flags=re.S)
+    if found is None:
+        raise SystemExit(f"{DOC}: no ```bash block after `jobs/train.sbatch`")
+    return found.group(1)
+
+
+def sized_job_script(run_dir: Path, time_minutes: int, signal_seconds: int,
+                     processes: int) -> tuple[str, list[tuple[str, str]]]:
+    """The document's script with its sizes changed for this machine; the changes, listed."""
+    changes = [
+        ("#SBATCH --gpus-per-node=8\n", ""),
+        ("--cpus-per-task=64", f"--cpus-per-task={os.cpu_count() or 1}"),
+        ("--time=24:00:00", f"--time=00:{time_minutes:02d}:00"),
+        ("--signal=B:USR1@120", f"--signal=B:USR1@{signal_seconds}"),
+        ("--output=logs/%x-%j.out", f"--output={run_dir}/logs/%x-%j.out"),
+        ("OUT=runs/t5-large-it", f"OUT={run_dir}/slurm"),
+        ("CONFIG=configs/my-run.yaml", f"CONFIG={run_dir}/config.yaml"),
+        ("\\$SLURM_GPUS_ON_NODE", str(processes)),
+        ("--mixed_precision bf16", "--mixed_precision no"),  # bf16 autocast is a GPU's
+    ]
+    script = doc_job_script()
+    for old, new in changes:
+        if old not in script:
+            raise SystemExit(f"{DOC}: the job script no longer contains {old!r}")
+        script = script.replace(old, new)
+    return script, changes
+
+
+def slurm_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("SLURM_CONF", "/tmp/itransfer-slurm/slurm.conf")
+    # The job finds this interpreter's accelerate and itransfer (sbatch exports the environment).
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def job_state(job_id: str, env: dict[str, str]) -> dict[str, str]:
+    shown = subprocess.run(["scontrol", "show", "job", job_id], env=env, text=True,
+                           capture_output=True, check=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", shown))
+
+
+def wait_for(job_id: str, env: dict[str, str], timeout_s: float) -> tuple[dict[str, str], list]:
+    """Poll until the job ends; the states seen on the way (with their times)."""
+    seen: list[tuple[float, str, str]] = []
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        state = job_state(job_id, env)
+        entry = (round(time.monotonic() - start), state["JobState"], state.get("Restarts", "0"))
+        if not seen or seen[-1][1:] != entry[1:]:
+            seen.append(entry)
+            print(f"[{entry[0]:5d} s] job {job_id}: {entry[1]} (restarts {entry[2]})",
+                  flush=True)
+        if state["JobState"] in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}:
+            return state, seen
+        time.sleep(5)
+    raise SystemExit(f"job {job_id} still running after {timeout_s:.0f} s")
+
+
+def reference_run(run_dir: Path, processes: int) -> float:
+    """The same launch, uninterrupted and without SLURM."""
+    start = time.monotonic()
+    subprocess.run(
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", str(processes),
+         "--num_machines", "1", "--mixed_precision", "no", "-m", "itransfer", "train",
+         "--config", str(run_dir / "config.yaml"), "--out", str(run_dir / "reference")],
+        env=slurm_env(), check=True, stdout=subprocess.DEVNULL)
+    return time.monotonic() - start
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    final = max((out / "checkpoints").glob("step-*"))
+    return load_file(final / "model.safetensors")
+
+
+def compare(run_dir: Path) -> dict[str, object]:
+    def losses(out: Path) -> list[dict]:
+        rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        return [{"step": row["step"], "loss": row["loss"]} for row in rows if "loss" in row]
+
+    slurm, reference = losses(run_dir / "slurm"), losses(run_dir / "reference")
+    ours, theirs = final_weights(run_dir / "slurm"), final_weights(run_dir / "reference")
+    return {
+        "logged_losses": len(reference),
+        "losses_equal": slurm == reference,
+        "max_abs_loss_difference": max((abs(a["loss"] - b["loss"]) for a, b in
+                                        zip(slurm, reference, strict=False)), default=None),
+        "final_step": max(row["step"] for row in reference),
+        "weights_equal": ours.keys() == theirs.keys()
+        and all(torch.equal(ours[name], theirs[name]) for name in ours),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/itransfer-slurm-run"))
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--time-minutes", type=int, default=3)
+    parser.add_argument("--signal-seconds", type=int, default=60)
+    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--results", type=Path,
+                        default=ROOT / "bench" / "results-slurm_requeue-cpu.json")
+    args = parser.parse_args()
+
+    subprocess.run(["bash", str(CLUSTER), "start"], check=True)
+    env = slurm_env()
+    shutil.rmtree(args.dir, ignore_errors=True)
+    (args.dir / "logs").mkdir(parents=True)
+    (args.dir / "config.yaml").write_text(
+        TRAIN_CONFIG.replace("STEPS", str(args.steps))
+        .replace("CHECKPOINT_EVERY", str(args.steps // 4)), encoding="utf-8")
+    script, changes = sized_job_script(args.dir, args.time_minutes, args.signal_seconds,
+                                       args.processes)
+    (args.dir / "train.sbatch").write_text(script, encoding="utf-8")
+
+    start = time.monotonic()
+    job_id = subprocess.run(["sbatch", "--parsable", str(args.dir / "train.sbatch")], env=env,
+                            text=True, capture_output=True, check=True,
+                            cwd=args.dir).stdout.strip().split(";")[0]
+    state, seen = wait_for(job_id, env, args.timeout)
+    slurm_seconds = time.monotonic() - start
+    sacct = subprocess.run(["sacct", "--completion", "-j", job_id, "--format",
+                            "JobID,JobName,State,ExitCode,Start,End"], env=env, text=True,
+                           capture_output=True).stdout.rstrip().splitlines()
+    log = "".join(path.read_text(errors="replace") for path in (args.dir / "logs").iterdir())
+    stops = [line.strip() for line in log.splitlines() if "SIGUSR1" in line]
+    reference_seconds = reference_run(args.dir, args.processes)
+    results = {
+        "job_id": job_id, "final_state": state["JobState"], "exit_code": state.get("ExitCode"),
+        "restarts": int(state.get("Restarts", "0")), "states_seen": seen,
+        "sacct_completion": sacct, "stop_lines": stops,
+        "changes_to_the_documented_script": [list(change) for change in changes],
+        "slurm_wall_s": round(slurm_seconds, 1),
+        "reference_wall_s": round(reference_seconds, 1),
+        "comparison": compare(args.dir),
+        "slurm_version": subprocess.run(["sbatch", "--version"], text=True, env=env,
+                                        capture_output=True).stdout.strip(),
+    }
+    args.results.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps({key: results[key] for key in ("final_state", "restarts", "comparison")},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    main()
