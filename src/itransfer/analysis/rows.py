@@ -8,6 +8,12 @@ import pandas as pd
 from itransfer.config import EVALUATION_TASK_GROUPS
 from itransfer.schema import RunManifest
 
+# The results rows' ROUGE-L metrics. The paper scores "with the 'Rouge-L r' metric" (§2), so
+# recall is the primary number; the F-measure, which Wang et al.'s SNI scorer reports, stands
+# beside it.
+ROUGE_RECALL = "rougeL_recall"
+ROUGE_F = "rougeL"
+
 
 def evaluated_step(frame: pd.DataFrame, manifest: RunManifest, label: str) -> int | None:
     """The step a section evaluates ``label`` at: the manifest's final step when measured.

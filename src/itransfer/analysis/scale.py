@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from itransfer.analysis.correlations import model_rows, task_values
-from itransfer.analysis.rows import evaluated_step, rows_of_groups
+from itransfer.analysis.rows import ROUGE_F, ROUGE_RECALL, evaluated_step, rows_of_groups
 from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.verdicts import FindingResult
 
@@ -76,14 +76,12 @@ def _unseen_means(rows: pd.DataFrame, method: str, metric: str) -> tuple[float, 
     return (float(per_task.mean()) if not per_task.empty else float("nan"), int(per_task.size))
 
 
-# The paper scores "with the 'Rouge-L r' metric" (§2): recall first, the F-measure that Wang et
-# al.'s scorer reports beside it.
+# Recall first (the paper's metric), the F-measure beside it: see rows.ROUGE_RECALL.
 ROUGE_COLUMNS = ("icl_rougeL_recall", "finetune_rougeL_recall_k>0", "icl_rougeL_F",
                  "finetune_rougeL_F_k>0")
-_ROUGE_METRICS = {"icl_rougeL_recall": ("icl", "rougeL_recall"),
-                  "finetune_rougeL_recall_k>0": ("finetune", "rougeL_recall"),
-                  "icl_rougeL_F": ("icl", "rougeL"),
-                  "finetune_rougeL_F_k>0": ("finetune", "rougeL")}
+_ROUGE_METRICS = {"icl_rougeL_recall": ("icl", ROUGE_RECALL),
+                  "finetune_rougeL_recall_k>0": ("finetune", ROUGE_RECALL),
+                  "icl_rougeL_F": ("icl", ROUGE_F), "finetune_rougeL_F_k>0": ("finetune", ROUGE_F)}
 
 
 def _rouge_means(rows: pd.DataFrame) -> dict[str, float]:
@@ -128,14 +126,9 @@ def best_rouge(models: pd.DataFrame) -> list[str]:
     """The header's ROUGE-L part: the best mean recall (the paper's metric), the F beside it."""
     recall = models[list(ROUGE_COLUMNS[:2])].max(axis=1).dropna()
     f_measure = models[list(ROUGE_COLUMNS[2:])].max(axis=1).dropna()
-    if recall.empty and f_measure.empty:
-        return []
-    parts = []
-    if not recall.empty:
-        parts.append(f"recall {recall.max():.1f}")
-    if not f_measure.empty:
-        parts.append(f"F {f_measure.max():.1f}")
-    return ["best mean ROUGE-L " + ", ".join(parts)]
+    parts = [f"{name} {best.max():.1f}" for name, best in (("recall", recall), ("F", f_measure))
+             if not best.empty]
+    return ["best mean ROUGE-L " + ", ".join(parts)] if parts else []
 
 
 def _pipeline_check_reasons(models: pd.DataFrame, vocab_size: int | None) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from itransfer.analysis import correlations as corr
 from itransfer.analysis import plotting
 from itransfer.analysis.html import details, table
 from itransfer.analysis.plotting import PaperFigure
-from itransfer.analysis.rows import evaluated_step
+from itransfer.analysis.rows import ROUGE_F, ROUGE_RECALL, evaluated_step
 from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.significance import paired_test
 from itransfer.analysis.verdicts import (
@@ -51,10 +51,6 @@ if TYPE_CHECKING:  # matplotlib loads with the first figure (plotting.py), not w
     from matplotlib.axes import Axes
 
 KEY = "transfer"
-# The paper scores "with the 'Rouge-L r' metric" (§2); Wang et al.'s scorer reports the F-measure,
-# shown beside it.
-ROUGE_RECALL = "rougeL_recall"
-ROUGE_F = "rougeL"
 FIGURE_1_LEFT = "Figure 1 (left)"
 FIGURE_1_RIGHT = "Figure 1 (right)"
 
@@ -185,12 +181,9 @@ def _few_shot_means(rows_by_label: dict[str, pd.DataFrame]
             for metric in ("loss", ROUGE_RECALL, ROUGE_F)}
 
 
-def _finetune_contexts(*frames: pd.DataFrame) -> list[str]:
+def _finetune_contexts(rows: pd.DataFrame) -> list[str]:
     """The fine-tuning contexts run, "none" first (the paper's main curve)."""
-    found = set()
-    for rows in frames:
-        found |= set(rows.loc[rows["method"] == "finetune", "context"].dropna())
-    return sorted(found, key=lambda context: (context != "none", context))
+    return _contexts_none_first(rows.loc[rows["method"] == "finetune", "context"])
 
 
 def _few_shot_mean(rows: pd.DataFrame, context: str = "none", metric: str = "loss"
@@ -356,7 +349,7 @@ class _Harm:
     parts: list[str]
     tests: list[str]
     mean_gaps: list[float]
-    opposite: list[bool]  # per context: its test is significant for IT better
+    opposite: list[bool]  # per comparison: its test is significant for IT better
 
 
 def _judge_harm(found: _Harm, transfer: TransferAnalysis, metric: str,
