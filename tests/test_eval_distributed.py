@@ -36,16 +36,21 @@ def _table(out: Path):
     return frame
 
 
+def assert_same_rows(one_process: Path, sharded: Path) -> None:
+    """The sharded evaluation's rows are the one process's, and its processes each wrote
+    their own files (the work really was split)."""
+    one, other = _table(one_process), _table(sharded)
+    assert len(one) == len(other) > 0
+    assert one[COLUMNS].equals(other[COLUMNS])
+    assert (one["value"] - other["value"]).abs().max() < 1e-5
+    assert len(list((sharded / "results").glob("part-*.parquet"))) > 1
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(tiny_model_dir: Path, tmp_path: Path) -> None:
     _run_one(SCRIPT, str(tiny_model_dir), str(tmp_path / "one"), *OVERRIDES)
     launch_two(SCRIPT, str(tiny_model_dir), str(tmp_path / "two"), *OVERRIDES)
-    one, two = _table(tmp_path / "one"), _table(tmp_path / "two")
-    assert len(one) == len(two) > 0
-    assert one[COLUMNS].equals(two[COLUMNS])
-    assert (one["value"] - two["value"]).abs().max() < 1e-5
-    # Each process wrote its own files, so the work really was split.
-    assert len(list((tmp_path / "two" / "results").glob("part-*.parquet"))) > 1
+    assert_same_rows(tmp_path / "one", tmp_path / "two")
 
 
 @pytest.mark.slow

@@ -44,8 +44,15 @@ def _report(tmp_path: Path, vocab_size: int) -> tuple[str, str]:
     return paths.html.read_text(encoding="utf-8"), paths.markdown.read_text(encoding="utf-8")
 
 
-def test_the_header_states_scale_and_power(tmp_path: Path) -> None:
-    html_text, markdown = _report(tmp_path, vocab_size=32_000)
+@pytest.fixture(scope="module")
+def realistic_vocabulary_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """One report (V = 32,000) that the header tests below read, written once."""
+    return _report(tmp_path_factory.mktemp("report"), vocab_size=32_000)
+
+
+def test_the_header_states_scale_and_power(
+        realistic_vocabulary_report: tuple[str, str]) -> None:
+    html_text, markdown = realistic_vocabulary_report
     assert "2.2M (2,230,016) parameters" in html_text
     assert f"ln 32000 = {np.log(32000):.2f}" in html_text and "Scale:" in markdown
     assert f"{critical_rho(12):.4g}"[:5] in html_text  # the 12 tasks' critical |ρ|
@@ -69,10 +76,11 @@ def test_unknown_scale_facts_are_said_not_guessed(tmp_path: Path) -> None:
     assert "model: unknown parameters" in text and json.dumps("uniform-guess") not in text
 
 
-def test_the_header_gives_rouge_l_recall_first_and_f_beside(tmp_path: Path) -> None:
+def test_the_header_gives_rouge_l_recall_first_and_f_beside(
+        realistic_vocabulary_report: tuple[str, str]) -> None:
     """§2 scores with "'Rouge-L r'": the header's best mean ROUGE-L is the recall, with the F
     that Wang et al.'s scorer reports beside it (the fixture's recall is its F + 5)."""
-    html_text, markdown = _report(tmp_path, vocab_size=32_000)
+    html_text, markdown = realistic_vocabulary_report
     found = re.search(r"best mean ROUGE-L recall (\d+\.\d), F (\d+\.\d)", markdown)
     assert found is not None and found.group(0) in html_text
     assert float(found.group(1)) - float(found.group(2)) == pytest.approx(5.0, abs=0.11)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,21 @@ def test_two_process_training(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert loaded.model.generate(ids, max_new_tokens=3).shape[0] == 1
 
 
+def assert_resumes_to(launch: Callable[..., object], model: str, whole: Path, split: Path
+                      ) -> None:
+    """Launched by ``launch``, a run stopped at step 4 and resumed logs the losses of the
+    uninterrupted run in ``whole`` (8 steps on two processes)."""
+    launch(RESUME_SCRIPT, model, str(split / "run"), "first", "4")
+    launch(RESUME_SCRIPT, model, str(split / "run"), "resumed")
+    uninterrupted = json.loads((whole / "losses-whole.json").read_text())
+    first = json.loads((split / "losses-first.json").read_text())
+    resumed = json.loads((split / "losses-resumed.json").read_text())
+    assert uninterrupted["world_size"] == resumed["world_size"] == "2"
+    assert len(uninterrupted["losses"]) == 8
+    assert first["losses"] == pytest.approx(uninterrupted["losses"][:4], abs=1e-6)
+    assert resumed["losses"] == pytest.approx(uninterrupted["losses"], abs=1e-6)
+
+
 @pytest.mark.slow
 def test_two_process_resume_is_exact(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Without an accelerator from the caller (as `itransfer train`), two launched CPU
@@ -43,14 +59,7 @@ def test_two_process_resume_is_exact(tiny_model_dir: Path, tmp_path: Path) -> No
     The optimizer state goes through torch.distributed.checkpoint (the FSDP-safe path)."""
     model = str(tiny_model_dir)
     launch_two(RESUME_SCRIPT, model, str(tmp_path / "whole" / "run"), "whole")
-    launch_two(RESUME_SCRIPT, model, str(tmp_path / "split" / "run"), "first", "4")
-    launch_two(RESUME_SCRIPT, model, str(tmp_path / "split" / "run"), "resumed")
-    whole = json.loads((tmp_path / "whole" / "losses-whole.json").read_text())
-    first = json.loads((tmp_path / "split" / "losses-first.json").read_text())
-    resumed = json.loads((tmp_path / "split" / "losses-resumed.json").read_text())
-    assert whole["world_size"] == "2" and len(whole["losses"]) == 8
-    assert first["losses"] == pytest.approx(whole["losses"][:4], abs=1e-6)
-    assert resumed["losses"] == pytest.approx(whole["losses"], abs=1e-6)
+    assert_resumes_to(launch_two, model, tmp_path / "whole", tmp_path / "split")
     state = json.loads((tmp_path / "split" / "run" / "checkpoints" / "step-0000008" /
                         "trainer_state.json").read_text())
     assert state["world_size"] == 2

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from test_eval_distributed import COLUMNS, OVERRIDES, _run_one, _table
+from test_eval_distributed import OVERRIDES, _run_one, assert_same_rows
 from test_eval_distributed import SCRIPT as EVAL_SCRIPT
-from test_train_distributed import RESUME_SCRIPT
+from test_train_distributed import RESUME_SCRIPT, assert_resumes_to
 from two_nodes import launch_nodes, start_nodes
 from two_processes import launch_two
 
@@ -32,14 +32,7 @@ def test_two_nodes_train_and_resume_as_one_node(tiny_model_dir: Path, tmp_path: 
     and the same files: each checkpoint written once, by the run's main process."""
     model = str(tiny_model_dir)
     launch_two(RESUME_SCRIPT, model, str(tmp_path / "one-node" / "run"), "whole")
-    launch_nodes(RESUME_SCRIPT, model, str(tmp_path / "nodes" / "run"), "first", "4")
-    launch_nodes(RESUME_SCRIPT, model, str(tmp_path / "nodes" / "run"), "resumed")
-    one_node = json.loads((tmp_path / "one-node" / "losses-whole.json").read_text())
-    first = json.loads((tmp_path / "nodes" / "losses-first.json").read_text())
-    resumed = json.loads((tmp_path / "nodes" / "losses-resumed.json").read_text())
-    assert resumed["world_size"] == "2" and len(one_node["losses"]) == 8
-    assert first["losses"] == pytest.approx(one_node["losses"][:4], abs=1e-6)
-    assert resumed["losses"] == pytest.approx(one_node["losses"], abs=1e-6)
+    assert_resumes_to(launch_nodes, model, tmp_path / "one-node", tmp_path / "nodes")
     nodes_files = set(_listing(tmp_path / "nodes" / "run"))
     one_node_files = set(_listing(tmp_path / "one-node" / "run"))
     # the stopped-and-resumed run may keep its resumable checkpoint; nothing else differs, and
@@ -52,11 +45,7 @@ def test_two_nodes_train_and_resume_as_one_node(tiny_model_dir: Path, tmp_path: 
 def test_two_nodes_evaluate_as_one_process(tiny_model_dir: Path, tmp_path: Path) -> None:
     _run_one(EVAL_SCRIPT, str(tiny_model_dir), str(tmp_path / "one"), *OVERRIDES)
     launch_nodes(EVAL_SCRIPT, str(tiny_model_dir), str(tmp_path / "nodes"), *OVERRIDES)
-    one, nodes = _table(tmp_path / "one"), _table(tmp_path / "nodes")
-    assert len(one) == len(nodes) > 0
-    assert one[COLUMNS].equals(nodes[COLUMNS])
-    assert (one["value"] - nodes["value"]).abs().max() < 1e-5
-    assert len(list((tmp_path / "nodes" / "results").glob("part-*.parquet"))) > 1
+    assert_same_rows(tmp_path / "one", tmp_path / "nodes")
 
 
 def _node_workers(launcher: subprocess.Popen[str]) -> list[int]:
