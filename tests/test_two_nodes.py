@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from test_eval_distributed import OVERRIDES, _run_one, assert_same_rows
@@ -49,14 +50,9 @@ def test_two_nodes_evaluate_as_one_process(tiny_model_dir: Path, tmp_path: Path)
 
 
 def _node_workers(launcher: subprocess.Popen[str]) -> list[int]:
-    """The launcher's descendants (torchrun's agent starts the worker)."""
-    found, frontier = [], [launcher.pid]
-    while frontier:
-        children = subprocess.run(["pgrep", "-P", str(frontier.pop())], capture_output=True,
-                                  text=True).stdout.split()
-        found += map(int, children)
-        frontier += map(int, children)
-    return found
+    """The launcher's descendants (torchrun's agent starts the worker); psutil comes with
+    accelerate, and needs no `pgrep` on the machine."""
+    return [child.pid for child in psutil.Process(launcher.pid).children(recursive=True)]
 
 
 @pytest.mark.own_cache
