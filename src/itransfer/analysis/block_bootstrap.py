@@ -31,6 +31,7 @@ import pandas as pd
 from itransfer.analysis.significance import rowwise_spearman
 
 MIN_CATEGORIES = 2  # one category resampled is the same category every time: no spread
+MIN_TASKS = 3  # as correlations.MIN_TASKS: fewer and no statistic over tasks means anything
 NAME = "category bootstrap"
 
 Statistic = Callable[[np.ndarray], float]
@@ -108,6 +109,8 @@ def block_bootstrap(
     codes = pd.factorize(named.astype(object).where(named.notna(), own))[0]
     n_categories = int(codes.max()) + 1 if codes.size else 0
     common = (len(clean), n_categories, n_boot, null, confidence)
+    if len(clean) < MIN_TASKS:
+        return _undefined(estimate, *common, f"fewer than {MIN_TASKS} tasks (n={len(clean)})")
     if not named.notna().any():
         return _undefined(estimate, *common, "no task categories recorded")
     if n_categories < MIN_CATEGORIES or n_boot < 1:
@@ -132,6 +135,11 @@ def block_bootstrap(
 def spearman_statistic(rows: np.ndarray) -> float:
     """Spearman's rho of the two columns (NaN for a constant side or one distinct task)."""
     return float(rowwise_spearman(rows[None, :, 0], rows[None, :, 1])[0])
+
+
+def correlation_difference_statistic(rows: np.ndarray) -> float:
+    """Spearman's rho of columns 2 and 3 minus that of columns 0 and 1 (same tasks)."""
+    return spearman_statistic(rows[:, 2:4]) - spearman_statistic(rows[:, 0:2])
 
 
 def mean_difference_statistic(rows: np.ndarray) -> float:

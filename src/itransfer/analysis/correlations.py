@@ -337,15 +337,16 @@ def finetune_values(
 
 def seed_spread(
     frame: pd.DataFrame, model: str, *, shots: int = 5, context: str = "none",
-    step: int | None = None, metric: str = "loss",
+    step: int | None = None, metric: str = "loss", pretrained: str | None = None,
 ) -> pd.DataFrame:
     """Per task: ``mean``, ``std`` (ddof 1; NaN for one seed) and ``n_seeds`` of one model's
     k-shot fine-tuning test ``metric`` across seeds.
 
     Repeated rows of one seed are averaged first, so each seed counts once; with one row per
-    seed, ``mean`` is the value the correlations use (:func:`finetune_values`).
+    seed, ``mean`` is the value the correlations use (:func:`finetune_values`). Step 0 of a
+    trajectory reads ``pretrained``'s rows, as :func:`model_rows` does.
     """
-    rows = model_rows(frame, model, step)
+    rows = model_rows(frame, model, step, pretrained=pretrained)
     chosen = rows[(rows["method"] == "finetune") & (rows["metric"] == metric)
                   & (rows["split"] == "test") & (rows["shots"] == shots)
                   & (rows["context"] == context)]

@@ -16,6 +16,13 @@ from pydantic import Field
 
 from itransfer.analysis import correlations as corr
 from itransfer.analysis import plotting, seen_fit
+from itransfer.analysis.block_bootstrap import (
+    Check,
+    Robustness,
+    block_bootstrap,
+    combine,
+    lead_statistic,
+)
 from itransfer.analysis.html import table
 from itransfer.analysis.plotting import PaperFigure
 from itransfer.analysis.rows import evaluated_step
@@ -223,6 +230,29 @@ def _proportional_best(analysis: RunAnalysis, finding: Finding, settings: Settin
                               f"{RANKING_CONFIDENCE:.0%} (" + "; ".join(tests) + ")")
 
 
+# --- findings: the same test under the category-block bootstrap ------------------------------
+
+
+def _proportional_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+    """How often proportional stays first when categories, then tasks, are resampled."""
+    samplers = analysis.of(SamplersAnalysis)
+    assert samplers is not None
+    kinds = samplers.compared.set_index("sampler")["sampler_kind"]
+    proportional = [name for name, kind in kinds.items() if kind == "proportional"]
+    checks = []
+    for per_task, label in ((samplers.per_task_seen_test, "seen test"),
+                            (samplers.per_task_icl, "unseen ICL")):
+        if not proportional or proportional[0] not in per_task.columns or per_task.shape[1] < 2:
+            continue
+        target = list(per_task.columns).index(proportional[0])
+        result = block_bootstrap(per_task, analysis.categories, lead_statistic(target),
+                                 n_boot=settings.n_boot, seed=settings.seed)
+        first = (f" first in {result.share_above:.0%} of resamples;" if result.defined else "")
+        checks.append(Check(f"{label}:{first} {proportional[0]}'s lead", result,
+                            result.defined and result.share_above >= RANKING_CONFIDENCE))
+    return combine(checks)
+
+
 # --- findings: the paper's claim -------------------------------------------------------------
 
 PROPORTIONAL_BEST = Finding(
@@ -236,7 +266,7 @@ PROPORTIONAL_BEST = Finding(
                    "loss and by mean unseen ICL loss; proportional should rank first on "
                    "both, and stay first in at least 95% of bootstrap resamples of the "
                    "tasks.",
-    evaluate=_proportional_best,
+    evaluate=_proportional_best, robustness=_proportional_robustness,
 )
 
 

@@ -14,6 +14,12 @@ import pandas as pd
 
 from itransfer.analysis import correlations as corr
 from itransfer.analysis import plotting
+from itransfer.analysis.block_bootstrap import (
+    Robustness,
+    combine,
+    correlation_check,
+    paired_check,
+)
 from itransfer.analysis.html import details, table
 from itransfer.analysis.plotting import PaperFigure
 from itransfer.analysis.rows import evaluated_step
@@ -23,6 +29,7 @@ from itransfer.analysis.verdicts import (
     Evaluator,
     Finding,
     FindingResult,
+    RobustnessCheck,
     Settings,
     correlation_result,
     largest_p,
@@ -310,6 +317,43 @@ def _ft_icl_correlation(analysis: RunAnalysis, finding: Finding, settings: Setti
     return correlation_result(finding, transfer.correlation, partial=transfer.partial)
 
 
+# --- findings: the same tests under the category-block bootstrap -----------------------------
+
+
+def _harm_robustness(metric: str) -> RobustnessCheck:
+    """Each context's paired test of "IT harms transfer", tasks resampled by category."""
+    harm_sign = 1.0 if metric == "loss" else -1.0
+
+    def check(analysis: RunAnalysis, settings: Settings) -> Robustness:
+        transfer = analysis.of(TransferAnalysis)
+        assert transfer is not None
+        return combine([
+            paired_check(f"context {context}: IT − PT", per_task["pretrained"],
+                         per_task["instruction_tuned"], analysis.categories, sign=harm_sign,
+                         n_boot=settings.n_boot, seed=settings.seed)
+            for (context, measured), per_task in transfer.per_task_finetune.items()
+            if measured == metric])
+
+    return check
+
+
+def _icl_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+    transfer = analysis.of(TransferAnalysis)
+    assert transfer is not None
+    per_task = transfer.per_task_icl
+    return combine([paired_check("ICL IT − PT", per_task["pretrained"],
+                                 per_task["instruction_tuned"], analysis.categories, sign=-1.0,
+                                 n_boot=settings.n_boot, seed=settings.seed)])
+
+
+def _correlation_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+    transfer = analysis.of(TransferAnalysis)
+    assert transfer is not None
+    return combine([correlation_check("ρ", transfer.scatter, "finetune", "icl",
+                                      analysis.categories, n_boot=settings.n_boot,
+                                      seed=settings.seed)])
+
+
 # --- findings: the paper's claims and numbers ------------------------------------------------
 
 IT_HARMS_TRANSFER = Finding(
@@ -323,7 +367,7 @@ IT_HARMS_TRANSFER = Finding(
                    "run (none, exemplars); per context a paired Wilcoxon test over tasks on "
                    "the loss averaged over k > 0. Reproduces when IT is worse at every "
                    "(context, k) and every context's test has p < 0.05.",
-    evaluate=_it_harms_transfer("loss"),
+    evaluate=_it_harms_transfer("loss"), robustness=_harm_robustness("loss"),
 )
 IT_HARMS_TRANSFER_ROUGE = Finding(
     id="3.1-it-harms-transfer-rouge", paper_section="3.1", section=KEY, figure=FIGURE_1_LEFT,
@@ -334,7 +378,7 @@ IT_HARMS_TRANSFER_ROUGE = Finding(
                "k > 0",
     how_to_compute="As the loss finding, on the mean ROUGE-L of the LoRA-tuned models' "
                    "greedy generations (IT lower is harm).",
-    evaluate=_it_harms_transfer("rougeL"),
+    evaluate=_it_harms_transfer("rougeL"), robustness=_harm_robustness("rougeL"),
 )
 IT_IMPROVES_ICL = Finding(
     id="3.1-it-improves-icl", paper_section="3.1", section=KEY, figure=FIGURE_1_LEFT,
@@ -343,7 +387,7 @@ IT_IMPROVES_ICL = Finding(
     paper_text="IT ICL loss < pre-trained ICL loss",
     how_to_compute="Mean unseen-task ICL test loss (3 exemplars) of the instruction-tuned "
                    "vs the pre-trained model; paired Wilcoxon test over tasks.",
-    evaluate=_it_improves_icl,
+    evaluate=_it_improves_icl, robustness=_icl_robustness,
 )
 FT_ICL_CORRELATION = Finding(
     id="3.1-ft-icl-correlation", paper_section="3.1", section=KEY, figure=FIGURE_1_RIGHT,
@@ -352,7 +396,7 @@ FT_ICL_CORRELATION = Finding(
     paper_text="Spearman ρ = 0.936 (p = 4.96e-42, 93 tasks)",
     how_to_compute="Spearman's rho across unseen tasks between the IT model's 5-shot LoRA "
                    "test loss (no context) and its ICL test loss; bootstrap CI over tasks.",
-    evaluate=_ft_icl_correlation,
+    evaluate=_ft_icl_correlation, robustness=_correlation_robustness,
 )
 
 
