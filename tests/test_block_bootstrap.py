@@ -137,3 +137,15 @@ def test_task_categories_from_result_rows() -> None:
     frame = pd.DataFrame({"task": ["a", "a", "b", "c"], "category": ["X", "X", None, "Y"]})
     assert bb.task_categories(frame).to_dict() == {"a": "X", "c": "Y"}
     assert bb.task_categories(frame.drop(columns="category")).empty
+
+
+def test_the_partial_statistic_is_partial_spearman() -> None:
+    """Resampled rows repeat tasks (ties): the statistic must still be the library's rho."""
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(25, 3))
+    rows[:, 0] += rows[:, 2]
+    rows = rows[rng.integers(0, 25, 25)]  # a resample, with repeated rows
+    expected = corr.partial_spearman(rows[:, 0], rows[:, 1], rows[:, 2]).rho
+    assert bb.partial_statistic(rows) == pytest.approx(expected, abs=1e-12)
+    explained = np.column_stack([np.arange(6.0), rng.normal(size=6), np.arange(6.0)])
+    assert np.isnan(bb.partial_statistic(explained))  # x is the control: nothing left

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,9 @@ def test_a_correlation_made_by_three_categories_does_not_survive() -> None:
     assert verdict_cell(result) == f"✓ reproduces ({NOT_SURVIVING})"
     assert robustness_cell(result).startswith("fails: ρ=")
     assert "(30 tasks in 3 categories)" in robustness_cell(result)
+    # the difficulty-controlled rho beside it, the same number the finding shows
+    partial = re.search(r"partial ρ=([-+0-9.]+), category bootstrap", robustness_cell(result))
+    assert partial is not None and f"partial ρ={float(partial.group(1)):.3f}" in result.run_text
 
 
 def test_the_same_values_with_categories_unrelated_to_them_survive() -> None:

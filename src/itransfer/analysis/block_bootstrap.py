@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from itransfer.analysis.significance import rowwise_spearman
 
@@ -137,6 +138,25 @@ def spearman_statistic(rows: np.ndarray) -> float:
     return float(rowwise_spearman(rows[None, :, 0], rows[None, :, 1])[0])
 
 
+def partial_statistic(rows: np.ndarray) -> float:
+    """Spearman's rho of columns 0 and 1 given column 2, as
+    :func:`correlations.partial_spearman` computes it (ranks, each residualised on the
+    control's ranks); NaN when a side is constant."""
+    ranks = stats.rankdata(rows, axis=0)
+    centred = ranks - ranks.mean(axis=0)
+    control = centred[:, 2]
+    scale = control @ control
+    if scale == 0:
+        return float("nan")
+    residual_x = centred[:, 0] - control * (centred[:, 0] @ control) / scale
+    residual_y = centred[:, 1] - control * (centred[:, 1] @ control) / scale
+    norm = np.sqrt((residual_x @ residual_x) * (residual_y @ residual_y))
+    # Residuals of rounding size: a side is a linear function of the control in this resample.
+    if norm < 1e-9 * len(rows) ** 2:
+        return float("nan")
+    return float((residual_x @ residual_y) / norm)
+
+
 def correlation_difference_statistic(rows: np.ndarray) -> float:
     """Spearman's rho of columns 2 and 3 minus that of columns 0 and 1 (same tasks)."""
     return spearman_statistic(rows[:, 2:4]) - spearman_statistic(rows[:, 0:2])
@@ -206,6 +226,15 @@ def correlation_check(label: str, table: pd.DataFrame, x: str, y: str, categorie
     return Check(label, result, in_direction(result, sign))
 
 
+def partial_check(label: str, table: pd.DataFrame, x: str, y: str, control: pd.Series,
+                  categories: pd.Series, *, n_boot: int, seed: int) -> Check:
+    """The partial rho of ``x`` and ``y`` given ``control`` (per task, e.g. difficulty); holds
+    when its block CI is above 0."""
+    joined = table[[x, y]].join(control.rename("control"), how="inner")
+    result = block_bootstrap(joined, categories, partial_statistic, n_boot=n_boot, seed=seed)
+    return Check(label, result, in_direction(result, 1.0))
+
+
 def paired_check(label: str, before: pd.Series, after: pd.Series, categories: pd.Series, *,
                  sign: float, n_boot: int, seed: int) -> Check:
     """The mean paired difference ``after − before`` over tasks; holds when its block CI is on
@@ -216,11 +245,14 @@ def paired_check(label: str, before: pd.Series, after: pd.Series, categories: pd
     return Check(label, result, in_direction(result, sign))
 
 
-def combine(checks: Sequence[Check], *, any_of: bool = False) -> Robustness:
-    """Every check must hold (``any_of``: one is enough, for a claim shown either way)."""
+def combine(checks: Sequence[Check], *, any_of: bool = False, notes: Sequence[Check] = ()
+            ) -> Robustness:
+    """Every check must hold (``any_of``: one is enough, for a claim shown either way);
+    ``notes`` are shown after them but decide nothing (e.g. the difficulty-controlled rho,
+    which the verdict does not rest on)."""
     if not checks:
         return Robustness(None, "—")
-    text = "; ".join(check.result.describe(check.label) for check in checks)
+    text = "; ".join(check.result.describe(check.label) for check in [*checks, *notes])
     defined = [check for check in checks if check.result.defined]
     complete = len(defined) == len(checks)
     # An undefined check decides nothing: the verdict survives or not on the defined ones

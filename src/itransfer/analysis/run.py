@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 import pandas as pd
 
 from itransfer.analysis.block_bootstrap import task_categories
+from itransfer.analysis.correlations import zero_shot_difficulty
 from itransfer.analysis.rows import rows_of_groups
 from itransfer.analysis.seeds import SeedCount, finetune_seed_count
 from itransfer.schema import RunManifest, Section
@@ -41,6 +42,8 @@ class RunAnalysis:
     # task → category, for the category-block bootstrap (empty: none recorded)
     categories: pd.Series = field(default_factory=lambda: pd.Series(dtype=object))
     finetune_seeds: SeedCount = field(default_factory=lambda: SeedCount(0, 0, 0))
+    # task → the pre-trained model's zero-shot loss, the partial correlations' control
+    difficulty: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
 
     def of(self, kind: type[AnalysisT]) -> AnalysisT | None:
         """This run's analysis of class ``kind``; None when the run lacks that section."""
@@ -67,4 +70,5 @@ def analyse(
     }
     return RunAnalysis(manifest=manifest, num_rows=len(frame), sections=sections,
                        categories=task_categories(frame),
-                       finetune_seeds=finetune_seed_count(frame))
+                       finetune_seeds=finetune_seed_count(frame),
+                       difficulty=zero_shot_difficulty(frame, manifest.pretrained))

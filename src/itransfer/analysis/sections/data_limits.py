@@ -19,6 +19,7 @@ from itransfer.analysis.block_bootstrap import (
     combine,
     correlation_check,
     paired_check,
+    partial_check,
 )
 from itransfer.analysis.html import details, table
 from itransfer.analysis.plotting import PaperFigure
@@ -248,9 +249,12 @@ def _less_data_robustness(analysis: RunAnalysis, settings: Settings) -> Robustne
 def _delta_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
     limits = analysis.of(DataLimitsAnalysis)
     assert limits is not None
+    common = {"n_boot": settings.n_boot, "seed": settings.seed}
     return combine([correlation_check("ρ", limits.deltas, "finetune_delta", "icl_delta",
-                                      analysis.categories, n_boot=settings.n_boot,
-                                      seed=settings.seed)])
+                                      analysis.categories, **common)],
+                   notes=[partial_check("partial ρ", limits.deltas, "finetune_delta",
+                                        "icl_delta", analysis.difficulty, analysis.categories,
+                                        **common)])
 
 
 # --- findings: the paper's claims and numbers ------------------------------------------------

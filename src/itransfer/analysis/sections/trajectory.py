@@ -25,6 +25,7 @@ from itransfer.analysis.block_bootstrap import (
     correlation_check,
     correlation_difference_statistic,
     paired_check,
+    partial_check,
     spearman_statistic,
 )
 from itransfer.analysis.html import details, table
@@ -356,7 +357,7 @@ def _early_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
     weak = Check(f"ρ_early (vs {WEAK_RHO})", result,
                  result.defined and result.share_above < ALPHA)
     return combine([weak, _phase_difference_check(trajectory, analysis, settings)],
-                   any_of=True)
+                   any_of=True, notes=[_partial_note("early", trajectory, analysis, settings)])
 
 
 def _late_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
@@ -367,7 +368,16 @@ def _late_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
                                 seed=settings.seed)]
     if trajectory.phases.early.defined:
         checks.append(_phase_difference_check(trajectory, analysis, settings))
-    return combine(checks)
+    return combine(checks, notes=[_partial_note("late", trajectory, analysis, settings)])
+
+
+def _partial_note(phase: str, trajectory: TrajectoryAnalysis, analysis: RunAnalysis,
+                  settings: Settings) -> Check:
+    """The phase's difficulty-controlled rho under the block bootstrap (shown, not judged)."""
+    table = getattr(trajectory.phases, f"{phase}_table")
+    return partial_check(f"partial ρ_{phase}", table, "finetune_delta", "icl_delta",
+                         analysis.difficulty, analysis.categories, n_boot=settings.n_boot,
+                         seed=settings.seed)
 
 
 def _steps_robustness(method: str, signs: Callable[[int, int], float]) -> RobustnessCheck:

@@ -19,6 +19,7 @@ from itransfer.analysis.block_bootstrap import (
     combine,
     correlation_check,
     paired_check,
+    partial_check,
 )
 from itransfer.analysis.html import details, table
 from itransfer.analysis.plotting import PaperFigure
@@ -349,9 +350,11 @@ def _icl_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
 def _correlation_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
     transfer = analysis.of(TransferAnalysis)
     assert transfer is not None
+    common = {"n_boot": settings.n_boot, "seed": settings.seed}
     return combine([correlation_check("ρ", transfer.scatter, "finetune", "icl",
-                                      analysis.categories, n_boot=settings.n_boot,
-                                      seed=settings.seed)])
+                                      analysis.categories, **common)],
+                   notes=[partial_check("partial ρ", transfer.scatter, "finetune", "icl",
+                                        analysis.difficulty, analysis.categories, **common)])
 
 
 # --- findings: the paper's claims and numbers ------------------------------------------------
