@@ -19,7 +19,12 @@ from itransfer.analysis.report import (
 )
 from itransfer.analysis.run import analyse
 from itransfer.analysis.sections import PAPER_FINDINGS
-from itransfer.analysis.verdicts import REPRODUCES, FindingResult, evaluate_findings
+from itransfer.analysis.verdicts import (
+    REPRODUCES,
+    FindingResult,
+    evaluate_findings,
+    robustness_summary,
+)
 from itransfer.schema import RunManifest
 from test_analysis import build_rows, manifest_dict, unseen_rows
 
@@ -65,6 +70,8 @@ def test_a_correlation_made_by_three_categories_does_not_survive() -> None:
     # the difficulty-controlled rho beside it, the same number the finding shows
     partial = re.search(r"partial ρ=([-+0-9.]+), category bootstrap", robustness_cell(result))
     assert partial is not None and f"partial ρ={float(partial.group(1)):.3f}" in result.run_text
+    assert robustness_summary([result]).endswith(
+        "0 of the 1 ✓ verdicts it could recheck survive it; not: 3.1-ft-icl-correlation.")
 
 
 def test_the_same_values_with_categories_unrelated_to_them_survive() -> None:
@@ -79,6 +86,7 @@ def test_the_same_values_with_categories_unrelated_to_them_survive() -> None:
     assert result.robustness is not None and result.robustness.survives is True
     assert verdict_cell(result) == "✓ reproduces"
     assert robustness_cell(result).startswith("holds: ρ=")
+    assert "1 of the 1 ✓ verdicts it could recheck survive it." in robustness_summary([result])
 
 
 def frame_with_seeds(seeds: int) -> pd.DataFrame:
@@ -141,3 +149,15 @@ def test_without_two_categories_the_column_says_why(categories: int) -> None:
     assert result.robustness is not None and result.robustness.survives is None
     reason = "1 category" if categories else "no task categories recorded"
     assert reason in robustness_cell(result) and verdict_cell(result) == "✓ reproduces"
+    assert "no ✓ verdict could be rechecked" in robustness_summary([result])
+
+
+def test_an_undefined_verdict_is_not_rechecked() -> None:
+    """Two tasks: nothing to resample, and the column says nothing rather than fail."""
+    manifest = RunManifest.model_validate(manifest_dict(sections={"transfer"}))
+    frame = frame_with_seeds(1)
+    frame = frame[frame["task"].isin(["task000_unseen", "task001_unseen"])]
+    results = evaluate_findings(analyse(frame, manifest, n_boot=20), n_boot=20)
+    undefined = [result for result in results if result.verdict == "undefined"]
+    assert undefined and all(result.robustness is None for result in undefined)
+    assert all(robustness_cell(result) == "—" for result in undefined)
