@@ -161,3 +161,4 @@ def test_an_undefined_verdict_is_not_rechecked() -> None:
     undefined = [result for result in results if result.verdict == "undefined"]
     assert undefined and all(result.robustness is None for result in undefined)
     assert all(robustness_cell(result) == "—" for result in undefined)
+    assert robustness_summary(undefined) == "Category bootstrap: no ✓ verdict to recheck."

@@ -140,9 +140,11 @@ def with_robustness(result: FindingResult, analysis: RunAnalysis, settings: Sett
 
 def robustness_summary(results: Sequence[FindingResult]) -> str:
     """One sentence on the ✓ verdicts that rest on tasks being independent."""
-    confirmed = [result for result in results
-                 if result.verdict == REPRODUCES and result.robustness is not None
+    reproduced = [result for result in results if result.verdict == REPRODUCES]
+    confirmed = [result for result in reproduced if result.robustness is not None
                  and result.robustness.survives is not None]
+    if not reproduced:
+        return "Category bootstrap: no ✓ verdict to recheck."
     if not confirmed:
         return ("Category bootstrap: no ✓ verdict could be rechecked (tasks in fewer than two "
                 "categories, or none recorded).")
