@@ -36,6 +36,7 @@ from itransfer.analysis.verdicts import (
     FindingResult,
     evaluate_findings,
     holm_summary,
+    robustness_summary,
 )
 from itransfer.eval.results import ResultsTable
 from itransfer.io_utils import atomic_write_text
@@ -95,7 +96,34 @@ def _paper_cell(result: FindingResult) -> str:
 
 def verdict_cell(result: FindingResult, scale: ScaleAssessment | None = None) -> str:
     verdict = f"{VERDICT_MARKS.get(result.verdict, '')} {result.verdict}".strip()
+    if not survives_blocks(result):
+        verdict += f" ({NOT_SURVIVING})"
     return f"{verdict} (pipeline check)" if scale is not None and scale.pipeline_check else verdict
+
+
+NOT_SURVIVING = "does not survive the category bootstrap"
+
+
+def survives_blocks(result: FindingResult) -> bool:
+    """False only for a ✓ whose tests fail under the category-block bootstrap: the verdict
+    then rests on the tasks being independent draws."""
+    robustness = result.robustness
+    return not (result.verdict == REPRODUCES and robustness is not None
+                and robustness.survives is False)
+
+
+def robustness_cell(result: FindingResult) -> str:
+    """The findings table's robustness column: the tests under the category bootstrap."""
+    robustness = result.robustness
+    if robustness is None:
+        return "—"
+    mark = {True: "holds: ", False: "fails: ", None: ""}[robustness.survives]
+    return mark + robustness.text
+
+
+def seeds_text(analysis: RunAnalysis) -> str:
+    """The header line on fine-tuning seeds: how many stand behind every fine-tuning number."""
+    return f"Fine-tuning seeds: {analysis.finetune_seeds.describe()}."
 
 
 def _parameters_text(count: int | None) -> str:
@@ -163,6 +191,7 @@ def render_html(analysis: RunAnalysis, findings: list[FindingResult],
             ("results rows", analysis.num_rows),
             ("git commit", _git_text(manifest.git)),
             ("hardware", _hardware_text(manifest.hardware)),
+            ("fine-tuning seeds", analysis.finetune_seeds.describe()),
         ]),
         *([_scale_html(scale)] if scale is not None else []),
         "<h2>Findings: the paper vs this run</h2>",
@@ -210,12 +239,12 @@ def _findings_html(findings: list[FindingResult], scale: ScaleAssessment | None 
     if not findings:
         return "<p>This run has no section of the paper to compare.</p>"
     header = ("<tr><th>§</th><th>Figure</th><th>Claim</th><th>Paper</th><th>This run</th>"
-              "<th>Test</th><th>Verdict</th></tr>")
+              "<th>Test</th><th>Category bootstrap</th><th>Verdict</th></tr>")
     rows = []
     for result in findings:
         finding = result.finding
         cells = [finding.paper_section, finding.figure_cell, finding.claim, _paper_cell(result),
-                 result.run_text, test_cell(result)]
+                 result.run_text, test_cell(result), robustness_cell(result)]
         rows.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells)
                     + f'<td class="verdict">{html.escape(verdict_cell(result, scale))}'
                     + "</td></tr>")
@@ -227,11 +256,19 @@ def _findings_html(findings: list[FindingResult], scale: ScaleAssessment | None 
               "significant the other way) · ? undefined (too few tasks or points). A paired "
               "test's direction is its tasks' signed ranks, not its mean. A correlation is "
               f"weak when its 95% CI lies inside (−{WEAK_RHO}, {WEAK_RHO}). "
-              f"{html.escape(holm_summary(findings))}</p>")
+              f"{html.escape(holm_summary(findings))}</p><p>{html.escape(BLOCK_LEGEND)} "
+              f"{html.escape(robustness_summary(findings))}</p>")
     how = "".join(f"<li><b>{html.escape(r.finding.id)}</b>: "
                   f"{html.escape(r.finding.how_to_compute)}</li>" for r in findings)
     return (f'<table class="data">{header}{"".join(rows)}</table>{legend}'
             + details("How each number is computed", f"<ul>{how}</ul>"))
+
+
+BLOCK_LEGEND = ("Category bootstrap: tasks of one category share source datasets, so each test "
+                "is rerun resampling categories with replacement, then tasks within each drawn "
+                "category (a correlation's CI, a paired mean difference's CI, a ranking's "
+                "share first); a ✓ whose tests fail there is marked \"" + NOT_SURVIVING
+                + "\".")
 
 
 def _hardware_text(record: Mapping[str, Any]) -> str:
@@ -290,24 +327,25 @@ def render_markdown(analysis: RunAnalysis, findings: list[FindingResult],
     lines = [f"# {manifest.title or manifest.experiment or 'itransfer run'}", "",
              f"Experiment `{manifest.experiment}` · {analysis.num_rows} result rows · "
              f"git {_git_text(manifest.git)} · {_hardware_text(manifest.hardware)} · "
-             f"full report: [{REPORT_HTML}]({REPORT_HTML})", ""]
+             f"full report: [{REPORT_HTML}]({REPORT_HTML})", "", seeds_text(analysis), ""]
     if scale is not None:
         lines += [f"Scale: {_scale_summary(scale)}.", ""]
         if scale.pipeline_check:
             lines += [f"**{_pipeline_check_text(scale)}**", ""]
     if findings:
-        lines += ["| § | Claim | Paper | This run | Test | Verdict |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| § | Claim | Paper | This run | Test | Category bootstrap | Verdict |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [
             "| " + " | ".join(markdown_cell(cell) for cell in (
                 result.finding.paper_section, result.finding.claim, _paper_cell(result),
-                result.run_text, test_cell(result), verdict_cell(result, scale))) + " |"
+                result.run_text, test_cell(result), robustness_cell(result),
+                verdict_cell(result, scale))) + " |"
             for result in findings
         ]
         counts = pd.Series([result.verdict for result in findings]).value_counts()
         lines += ["", "Verdicts: " + ", ".join(f"{count} {verdict}"
                                                for verdict, count in counts.items()) + ". "
-                  + holm_summary(findings), ""]
+                  + holm_summary(findings) + " " + robustness_summary(findings), ""]
     else:
         lines += ["This run has no section of the paper to compare.", ""]
     if figures:

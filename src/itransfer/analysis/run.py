@@ -14,7 +14,10 @@ from typing import Any, Protocol, TypeVar
 
 import pandas as pd
 
+from itransfer.analysis.block_bootstrap import task_categories
+from itransfer.analysis.correlations import zero_shot_difficulty
 from itransfer.analysis.rows import rows_of_groups
+from itransfer.analysis.seeds import SeedCount, finetune_seed_count
 from itransfer.schema import RunManifest, Section
 
 
@@ -36,6 +39,11 @@ class RunAnalysis:
     manifest: RunManifest
     num_rows: int
     sections: dict[str, SectionAnalysis] = field(default_factory=dict)  # by section key
+    # task → category, for the category-block bootstrap (empty: none recorded)
+    categories: pd.Series = field(default_factory=lambda: pd.Series(dtype=object))
+    finetune_seeds: SeedCount = field(default_factory=lambda: SeedCount(0, 0, 0))
+    # task → the pre-trained model's zero-shot loss, the partial correlations' control
+    difficulty: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
 
     def of(self, kind: type[AnalysisT]) -> AnalysisT | None:
         """This run's analysis of class ``kind``; None when the run lacks that section."""
@@ -60,4 +68,7 @@ def analyse(
                                              manifest, section, n_boot=n_boot, seed=seed)
         for key, section in manifest.sections.items()
     }
-    return RunAnalysis(manifest=manifest, num_rows=len(frame), sections=sections)
+    return RunAnalysis(manifest=manifest, num_rows=len(frame), sections=sections,
+                       categories=task_categories(frame),
+                       finetune_seeds=finetune_seed_count(frame),
+                       difficulty=zero_shot_difficulty(frame, manifest.pretrained))

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from itransfer.analysis.block_bootstrap import Robustness
 from itransfer.analysis.correlations import Correlation, PartialCorrelation
 from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.significance import PairedTest, holm, one_sided_p
@@ -61,6 +62,8 @@ class Settings:
 
 
 Evaluator = Callable[[RunAnalysis, "Finding", Settings], "FindingResult"]
+# A finding's tests rerun under the category-block bootstrap (itransfer.analysis.block_bootstrap).
+RobustnessCheck = Callable[[RunAnalysis, Settings], Robustness]
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class Finding:
     panel: str | None = None  # one panel of a figure of several, e.g. "centre"
     # A comparison of ours beside the paper's claims: shown, but outside the Holm family.
     ours: bool = False
+    robustness: RobustnessCheck | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.figure_cell  # noqa: B018  (a malformed figure or panel fails at import)
@@ -112,6 +116,8 @@ class FindingResult:
     correlation: Correlation | None = None
     test: str = ""  # the test(s) behind the verdict, with statistics and p-values or CIs
     holm_p: float | None = None  # run_p adjusted across the report's findings
+    # the same tests under the category-block bootstrap (None: the finding has no such check)
+    robustness: Robustness | None = None
 
 
 def registered_findings() -> tuple[Finding, ...]:
@@ -126,7 +132,34 @@ def evaluate_findings(analysis: RunAnalysis, *, n_boot: int = 2000, seed: int = 
     settings = Settings(n_boot=n_boot, seed=seed)
     results = [finding.evaluate(analysis, finding, settings)
                for finding in registered_findings() if finding.section in analysis.sections]
+    results = [with_robustness(result, analysis, settings) for result in results]
     return adjust_for_multiplicity(results)
+
+
+def with_robustness(result: FindingResult, analysis: RunAnalysis, settings: Settings
+                    ) -> FindingResult:
+    """Attach the finding's category-block bootstrap check, when it has one and a verdict."""
+    check = result.finding.robustness
+    if check is None or result.verdict == UNDEFINED:
+        return result
+    return replace(result, robustness=check(analysis, settings))
+
+
+def robustness_summary(results: Sequence[FindingResult]) -> str:
+    """One sentence on the ✓ verdicts that rest on tasks being independent."""
+    reproduced = [result for result in results if result.verdict == REPRODUCES]
+    confirmed = [result for result in reproduced if result.robustness is not None
+                 and result.robustness.survives is not None]
+    if not reproduced:
+        return "Category bootstrap: no ✓ verdict to recheck."
+    if not confirmed:
+        return ("Category bootstrap: no ✓ verdict could be rechecked (tasks in fewer than two "
+                "categories, or none recorded).")
+    failing = [result.finding.id for result in confirmed if not result.robustness.survives]
+    text = (f"Category bootstrap (categories, then tasks within them, resampled): "
+            f"{len(confirmed) - len(failing)} of the {len(confirmed)} ✓ verdicts it could "
+            "recheck survive it")
+    return text + (f"; not: {', '.join(failing)}." if failing else ".")
 
 
 def adjust_for_multiplicity(results: Sequence[FindingResult]) -> list[FindingResult]:

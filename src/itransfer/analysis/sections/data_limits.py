@@ -6,7 +6,7 @@ The YAML keys (``sections.data_limits``), the analysis, Figure 2 and the section
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +14,18 @@ import pandas as pd
 
 from itransfer.analysis import correlations as corr
 from itransfer.analysis import plotting
+from itransfer.analysis.block_bootstrap import (
+    Robustness,
+    combine,
+    correlation_check,
+    paired_check,
+    partial_check,
+)
 from itransfer.analysis.html import details, table
 from itransfer.analysis.plotting import PaperFigure
 from itransfer.analysis.rows import evaluated_step
 from itransfer.analysis.run import RunAnalysis
+from itransfer.analysis.seeds import spread_by_point, spread_html
 from itransfer.analysis.significance import paired_test
 from itransfer.analysis.verdicts import (
     Finding,
@@ -60,6 +68,8 @@ class DataLimitsAnalysis:
     partial: corr.PartialCorrelation  # the correlation with task difficulty partialled out
     # per task: the largest limit ("before") and the smallest ("after"), for the paired tests
     extremes: pd.DataFrame
+    # per limit: the seeds behind its k-shot fine-tuning loss and their spread
+    seed_spread: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
     def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: DataLimitsSection, *,
@@ -87,13 +97,18 @@ class DataLimitsAnalysis:
             partial=corr.difficulty_partial(
                 deltas, "finetune_delta", "icl_delta",
                 corr.zero_shot_difficulty(frame, manifest.pretrained), seed=seed),
+            seed_spread=spread_by_point(
+                frame, {f"limit {limit}": (model, evaluated_step(frame, manifest, model))
+                        for limit, model in section.models.items()}, shots=section.shots),
         )
 
     def tables_html(self) -> str:
         return ("<h3>Mean loss by data limit</h3>" + _budget_note(self.summary["budget"])
                 + table(self.summary)
                 + details(f"Per-task changes, {self.after} − {self.before} "
-                          f"({len(self.deltas)} tasks)", table(self.deltas, index=True)))
+                          f"({len(self.deltas)} tasks)", table(self.deltas, index=True))
+                + spread_html(self.seed_spread,
+                              f"the {self.spec.shots}-shot fine-tuning loss per data limit"))
 
 
 def _with_budgets(summary: pd.DataFrame, manifest: RunManifest) -> pd.DataFrame:
@@ -212,6 +227,34 @@ def _delta_correlation(analysis: RunAnalysis, finding: Finding, settings: Settin
                               f"; Δ = {limits.after} − {limits.before}", limits.partial)
 
 
+# --- findings: the same tests under the category-block bootstrap -----------------------------
+
+
+def _less_data_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+    """The smallest vs the largest limit's paired tests, tasks resampled by category."""
+    limits = analysis.of(DataLimitsAnalysis)
+    assert limits is not None
+    extremes = limits.extremes
+    if extremes.empty:
+        return combine([])
+    return combine([
+        paired_check(f"{name} smallest − largest limit", extremes[f"{method}_before"],
+                     extremes[f"{method}_after"], analysis.categories, sign=-1.0,
+                     n_boot=settings.n_boot, seed=settings.seed)
+        for method, name in (("icl", "ICL"), ("finetune", "FT"))])
+
+
+def _delta_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+    limits = analysis.of(DataLimitsAnalysis)
+    assert limits is not None
+    common = {"n_boot": settings.n_boot, "seed": settings.seed}
+    return combine([correlation_check("ρ", limits.deltas, "finetune_delta", "icl_delta",
+                                      analysis.categories, **common)],
+                   notes=[partial_check("partial ρ", limits.deltas, "finetune_delta",
+                                        "icl_delta", analysis.difficulty, analysis.categories,
+                                        **common)])
+
+
 # --- findings: the paper's claims and numbers ------------------------------------------------
 
 LESS_DATA_HELPS = Finding(
@@ -223,7 +266,7 @@ LESS_DATA_HELPS = Finding(
                    "minus those of the largest-limit model (both should be negative); a "
                    "paired Wilcoxon test over tasks for each, one-sided (smaller limit "
                    "lower).",
-    evaluate=_less_data_helps,
+    evaluate=_less_data_helps, robustness=_less_data_robustness,
 )
 DELTA_CORRELATION = Finding(
     id="3.2-delta-correlation", paper_section="3.2", section=KEY, figure=FIGURE_2_RIGHT,
@@ -232,7 +275,7 @@ DELTA_CORRELATION = Finding(
     paper_text=f"Spearman ρ = 0.705, p = 6.31e-15; {PAPER_TASKS}; 5,000 → 50 per task",
     how_to_compute="Spearman's rho across unseen tasks between Δ 5-shot LoRA loss and "
                    "Δ ICL loss from the first to the second model of `data_limits.delta`.",
-    evaluate=_delta_correlation,
+    evaluate=_delta_correlation, robustness=_delta_robustness,
 )
 
 

@@ -6,7 +6,7 @@ these groups, so the section has no finding and no figure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from itransfer.analysis import correlations as corr
 from itransfer.analysis.html import table
 from itransfer.analysis.rows import evaluated_step, task_groups_of
+from itransfer.analysis.seeds import spread_by_point, spread_html
 from itransfer.config import EVALUATION_TASK_GROUPS, ContextConfig, EvalConfig
 from itransfer.schema import EvalPlan, Need, RunManifest, Section, register_section
 
@@ -30,6 +31,8 @@ class HeldoutGroupsAnalysis:
     spec: HeldoutGroupsSection
     summary: pd.DataFrame  # per group × model: n_tasks, mean ICL / k-shot losses and ROUGE-L
     max_tasks: int | None  # eval.max_tasks: at most this many tasks of each group were run
+    # per group and model: the seeds behind its k-shot fine-tuning loss and their spread
+    seed_spread: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
     def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: HeldoutGroupsSection,
@@ -45,8 +48,15 @@ class HeldoutGroupsAnalysis:
         measured = summary.groupby("group")["n_tasks"].transform("sum") > 0
         summary["note"] = measured.map({True: "", False: "no tasks"})
         max_tasks = manifest.config.get("eval", {}).get("max_tasks")
+        spreads = [spread_by_point(frame[groups == group],
+                                   {f"{group}, {name}": (label, evaluated_step(frame, manifest,
+                                                                              label))
+                                    for name, label in section.models.items()},
+                                   shots=section.shots, context=section.context)
+                   for group in section.groups]
         return cls(spec=section, summary=summary,
-                   max_tasks=int(max_tasks) if max_tasks is not None else None)
+                   max_tasks=int(max_tasks) if max_tasks is not None else None,
+                   seed_spread=pd.concat(spreads, ignore_index=True))
 
     def tables_html(self) -> str:
         spec = self.spec
@@ -56,7 +66,9 @@ class HeldoutGroupsAnalysis:
                 f"{spec.shots}-shot fine-tuning test loss (context <code>{spec.context}</code>) "
                 "and ROUGE-L where generations were scored. The sections above read the "
                 f"<code>unseen</code> group only.{capped}</p>"
-                "<h3>Mean loss by evaluation group</h3>" + table(self.summary))
+                "<h3>Mean loss by evaluation group</h3>" + table(self.summary)
+                + spread_html(self.seed_spread, f"the {spec.shots}-shot fine-tuning loss per "
+                              "group and model"))
 
 
 def _group_record(frame: pd.DataFrame, manifest: RunManifest, section: HeldoutGroupsSection,

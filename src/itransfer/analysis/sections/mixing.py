@@ -6,22 +6,25 @@ are drawn into Figure 4 (left) with §5.1's (:mod:`.trajectory`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 from pydantic import ConfigDict, Field
 
 from itransfer.analysis import correlations as corr
+from itransfer.analysis.block_bootstrap import Robustness, combine, paired_check
 from itransfer.analysis.html import table
 from itransfer.analysis.rows import trajectory_steps
 from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.sections.trajectory import FIGURE_4_LEFT
+from itransfer.analysis.seeds import spread_by_point, spread_html
 from itransfer.analysis.significance import PairedTest, paired_test
 from itransfer.analysis.verdicts import (
     Evaluator,
     Finding,
     FindingResult,
     Parts,
+    RobustnessCheck,
     Settings,
     undefined,
 )
@@ -41,13 +44,17 @@ class MixingAnalysis:
     spec: MixingSection
     curves: pd.DataFrame  # label (with | without), step, method → mean loss
     points: pd.DataFrame  # label, step, task → icl, finetune loss (for the paired tests)
+    # per label and step > 0: the seeds behind its k-shot fine-tuning loss and their spread
+    seed_spread: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
     def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: MixingSection, *,
                 n_boot: int, seed: int) -> MixingAnalysis:
         curves, points = [], []
+        spread_points: dict[str, tuple[str, int | None]] = {}
         for label, model in (("with mixing", section.with_), ("without mixing", section.without)):
             steps = trajectory_steps(frame, manifest, model)
+            spread_points |= {f"{label}, step {step}": (model, step) for step in steps if step}
             curve = corr.trajectory_curves(frame, model, steps, pretrained=manifest.pretrained,
                                            shots=section.shots)
             curves.append(curve.assign(label=label))
@@ -55,12 +62,15 @@ class MixingAnalysis:
                                                  pretrained=manifest.pretrained,
                                                  shots=section.shots).assign(label=label))
         return cls(spec=section, curves=pd.concat(curves, ignore_index=True),
-                   points=pd.concat(points, ignore_index=True))
+                   points=pd.concat(points, ignore_index=True),
+                   seed_spread=spread_by_point(frame, spread_points, shots=section.shots))
 
     def tables_html(self) -> str:
         return (f"<p>Drawn in {FIGURE_4_LEFT} above.</p><h3>Mean loss by step</h3>"
                 + table(self.curves.pivot_table(index=["method", "label"], columns="step",
-                                                values="mean"), index=True))
+                                                values="mean"), index=True)
+                + spread_html(self.seed_spread, f"the {self.spec.shots}-shot fine-tuning loss "
+                              "with and without mixing"))
 
 
 # --- findings: the tests behind the verdicts -------------------------------------------------
@@ -112,6 +122,33 @@ def _step_tests(points: pd.DataFrame, method: str, steps: pd.Index) -> dict[int,
     return tests
 
 
+# --- findings: the same tests under the category-block bootstrap -----------------------------
+
+
+def _mixing_robustness(method: str, *, final_only: bool) -> RobustnessCheck:
+    """At each step the verdict judges (each common step > 0, or the last), without vs with
+    mixing, tasks resampled by category."""
+
+    def check(analysis: RunAnalysis, settings: Settings) -> Robustness:
+        mixing = analysis.of(MixingAnalysis)
+        assert mixing is not None
+        points = mixing.points[mixing.points["step"] > 0]
+        if final_only:
+            common = points.groupby("step")["label"].nunique()
+            both = common[common == 2].index
+            points = points[points["step"] == both.max()] if len(both) else points.iloc[:0]
+        checks = []
+        for step, at_step in points.groupby("step"):
+            wide = at_step.pivot_table(index="task", columns="label", values=method)
+            if {"with mixing", "without mixing"} <= set(wide.columns):
+                checks.append(paired_check(
+                    f"step {step}: with − without", wide["without mixing"], wide["with mixing"],
+                    analysis.categories, sign=-1.0, n_boot=settings.n_boot, seed=settings.seed))
+        return combine(checks)
+
+    return check
+
+
 # --- findings: the paper's claims ------------------------------------------------------------
 
 MIXING_REDUCES_FORGETTING = Finding(
@@ -123,6 +160,7 @@ MIXING_REDUCES_FORGETTING = Finding(
                    "with a paired Wilcoxon test over tasks at each, one-sided (with mixing "
                    "lower); every step must hold (\"throughout training\").",
     evaluate=_mixing_effect("finetune", final_only=False),
+    robustness=_mixing_robustness("finetune", final_only=False),
 )
 MIXING_IMPROVES_ICL = Finding(
     id="5.2-mixing-improves-icl", paper_section="5.2", section=KEY, figure=FIGURE_4_LEFT,
@@ -134,6 +172,7 @@ MIXING_IMPROVES_ICL = Finding(
                    "generalization', an outcome of training; only forgetting is claimed "
                    "'throughout training'), with a one-sided paired Wilcoxon test over tasks.",
     evaluate=_mixing_effect("icl", final_only=True),
+    robustness=_mixing_robustness("icl", final_only=True),
 )
 
 

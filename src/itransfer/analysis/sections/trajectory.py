@@ -7,8 +7,8 @@ The YAML keys (``sections.trajectory``), the analysis, Figure 4 (its left panel 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -16,10 +16,22 @@ from pydantic import Field
 
 from itransfer.analysis import correlations as corr
 from itransfer.analysis import plotting
+from itransfer.analysis.block_bootstrap import (
+    Check,
+    Robustness,
+    block_bootstrap,
+    combine,
+    correlation_check,
+    correlation_difference_statistic,
+    paired_check,
+    partial_check,
+    spearman_statistic,
+)
 from itransfer.analysis.html import details, table
 from itransfer.analysis.plotting import PaperFigure
 from itransfer.analysis.rows import trajectory_steps
 from itransfer.analysis.run import RunAnalysis
+from itransfer.analysis.seeds import spread_by_point, spread_html
 from itransfer.analysis.significance import (
     CorrelationDifference,
     PairedTest,
@@ -38,6 +50,7 @@ from itransfer.analysis.verdicts import (
     Finding,
     FindingResult,
     Parts,
+    RobustnessCheck,
     Settings,
     nan_to_none,
     spearman_test_text,
@@ -65,6 +78,8 @@ class TrajectoryAnalysis:
     phases: corr.PhaseCorrelations
     early_partial: corr.PartialCorrelation  # each phase's correlation, difficulty partialled out
     late_partial: corr.PartialCorrelation
+    # per step: the seeds behind its k-shot fine-tuning loss and their spread
+    seed_spread: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
     def compute(cls, frame: pd.DataFrame, manifest: RunManifest, section: TrajectorySection, *,
@@ -87,6 +102,9 @@ class TrajectoryAnalysis:
                                                   "icl_delta", difficulty, seed=seed),
             late_partial=corr.difficulty_partial(phases.late_table, "finetune_delta",
                                                  "icl_delta", difficulty, seed=seed),
+            seed_spread=spread_by_point(
+                frame, {f"step {step}": (section.model, step) for step in steps},
+                shots=section.shots, pretrained=manifest.pretrained),
         )
 
     def tables_html(self) -> str:
@@ -97,7 +115,9 @@ class TrajectoryAnalysis:
                 + details(f"Early phase per task: {phases.early.describe()}",
                           table(phases.early_table, index=True))
                 + details(f"Late phase per task: {phases.late.describe()}",
-                          table(phases.late_table, index=True)))
+                          table(phases.late_table, index=True))
+                + spread_html(self.seed_spread,
+                              f"the {self.spec.shots}-shot fine-tuning loss per step"))
 
 
 # --- Figure 4 --------------------------------------------------------------------------------
@@ -309,6 +329,85 @@ def _forgetting_then_recovery(analysis: RunAnalysis, finding: Finding, settings:
                          text, test=_steps_text(tests))
 
 
+# --- findings: the same tests under the category-block bootstrap -----------------------------
+
+
+def _phase_difference_check(trajectory: TrajectoryAnalysis, analysis: RunAnalysis,
+                            settings: Settings) -> Check:
+    """ρ_late − ρ_early on the tasks of both phases; holds when its block CI is above 0."""
+    phases = trajectory.phases
+    columns = ["finetune_delta", "icl_delta"]
+    joined = pd.merge(phases.early_table[columns], phases.late_table[columns], how="inner",
+                      left_index=True, right_index=True, suffixes=("_early", "_late"))
+    result = block_bootstrap(joined, analysis.categories, correlation_difference_statistic,
+                             n_boot=settings.n_boot, seed=settings.seed)
+    return Check("ρ_late − ρ_early", result, result.defined and result.ci_low > 0)
+
+
+def _early_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+    """Weak as the verdict reads it: ρ_early's block CI inside (−WEAK_RHO, WEAK_RHO)."""
+    trajectory = analysis.of(TrajectoryAnalysis)
+    assert trajectory is not None
+    result = block_bootstrap(trajectory.phases.early_table[["finetune_delta", "icl_delta"]],
+                             analysis.categories, spearman_statistic, n_boot=settings.n_boot,
+                             seed=settings.seed)
+    weak = Check(f"ρ_early (inside ±{WEAK_RHO})", result,
+                 result.defined and result.ci_low > -WEAK_RHO and result.ci_high < WEAK_RHO)
+    return combine([weak], notes=[_partial_note("early", trajectory, analysis, settings)])
+
+
+def _late_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+    trajectory = analysis.of(TrajectoryAnalysis)
+    assert trajectory is not None
+    checks = [correlation_check("ρ_late", trajectory.phases.late_table, "finetune_delta",
+                                "icl_delta", analysis.categories, n_boot=settings.n_boot,
+                                seed=settings.seed)]
+    if trajectory.phases.early.defined:
+        checks.append(_phase_difference_check(trajectory, analysis, settings))
+    return combine(checks, notes=[_partial_note("late", trajectory, analysis, settings)])
+
+
+def _partial_note(phase: str, trajectory: TrajectoryAnalysis, analysis: RunAnalysis,
+                  settings: Settings) -> Check:
+    """The phase's difficulty-controlled rho under the block bootstrap (shown, not judged)."""
+    table = getattr(trajectory.phases, f"{phase}_table")
+    return partial_check(f"partial ρ_{phase}", table, "finetune_delta", "icl_delta",
+                         analysis.difficulty, analysis.categories, n_boot=settings.n_boot,
+                         seed=settings.seed)
+
+
+def _steps_robustness(method: str, signs: Callable[[int, int], float]) -> RobustnessCheck:
+    """The paired tests between consecutive checkpoints (``signs``: the claimed direction of
+    each step's change), tasks resampled by category."""
+
+    def check(analysis: RunAnalysis, settings: Settings) -> Robustness:
+        trajectory = analysis.of(TrajectoryAnalysis)
+        assert trajectory is not None
+        wide = trajectory.points.pivot_table(index="task", columns="step", values=method)
+        steps = _robust_steps(trajectory, method)
+        return combine([
+            paired_check(f"{before}→{after}", wide[before], wide[after], analysis.categories,
+                         sign=signs(before, after), n_boot=settings.n_boot, seed=settings.seed)
+            for before, after in itertools.pairwise(steps)
+            if before in wide.columns and after in wide.columns])
+
+    return check
+
+
+def _robust_steps(trajectory: TrajectoryAnalysis, method: str) -> list[int]:
+    """The steps each finding's paired tests run between: every checkpoint for ICL; step 0,
+    the split step and the final step for fine-tuning."""
+    steps = [int(step) for step in _method_curve(trajectory.curves, method).index]
+    if method == "icl" or not steps:
+        return steps
+    split = trajectory.phases.split_step
+    return [0, split, steps[-1]] if 0 in steps and split in steps else []
+
+
+def _forgetting_sign(before: int, after: int) -> float:
+    return 1.0 if before == 0 else -1.0  # up in the first phase, down after it
+
+
 # --- findings: the paper's claims and numbers ------------------------------------------------
 
 EARLY_PHASE_CORRELATION = Finding(
@@ -321,7 +420,7 @@ EARLY_PHASE_CORRELATION = Finding(
                    "from step 0 (pre-trained) to the phase split step. Weak means inside "
                    "(−0.4, 0.4): reproduces when the two-sided 95% bootstrap CI of ρ over "
                    "tasks lies inside it.",
-    evaluate=_early_phase,
+    evaluate=_early_phase, robustness=_early_robustness,
 )
 LATE_PHASE_CORRELATION = Finding(
     id="5.1-late-phase-correlation", paper_section="5.1", section=KEY,
@@ -333,7 +432,7 @@ LATE_PHASE_CORRELATION = Finding(
                    "from the phase split step to the final step; should be significantly "
                    "positive (one-sided Spearman test) and exceed the early phase's rho "
                    "(paired bootstrap over tasks of the difference, one-sided p < 0.05).",
-    evaluate=_late_phase,
+    evaluate=_late_phase, robustness=_late_robustness,
 )
 ICL_IMPROVES_THROUGHOUT = Finding(
     id="5.1-icl-improves-throughout", paper_section="5.1", section=KEY, figure=FIGURE_4_LEFT,
@@ -344,6 +443,7 @@ ICL_IMPROVES_THROUGHOUT = Finding(
                    "between every two consecutive checkpoints a paired Wilcoxon test over "
                    "tasks, one-sided, each of which must show a decrease.",
     evaluate=_icl_improves_throughout,
+    robustness=_steps_robustness("icl", lambda before, after: -1.0),
 )
 FORGETTING_THEN_RECOVERY = Finding(
     id="5.1-forgetting-then-recovery", paper_section="5.1", section=KEY, figure=FIGURE_4_LEFT,
@@ -354,6 +454,7 @@ FORGETTING_THEN_RECOVERY = Finding(
                    "step: should rise then fall, each change with a one-sided paired "
                    "Wilcoxon test.",
     evaluate=_forgetting_then_recovery,
+    robustness=_steps_robustness("finetune", _forgetting_sign),
 )
 
 

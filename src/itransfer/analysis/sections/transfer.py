@@ -16,6 +16,13 @@ import pandas as pd
 
 from itransfer.analysis import correlations as corr
 from itransfer.analysis import plotting
+from itransfer.analysis.block_bootstrap import (
+    Robustness,
+    combine,
+    correlation_check,
+    paired_check,
+    partial_check,
+)
 from itransfer.analysis.html import details, table
 from itransfer.analysis.plotting import PaperFigure
 from itransfer.analysis.rows import ROUGE_F, ROUGE_RECALL, evaluated_step
@@ -25,6 +32,7 @@ from itransfer.analysis.verdicts import (
     Evaluator,
     Finding,
     FindingResult,
+    RobustnessCheck,
     Settings,
     correlation_result,
     holds,
@@ -407,6 +415,52 @@ def _ft_icl_correlation(analysis: RunAnalysis, finding: Finding, settings: Setti
     return correlation_result(finding, transfer.correlation, partial=transfer.partial)
 
 
+# --- findings: the same tests under the category-block bootstrap -----------------------------
+
+
+def _harm_robustness(metrics: tuple[str, ...],
+                     comparisons: Callable[[TransferAnalysis], list[Comparison]]
+                     ) -> RobustnessCheck:
+    """Each comparison's paired test of "IT harms transfer", tasks resampled by category."""
+
+    def check(analysis: RunAnalysis, settings: Settings) -> Robustness:
+        transfer = analysis.of(TransferAnalysis)
+        assert transfer is not None
+        checks = []
+        for metric in metrics:
+            harm_sign = 1.0 if metric == "loss" else -1.0
+            for comparison in comparisons(transfer):
+                if transfer.curve_gaps(metric, comparison).empty:
+                    continue
+                per_task = transfer.paired(metric, comparison)
+                checks.append(paired_check(
+                    f"{comparison.name} ({_METRIC_NAMES[metric]}): IT − PT",
+                    per_task["pretrained"], per_task["instruction_tuned"], analysis.categories,
+                    sign=harm_sign, n_boot=settings.n_boot, seed=settings.seed))
+        return combine(checks)
+
+    return check
+
+
+def _icl_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+    transfer = analysis.of(TransferAnalysis)
+    assert transfer is not None
+    per_task = transfer.per_task_icl
+    return combine([paired_check("ICL IT − PT", per_task["pretrained"],
+                                 per_task["instruction_tuned"], analysis.categories, sign=-1.0,
+                                 n_boot=settings.n_boot, seed=settings.seed)])
+
+
+def _correlation_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+    transfer = analysis.of(TransferAnalysis)
+    assert transfer is not None
+    common = {"n_boot": settings.n_boot, "seed": settings.seed}
+    return combine([correlation_check("ρ", transfer.scatter, "finetune", "icl",
+                                      analysis.categories, **common)],
+                   notes=[partial_check("partial ρ", transfer.scatter, "finetune", "icl",
+                                        analysis.difficulty, analysis.categories, **common)])
+
+
 # --- findings: the paper's claims and numbers ------------------------------------------------
 
 IT_HARMS_TRANSFER = Finding(
@@ -424,6 +478,7 @@ IT_HARMS_TRANSFER = Finding(
                    "averaged over k > 0. Reproduces when IT is worse at every (comparison, k) "
                    "and every comparison's test has p < 0.05.",
     evaluate=_it_harms_transfer(("loss",), paper_comparisons),
+    robustness=_harm_robustness(("loss",), paper_comparisons),
 )
 IT_HARMS_TRANSFER_ROUGE = Finding(
     id="3.1-it-harms-transfer-rouge", paper_section="3.1", section=KEY, figure=FIGURE_1_LEFT,
@@ -436,6 +491,7 @@ IT_HARMS_TRANSFER_ROUGE = Finding(
                    "the LoRA-tuned models' greedy generations (IT lower is harm); the F-measure "
                    "that Wang et al.'s scorer reports is shown beside each gap, not tested.",
     evaluate=_it_harms_transfer((ROUGE_RECALL,), paper_comparisons),
+    robustness=_harm_robustness((ROUGE_RECALL,), paper_comparisons),
 )
 IT_HARMS_TRANSFER_WITHIN_CONTEXT = Finding(
     id="3.1-it-harms-transfer-within-context", paper_section="3.1", section=KEY,
@@ -448,6 +504,7 @@ IT_HARMS_TRANSFER_WITHIN_CONTEXT = Finding(
                    "model with exemplars, where that was run; left out of Holm's adjustment, "
                    "which covers the paper's claims.",
     evaluate=_it_harms_transfer(("loss", ROUGE_RECALL), within_context_comparisons),
+    robustness=_harm_robustness(("loss", ROUGE_RECALL), within_context_comparisons),
     ours=True,
 )
 IT_IMPROVES_ICL = Finding(
@@ -457,7 +514,7 @@ IT_IMPROVES_ICL = Finding(
     paper_text="IT ICL loss < pre-trained ICL loss",
     how_to_compute="Mean unseen-task ICL test loss (3 exemplars) of the instruction-tuned "
                    "vs the pre-trained model; paired Wilcoxon test over tasks.",
-    evaluate=_it_improves_icl,
+    evaluate=_it_improves_icl, robustness=_icl_robustness,
 )
 FT_ICL_CORRELATION = Finding(
     id="3.1-ft-icl-correlation", paper_section="3.1", section=KEY, figure=FIGURE_1_RIGHT,
@@ -466,7 +523,7 @@ FT_ICL_CORRELATION = Finding(
     paper_text=f"Spearman ρ = 0.936, p = 4.96e-42; {PAPER_TASKS}",
     how_to_compute="Spearman's rho across unseen tasks between the IT model's 5-shot LoRA "
                    "test loss (no context) and its ICL test loss; bootstrap CI over tasks.",
-    evaluate=_ft_icl_correlation,
+    evaluate=_ft_icl_correlation, robustness=_correlation_robustness,
 )
 
 
