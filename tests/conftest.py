@@ -88,7 +88,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Built with the real pre-training recipe at toy size, with dropout switched on so that the
     resume tests also check that the dropout RNG is restored.
     """
-    from itransfer.train.pretrain import PretrainConfig, pretrain
+    from itransfer.pretraining.seq2seq import PretrainConfig, pretrain
 
     folder = tmp_path_factory.mktemp("tiny-model") / "model"
     pretrain(

@@ -16,13 +16,13 @@ from itransfer.cli.pretrain import pretrain as pretrain_command
 from itransfer.data.corpus import BUNDLED_CORPUS, BUNDLED_HELDOUT, iter_corpus_documents
 from itransfer.errors import ConfigError, DataError, ITransferError
 from itransfer.models import DEFAULT_MODEL, load_model_and_tokenizer
-from itransfer.train.objectives import (
+from itransfer.pretraining.objectives import (
     apply_span_corruption,
     random_spans_noise_mask,
     span_corruption_raw_length,
     split_prefix_lm,
 )
-from itransfer.train.pretrain import (
+from itransfer.pretraining.seq2seq import (
     PretrainConfig,
     build_model,
     collate_pairs,

@@ -25,13 +25,13 @@ from itransfer.models import (
     bundled_model_dir,
     load_model_and_tokenizer,
 )
-from itransfer.train.pretrain import prefix_lm_loss
-from itransfer.train.pretrain_causal import (
+from itransfer.pretraining.causal import (
     CausalPretrainConfig,
     build_causal_model,
     causal_prefix_lm_loss,
     pretrain_causal,
 )
+from itransfer.pretraining.seq2seq import prefix_lm_loss
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 

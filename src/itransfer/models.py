@@ -1,9 +1,9 @@
 """Load a Hugging Face model + tokenizer (seq2seq or causal) and save checkpoints atomically.
 
 ``DEFAULT_MODEL`` (``"itransfer:tiny-t5"``) names the tiny LM-adapted T5 shipped in the package
-(built by :mod:`itransfer.train.pretrain`, see ``bundled/tiny-t5/RECIPE.md``), and
+(built by :mod:`itransfer.pretraining.seq2seq`, see ``bundled/tiny-t5/RECIPE.md``), and
 ``DEFAULT_CAUSAL_MODEL`` (``"itransfer:tiny-llama"``) its decoder-only counterpart, a tiny
-Llama-shaped LM with the same tokenizer (:mod:`itransfer.train.pretrain_causal`,
+Llama-shaped LM with the same tokenizer (:mod:`itransfer.pretraining.causal`,
 ``bundled/tiny-llama/RECIPE.md``). ``itransfer:NAME`` is the folder ``bundled/NAME``. A local
 folder is always read with ``local_files_only=True``; only a name that is not a path reaches the
 hub, and with ``HF_HUB_OFFLINE=1`` not even that.

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import typer
 from rich.console import Console
@@ -22,7 +22,7 @@ from rich.progress import (
 from itransfer.cli.common import folder_not_file
 
 if TYPE_CHECKING:
-    from itransfer.train.pretrain import PretrainStep
+    from itransfer.pretraining.seq2seq import PretrainStep
 
 stderr = Console(stderr=True)
 
@@ -31,10 +31,18 @@ def pretrain(
     out: Path = typer.Option(
         ..., "--out", help="Folder to write the checkpoint to.", callback=folder_not_file
     ),
-    architecture: str = typer.Option(
-        "seq2seq", "--architecture",
-        help="seq2seq: a tiny LM-adapted T5 (itransfer:tiny-t5); causal: a tiny Llama-shaped "
-             "LM with tiny-t5's tokenizer (itransfer:tiny-llama).",
+    config_path: Path | None = typer.Option(
+        None, "--config", "-c", exists=True, dir_okay=False,
+        help="YAML recipe settings: `architecture` (seq2seq or causal) and that recipe's "
+             "fields (see itransfer.pretraining.config); default: the shipped model's.",
+    ),
+    overrides: list[str] | None = typer.Option(
+        None, "--set", help="Override a recipe setting, e.g. --set d_model=64."
+    ),
+    architecture: str | None = typer.Option(
+        None, "--architecture",
+        help="seq2seq (default): a tiny LM-adapted T5 (itransfer:tiny-t5); causal: a tiny "
+             "Llama-shaped LM with tiny-t5's tokenizer (itransfer:tiny-llama).",
     ),
     corpus: Path | None = typer.Option(
         None, "--corpus", help="A .txt file (one document a line) or a folder of them "
@@ -51,7 +59,9 @@ def pretrain(
     steps: int | None = typer.Option(None, help="Causal LM steps (causal)."),
     batch_size: int | None = typer.Option(None, help="Examples per step."),
     lr: float | None = typer.Option(None, help="Peak AdamW learning rate."),
-    seed: int = typer.Option(0, help="Seed of the initialisation, the masking and the data order."),
+    seed: int | None = typer.Option(
+        None, help="Seed of the initialisation, the masking and the data order (default 0)."
+    ),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: min(2, cores))."),
 ) -> None:
     """Pre-train the embedded default model from scratch on a text corpus.
@@ -60,70 +70,73 @@ def pretrain(
     (t5-lm-adapt); with no other options this reproduces ``itransfer:tiny-t5``. causal: a tiny
     Llama-shaped LM with next-token prediction, reusing tiny-t5's tokenizer; with no other
     options this reproduces ``itransfer:tiny-llama``. Each has a RECIPE.md beside its weights.
+    Settings: --config file → --set → the flags below (the most specific wins).
     """
-    _check_flags(architecture, corpus, hf_corpus,
-                 {"--steps": steps, "--steps-span": steps_span, "--steps-prefix": steps_prefix})
-    overrides: dict[str, object] = {"seed": seed}
-    if corpus is not None:
-        overrides["corpus"] = str(corpus)
+    from itransfer.errors import ConfigError
+    from itransfer.pretraining.config import load_pretrain_config
+
+    if corpus is not None and hf_corpus is not None:
+        raise typer.BadParameter("give --corpus or --hf-corpus, not both")
+    flags = {"corpus": None if corpus is None else str(corpus), "steps_span": steps_span,
+             "steps_prefix": steps_prefix, "steps": steps, "batch_size": batch_size, "lr": lr,
+             "seed": seed, "num_threads": threads}
     if hf_corpus is not None:
-        overrides["corpus"] = f"hf:{hf_corpus}"
-    for name, value in (
-        ("steps_span", steps_span), ("steps_prefix", steps_prefix), ("steps", steps),
-        ("batch_size", batch_size), ("lr", lr), ("num_threads", threads),
-    ):
-        if value is not None:
-            overrides[name] = value
-    config, phases, run_pretrain = _recipe(architecture, overrides)
+        flags["corpus"] = f"hf:{hf_corpus}"
+    try:
+        config = load_pretrain_config(
+            config_path, [*(overrides or []), *_flag_overrides(flags)],
+            _architecture(architecture))
+    except ConfigError as exc:
+        raise typer.BadParameter(_flag_message(flags, str(exc))) from exc
+    phases, run_pretrain = _recipe(config)
     with _phase_bars(phases) as on_step:
         out_dir = run_pretrain(config, out, progress=on_step)
     stderr.print(f"wrote {out_dir} (load it with load_model_and_tokenizer({str(out_dir)!r}))")
 
 
-# The step options of each architecture: the other's are refused, not ignored.
-STEP_FLAGS = {"seq2seq": ("--steps-span", "--steps-prefix"), "causal": ("--steps",)}
+# The flags that set a recipe field: their names in messages.
+FLAG_NAMES = {"steps_span": "--steps-span", "steps_prefix": "--steps-prefix", "steps": "--steps",
+              "num_threads": "--threads"}
 
 
-def _check_flags(
-    architecture: str, corpus: Path | None, hf_corpus: str | None,
-    step_flags: dict[str, int | None],
-) -> None:
-    if architecture not in STEP_FLAGS:
-        raise typer.BadParameter("must be seq2seq or causal", param_hint="--architecture")
-    if corpus is not None and hf_corpus is not None:
-        raise typer.BadParameter("give --corpus or --hf-corpus, not both")
-    other = "causal" if architecture == "seq2seq" else "seq2seq"
-    for flag in STEP_FLAGS[other]:
-        if step_flags[flag] is not None:
-            raise typer.BadParameter(f"{flag} does not apply to --architecture {architecture}")
+def _architecture(value: str | None) -> Literal["seq2seq", "causal"] | None:
+    if value is None or value in ("seq2seq", "causal"):
+        return value  # type: ignore[return-value]
+    raise typer.BadParameter("must be seq2seq or causal", param_hint="--architecture")
+
+
+def _flag_overrides(flags: dict[str, object]) -> list[str]:
+    """The flags given, as ``--set`` overrides (values quoted as YAML strings where needed)."""
+    return [f"{name}={json.dumps(value) if isinstance(value, str) else value}"
+            for name, value in flags.items() if value is not None]
+
+
+def _flag_message(flags: dict[str, object], message: str) -> str:
+    """A step flag of the other architecture is the one mistake a flag user makes here: name
+    the flag, not only the recipe field it set."""
+    for name, flag in FLAG_NAMES.items():
+        if flags.get(name) is not None and f": {name}: unknown key" in message:
+            return f"{flag} does not apply to this architecture's recipe ({message})"
+    return message
 
 
 # A pre-training phase's name -> (its progress bar's label, its steps).
 Phases = dict[str, tuple[str, int]]
 
 
-def _recipe(
-    architecture: str, overrides: dict[str, object]
-) -> tuple[object, Phases, Callable[..., Path]]:
-    """The architecture's recipe config with ``overrides``, its phases, and the function that
-    runs it."""
+def _recipe(config: object) -> tuple[Phases, Callable[..., Path]]:
+    """The recipe's phases and the function that runs it."""
     # torch loads only when pre-training
-    if architecture == "causal":
-        from itransfer.train.pretrain_causal import (
-            CAUSAL_PHASE,
-            CausalPretrainConfig,
-            pretrain_causal,
-        )
+    from itransfer.pretraining.config import CausalPretrainConfig
 
-        causal_config = dataclasses.replace(CausalPretrainConfig(), **overrides)
-        return (causal_config, {CAUSAL_PHASE: ("causal LM", causal_config.steps)},
-                pretrain_causal)
-    from itransfer.train.pretrain import PretrainConfig, pretrain
+    if isinstance(config, CausalPretrainConfig):
+        from itransfer.pretraining.causal import CAUSAL_PHASE, pretrain_causal
 
-    seq2seq_config = dataclasses.replace(PretrainConfig(), **overrides)
-    phases = {"span_corruption": ("span corruption", seq2seq_config.steps_span),
-              "prefix_lm": ("prefix LM", seq2seq_config.steps_prefix)}
-    return seq2seq_config, phases, pretrain
+        return {CAUSAL_PHASE: ("causal LM", config.steps)}, pretrain_causal
+    from itransfer.pretraining.seq2seq import pretrain
+
+    return ({"span_corruption": ("span corruption", config.steps_span),  # type: ignore[attr-defined]
+             "prefix_lm": ("prefix LM", config.steps_prefix)}, pretrain)  # type: ignore[attr-defined]
 
 
 @contextmanager

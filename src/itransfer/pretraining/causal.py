@@ -11,7 +11,7 @@ Run it from the command line::
     itransfer pretrain --architecture causal --out runs/tiny-llama   # the shipped settings
 
 or from Python: ``pretrain_causal(CausalPretrainConfig(), Path("runs/tiny-llama"))``.
-The optimiser, schedule and corpus streaming are :mod:`itransfer.train.pretrain`'s.
+The optimiser, schedule and corpus streaming are :mod:`itransfer.pretraining.seq2seq`'s.
 """
 
 from __future__ import annotations
@@ -23,18 +23,19 @@ import random
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
+from itransfer.data.corpus import iter_corpus_documents
 from itransfer.errors import ConfigError, ITransferError
 from itransfer.examples import IGNORE_INDEX
 from itransfer.io_utils import atomic_write_text
 from itransfer.models import resolve_model_source, save_model
-from itransfer.train.pretrain import (
+from itransfer.pretraining.config import CausalPretrainConfig
+from itransfer.pretraining.seq2seq import (
     ProgressCallback,
     packed_windows,
     train_phase,
@@ -44,53 +45,6 @@ from itransfer.train.pretrain import (
 logger = logging.getLogger(__name__)
 
 CAUSAL_PHASE = "causal_lm"
-
-
-@dataclass(frozen=True)
-class CausalPretrainConfig:
-    """Every knob of the causal recipe; the defaults are the settings of ``itransfer:tiny-llama``.
-    """
-
-    corpus: str = str(BUNDLED_CORPUS)
-    # Where the tokenizer comes from: a model folder or a bundled name. Shared with tiny-t5 so
-    # both families read text the same way; a new corpus may deserve its own (any HF folder).
-    tokenizer: str = "itransfer:tiny-t5"
-    seed: int = 0
-    # model: Llama blocks (RMSNorm, SwiGLU, rotary, GQA), no dropout
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 512
-    rope_theta: float = 10_000.0
-    # Rotary has no learned positions, so this only caps generation; training windows are
-    # context_length long, which covers the tiny configs' source + target budgets (≤ 160).
-    max_position_embeddings: int = 2048
-    context_length: int = 192
-    # optimisation (AdamW, the pre-training phase schedule of itransfer.train.pretrain)
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    shuffle_buffer: int = 10_000
-    num_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                     "intermediate_size", "max_position_embeddings", "context_length",
-                     "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"pretrain.{name} must be positive, got {getattr(self, name)}")
-        if self.hidden_size % self.num_heads:
-            raise ConfigError("pretrain.hidden_size must be a multiple of pretrain.num_heads")
-        if self.num_heads % self.num_kv_heads:
-            raise ConfigError("pretrain.num_heads must be a multiple of pretrain.num_kv_heads")
-        if self.context_length > self.max_position_embeddings:
-            raise ConfigError("pretrain.context_length exceeds pretrain.max_position_embeddings")
-        if self.steps < 0:
-            raise ConfigError(f"pretrain.steps must be >= 0, got {self.steps}")
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -157,8 +111,8 @@ def causal_prefix_lm_loss(
 ) -> float:
     """Mean per-token loss of each document's second half given its first half.
 
-    The split is :func:`itransfer.train.pretrain.prefix_lm_loss`'s, so with the shared tokenizer
-    the number compares directly with the seq2seq model's held-out prefix-LM loss.
+    The split is :func:`itransfer.pretraining.seq2seq.prefix_lm_loss`'s, so with the shared
+    tokenizer the number compares directly with the seq2seq model's held-out prefix-LM loss.
     """
     sequences: list[tuple[list[int], int]] = []
     for ids in tokenizer(list(documents), add_special_tokens=True)["input_ids"]:
@@ -235,7 +189,7 @@ def _pretrain_causal(
     save_model(model, tokenizer, out_dir, overwrite=True)
     log = {
         "architecture": "causal",
-        "config": asdict(config),
+        "config": config.model_dump(),
         "vocab_size": len(tokenizer),
         "parameters": sum(p.numel() for p in model.parameters()),
         "unigram_baseline_nats": baseline,

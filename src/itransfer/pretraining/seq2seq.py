@@ -10,10 +10,10 @@ tunes those checkpoints. This recipe repeats the three steps at toy scale on a t
 3. prefix LM: a window of text split at a random point, the encoder reads the prefix and the
    decoder predicts the continuation, as the LM adaptation.
 
-The tokenizer lives in :mod:`itransfer.train.tokenizer_recipe`, the objectives in
-:mod:`itransfer.train.objectives`; this module packs the corpus and runs the two phases. The
+The tokenizer lives in :mod:`itransfer.pretraining.tokenizer`, the objectives in
+:mod:`itransfer.pretraining.objectives`; this module packs the corpus and runs the two phases. The
 decoder-only default (``itransfer:tiny-llama``) reuses this tokenizer, the corpus packing and
-:func:`train_phase`: see :mod:`itransfer.train.pretrain_causal`.
+:func:`train_phase`: see :mod:`itransfer.pretraining.causal`.
 
 Run it from the command line::
 
@@ -46,75 +46,26 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
+from itransfer.data.corpus import iter_corpus_documents
 from itransfer.errors import ConfigError, ITransferError
 from itransfer.examples import IGNORE_INDEX, EncodedExample, collate
 from itransfer.io_utils import atomic_write_text
 from itransfer.models import save_model
-from itransfer.train.objectives import (
+from itransfer.pretraining.config import PretrainConfig
+from itransfer.pretraining.objectives import (
     apply_span_corruption,
     random_spans_noise_mask,
     span_corruption_raw_length,
     split_prefix_lm,
 )
-from itransfer.train.tokenizer_recipe import (
+from itransfer.pretraining.tokenizer import (
     EOS_ID,
-    NUM_SENTINELS,
     PAD_ID,
     sentinel_ids,
     train_tokenizer,
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Every knob of the recipe; the defaults are the settings of the shipped checkpoint."""
-
-    corpus: str = str(BUNDLED_CORPUS)
-    seed: int = 0
-    # tokenizer
-    vocab_size: int = 8192
-    tokenizer_documents: int = 100_000
-    # model: T5 v1.1 blocks (gated-GELU, no dropout in pre-training)
-    d_model: int = 128
-    num_layers: int = 2
-    num_decoder_layers: int = 2
-    num_heads: int = 4
-    d_ff: int = 512
-    # span corruption
-    span_input_length: int = 128
-    noise_density: float = 0.15
-    mean_noise_span_length: float = 3.0
-    # prefix LM: a window of prefix_input_length + prefix_target_length tokens, cut at random
-    prefix_input_length: int = 128
-    prefix_target_length: int = 64
-    # optimisation (AdamW, linear warm-up then linear decay to 0, per phase)
-    steps_span: int = 2000
-    steps_prefix: int = 2500
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup_steps: int = 200
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    shuffle_buffer: int = 10_000
-    num_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "num_layers", "num_decoder_layers", "num_heads",
-                     "d_ff", "span_input_length", "prefix_input_length",
-                     "prefix_target_length", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"pretrain.{name} must be positive, got {getattr(self, name)}")
-        if self.d_model % self.num_heads:
-            raise ConfigError("pretrain.d_model must be a multiple of pretrain.num_heads")
-        if not 0.0 < self.noise_density < 0.5:
-            raise ConfigError("pretrain.noise_density must lie in (0, 0.5)")
-        if self.vocab_size <= NUM_SENTINELS + 3 + 50:
-            raise ConfigError("pretrain.vocab_size is too small for T5's special tokens")
-        if self.steps_span < 0 or self.steps_prefix < 0:
-            raise ConfigError("pretrain.steps_span and steps_prefix must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -390,7 +341,7 @@ def _pretrain(
     )
     save_model(model, tokenizer, out_dir, overwrite=True)
     log = {
-        "config": asdict(config),
+        "config": config.model_dump(),
         "vocab_size": len(tokenizer),
         "parameters": sum(p.numel() for p in model.parameters()),
         "unigram_baseline_nats": baseline,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from itransfer.train.tokenizer_recipe import EOS_ID
+from itransfer.pretraining.tokenizer import EOS_ID
 
 
 def random_spans_noise_mask(
