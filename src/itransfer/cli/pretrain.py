@@ -72,26 +72,30 @@ def pretrain(
     options this reproduces ``itransfer:tiny-llama``. Each has a RECIPE.md beside its weights.
     Settings: --config file → --set → the flags below (the most specific wins).
     """
-    from itransfer.errors import ConfigError
-    from itransfer.pretraining.config import load_pretrain_config
-
     if corpus is not None and hf_corpus is not None:
         raise typer.BadParameter("give --corpus or --hf-corpus, not both")
-    flags = {"corpus": None if corpus is None else str(corpus), "steps_span": steps_span,
-             "steps_prefix": steps_prefix, "steps": steps, "batch_size": batch_size, "lr": lr,
-             "seed": seed, "num_threads": threads}
-    if hf_corpus is not None:
-        flags["corpus"] = f"hf:{hf_corpus}"
-    try:
-        config = load_pretrain_config(
-            config_path, [*(overrides or []), *_flag_overrides(flags)],
-            _architecture(architecture))
-    except ConfigError as exc:
-        raise typer.BadParameter(_flag_message(flags, str(exc))) from exc
+    flags = {"corpus": f"hf:{hf_corpus}" if hf_corpus is not None else (
+                 None if corpus is None else str(corpus)),
+             "steps_span": steps_span, "steps_prefix": steps_prefix, "steps": steps,
+             "batch_size": batch_size, "lr": lr, "seed": seed, "num_threads": threads}
+    config = _load(config_path, overrides or [], _architecture(architecture), flags)
     phases, run_pretrain = _recipe(config)
     with _phase_bars(phases) as on_step:
         out_dir = run_pretrain(config, out, progress=on_step)
     stderr.print(f"wrote {out_dir} (load it with load_model_and_tokenizer({str(out_dir)!r}))")
+
+
+def _load(config_path: Path | None, overrides: list[str],
+          architecture: Literal["seq2seq", "causal"] | None, flags: dict[str, object]
+          ) -> object:
+    from itransfer.errors import ConfigError
+    from itransfer.pretraining.config import load_pretrain_config
+
+    try:
+        return load_pretrain_config(config_path, [*overrides, *_flag_overrides(flags)],
+                                    architecture)
+    except ConfigError as exc:
+        raise typer.BadParameter(_flag_message(flags, str(exc))) from exc
 
 
 # The flags that set a recipe field: their names in messages.
