@@ -37,7 +37,7 @@ def _read(args: tuple[str, str, list[int]]) -> dict[str, Any]:
             item = dataset[row]
             return tuple(item["source_ids"]), tuple(item["target_ids"])
     else:
-        from itransfer.data.tokenized import MappedRows
+        from itransfer.encoding.cache import MappedRows
 
         mapped = MappedRows(Path(folder), drop_every=1024 if reader == "mapped" else 2**62)
         read = mapped.ids

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     from itransfer.data.contexts import CONTEXTS, build_context
     from itransfer.data.sni import parse_task
-    from itransfer.examples import ExampleEncoder
+    from itransfer.encoding.examples import ExampleEncoder
     from itransfer.models import bundled_model_dir, load_model_and_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

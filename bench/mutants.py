@@ -37,7 +37,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "contexts": (["data/contexts.py"], ["test_contexts.py", "test_encoding_paths.py"]),
     "metrics": (["eval/metrics.py", "eval/scoring_files.py"],
                 ["test_metrics.py", "test_scoring_files.py"]),
-    "token_losses": (["token_losses.py"], ["test_token_losses.py"]),
+    "token_losses": (["encoding/token_losses.py"], ["test_token_losses.py"]),
     "correlations": (["analysis/correlations.py", "analysis/significance.py"],
                      ["test_analysis.py", "test_partial_correlation.py", "test_verdicts.py",
                       "test_significance.py"]),

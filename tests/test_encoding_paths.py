@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 from itransfer.data.contexts import CONTEXTS, build_context
 from itransfer.data.sni import Task, parse_task
-from itransfer.examples import ExampleEncoder
+from itransfer.encoding.examples import ExampleEncoder
 from itransfer.models import bundled_model_dir, load_model_and_tokenizer
 
 BUNDLED_TASKS = Path(__file__).resolve().parents[1] / "src/itransfer/bundled/sni/tasks"
@@ -38,14 +38,19 @@ def bundled_tokenizer():
     return load_model_and_tokenizer(bundled_model_dir()).tokenizer
 
 
+def _cuts(tasks: list[Task], encoded) -> dict[str, int]:
+    """Each task's examples whose input was cut, as training and evaluation count them."""
+    counts = {task.name: sum(example.input_cut for example in rows)
+              for task, rows in zip(tasks, encoded, strict=True)}
+    return {name: count for name, count in counts.items() if count}
+
+
 def _both_paths(encoder: ExampleEncoder, tasks: list[Task]):
     assert encoder.rendering == "assembled"
     assembled = [list(encoder.encode_task(task, task.instances)) for task in tasks]
-    assembled_cuts = dict(encoder.context.inputs_cut)
-    encoder.context.inputs_cut.clear()
     encoder.assembles = False
     joined = [list(encoder.encode_task(task, task.instances)) for task in tasks]
-    return assembled, assembled_cuts, joined, dict(encoder.context.inputs_cut)
+    return assembled, _cuts(tasks, assembled), joined, _cuts(tasks, joined)
 
 
 @pytest.mark.parametrize("context", sorted(CONTEXTS))
@@ -59,9 +64,9 @@ def test_assembled_sources_equal_the_joined_texts_ids(
     for task, fast, reference in zip(tasks, assembled, joined, strict=True):
         assert fast == reference, task.name
     assert assembled_cuts == joined_cuts
-    assert all(len(example.source_ids) <= budget for rows in assembled for example, _ in rows)
+    assert all(len(example.source_ids) <= budget for rows in assembled for example in rows)
     if budget == 40:  # the small budget cuts inputs too, not just contexts
-        assert sum(cut for rows in assembled for _, cut in rows) > 10
+        assert sum(example.input_cut for rows in assembled for example in rows) > 10
 
 
 def test_a_decoder_source_starts_with_bos_in_both_paths(tasks: list[Task], bundled_tokenizer,
@@ -78,7 +83,7 @@ def test_a_decoder_source_starts_with_bos_in_both_paths(tasks: list[Task], bundl
     assembled, assembled_cuts, joined, joined_cuts = _both_paths(encoder, tasks)
     assert assembled == joined and assembled_cuts == joined_cuts
     assert all(example.source_ids[0] == bos and example.source_ids.count(bos) == 1
-               for rows in assembled for example, _ in rows)
+               for rows in assembled for example in rows)
 
 
 def _trained(pre_tokenizer, decoder, normalizer=None) -> PreTrainedTokenizerFast:
@@ -105,17 +110,17 @@ def test_byte_level_bpe_assembles_and_keeps_the_joints_spaces(tasks: list[Task])
                                  max_source_length=100_000, max_target_length=16)
         assert encoder.rendering == "assembled"
         for task in tasks:
-            for (fast, cut), instance in zip(encoder.encode_task(task, task.instances),
-                                             task.instances, strict=True):
-                assert not cut
+            for fast, instance in zip(encoder.encode_task(task, task.instances),
+                                      task.instances, strict=True):
+                assert not fast.input_cut
                 assert fast == encoder.encode_joined(task, instance)
     # A cut input keeps its first words as written: the ids are those of that text.
     encoder = ExampleEncoder(tokenizer, "causal", build_context("none"), max_source_length=30,
                              max_target_length=16)
     task = tasks[0]
-    for (example, cut), instance in zip(encoder.encode_task(task, task.instances),
-                                        task.instances, strict=True):
-        if cut:
+    for example, instance in zip(encoder.encode_task(task, task.instances),
+                                 task.instances, strict=True):
+        if example.input_cut:
             assert 0 < len(example.source_ids) <= 30
             text = tokenizer.decode(example.source_ids)
             assert instance.input.startswith(text)
@@ -132,7 +137,7 @@ def test_a_tokenizer_whose_pieces_do_not_join_uses_the_joined_text(tasks: list[T
                              max_source_length=48, max_target_length=16)
     assert encoder.rendering == "joined"
     task = tasks[1]
-    assert [example for example, _ in encoder.encode_task(task, task.instances)] == [
+    assert [example for example in encoder.encode_task(task, task.instances)] == [
         encoder.encode_joined(task, instance) for instance in task.instances]
 
 
@@ -149,4 +154,4 @@ def test_a_truncating_call_elsewhere_does_not_truncate_the_encoder(
     tokenizer(["a b c d e f g"], truncation=True, max_length=3)
     assert tokenizer.backend_tokenizer.truncation is not None
     assert list(encoder.encode_task(task, task.instances)) == before
-    assert max(len(example.source_ids) for example, _ in before) > 3
+    assert max(len(example.source_ids) for example in before) > 3

@@ -12,7 +12,7 @@ import pytest
 
 from itransfer import identity
 from itransfer.config import load_config
-from itransfer.data.tokenized import open_training_set
+from itransfer.encoding.cache import open_training_set
 from itransfer.errors import ITransferError
 from itransfer.eval.icl import evaluate_icl
 from itransfer.eval.inference import evaluate_items

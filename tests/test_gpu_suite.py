@@ -257,8 +257,8 @@ def test_an_autocast_region_around_a_peft_cell_trains_a_stale_adapter() -> None:
     from transformers import T5ForConditionalGeneration
 
     from itransfer.config import LoraConfig
+    from itransfer.encoding.examples import EncodedExample
     from itransfer.eval.lora import TransferCell, train_cell_peft
-    from itransfer.examples import EncodedExample
     from train_throughput import shape_config
 
     torch.manual_seed(0)

@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import pytest
 
 from itransfer.config import ExperimentConfig, load_config
-from itransfer.data import tokenized
 from itransfer.data.contexts import build_context
+from itransfer.encoding import cache as tokenized
 from itransfer.eval.session import EvalSession
 from itransfer.experiment import load_experiment
 from itransfer.identity import (

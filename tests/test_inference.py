@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from itransfer.encoding.examples import EncodedExample
 from itransfer.eval.inference import EvalItem, evaluate_items, plan_batches
-from itransfer.examples import EncodedExample
 from itransfer.models import load_model_and_tokenizer
 
 

@@ -10,6 +10,7 @@ import torch
 
 from itransfer.config import DataConfig, LoraConfig
 from itransfer.data import build_context, open_benchmark
+from itransfer.encoding.examples import ExampleEncoder, collate
 from itransfer.eval.lora import (
     TransferCell,
     _base_module_name,
@@ -17,7 +18,6 @@ from itransfer.eval.lora import (
     train_cell_peft,
 )
 from itransfer.eval.multilora import MultiLoraModel, train_cells_batched
-from itransfer.examples import ExampleEncoder, collate
 from itransfer.models import (
     DEFAULT_MODEL,
     LoadedModel,
@@ -349,7 +349,7 @@ def test_a_causal_group_matches_sequential_peft_with_a_target_only_example(
     from safetensors import safe_open
 
     from causal_models import build_causal_model
-    from itransfer.examples import EncodedExample
+    from itransfer.encoding.examples import EncodedExample
 
     loaded = load_model_and_tokenizer(build_causal_model(tmp_path / "llama"))
     model = loaded.model.double()

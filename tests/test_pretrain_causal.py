@@ -18,7 +18,7 @@ from itransfer.data.benchmark import bundled_sni_dir
 from itransfer.data.contexts import build_context
 from itransfer.data.corpus import BUNDLED_CORPUS, BUNDLED_HELDOUT, iter_corpus_documents
 from itransfer.data.sni import parse_task
-from itransfer.examples import ExampleEncoder, collate
+from itransfer.encoding.examples import ExampleEncoder, collate
 from itransfer.models import (
     DEFAULT_CAUSAL_MODEL,
     DEFAULT_MODEL,

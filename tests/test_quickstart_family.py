@@ -6,8 +6,8 @@ import pytest
 import typer
 
 from itransfer.cli.run import quickstart_config, quickstart_overrides
-from itransfer.eval.lora_targets import resolve_target_modules
 from itransfer.experiment import load_experiment
+from itransfer.lora_targets import resolve_target_modules
 from itransfer.models import load_model_and_tokenizer
 
 

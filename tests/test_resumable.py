@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from itransfer.checkpoint_format import CheckpointError
 from itransfer.cli import main
 from itransfer.errors import ConfigError
 from itransfer.train import checkpoint as ckpt
-from itransfer.train.checkpoint import CheckpointError
 from itransfer.train.loop import instruction_tune
 from itransfer.train.resumable import CheckpointDiskUsage, ResumableSchedule
 from tiny_configs import tiny_train_config as _config

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from itransfer.checkpoint_format import Trajectory
 from itransfer.errors import StoppedBySignal, TrainingStopped
 from itransfer.experiment import Experiment, load_experiment
 from itransfer.identity import training_key
@@ -32,7 +33,6 @@ from itransfer.pipeline import (
 )
 from itransfer.schema import PRETRAINED, EvalPlan
 from itransfer.stopping import StopRequest
-from itransfer.train.checkpoint import Trajectory
 
 SECTIONS = {
     "transfer": {"instruction_tuned": "it-a"},

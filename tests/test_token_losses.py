@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from itransfer.examples import EncodedExample, collate, target_mask
+from itransfer.encoding.examples import EncodedExample, collate, target_mask
+from itransfer.encoding.token_losses import token_losses
 from itransfer.models import load_model_and_tokenizer
-from itransfer.token_losses import token_losses
 
 
 def _examples(vocab: int) -> list[EncodedExample]:
@@ -163,7 +163,7 @@ def test_a_model_that_reshapes_its_logits_is_scored_everywhere_with_a_warning(
 ) -> None:
     inner = _gpt2()
     batch = _batch(True)
-    with caplog.at_level("WARNING", logger="itransfer.token_losses"):
+    with caplog.at_level("WARNING", logger="itransfer.encoding.token_losses"):
         losses = token_losses(_ReshapesLogits(inner), batch)
     assert [record.getMessage() for record in caplog.records] == [
         "_ReshapesLogits: the output layer's input could not be narrowed to the target "

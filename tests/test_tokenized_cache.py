@@ -11,13 +11,13 @@ import pytest
 
 from conftest import write_task
 from itransfer.config import SplitConfig
-from itransfer.data import tokenized
 from itransfer.data.contexts import build_context
 from itransfer.data.index import build_index
 from itransfer.data.sni import parse_task
 from itransfer.data.splits import split_seen_task
-from itransfer.data.tokenized import open_training_set, seen_train_sizes
-from itransfer.examples import ExampleEncoder
+from itransfer.encoding import cache as tokenized
+from itransfer.encoding.cache import open_training_set, seen_train_sizes
+from itransfer.encoding.examples import ExampleEncoder
 from itransfer.models import load_model_and_tokenizer
 from tiny_configs import tiny_train_config
 
@@ -56,19 +56,21 @@ def test_rows_are_the_encoders_output_and_the_limit_only_shortens(
     cached = _open(encoder, tmp_path / "tasks", names, limited)
     sizes, before = seen_train_sizes(build_index(tmp_path / "tasks"), names, limited)
     assert sizes == [30, 30, 30] and before == [48, 69, 88]
-    one_by_one = _encoder(tiny_model_dir)  # its own cut counts
+    one_by_one, one_by_one_cuts = _encoder(tiny_model_dir), {}
     for task_index, name in enumerate(names):
         task = parse_task(tmp_path / "tasks" / f"{name}.json")
         train = split_seen_task(task, limited, SEED).train
         assert len(train) == sizes[task_index]
         for instance_index, instance in enumerate(train):
             expected = one_by_one.encode(task, instance)
+            if expected.input_cut:
+                one_by_one_cuts[name] = one_by_one_cuts.get(name, 0) + 1
             assert cached(task_index, instance_index) == expected
             assert cached.length(task_index, instance_index) == len(expected)
     # Some inputs are too long for 48 tokens even without context: counted over the limited
     # range exactly as encoding one by one counts them.
     cut = cached.inputs_cut_by_task(names, sizes)
-    assert cut and cut == one_by_one.context.inputs_cut
+    assert cut and cut == one_by_one_cuts
     # Another limit reads the same cache, which holds each task's whole training split.
     unlimited = _open(encoder, tmp_path / "tasks", names)
     assert unlimited.path == cached.path and not unlimited.built

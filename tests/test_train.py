@@ -17,10 +17,10 @@ import yaml
 from scipy import stats
 
 from conftest import write_task
+from itransfer.checkpoint_format import CheckpointError
 from itransfer.errors import ConfigError, DataError
 from itransfer.sampling import build_sampler
 from itransfer.train import checkpoint as ckpt
-from itransfer.train.checkpoint import CheckpointError
 from itransfer.train.loop import instruction_tune
 from tiny_configs import tiny_train_config as _config
 

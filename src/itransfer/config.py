@@ -80,6 +80,11 @@ class SplitConfig(StrictModel):
         return test
 
 
+# The task contexts r_k a config may name: Figure 5's, each a class that itransfer.data.contexts
+# registers under its name (a context registered there later adds its own).
+CONTEXT_NAMES: set[str] = {"none", "task_id", "definition", "exemplars", "definition+exemplars"}
+
+
 class ContextConfig(StrictModel):
     """The task context r_k placed before each instance input (Figure 5)."""
 
@@ -90,10 +95,9 @@ class ContextConfig(StrictModel):
     @field_validator("name")
     @classmethod
     def _known_context(cls, name: str) -> str:
-        from itransfer.data.contexts import CONTEXTS
-
-        if name not in CONTEXTS:
-            raise ValueError(f"unknown context '{name}'; known: {', '.join(sorted(CONTEXTS))}")
+        if name not in CONTEXT_NAMES:
+            raise ValueError(
+                f"unknown context '{name}'; known: {', '.join(sorted(CONTEXT_NAMES))}")
         return name
 
 
@@ -113,8 +117,8 @@ class ModelConfig(StrictModel):
     max_source_length: int = Field(default=512, ge=8)
     max_target_length: int = Field(default=128, ge=1)
     # Decoder-only models: wrap source and target in the tokenizer's chat template (user turn,
-    # assistant turn); off, they are plain text (itransfer.examples), as every run was before
-    # the setting existed.
+    # assistant turn); off, they are plain text (itransfer.encoding.examples), as every run was
+    # before the setting existed.
     chat_template: Annotated[bool, AddedLater(False)] = False
 
 
@@ -204,7 +208,7 @@ class LoraConfig(StrictModel):
     batch_size: int = Field(default=32, ge=1)
     epochs: int = Field(default=5, ge=1)
     # "auto": q, v for T5 (the paper's), PEFT's per-architecture default for any other model
-    # (itransfer.eval.lora_targets); or a list of module names, matched as PEFT matches them.
+    # (itransfer.lora_targets); or a list of module names, matched as PEFT matches them.
     target_modules: Literal["auto"] | list[str] = "auto"
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     weight_decay: float = Field(default=0.0, ge=0.0)  # AdamW's; the paper states none

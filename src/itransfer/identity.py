@@ -32,7 +32,6 @@ from itransfer.data.splits import FEW_SHOT_DRAWS
 from itransfer.effect import CheckpointSchedule, Effect, KeyedOnlyWhen, NoEffect, marker
 
 if TYPE_CHECKING:
-    from itransfer.examples import ExampleEncoder
     from itransfer.schema import EvalPlan
 
 # The sections of the config each key hashes (the others are told by the key's other parts).
@@ -170,7 +169,7 @@ def plan_key(plan: EvalPlan) -> list[Any]:
 def evaluation_key(config: ExperimentConfig, checkpoint: str, plan: list[Any]) -> str:
     """The evaluation stage of ``checkpoint`` (a model, or a training stage's key@step) that
     measures ``plan`` (a :func:`plan_key`)."""
-    from itransfer.eval.lora_targets import targets_for_key  # torch: only when keys are made
+    from itransfer.lora_targets import targets_for_key  # torch: only when keys are made
     from itransfer.models import model_type_of
 
     relevant = result_relevant(config)
@@ -227,27 +226,13 @@ def resume_differences(saved: Mapping[str, Any], config: ExperimentConfig) -> li
     return differing
 
 
-def encoder_identity(encoder: ExampleEncoder, tokenizer: str) -> dict[str, Any]:
-    """What an encoder's token ids depend on besides the task and instance; ``tokenizer`` is
-    the tokenizer's fingerprint."""
-    return {
-        "tokenizer": tokenizer,
-        "architecture": encoder.architecture,
-        "context": type(encoder.context).__name__,
-        "num_exemplars": encoder.context.num_exemplars,
-        "max_source_length": encoder.max_source_length,
-        "max_target_length": encoder.max_target_length,
-        "chat_template": encoder.chat_template,
-    }
-
-
 def tokenized_cache_key(
     encoder: Mapping[str, Any], tasks: Sequence[tuple[str, str]], splits: SplitConfig,
     seed: int, *, code: str, version: int,
 ) -> str:
     """The tokenized training set of ``tasks`` ((name, file hash) pairs) as ``encoder`` (an
-    :func:`encoder_identity`) renders them, split by ``seed``; ``code`` fingerprints the
-    modules that render examples, ``version`` the cache's format."""
+    :func:`itransfer.encoding.cache.encoder_identity`) renders them, split by ``seed``;
+    ``code`` fingerprints the modules that render examples, ``version`` the cache's format."""
     content = {
         "format": version,
         "code": code,

@@ -28,7 +28,7 @@ signal (the CLI exits with 128 + it) and the same command continues the run.
 
 In code: :func:`plan_stages` says which stages a run has, in order, with their keys (no I/O;
 the evaluation stages of a trained model wait for the checkpoints its training stage saved,
-read through :func:`itransfer.train.checkpoint.read_trajectory`), and :func:`run_stage` runs
+read through :func:`itransfer.checkpoint_format.read_trajectory`), and :func:`run_stage` runs
 one of them: the cache, ``--force``, stops, timing and the finished marker.
 
 Under ``accelerate launch`` every process runs this same driver: training and evaluation
@@ -72,8 +72,8 @@ from itransfer.schema import (
 )
 from itransfer.stopping import StopRequest, stop_requested_on_signal
 
-if TYPE_CHECKING:  # the trainer's module imports torch, which the planning does not need
-    from itransfer.train.checkpoint import Trajectory
+if TYPE_CHECKING:  # the checkpoint format imports torch, which the planning does not need
+    from itransfer.checkpoint_format import Trajectory
 
 STAGE_FILE = "stage.json"
 
@@ -405,7 +405,7 @@ def _run_stages(
     write_report: bool,
     stop: StopRequest,
 ) -> RunSummary:
-    from itransfer.train.checkpoint import read_trajectory
+    from itransfer.checkpoint_format import read_trajectory
 
     state = make_state()
     out_dir = Path(out_dir)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
+from itransfer.config import CONTEXT_NAMES
 from itransfer.data.sni import Example, Task, task_unique_id
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def register_context(name: str) -> Callable[[type[TaskContext]], type[TaskContex
     def decorator(cls: type[TaskContext]) -> type[TaskContext]:
         cls.name = name
         CONTEXTS[name] = cls
+        CONTEXT_NAMES.add(name)  # a config may name it
         return cls
 
     return decorator
@@ -64,7 +66,6 @@ class TaskContext(ABC):
 
     def __init__(self, num_exemplars: int = 3) -> None:
         self.num_exemplars = num_exemplars
-        self.inputs_cut: dict[str, int] = {}  # task → how many inputs lost words to the budget
 
     @abstractmethod
     def render(self, task: Task, x: str, exemplars: Sequence[Example], definition: str) -> str:
@@ -119,9 +120,8 @@ class TaskContext(ABC):
             keep = longest_fitting_prefix(len(words), input_fits)
             input_cut = len(words) - keep
             text = self.render(task, " ".join(words[:keep]), exemplars, definition)
-            # Logged per instance at debug level; ``inputs_cut`` keeps the counts, which the
-            # training loop and each evaluation stage summarise in one line (`cut_summary`).
-            self.inputs_cut[task.name] = self.inputs_cut.get(task.name, 0) + 1
+            # Logged per instance at debug level; the training loop and each evaluation stage
+            # count the inputs cut (``EncodedExample.input_cut``) in one line (`cut_summary`).
             logger.debug(
                 "%s: input longer than the %d-token budget even without context; "
                 "cut %d of its %d words from the end",

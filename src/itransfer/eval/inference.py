@@ -22,8 +22,14 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from itransfer.examples import Architecture, EncodedExample, collate, padded_parts, target_mask
-from itransfer.token_losses import token_losses
+from itransfer.encoding.examples import (
+    Architecture,
+    EncodedExample,
+    collate,
+    padded_parts,
+    target_mask,
+)
+from itransfer.encoding.token_losses import token_losses
 
 Router = Callable[[list[int]], AbstractContextManager[Any]]
 

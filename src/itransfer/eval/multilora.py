@@ -45,6 +45,15 @@ import torch
 from torch import nn
 
 from itransfer.config import LoraConfig
+from itransfer.encoding.examples import (
+    Architecture,
+    EncodedExample,
+    collate,
+    count_targets,
+    padded_parts,
+    target_mask,
+)
+from itransfer.encoding.token_losses import token_losses
 from itransfer.eval.inference import plan_batches
 from itransfer.eval.keyed_dropout import example_keys, keyed_dropout
 from itransfer.eval.lora import (
@@ -53,17 +62,8 @@ from itransfer.eval.lora import (
     init_lora_a,
     peft_config,
 )
-from itransfer.eval.lora_targets import is_adaptable, matches, resolve_target_modules
-from itransfer.examples import (
-    Architecture,
-    EncodedExample,
-    collate,
-    count_targets,
-    padded_parts,
-    target_mask,
-)
 from itransfer.io_utils import staged_dir
-from itransfer.token_losses import token_losses
+from itransfer.lora_targets import is_adaptable, matches, resolve_target_modules
 
 logger = logging.getLogger(__name__)
 

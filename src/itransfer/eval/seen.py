@@ -32,7 +32,7 @@ import numpy as np
 
 from itransfer.config import EvalConfig, SplitConfig
 from itransfer.data.splits import limited_size, seen_split_sizes
-from itransfer.data.tokenized import TokenizedTrainingSet, find_training_set
+from itransfer.encoding.cache import TokenizedTrainingSet, find_training_set
 from itransfer.eval.inference import EvalItem
 from itransfer.eval.session import EvalSession, ProgressCallback
 

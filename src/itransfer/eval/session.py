@@ -20,22 +20,22 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
 
+from itransfer.checkpoint_format import STATE_FILE, read_state
 from itransfer.config import ExperimentConfig, LoraConfig
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
 from itransfer.data.contexts import build_context, cut_details, warn_inputs_cut
 from itransfer.data.sni import Instance, Task
+from itransfer.encoding.examples import EncodedExample, ExampleEncoder
 from itransfer.errors import ConfigError, DataError, ITransferError
 from itransfer.eval.inference import EvalItem, ItemResult, Router, evaluate_items
-from itransfer.eval.lora_targets import AUTO, resolve_target_modules
 from itransfer.eval.metrics import ScoredInstance, aggregate, default_scorer
 from itransfer.eval.results import ResultsTable
-from itransfer.examples import ExampleEncoder
 from itransfer.identity import measurement_hash
 from itransfer.io_utils import atomic_write_text
 from itransfer.launch import agreed, check_launch, make_accelerator
+from itransfer.lora_targets import AUTO, resolve_target_modules
 from itransfer.models import LoadedModel, load_model_and_tokenizer
 from itransfer.provenance import write_run_record
-from itransfer.train.checkpoint import STATE_FILE, read_state
 
 logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
@@ -57,6 +57,8 @@ class EvalSession:
     accelerator: Accelerator
 
     encoders: dict[str, ExampleEncoder] = field(default_factory=dict)
+    # Inputs cut to the length budget since the last :meth:`finish`: context -> task -> count.
+    inputs_cut: dict[str, dict[str, int]] = field(default_factory=dict)
     # Called after each write of rows: where `itransfer run` stops on SIGTERM/SIGUSR1, since
     # what is written is kept and a rerun continues after it.
     after_write: Callable[[], None] | None = None
@@ -74,7 +76,7 @@ class EvalSession:
             warn_inputs_cut(stage, cuts, self.config.model.max_source_length, details=False)
 
     def encoder(self, context: str) -> ExampleEncoder:
-        """One encoder per context, so cut counts add up for :meth:`finish`'s summary."""
+        """One encoder per context."""
         if context not in self.encoders:
             self.encoders[context] = ExampleEncoder(
                 self.loaded.tokenizer,
@@ -86,10 +88,19 @@ class EvalSession:
             )
         return self.encoders[context]
 
+    def encode(self, task: Task, instances: Sequence[Instance], context: str
+               ) -> list[EncodedExample]:
+        """The instances' examples; their cut inputs are counted for :meth:`finish`'s summary."""
+        examples = list(self.encoder(context).encode_task(task, instances))
+        if cut := sum(example.input_cut for example in examples):
+            counts = self.inputs_cut.setdefault(context, {})
+            counts[task.name] = counts.get(task.name, 0) + cut
+        return examples
+
     def items(self, task: Task, instances: Sequence[Instance], context: str) -> list[EvalItem]:
-        encoded = self.encoder(context).encode_task(task, instances)
+        encoded = self.encode(task, instances, context)
         return [EvalItem(example=example, references=instance.outputs)
-                for (example, _), instance in zip(encoded, instances, strict=True)]
+                for example, instance in zip(encoded, instances, strict=True)]
 
     def evaluate(
         self, items: Sequence[EvalItem], *, model: torch.nn.Module | None = None,
@@ -139,12 +150,12 @@ class EvalSession:
         """
         budget = self.config.model.max_source_length
         cuts: dict[str, int] = {}
-        for context, encoder in self.encoders.items():
-            if details := cut_details(encoder.context.inputs_cut, budget):
+        for context in self.encoders:
+            counted = self.inputs_cut.pop(context, {})
+            if details := cut_details(counted, budget):
                 logger.info("evaluation (context %s): %s", context, details)
-            for task, count in encoder.context.inputs_cut.items():
+            for task, count in counted.items():
                 cuts[task] = cuts.get(task, 0) + count
-            encoder.context.inputs_cut.clear()
         if self.held_cuts is not None:
             for task, count in cuts.items():
                 self.held_cuts[task] = self.held_cuts.get(task, 0) + count

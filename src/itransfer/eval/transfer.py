@@ -94,8 +94,7 @@ def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellW
         # every planned cell lives until the grid ends.
         slim = replace(task, instances=())
         for context in eval_config.transfer_contexts:
-            encoder = session.encoder(context)
-            pool = [example for example, _ in encoder.encode_task(task, split.few_shot_pool)]
+            pool = session.encode(task, split.few_shot_pool, context)
             for shots in eval_config.shots:
                 # k = 0 neither draws nor trains: every seed would measure the same model.
                 for seed in seeds if shots > 0 else [min(seeds)]:

@@ -30,8 +30,8 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from itransfer.data.corpus import iter_corpus_documents
+from itransfer.encoding.examples import IGNORE_INDEX
 from itransfer.errors import ConfigError, ITransferError
-from itransfer.examples import IGNORE_INDEX
 from itransfer.io_utils import atomic_write_text
 from itransfer.models import resolve_model_source, save_model
 from itransfer.pretraining.config import CausalPretrainConfig

@@ -47,8 +47,8 @@ from transformers import (
 )
 
 from itransfer.data.corpus import iter_corpus_documents
+from itransfer.encoding.examples import IGNORE_INDEX, EncodedExample, collate
 from itransfer.errors import ConfigError, ITransferError
-from itransfer.examples import IGNORE_INDEX, EncodedExample, collate
 from itransfer.io_utils import atomic_write_text
 from itransfer.models import save_model
 from itransfer.pretraining.config import PretrainConfig

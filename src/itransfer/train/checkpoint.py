@@ -18,6 +18,9 @@ A run folder holds two kinds, each a folder ``step-0000050/``:
 Each is written into ``step-0000050.tmp`` and renamed into place only when complete, and the
 ``latest`` pointer file is replaced atomically afterwards; a crash, or a full disk, at any
 moment leaves the previous checkpoint and pointer intact.
+
+The folder's names and its readers, which evaluation shares, are in
+:mod:`itransfer.checkpoint_format`.
 """
 
 from __future__ import annotations
@@ -27,40 +30,33 @@ import logging
 import os
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from itransfer.errors import ITransferError
+from itransfer.checkpoint_format import (
+    LATEST_FILE,
+    STATE_FILE,
+    TRAJECTORY_DIR,
+    CheckpointError,
+    checkpoint_name,
+    checkpoint_step,
+    latest_checkpoint,
+    list_checkpoints,
+    read_state,
+    read_tensors,
+)
 from itransfer.io_utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.json"
-LATEST_FILE = "latest"
 OPTIMIZER_FILE = "optimizer.safetensors"
-TRAJECTORY_DIR = "checkpoints"
 RESUME_DIR = "resume"
 # Two after each commit; the older goes before the next one is written, so that at most two
 # (one of them being written) are on disk, and a complete one always is.
 RESUMABLE_KEPT = 2
-
-
-class CheckpointError(ITransferError):
-    """A checkpoint is missing, damaged, or belongs to another run/model."""
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:07d}"
-
-
-def checkpoint_step(checkpoint: Path) -> int:
-    """The step a checkpoint folder was written at, from its name."""
-    return int(checkpoint.name.removeprefix("step-"))
 
 
 def is_resumable(checkpoint: Path) -> bool:
@@ -235,47 +231,6 @@ def prune(checkpoints_dir: Path, keep: int) -> None:
         shutil.rmtree(old)
 
 
-def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (staging folders are not checkpoints)."""
-    if not checkpoints_dir.is_dir():
-        return []
-    found = [
-        path
-        for path in checkpoints_dir.iterdir()
-        if path.is_dir() and path.name.startswith("step-") and not path.name.endswith(".tmp")
-    ]
-    return sorted(found, key=lambda path: path.name)
-
-
-def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
-    pointer = checkpoints_dir / LATEST_FILE
-    if pointer.is_file():
-        candidate = checkpoints_dir / pointer.read_text(encoding="utf-8").strip()
-        if (candidate / STATE_FILE).is_file():
-            return candidate
-    complete = [path for path in list_checkpoints(checkpoints_dir) if (path / STATE_FILE).is_file()]
-    return complete[-1] if complete else None
-
-
-def read_state(checkpoint: Path) -> dict[str, Any]:
-    path = checkpoint / STATE_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{checkpoint}: not a training checkpoint (no {STATE_FILE})") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: damaged checkpoint state ({exc})") from exc
-
-
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: missing from the checkpoint") from exc
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: damaged checkpoint file ({exc})") from exc
-
-
 def read_optimizer(checkpoint: Path) -> dict[str, Any]:
     tensors = read_tensors(checkpoint / OPTIMIZER_FILE)
     meta_path = checkpoint / "optimizer.json"
@@ -288,34 +243,6 @@ def read_optimizer(checkpoint: Path) -> dict[str, Any]:
 
 def read_rank_rng(checkpoint: Path, rank: int) -> dict[str, torch.Tensor]:
     return read_tensors(checkpoint / f"rng-rank{rank}.safetensors")
-
-
-@dataclass(frozen=True)
-class Trajectory:
-    """What a training run saved for evaluation: its trajectory checkpoints, by step."""
-
-    run_dir: Path
-    checkpoints: Mapping[int, Path]  # step -> checkpoint folder, oldest first
-    # The run's step budget as its newest checkpoint recorded it; None before any was saved.
-    total_steps: int | None = None
-
-    @property
-    def steps(self) -> tuple[int, ...]:
-        return tuple(sorted(self.checkpoints))
-
-    @property
-    def final_step(self) -> int:
-        """The newest checkpoint's step, 0 for a run that saved none."""
-        return max(self.checkpoints, default=0)
-
-
-def read_trajectory(run_dir: Path) -> Trajectory:
-    """The trajectory of the training run in ``run_dir`` (an ``instruction_tune`` out_dir),
-    read from its ``checkpoints/`` folder: the one place outside the trainer that knows how
-    the trainer lays its checkpoints out."""
-    found = {checkpoint_step(path): path for path in list_checkpoints(run_dir / TRAJECTORY_DIR)}
-    total = int(read_state(found[max(found)])["total_it_steps"]) if found else None
-    return Trajectory(run_dir=run_dir, checkpoints=found, total_steps=total)
 
 
 def resume_checkpoint(out_dir: Path) -> Path | None:

@@ -27,14 +27,14 @@ from itransfer.data.batching import TaskBatchStream
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
 from itransfer.data.contexts import build_context
 from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
-from itransfer.data.tokenized import (
+from itransfer.encoding.cache import (
     BuildProgress,
     TokenizedTrainingSet,
     open_training_set,
     seen_train_sizes,
 )
+from itransfer.encoding.examples import ExampleEncoder
 from itransfer.errors import ConfigError, DataError
-from itransfer.examples import ExampleEncoder
 from itransfer.identity import resume_differences
 from itransfer.io_utils import atomic_write_text
 from itransfer.launch import check_launch, make_accelerator

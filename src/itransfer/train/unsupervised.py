@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from itransfer.examples import Architecture, EncodedExample
+from itransfer.encoding.examples import Architecture, EncodedExample
 
 
 class UnsupervisedBatches:

@@ -55,9 +55,9 @@ from itransfer.config import SplitConfig
 from itransfer.data.index import TaskIndex, default_cache_dir
 from itransfer.data.sni import parse_task
 from itransfer.data.splits import limited_size, seen_split_sizes, split_seen_task
+from itransfer.encoding.examples import EncodedExample, ExampleEncoder
 from itransfer.errors import DataError, ITransferError
-from itransfer.examples import EncodedExample, ExampleEncoder
-from itransfer.identity import encoder_identity, tokenized_cache_key
+from itransfer.identity import tokenized_cache_key
 from itransfer.io_utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -88,13 +88,27 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def _code_fingerprint() -> str:
     """The source of the modules that turn an instance into token ids (contexts, the encoder,
     the splits): editing them must not leave a stale cache behind."""
-    from itransfer import examples
     from itransfer.data import contexts, splits
+    from itransfer.encoding import examples
 
     digest = hashlib.sha256()
     for module in (contexts, examples, splits):
         digest.update(inspect.getsource(module).encode())
     return digest.hexdigest()
+
+
+def encoder_identity(encoder: ExampleEncoder, tokenizer: str) -> dict[str, Any]:
+    """What an encoder's token ids depend on besides the task and instance; ``tokenizer`` is
+    the tokenizer's fingerprint."""
+    return {
+        "tokenizer": tokenizer,
+        "architecture": encoder.architecture,
+        "context": type(encoder.context).__name__,
+        "num_exemplars": encoder.context.num_exemplars,
+        "max_source_length": encoder.max_source_length,
+        "max_target_length": encoder.max_target_length,
+        "chat_template": encoder.chat_template,
+    }
 
 
 def cache_key(
@@ -213,7 +227,8 @@ class TokenizedTrainingSet:
     build_seconds: float | None
 
     def __call__(self, task: int, instance: int) -> EncodedExample:
-        return EncodedExample(*self.rows.ids(self._row(task, instance)))
+        row = self._row(task, instance)
+        return EncodedExample(*self.rows.ids(row), input_cut=bool(self.inputs_cut[row]))
 
     def length(self, task: int, instance: int) -> int:
         return int(self.lengths[self._row(task, instance)])
@@ -453,16 +468,16 @@ def _encoded_rows(
             raise
         train = split_seen_task(task, unlimited, seed).train
         # In chunks, so the token lists of a 6,500-instance task are not all alive at once.
-        encoded = (pair for start in range(0, len(train), ENCODE_CHUNK)
-                   for pair in encoder.encode_task(task, train[start : start + ENCODE_CHUNK]))
-        for position, (example, input_cut) in enumerate(encoded):
+        encoded = (example for start in range(0, len(train), ENCODE_CHUNK)
+                   for example in encoder.encode_task(task, train[start:start + ENCODE_CHUNK]))
+        for position, example in enumerate(encoded):
             yield {
                 "task": task_index,
                 "position": position,
                 "source_ids": example.source_ids,
                 "target_ids": example.target_ids,
                 "length": len(example),
-                "input_cut": int(input_cut),
+                "input_cut": int(example.input_cut),
             }
         encoded_so_far += len(train)
         counter.write_text(str(encoded_so_far), encoding="utf-8")

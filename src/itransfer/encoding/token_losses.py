@@ -1,4 +1,5 @@
-"""Per-token losses of a batch from :func:`itransfer.examples.collate`, for training and evaluation.
+"""Per-token losses of a batch (:func:`itransfer.encoding.examples.collate`), for training and
+evaluation.
 
 Computed here rather than by the model's own ``loss`` so that per-example (and so per-task)
 losses and a global-token normalisation across processes are possible.
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from itransfer.examples import IGNORE_INDEX
+from itransfer.encoding.examples import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 

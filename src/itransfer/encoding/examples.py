@@ -1,7 +1,7 @@
 """Token ids for training and evaluation: (r_k; x) → source ids, y → target ids, and batches.
 
 Shared by instruction tuning (:mod:`itransfer.train`) and evaluation (:mod:`itransfer.eval`);
-the per-token losses both compute from these batches are in :mod:`itransfer.token_losses`.
+the per-token losses both compute from these batches are in :mod:`itransfer.encoding.token_losses`.
 
 Seq2seq models (T5) read the source in the encoder and predict the target in the decoder.
 Decoder-only models read ``source + target`` and are trained on the target tokens only (the
@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from itransfer.data.contexts import TaskContext, longest_fitting_prefix
+from itransfer.data.contexts import EncodedInput, TaskContext, longest_fitting_prefix
 from itransfer.data.sni import Instance, Task
 from itransfer.errors import ConfigError
 
@@ -42,6 +42,9 @@ Architecture = Literal["seq2seq", "causal"]
 class EncodedExample:
     source_ids: tuple[int, ...]
     target_ids: tuple[int, ...]
+    # The input itself lost its last words to the source budget (cutting the context was not
+    # enough); training and evaluation count these for their one warning line.
+    input_cut: bool = False
 
     def __len__(self) -> int:
         return len(self.source_ids) + len(self.target_ids)
@@ -202,27 +205,29 @@ class ExampleEncoder:
 
     def source_text(self, task: Task, x: str) -> str:
         """The joined text of the source (what :meth:`encode_joined` tokenizes)."""
-        encoded = self.context.encode(
+        return self._fitted_source(task, x).text
+
+    def _fitted_source(self, task: Task, x: str) -> EncodedInput:
+        return self.context.encode(
             task, x, max_tokens=self.max_source_length, count_tokens=self.count_tokens
         )
-        return encoded.text
 
     def encode(self, task: Task, instance: Instance) -> EncodedExample:
         """One instance, as :meth:`encode_task` encodes it."""
-        return next(self.encode_task(task, [instance]))[0]
+        return next(self.encode_task(task, [instance]))
 
     def encode_joined(self, task: Task, instance: Instance) -> EncodedExample:
         """The reference: the joined text, cut by tokenizing candidates (slow; see the class)."""
-        source = self._source_ids(self.source_text(task, instance.input))
+        fitted = self._fitted_source(task, instance.input)
+        source = self._source_ids(fitted.text)
         # The context encoder already fit the text to the budget; this guards odd tokenizers.
         source = source[: self.max_source_length]
         target = self._target_ids(instance.outputs[0])
-        return EncodedExample(tuple(source), tuple(target))
+        return EncodedExample(tuple(source), tuple(target), input_cut=fitted.input_words_cut > 0)
 
-    def encode_task(
-        self, task: Task, instances: Sequence[Instance]
-    ) -> Iterator[tuple[EncodedExample, bool]]:
-        """Each instance's example, and whether its input itself had to be cut to the budget."""
+    def encode_task(self, task: Task, instances: Sequence[Instance]) -> Iterator[EncodedExample]:
+        """Each instance's example (``input_cut`` says whether its input itself had to be cut
+        to the budget)."""
         if self.assembles:
             yield from self._encode_task_assembled(task, instances)
         else:
@@ -230,7 +235,7 @@ class ExampleEncoder:
 
     def _encode_task_joined(
         self, task: Task, instances: Sequence[Instance]
-    ) -> Iterator[tuple[EncodedExample, bool]]:
+    ) -> Iterator[EncodedExample]:
         # The sources whose whole context fits the budget (most of them) and all targets are
         # tokenized in one batch call each; only the rest go through the cutting search.
         exemplars = list(self.context.exemplars(task))
@@ -239,18 +244,15 @@ class ExampleEncoder:
             for instance in instances
         ])
         targets = self._target_ids_many([instance.outputs[0] for instance in instances])
-        cut_counts = self.context.inputs_cut
         for instance, source, target in zip(instances, sources, targets, strict=True):
             if len(source) <= self.max_source_length:
-                yield EncodedExample(tuple(source), tuple(target)), False
-                continue
-            cuts_before = cut_counts.get(task.name, 0)
-            example = self.encode_joined(task, instance)
-            yield example, cut_counts.get(task.name, 0) > cuts_before
+                yield EncodedExample(tuple(source), tuple(target))
+            else:
+                yield self.encode_joined(task, instance)
 
     def _encode_task_assembled(
         self, task: Task, instances: Sequence[Instance]
-    ) -> Iterator[tuple[EncodedExample, bool]]:
+    ) -> Iterator[EncodedExample]:
         frames = _Frames(self, task)
         full = frames.get(len(frames.exemplars), None)
         inputs = self._plain_ids_many([full.sep + instance.input for instance in instances])
@@ -262,9 +264,9 @@ class ExampleEncoder:
         for i, (input_ids, target) in enumerate(zip(inputs, targets, strict=True)):
             if i in fitted:
                 source, input_cut = fitted[i]
-                yield EncodedExample(tuple(source[:budget]), tuple(target)), input_cut
+                yield EncodedExample(tuple(source[:budget]), tuple(target), input_cut)
             else:
-                yield EncodedExample(tuple(full.assemble(input_ids)), tuple(target)), False
+                yield EncodedExample(tuple(full.assemble(input_ids)), tuple(target))
 
     def _fit_many(
         self, frames: _Frames, texts: list[str], inputs: list[list[int]]
@@ -311,8 +313,6 @@ class ExampleEncoder:
             for i, piece, (ids, offsets) in zip(tails, pieces, self._ids_and_offsets(pieces),
                                                 strict=True)), strict=True))
         if tails:
-            self.context.inputs_cut[task.name] = (
-                self.context.inputs_cut.get(task.name, 0) + len(tails))
             logger.debug("%s: %d inputs longer than the %d-token budget even without context "
                          "lost their last words", task.name, len(tails), budget)
         return [(frame.assemble(cut_ids.get(i, ids)), i in cut_ids)
