@@ -13,9 +13,21 @@ import signal
 import sys
 from pathlib import Path
 
+from accelerate import PartialState
+
 from itransfer.config import load_config
 from itransfer.errors import TrainingStopped
 from itransfer.train.loop import instruction_tune
+
+
+def overrides(model_dir: str | Path) -> list[str]:
+    """The run, as ``itransfer train --set`` takes it: 8 steps, trajectory checkpoints at 4, 8."""
+    return [
+        f"model.name_or_path={model_dir}", "model.max_source_length=64",
+        "model.max_target_length=16", "train.batch_size=8", "train.steps=8",
+        "train.warmup_steps=2", "train.log_every=1", "train.tensorboard=false",
+        "train.checkpoint_every=4", "train.sampler={name: dwa, window: 2}",
+    ]
 
 
 def main() -> None:
@@ -24,12 +36,7 @@ def main() -> None:
     # it stopped
     sigterm = len(sys.argv) > 4 and sys.argv[4] == "sigterm"
     stop_after = int(sys.argv[4]) if len(sys.argv) > 4 and not sigterm else None
-    config = load_config(None, [
-        f"model.name_or_path={model_dir}", "model.max_source_length=64",
-        "model.max_target_length=16", "train.batch_size=8", "train.steps=8",
-        "train.warmup_steps=2", "train.log_every=1", "train.tensorboard=false",
-        "train.checkpoint_every=4", "train.sampler={name: dwa, window: 2}",
-    ])
+    config = load_config(None, overrides(model_dir))
     rank = os.environ.get("RANK", "0")
     if sigterm:
         # Progress reaches the main process only: rank 0 signals rank 1, whose pid it reads
@@ -53,7 +60,8 @@ def main() -> None:
                               resume=(run_dir / "checkpoints").exists())
     if os.environ.get("RANK", "0") == "0":
         report = {
-            "losses": [row["loss"] for row in result.log], "world_size": os.environ["WORLD_SIZE"]
+            "losses": [row["loss"] for row in result.log], "world_size": os.environ["WORLD_SIZE"],
+            "distributed_type": PartialState().distributed_type.value,
         }
         (run_dir.parent / f"losses-{tag}.json").write_text(json.dumps(report))
 
