@@ -13,8 +13,6 @@ import signal
 import sys
 from pathlib import Path
 
-from accelerate import PartialState
-
 from itransfer.config import load_config
 from itransfer.errors import TrainingStopped
 from itransfer.train.loop import instruction_tune
@@ -60,8 +58,7 @@ def main() -> None:
                               resume=(run_dir / "checkpoints").exists())
     if os.environ.get("RANK", "0") == "0":
         report = {
-            "losses": [row["loss"] for row in result.log], "world_size": os.environ["WORLD_SIZE"],
-            "distributed_type": PartialState().distributed_type.value,
+            "losses": [row["loss"] for row in result.log], "world_size": os.environ["WORLD_SIZE"]
         }
         (run_dir.parent / f"losses-{tag}.json").write_text(json.dumps(report))
 

@@ -407,6 +407,9 @@ def _trainer_state(state: TrainState) -> dict[str, Any]:
         "optimizer_step": state.optimizer_step,
         "total_it_steps": state.total_it_steps,
         "world_size": state.accelerator.num_processes,
+        # what wrote it (FSDP, MULTI_GPU: DDP, ...); weights and optimizer state are whole and
+        # keyed by name either way, so it does not bind the resume
+        "distributed_type": state.accelerator.distributed_type.value,
         "scheduler": state.scheduler.state_dict(),
         "sampler": state.sampler.state_dict(),
         "stream": state.stream.state_dict(),
