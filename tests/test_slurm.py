@@ -37,9 +37,11 @@ def test_the_documented_job_stops_requeues_and_completes_exactly(slurm: None, tm
     results = slurm_requeue.run_check(tmp_path / "run", sizes)
     assert results["final_state"] == "COMPLETED", results
     assert results["exit_code"] == "0:0"
-    assert results["restarts"] >= 1  # stopped by USR1 and requeued by the script at least once
+    assert results["restarts"] == 1  # one USR1: stopped, requeued by the script, finished
+    # each process says where it stopped: both after the same step
     stops = results["stop_lines"]
-    assert stops and all("SIGUSR1: stopped at step" in line for line in stops), results
+    assert len(stops) == sizes.processes and len(set(stops)) == 1, stops
+    assert stops[0].startswith("SIGUSR1: stopped at step ")
     comparison = results["comparison"]
     assert comparison["final_step"] == sizes.steps
     assert comparison["losses_equal"] and comparison["weights_equal"], comparison
