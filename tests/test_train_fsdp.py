@@ -26,11 +26,13 @@ from test_train_distributed import RESUME_SCRIPT
 from two_processes import launch_two
 
 FSDP_CONFIG = REPO_ROOT / "configs" / "accelerate" / "fsdp2.yaml"
-# FSDP2 reduce-scatters the gradients where DDP all-reduces them, and clips by a norm summed
-# from the shards'. Measured over these 8 steps: identical losses and weights with this test's
-# model; 5.0e-7 (losses) and 1.2e-6 (weights) apart at most with itransfer:tiny-t5, whose
-# gradients are clipped.
+# FSDP2 clips the gradients by a norm summed from the shards' norms, in another order than
+# DDP's: measured over these 8 steps of the bundled tiny T5, losses 5.0e-7 and weights 1.2e-6
+# apart at most (identical with the smaller tiny_model_dir model, whose gradients are not
+# clipped).
 DDP_TOLERANCE = 1e-5
+# The README's model: the test runs the README's command.
+MODEL = "itransfer:tiny-t5"
 
 
 def _losses(run: Path) -> list[float]:
@@ -47,9 +49,8 @@ def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_fsdp_trains_resumes_exactly_and_matches_ddp(tiny_model_dir: Path, tmp_path: Path
-                                                     ) -> None:
-    model = str(tiny_model_dir)
+def test_fsdp_trains_resumes_exactly_and_matches_ddp(tmp_path: Path) -> None:
+    model = MODEL
     fsdp = partial(launch_two, config_file=FSDP_CONFIG)
     whole, split, ddp = tmp_path / "whole", tmp_path / "split" / "run", tmp_path / "ddp" / "run"
     # (a) the README's command: `itransfer train` under the FSDP config
@@ -73,7 +74,8 @@ def test_fsdp_trains_resumes_exactly_and_matches_ddp(tiny_model_dir: Path, tmp_p
     assert all(torch.equal(resumed_weights[name], whole_weights[name]) for name in whole_weights)
     # (c) the same run under DDP
     launch_two(RESUME_SCRIPT, model, str(ddp), "whole")
-    assert _losses(ddp) == pytest.approx(_losses(whole), abs=DDP_TOLERANCE)
+    ddp_difference = max(abs(a - b) for a, b in zip(_losses(ddp), _losses(whole), strict=True))
+    assert ddp_difference <= DDP_TOLERANCE
     assert _written_by(ddp / final) == "MULTI_CPU"
     ddp_weights = _weights(ddp / final)
     assert ddp_weights.keys() == whole_weights.keys()  # tied names written once, as by DDP
