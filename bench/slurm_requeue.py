@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "slurm.md"
 CLUSTER = ROOT / "tools" / "slurm_local.sh"
+FSDP_CONFIG = ROOT / "configs" / "accelerate" / "fsdp2.yaml"
 
 # The training run: the quickstart's model and data, long enough to outlive a few time limits
 # on 2 busy cores.
@@ -70,6 +71,8 @@ class Sizes:
     usr1_after_step: int | None = None
     # Start a requeued job at once rather than after SLURM's delay (121 s in 22.05).
     release_requeued: bool = False
+    # FSDP2 through configs/accelerate/fsdp2.yaml in place of --multi_gpu (DDP)
+    fsdp: bool = False
 
 
 SMALL = Sizes(steps=40, time_minutes=15, timeout_s=600, usr1_after_step=10,
@@ -85,9 +88,9 @@ def doc_job_script() -> str:
     return found.group(1)
 
 
-def sized_job_script(run_dir: Path, time_minutes: int, signal_seconds: int,
-                     processes: int) -> tuple[str, list[tuple[str, str]]]:
+def sized_job_script(run_dir: Path, sizes: Sizes) -> tuple[str, list[tuple[str, str]]]:
     """The document's script with its sizes changed for this machine; the changes, listed."""
+    time_minutes, signal_seconds = sizes.time_minutes, sizes.signal_seconds
     changes = [
         ("#SBATCH --gpus-per-node=8\n", ""),
         ("--cpus-per-task=64", f"--cpus-per-task={os.cpu_count() or 1}"),
@@ -96,9 +99,11 @@ def sized_job_script(run_dir: Path, time_minutes: int, signal_seconds: int,
         ("--output=logs/%x-%j.out", f"--output={run_dir}/logs/%x-%j.out"),
         ("OUT=runs/t5-large-it", f"OUT={run_dir}/slurm"),
         ("CONFIG=configs/my-run.yaml", f"CONFIG={run_dir}/config.yaml"),
-        ("\\$SLURM_GPUS_ON_NODE", str(processes)),
+        ("\\$SLURM_GPUS_ON_NODE", str(sizes.processes)),
         ("--mixed_precision bf16", "--mixed_precision no"),  # bf16 autocast is a GPU's
     ]
+    if sizes.fsdp:  # as docs/slurm.md's notes say
+        changes.append(("--multi_gpu", f"--config_file {FSDP_CONFIG}"))
     script = doc_job_script()
     for old, new in changes:
         if old not in script:
@@ -180,11 +185,12 @@ def wait_for(job_id: str, env: dict[str, str], sizes: Sizes, out: Path
     raise SystemExit(f"job {job_id} still running after {sizes.timeout_s:.0f} s")
 
 
-def reference_run(run_dir: Path, processes: int) -> float:
+def reference_run(run_dir: Path, sizes: Sizes) -> float:
     """The same launch, uninterrupted and without SLURM."""
     start = time.monotonic()
+    kind = ["--config_file", str(FSDP_CONFIG)] if sizes.fsdp else ["--multi_gpu"]
     subprocess.run(
-        ["accelerate", "launch", "--multi_gpu", "--num_processes", str(processes),
+        ["accelerate", "launch", *kind, "--num_processes", str(sizes.processes),
          "--num_machines", "1", "--mixed_precision", "no", "-m", "itransfer", "train",
          "--config", str(run_dir / "config.yaml"), "--out", str(run_dir / "reference")],
         env=slurm_env(), check=True, stdout=subprocess.DEVNULL)
@@ -194,6 +200,11 @@ def reference_run(run_dir: Path, processes: int) -> float:
 def final_weights(out: Path) -> dict[str, torch.Tensor]:
     final = max((out / "checkpoints").glob("step-*"))
     return load_file(final / "model.safetensors")
+
+
+def written_by(out: Path) -> str | None:
+    final = max((out / "checkpoints").glob("step-*"))
+    return json.loads((final / "trainer_state.json").read_text()).get("distributed_type")
 
 
 def compare(run_dir: Path) -> dict[str, object]:
@@ -211,6 +222,8 @@ def compare(run_dir: Path) -> dict[str, object]:
         "final_step": max(row["step"] for row in reference),
         "weights_equal": ours.keys() == theirs.keys()
         and all(torch.equal(ours[name], theirs[name]) for name in ours),
+        # what trained them: FSDP, or MULTI_CPU (DDP on CPU processes)
+        "distributed_types": [written_by(run_dir / "slurm"), written_by(run_dir / "reference")],
     }
 
 
@@ -221,8 +234,7 @@ def prepare(run_dir: Path, sizes: Sizes) -> list[tuple[str, str]]:
     (run_dir / "config.yaml").write_text(
         TRAIN_CONFIG.replace("STEPS", str(sizes.steps))
         .replace("CHECKPOINT_EVERY", str(sizes.steps // 4)), encoding="utf-8")
-    script, changes = sized_job_script(run_dir, sizes.time_minutes, sizes.signal_seconds,
-                                       sizes.processes)
+    script, changes = sized_job_script(run_dir, sizes)
     (run_dir / "train.sbatch").write_text(script, encoding="utf-8")
     return changes
 
@@ -242,8 +254,9 @@ def run_check(run_dir: Path, sizes: Sizes) -> dict[str, object]:
                             "JobID,JobName,State,ExitCode,Start,End"], env=env, text=True,
                            capture_output=True).stdout.rstrip().splitlines()
     log = "".join(path.read_text(errors="replace") for path in (run_dir / "logs").iterdir())
-    stops = [line.strip() for line in log.splitlines() if "SIGUSR1" in line]
-    reference_seconds = reference_run(run_dir, sizes.processes)
+    # Each process's stop line (a progress bar may share its line in the log)
+    stops = re.findall(r"SIGUSR1: stopped at step \d+[^\n]*", log)
+    reference_seconds = reference_run(run_dir, sizes)
     return {
         "job_id": job_id, "final_state": state["JobState"], "exit_code": state.get("ExitCode"),
         "restarts": int(state.get("Restarts", "0")), "states_seen": seen,
@@ -262,6 +275,8 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/itransfer-slurm-run"))
     parser.add_argument("--small", action="store_true",
                         help="tests/test_slurm.py's size (USR1 sent by this script at step 10)")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="launch with configs/accelerate/fsdp2.yaml instead of --multi_gpu")
     parser.add_argument("--steps", type=int, default=Sizes.steps)
     parser.add_argument("--processes", type=int, default=Sizes.processes)
     parser.add_argument("--time-minutes", type=int, default=Sizes.time_minutes)
@@ -271,10 +286,11 @@ def main() -> None:
                         help="default: bench/results-slurm_requeue[-small]-cpu.json")
     args = parser.parse_args()
     results_path = args.results or ROOT / "bench" / (
-        f"results-slurm_requeue{'-small' if args.small else ''}-cpu.json")
-    sizes = SMALL if args.small else Sizes(
+        f"results-slurm_requeue{'-small' if args.small else ''}"
+        f"{'-fsdp' if args.fsdp else ''}-cpu.json")
+    sizes = replace(SMALL, fsdp=args.fsdp) if args.small else Sizes(
         steps=args.steps, processes=args.processes, time_minutes=args.time_minutes,
-        signal_seconds=args.signal_seconds, timeout_s=args.timeout)
+        signal_seconds=args.signal_seconds, timeout_s=args.timeout, fsdp=args.fsdp)
 
     subprocess.run(["bash", str(CLUSTER), "start"], check=True)
     results = run_check(args.dir, sizes)

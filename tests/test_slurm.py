@@ -1,7 +1,7 @@
-"""docs/slurm.md's requeueing job under a real SLURM, at bench/slurm_requeue.py's small size:
-USR1 stops both processes after one step with a resumable checkpoint, the job script requeues
-itself, the requeued job resumes to COMPLETED, and the losses and final weights are those of the
-same launch without SLURM, exactly.
+"""docs/slurm.md's requeueing job under a real SLURM, with DDP and with FSDP2, at
+bench/slurm_requeue.py's small size: USR1 stops both processes after one step with a resumable
+checkpoint, the job script requeues itself, the requeued job resumes to COMPLETED, and the
+losses and final weights are those of the same launch without SLURM, exactly.
 
 Runs where ``sbatch`` is installed and a controller answers (``tools/slurm_local.sh start``
 makes a one-node cluster on this machine); skipped otherwise, saying which is missing.
@@ -10,6 +10,7 @@ makes a one-node cluster on this machine); skipped otherwise, saying which is mi
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,9 +32,12 @@ def slurm() -> None:
                     "a one-node cluster")
 
 
-def test_the_documented_job_stops_requeues_and_completes_exactly(slurm: None, tmp_path: Path
-                                                                 ) -> None:
-    sizes = slurm_requeue.SMALL
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_the_documented_job_stops_requeues_and_completes_exactly(
+        slurm: None, tmp_path: Path, fsdp: bool) -> None:
+    """DDP as the page's script launches, and FSDP2 as its notes say (the launch's
+    ``--multi_gpu`` replaced by ``--config_file configs/accelerate/fsdp2.yaml``)."""
+    sizes = replace(slurm_requeue.SMALL, fsdp=fsdp)
     results = slurm_requeue.run_check(tmp_path / "run", sizes)
     assert results["final_state"] == "COMPLETED", results
     assert results["exit_code"] == "0:0"
@@ -45,3 +49,5 @@ def test_the_documented_job_stops_requeues_and_completes_exactly(slurm: None, tm
     comparison = results["comparison"]
     assert comparison["final_step"] == sizes.steps
     assert comparison["losses_equal"] and comparison["weights_equal"], comparison
+    trained_by = "FSDP" if fsdp else "MULTI_CPU"
+    assert comparison["distributed_types"] == [trained_by, trained_by]
