@@ -11,6 +11,14 @@ job's processes write the resumable checkpoint and exit 138, the script requeues
 command then runs once without SLURM, and the two runs' logged losses and final weights are
 compared exactly. Results: ``bench/results-slurm_requeue-cpu.json`` (the job's ``sacct
 --completion`` lines, its requeues, the stop lines of its log, the comparison).
+
+    python bench/slurm_requeue.py --small    # tests/test_slurm.py's size: about 3 minutes
+
+``--small`` (:data:`SMALL`) trains 40 steps under a time limit it never reaches: the check sends
+``USR1`` to the job script itself, as SLURM's ``--signal=B:USR1`` does (``scancel --batch``),
+once the run has logged step 10, and starts the requeued job at once instead of after SLURM's
+two-minute requeue delay. The job script, its trap, the stop, the requeue and the comparison
+are those of the full size. The functions are imported by tests/test_slurm.py.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -31,6 +40,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "slurm.md"
 CLUSTER = ROOT / "tools" / "slurm_local.sh"
+FSDP_CONFIG = ROOT / "configs" / "accelerate" / "fsdp2.yaml"
 
 # The training run: the quickstart's model and data, long enough to outlive a few time limits
 # on 2 busy cores.
@@ -49,6 +59,26 @@ train:
 """
 
 
+@dataclass(frozen=True)
+class Sizes:
+    steps: int = 600
+    processes: int = 2
+    time_minutes: int = 3
+    signal_seconds: int = 60
+    timeout_s: float = 3600
+    # None: SLURM sends USR1 before the time limit (the script's --signal=B:USR1@N). A step:
+    # the check sends USR1 to the job script, as SLURM would, once the run has logged it.
+    usr1_after_step: int | None = None
+    # Start a requeued job at once rather than after SLURM's delay (121 s in 22.05).
+    release_requeued: bool = False
+    # FSDP2 through configs/accelerate/fsdp2.yaml in place of --multi_gpu (DDP)
+    fsdp: bool = False
+
+
+SMALL = Sizes(steps=40, time_minutes=15, timeout_s=600, usr1_after_step=10,
+              release_requeued=True)
+
+
 def doc_job_script() -> str:
     """The ``jobs/train.sbatch`` block of docs/slurm.md, as written there."""
     text = DOC.read_text(encoding="utf-8")
@@ -58,9 +88,9 @@ def doc_job_script() -> str:
     return found.group(1)
 
 
-def sized_job_script(run_dir: Path, time_minutes: int, signal_seconds: int,
-                     processes: int) -> tuple[str, list[tuple[str, str]]]:
+def sized_job_script(run_dir: Path, sizes: Sizes) -> tuple[str, list[tuple[str, str]]]:
     """The document's script with its sizes changed for this machine; the changes, listed."""
+    time_minutes, signal_seconds = sizes.time_minutes, sizes.signal_seconds
     changes = [
         ("#SBATCH --gpus-per-node=8\n", ""),
         ("--cpus-per-task=64", f"--cpus-per-task={os.cpu_count() or 1}"),
@@ -69,9 +99,11 @@ def sized_job_script(run_dir: Path, time_minutes: int, signal_seconds: int,
         ("--output=logs/%x-%j.out", f"--output={run_dir}/logs/%x-%j.out"),
         ("OUT=runs/t5-large-it", f"OUT={run_dir}/slurm"),
         ("CONFIG=configs/my-run.yaml", f"CONFIG={run_dir}/config.yaml"),
-        ("\\$SLURM_GPUS_ON_NODE", str(processes)),
+        ("\\$SLURM_GPUS_ON_NODE", str(sizes.processes)),
         ("--mixed_precision bf16", "--mixed_precision no"),  # bf16 autocast is a GPU's
     ]
+    if sizes.fsdp:  # as docs/slurm.md's notes say
+        changes.append(("--multi_gpu", f"--config_file {FSDP_CONFIG}"))
     script = doc_job_script()
     for old, new in changes:
         if old not in script:
@@ -94,11 +126,52 @@ def job_state(job_id: str, env: dict[str, str]) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", shown))
 
 
-def wait_for(job_id: str, env: dict[str, str], timeout_s: float) -> tuple[dict[str, str], list]:
+def controller_unreachable(env: dict[str, str]) -> str | None:
+    """Why no SLURM controller answers (None when one does)."""
+    if shutil.which("sbatch") is None:
+        return "sbatch is not installed (Debian: apt-get install slurm-wlm munge)"
+    try:
+        ping = subprocess.run(["scontrol", "ping"], env=env, text=True, capture_output=True,
+                              timeout=30)
+    except subprocess.TimeoutExpired:
+        return "scontrol ping timed out"
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        said = (ping.stdout + ping.stderr).strip().splitlines()
+        return f"scontrol ping: {said[-1] if said else 'no answer'}"
+    return None
+
+
+def logged_step(out: Path) -> int:
+    """The newest step the run's log holds (0 before it has one)."""
+    log = out / "train_log.jsonl"
+    if not log.is_file():
+        return 0
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return max((row.get("step", 0) for row in rows), default=0)
+
+
+def _act(job_id: str, state: dict[str, str], sizes: Sizes, out: Path, env: dict[str, str],
+         signalled: bool) -> bool:
+    """The small size's interventions; returns whether USR1 has been sent."""
+    if (sizes.usr1_after_step is not None and not signalled and state["JobState"] == "RUNNING"
+            and logged_step(out) >= sizes.usr1_after_step):
+        # What --signal=B:USR1@N makes SLURM do: USR1 to the batch shell only.
+        subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], env=env, check=True)
+        signalled = True
+    if (sizes.release_requeued and state["JobState"] == "PENDING"
+            and state.get("Reason") == "BeginTime"):
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env,
+                       check=True)
+    return signalled
+
+
+def wait_for(job_id: str, env: dict[str, str], sizes: Sizes, out: Path
+             ) -> tuple[dict[str, str], list]:
     """Poll until the job ends; the states seen on the way (with their times)."""
     seen: list[tuple[float, str, str]] = []
     start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
+    signalled = False
+    while time.monotonic() - start < sizes.timeout_s:
         state = job_state(job_id, env)
         entry = (round(time.monotonic() - start), state["JobState"], state.get("Restarts", "0"))
         if not seen or seen[-1][1:] != entry[1:]:
@@ -107,15 +180,17 @@ def wait_for(job_id: str, env: dict[str, str], timeout_s: float) -> tuple[dict[s
                   flush=True)
         if state["JobState"] in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}:
             return state, seen
-        time.sleep(5)
-    raise SystemExit(f"job {job_id} still running after {timeout_s:.0f} s")
+        signalled = _act(job_id, state, sizes, out, env, signalled)
+        time.sleep(2 if sizes.usr1_after_step is not None else 5)
+    raise SystemExit(f"job {job_id} still running after {sizes.timeout_s:.0f} s")
 
 
-def reference_run(run_dir: Path, processes: int) -> float:
+def reference_run(run_dir: Path, sizes: Sizes) -> float:
     """The same launch, uninterrupted and without SLURM."""
     start = time.monotonic()
+    kind = ["--config_file", str(FSDP_CONFIG)] if sizes.fsdp else ["--multi_gpu"]
     subprocess.run(
-        ["accelerate", "launch", "--multi_gpu", "--num_processes", str(processes),
+        ["accelerate", "launch", *kind, "--num_processes", str(sizes.processes),
          "--num_machines", "1", "--mixed_precision", "no", "-m", "itransfer", "train",
          "--config", str(run_dir / "config.yaml"), "--out", str(run_dir / "reference")],
         env=slurm_env(), check=True, stdout=subprocess.DEVNULL)
@@ -125,6 +200,11 @@ def reference_run(run_dir: Path, processes: int) -> float:
 def final_weights(out: Path) -> dict[str, torch.Tensor]:
     final = max((out / "checkpoints").glob("step-*"))
     return load_file(final / "model.safetensors")
+
+
+def written_by(out: Path) -> str | None:
+    final = max((out / "checkpoints").glob("step-*"))
+    return json.loads((final / "trainer_state.json").read_text()).get("distributed_type")
 
 
 def compare(run_dir: Path) -> dict[str, object]:
@@ -142,56 +222,79 @@ def compare(run_dir: Path) -> dict[str, object]:
         "final_step": max(row["step"] for row in reference),
         "weights_equal": ours.keys() == theirs.keys()
         and all(torch.equal(ours[name], theirs[name]) for name in ours),
+        # what trained them: FSDP, or MULTI_CPU (DDP on CPU processes)
+        "distributed_types": [written_by(run_dir / "slurm"), written_by(run_dir / "reference")],
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=Path("/tmp/itransfer-slurm-run"))
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--time-minutes", type=int, default=3)
-    parser.add_argument("--signal-seconds", type=int, default=60)
-    parser.add_argument("--timeout", type=float, default=3600)
-    parser.add_argument("--results", type=Path,
-                        default=ROOT / "bench" / "results-slurm_requeue-cpu.json")
-    args = parser.parse_args()
+def prepare(run_dir: Path, sizes: Sizes) -> list[tuple[str, str]]:
+    """The run folder: the training config and the sized job script; the script's changes."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(
+        TRAIN_CONFIG.replace("STEPS", str(sizes.steps))
+        .replace("CHECKPOINT_EVERY", str(sizes.steps // 4)), encoding="utf-8")
+    script, changes = sized_job_script(run_dir, sizes)
+    (run_dir / "train.sbatch").write_text(script, encoding="utf-8")
+    return changes
 
-    subprocess.run(["bash", str(CLUSTER), "start"], check=True)
+
+def run_check(run_dir: Path, sizes: Sizes) -> dict[str, object]:
+    """Submit the sized job on a running cluster, follow it to its end, run the reference,
+    compare; what was seen."""
     env = slurm_env()
-    shutil.rmtree(args.dir, ignore_errors=True)
-    (args.dir / "logs").mkdir(parents=True)
-    (args.dir / "config.yaml").write_text(
-        TRAIN_CONFIG.replace("STEPS", str(args.steps))
-        .replace("CHECKPOINT_EVERY", str(args.steps // 4)), encoding="utf-8")
-    script, changes = sized_job_script(args.dir, args.time_minutes, args.signal_seconds,
-                                       args.processes)
-    (args.dir / "train.sbatch").write_text(script, encoding="utf-8")
-
+    changes = prepare(run_dir, sizes)
     start = time.monotonic()
-    job_id = subprocess.run(["sbatch", "--parsable", str(args.dir / "train.sbatch")], env=env,
+    job_id = subprocess.run(["sbatch", "--parsable", str(run_dir / "train.sbatch")], env=env,
                             text=True, capture_output=True, check=True,
-                            cwd=args.dir).stdout.strip().split(";")[0]
-    state, seen = wait_for(job_id, env, args.timeout)
+                            cwd=run_dir).stdout.strip().split(";")[0]
+    state, seen = wait_for(job_id, env, sizes, run_dir / "slurm")
     slurm_seconds = time.monotonic() - start
     sacct = subprocess.run(["sacct", "--completion", "-j", job_id, "--format",
                             "JobID,JobName,State,ExitCode,Start,End"], env=env, text=True,
                            capture_output=True).stdout.rstrip().splitlines()
-    log = "".join(path.read_text(errors="replace") for path in (args.dir / "logs").iterdir())
-    stops = [line.strip() for line in log.splitlines() if "SIGUSR1" in line]
-    reference_seconds = reference_run(args.dir, args.processes)
-    results = {
+    log = "".join(path.read_text(errors="replace") for path in (run_dir / "logs").iterdir())
+    # Each process's stop line (a progress bar may share its line in the log)
+    stops = re.findall(r"SIGUSR1: stopped at step \d+[^\n]*", log)
+    reference_seconds = reference_run(run_dir, sizes)
+    return {
         "job_id": job_id, "final_state": state["JobState"], "exit_code": state.get("ExitCode"),
         "restarts": int(state.get("Restarts", "0")), "states_seen": seen,
         "sacct_completion": sacct, "stop_lines": stops,
         "changes_to_the_documented_script": [list(change) for change in changes],
         "slurm_wall_s": round(slurm_seconds, 1),
         "reference_wall_s": round(reference_seconds, 1),
-        "comparison": compare(args.dir),
+        "comparison": compare(run_dir),
         "slurm_version": subprocess.run(["sbatch", "--version"], text=True, env=env,
                                         capture_output=True).stdout.strip(),
     }
-    args.results.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/itransfer-slurm-run"))
+    parser.add_argument("--small", action="store_true",
+                        help="tests/test_slurm.py's size (USR1 sent by this script at step 10)")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="launch with configs/accelerate/fsdp2.yaml instead of --multi_gpu")
+    parser.add_argument("--steps", type=int, default=Sizes.steps)
+    parser.add_argument("--processes", type=int, default=Sizes.processes)
+    parser.add_argument("--time-minutes", type=int, default=Sizes.time_minutes)
+    parser.add_argument("--signal-seconds", type=int, default=Sizes.signal_seconds)
+    parser.add_argument("--timeout", type=float, default=Sizes.timeout_s)
+    parser.add_argument("--results", type=Path, default=None,
+                        help="default: bench/results-slurm_requeue[-small]-cpu.json")
+    args = parser.parse_args()
+    results_path = args.results or ROOT / "bench" / (
+        f"results-slurm_requeue{'-small' if args.small else ''}"
+        f"{'-fsdp' if args.fsdp else ''}-cpu.json")
+    sizes = replace(SMALL, fsdp=args.fsdp) if args.small else Sizes(
+        steps=args.steps, processes=args.processes, time_minutes=args.time_minutes,
+        signal_seconds=args.signal_seconds, timeout_s=args.timeout, fsdp=args.fsdp)
+
+    subprocess.run(["bash", str(CLUSTER), "start"], check=True)
+    results = run_check(args.dir, sizes)
+    results_path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     print(json.dumps({key: results[key] for key in ("final_state", "restarts", "comparison")},
                      indent=1))
 

@@ -18,18 +18,23 @@ from itransfer.errors import TrainingStopped
 from itransfer.train.loop import instruction_tune
 
 
+def overrides(model_dir: str | Path) -> list[str]:
+    """The run, as ``itransfer train --set`` takes it: 8 steps, trajectory checkpoints at 4, 8."""
+    return [
+        f"model.name_or_path={model_dir}", "model.max_source_length=64",
+        "model.max_target_length=16", "train.batch_size=8", "train.steps=8",
+        "train.warmup_steps=2", "train.log_every=1", "train.tensorboard=false",
+        "train.checkpoint_every=4", "train.sampler={name: dwa, window: 2}",
+    ]
+
+
 def main() -> None:
     model_dir, run_dir, tag = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     # "sigterm": only rank 1 gets SIGTERM (from rank 0, after step 3); each rank records where
     # it stopped
     sigterm = len(sys.argv) > 4 and sys.argv[4] == "sigterm"
     stop_after = int(sys.argv[4]) if len(sys.argv) > 4 and not sigterm else None
-    config = load_config(None, [
-        f"model.name_or_path={model_dir}", "model.max_source_length=64",
-        "model.max_target_length=16", "train.batch_size=8", "train.steps=8",
-        "train.warmup_steps=2", "train.log_every=1", "train.tensorboard=false",
-        "train.checkpoint_every=4", "train.sampler={name: dwa, window: 2}",
-    ])
+    config = load_config(None, overrides(model_dir))
     rank = os.environ.get("RANK", "0")
     if sigterm:
         # Progress reaches the main process only: rank 0 signals rank 1, whose pid it reads

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from itransfer.models import load_model_and_tokenizer
-from two_processes import launch_two
+from two_processes import launch_two, run_two
 
 SCRIPT = Path(__file__).with_name("distributed_train.py")
 RESUME_SCRIPT = Path(__file__).with_name("distributed_resume.py")
@@ -86,3 +87,24 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(
     whole = json.loads((tmp_path / "whole" / "losses-whole.json").read_text())
     resumed = json.loads((tmp_path / "split" / "losses-resumed.json").read_text())
     assert resumed["losses"] == pytest.approx(whole["losses"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_fresh_run_into_a_folder_with_checkpoints_stops_every_process(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Both processes decide from what the main process saw, and each exits with the one
+    error line (only rank 0 used to check: rank 1 went on into training alone, until the
+    launcher killed it)."""
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-0000004").mkdir(parents=True)
+    started = time.monotonic()
+    result = run_two("-m", "itransfer", "train", "--out", str(run), "--set",
+                     f"model.name_or_path={tiny_model_dir}", "--set", "train.steps=8",
+                     "--set", "train.tensorboard=false", timeout=120)
+    assert result.returncode != 0
+    line = (f"error: {run} already holds checkpoints; pass --resume to continue that run or "
+            "choose another --out")
+    assert result.stderr.count(line) == 2, result.stderr[-3000:]
+    assert "ConfigError" not in result.stderr  # no traceback of ours (the launcher prints its own)
+    assert time.monotonic() - started < 60

@@ -7,17 +7,30 @@ or evaluate side by side, unaware of each other, and write into the same folder.
 ``cpu=True`` accelerate joins them in one gloo process group instead, which is what a launch
 of several processes on CPUs means. Any other disagreement between the launch and what
 accelerate set up is an error before anything is written.
+
+An accelerate config with ``distributed_type: FSDP`` on CPUs is the one place where accelerate
+needs help: it turns a launch into FSDP only for accelerator devices, and ``cpu=True`` left it a
+plain gloo group whose ``prepare`` wraps the model in DDP — the FSDP config was silently ignored.
+:func:`make_accelerator` finishes what accelerate skipped (FSDP2's ``fully_shard`` runs on CPU
+tensors over gloo); FSDP1 cannot (its compute device must be a GPU) and is refused.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list, get_int_from_env
+from accelerate.utils import (
+    DistributedType,
+    FullyShardedDataParallelPlugin,
+    broadcast_object_list,
+    get_int_from_env,
+    parse_flag_from_env,
+)
 
 from itransfer.errors import ConfigError
 
@@ -43,13 +56,53 @@ def _needs_cpu_group() -> bool:
     return launched_processes() > 1 and not _has_gpu()
 
 
+def fsdp_requested() -> bool:
+    """Whether the launch asks for FSDP (``distributed_type: FSDP`` in the accelerate config,
+    or ``accelerate launch --use_fsdp``): what accelerate itself reads."""
+    return parse_flag_from_env("ACCELERATE_USE_FSDP")
+
+
+# FSDP1 on CPU processes fails inside torch, after the model was loaded on every process:
+# torch.distributed.fsdp._init_utils._get_compute_device raises "Inconsistent compute device
+# and `device_id` on rank 0: cpu vs cpu:0" (its compute device is always a GPU-like one).
+FSDP1_ON_CPU = (
+    "fsdp_version: 1 does not run on CPU processes (FSDP1's compute device must be a GPU); "
+    "set fsdp_version: 2 in the accelerate config (FSDP2's fully_shard runs on CPUs over gloo)"
+)
+
+
 def make_accelerator(**kwargs: Any) -> Accelerator:
-    if _needs_cpu_group():
+    cpu_group = _needs_cpu_group()
+    if cpu_group:
         kwargs.setdefault("cpu", True)
+    fsdp_on_cpu = cpu_group and fsdp_requested()
+    if fsdp_on_cpu and int(os.environ.get("FSDP_VERSION", "1")) != 2:
+        raise ConfigError(FSDP1_ON_CPU)  # before anything is loaded, on every process
     accelerator = Accelerator(**kwargs)
+    if fsdp_on_cpu:
+        _shard_on_cpu(accelerator)
     check_launch(accelerator)
     _leave_group_at_exit()
     return accelerator
+
+
+def _shard_on_cpu(accelerator: Accelerator) -> None:
+    """Make the gloo group accelerate set up an FSDP2 run, as it would have made a GPU one.
+
+    accelerate (1.x) picks FSDP only among accelerator device types and, with ``cpu=True``,
+    drops the FSDP plugin it built from the launch's config; the same plugin, built again from
+    the same environment, and the FSDP type are what its ``prepare``, ``get_state_dict`` and
+    ``clip_grad_norm_`` read.
+    """
+    state = accelerator.state
+    if state.distributed_type == DistributedType.FSDP:
+        return  # a second accelerator of the same process shares the first one's state
+    plugin = FullyShardedDataParallelPlugin()
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    state.fsdp_plugin = plugin
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def make_state() -> PartialState:
@@ -99,6 +152,18 @@ def agreed(state: PartialState, read: Callable[[], Value]) -> Value:
     answer = [read() if state.is_main_process else None]
     broadcast_object_list(answer, from_process=0)
     return answer[0]
+
+
+def check_fsdp(accelerator: Accelerator) -> None:
+    """A training launch that asks for FSDP trains under FSDP, not silently under DDP (as an
+    accelerator made without :func:`make_accelerator` on CPUs would)."""
+    if (fsdp_requested() and launched_processes() > 1
+            and accelerator.distributed_type != DistributedType.FSDP):
+        raise ConfigError(
+            f"the launch asks for FSDP but the accelerator runs {accelerator.distributed_type}: "
+            "each process would hold and update the whole model. Let itransfer make the "
+            "accelerator (itransfer.launch.make_accelerator)."
+        )
 
 
 def check_launch(accelerator: Accelerator | PartialState) -> None:

@@ -53,6 +53,7 @@ from itransfer.errors import TrainingStopped
 from itransfer.sampling import plot_sampling_schedule
 from itransfer.stopping import StopRequest, stop_requested_on_signal
 from itransfer.train import checkpoint as ckpt
+from itransfer.train.fsdp import full_state_dict
 from itransfer.train.recipe import LOG_FILE, TrainState, setup
 from itransfer.train.resumable import ResumableSchedule
 
@@ -350,7 +351,7 @@ def _write_checkpoint(
     # At a trajectory step the weights are on disk already: link them instead (all processes
     # decide alike, so the collective below is skipped by all or by none).
     weights_from = state.last_saved if resumable and state.saved_step == step else None
-    state_dict = None if weights_from else accelerator.get_state_dict(model)  # FSDP: collective
+    state_dict = None if weights_from else full_state_dict(accelerator, model)  # FSDP: collective
     optimizer_state = (ckpt.gather_optimizer_state(model, state.optimizer)  # likewise
                        if resumable else None)
     staging = ckpt.staging_dir(directory, step)
@@ -406,6 +407,9 @@ def _trainer_state(state: TrainState) -> dict[str, Any]:
         "optimizer_step": state.optimizer_step,
         "total_it_steps": state.total_it_steps,
         "world_size": state.accelerator.num_processes,
+        # what wrote it (FSDP, MULTI_GPU: DDP, ...); weights and optimizer state are whole and
+        # keyed by name either way, so it does not bind the resume
+        "distributed_type": state.accelerator.distributed_type.value,
         "scheduler": state.scheduler.state_dict(),
         "sampler": state.sampler.state_dict(),
         "stream": state.stream.state_dict(),

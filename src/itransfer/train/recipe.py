@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, set_seed
 
 from itransfer.config import ExperimentConfig, TrainConfig
 from itransfer.data.batching import TaskBatchStream
@@ -37,11 +37,12 @@ from itransfer.encoding.examples import ExampleEncoder
 from itransfer.errors import ConfigError, DataError
 from itransfer.identity import resume_differences
 from itransfer.io_utils import atomic_write_text
-from itransfer.launch import check_launch, make_accelerator
+from itransfer.launch import agreed, check_fsdp, check_launch, make_accelerator
 from itransfer.models import LoadedModel, load_model_and_tokenizer
 from itransfer.provenance import write_run_record
 from itransfer.sampling import TaskSampler, build_sampler
 from itransfer.train import checkpoint as ckpt
+from itransfer.train.fsdp import share_tied_embeddings
 from itransfer.train.resumable import ResumableSchedule
 from itransfer.train.tracking import MetricSink, check_sinks_available, open_sinks
 from itransfer.train.unsupervised import UnsupervisedBatches
@@ -196,6 +197,8 @@ def setup(
     fingerprint = model_fingerprint(model, config.model.name_or_path)
     start = _resume_point(out_dir, model, fingerprint, config, accelerator.num_processes) \
         if resume else ResumePoint()
+    if accelerator.distributed_type == DistributedType.FSDP:
+        share_tied_embeddings(model)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     state = TrainState(
@@ -274,12 +277,17 @@ def _start_from(state: TrainState, start: ResumePoint) -> None:
             "%s has no resumable checkpoint (trajectory checkpoints hold weights only): "
             "restarting from step 0; the replay rewrites them identically up to step %d",
             state.out_dir, ckpt.checkpoint_step(start.replayed))
-    elif state.is_main_process and (ckpt.list_checkpoints(state.checkpoints_dir)
-                                    or ckpt.list_checkpoints(state.resume_dir)):
+    elif agreed(PartialState(), lambda: _holds_checkpoints(state)):
+        # Every process raises: one that went on alone would wait for the others forever.
         raise ConfigError(
             f"{state.out_dir} already holds checkpoints; pass --resume to continue that run "
             "or choose another --out"
         )
+
+
+def _holds_checkpoints(state: TrainState) -> bool:
+    return bool(ckpt.list_checkpoints(state.checkpoints_dir)
+                or ckpt.list_checkpoints(state.resume_dir))
 
 
 def planned_steps(
@@ -325,6 +333,7 @@ def _check_launch(config: ExperimentConfig, accelerator: Accelerator) -> None:
     """Fail on every process, before any work, when the run cannot go as configured."""
     train = config.train
     check_launch(accelerator)
+    check_fsdp(accelerator)
     world = accelerator.num_processes
     check_sinks_available(wandb_project=train.wandb_project)
     if train.batch_size % (world * train.gradient_accumulation):
