@@ -27,8 +27,9 @@ from itransfer.experiment import load_experiment
 from itransfer.packaged_configs import packaged_config
 
 
-def _config(steps: int, *, monitor: bool) -> ExperimentConfig:
-    overrides = [f"train.steps={steps}", "train.tensorboard=false"]
+def _config(steps: int | None, *, monitor: bool) -> ExperimentConfig:
+    overrides = [f"train.steps={steps}"] if steps is not None else []
+    overrides.append("train.tensorboard=false")
     if monitor:
         overrides.append("train.monitor={}")
     return load_experiment(packaged_config("quickstart"), overrides=overrides).variants[
@@ -52,7 +53,7 @@ def main() -> None:
                         default=Path(__file__).with_name("results-monitor_overhead-cpu.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    steps = args.steps or _config(1, monitor=False).train.steps or 0
+    steps = args.steps or _config(None, monitor=False).train.steps or 0
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         _train(_config(4, monitor=True).model_copy(deep=True), root / "warm-up")

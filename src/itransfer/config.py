@@ -143,7 +143,7 @@ class MonitorConfig(StrictModel):
 
     # A probe after every `every_steps` steps and/or once `every_minutes` have passed since the
     # last one (either fires; None switches one off), and once at step 0 of a fresh run.
-    every_steps: Annotated[int | None, NoEffect] = Field(default=80, ge=1)
+    every_steps: Annotated[int | None, NoEffect] = Field(default=120, ge=1)
     every_minutes: Annotated[float | None, NoEffect] = Field(default=None, gt=0)
     # None: `tasks` tasks drawn by the run's seed from the evaluation groups that the run's
     # evaluation (eval.task_groups, eval.tasks) does not use; or these names, which must be
