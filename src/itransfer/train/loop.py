@@ -103,8 +103,7 @@ def instruction_tune(
     (a resumable checkpoint is saved), which is how the tests check that resuming is exact.
     ``stop`` is a request an outer command already watches (else this call installs the signal
     handlers itself); ``clock`` times ``train.save_every_minutes`` (tests inject one).
-    ``monitor`` probes transfer on the current weights (``train.monitor``,
-    :mod:`itransfer.train.monitoring`) after the steps it says are due, without changing them.
+    ``monitor`` probes transfer when due, changing nothing (:mod:`itransfer.train.monitoring`).
     """
     train = config.train
     state = setup(config, out_dir, resume=resume, accelerator=accelerator,
@@ -113,11 +112,10 @@ def instruction_tune(
     state.resume_schedule = ResumableSchedule(
         every_steps=train.save_every_steps, every_minutes=train.save_every_minutes, clock=clock
     )
-    hook = monitor and MonitorHook(monitor, forgetting_margin=_margin(config))
+    hook = MonitorHook.for_run(monitor, config)  # does nothing without a monitor
     try:
         with stop_requested_on_signal(stop) as request:
-            if hook:
-                hook.begin(state)  # a fresh run's step-0 probe
+            hook.begin(state)  # a fresh run's step-0 probe
             state.throughput.restart()
             state.resume_schedule.restart()
             while state.it_step < state.total_it_steps:
@@ -130,8 +128,7 @@ def instruction_tune(
                     row["unsupervised_loss"] = unsupervised_step(state)
                 # 3. logging and progress
                 log_step(state, row, progress)
-                if hook:  # before the step's checkpoints, so that a resumed run keeps its row
-                    hook.after_step(state)
+                hook.after_step(state)  # before the checkpoints: a resumed run keeps its row
                 # 4. the trajectory: weights every `checkpoint_every` steps
                 if train.checkpoint_every and state.it_step % train.checkpoint_every == 0:
                     save_checkpoint(state)
@@ -147,11 +144,6 @@ def instruction_tune(
             save_checkpoint(state)
         drop_resumable(state)
     return _finish(state)
-
-
-def _margin(config: ExperimentConfig) -> float:
-    monitor = config.train.monitor
-    return monitor.forgetting_margin if monitor is not None else 0.0
 
 
 def save_resumable_or_stop(state: TrainState, stop_after: int | None) -> bool:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from accelerate import DistributedType
 
+from itransfer.config import ExperimentConfig
 from itransfer.errors import ConfigError
 from itransfer.train.recipe import LOG_FILE, TrainState
 
@@ -135,13 +136,21 @@ class MonitorHook:
     """What the training loop holds: when to probe, the probe itself isolated from training,
     and where its row goes."""
 
-    def __init__(self, monitor: Monitor, *, forgetting_margin: float) -> None:
+    def __init__(self, monitor: Monitor | None, *, forgetting_margin: float) -> None:
         self.monitor = monitor
         self.watch = ForgettingWatch(forgetting_margin)
+
+    @classmethod
+    def for_run(cls, monitor: Monitor | None, config: ExperimentConfig) -> MonitorHook:
+        """The hook of a run; without a monitor, one that does nothing."""
+        settings = config.train.monitor
+        return cls(monitor, forgetting_margin=settings.forgetting_margin if settings else 0.0)
 
     def begin(self, state: TrainState) -> None:
         """Before the first step: prepare the probe, replay a resumed run's earlier probes, and
         probe step 0 when the run starts fresh."""
+        if self.monitor is None:
+            return
         if state.accelerator.distributed_type == DistributedType.FSDP:
             raise ConfigError("train.monitor does not run under FSDP yet (the probe needs whole "
                               "weights); leave train.monitor unset for this run")
@@ -155,12 +164,13 @@ class MonitorHook:
             self.probe(state)
 
     def after_step(self, state: TrainState) -> None:
-        if state.is_main_process and self.monitor.due(state.it_step):
+        if self.monitor is not None and state.is_main_process and self.monitor.due(state.it_step):
             self.probe(state)
 
     def probe(self, state: TrainState) -> dict[str, Any]:
         """Measure now, log the row, and keep the probe's time out of the throughput."""
         started = time.perf_counter()
+        assert self.monitor is not None
         model = state.accelerator.unwrap_model(state.model)
         with isolated(model):
             values = self.monitor.measure(model, state.it_step)
