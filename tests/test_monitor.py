@@ -241,7 +241,7 @@ def test_the_readme_states_the_defaults_and_the_measured_cost() -> None:
         assert f"`{key}: {json.dumps(value)}`" in section, key
     measured = json.loads(BENCH.read_text())
     assert measured["monitor"] == defaults.model_dump(mode="json")
-    assert measured["same_losses"] and measured["overhead_ratio"] <= 0.10
-    percent = f"{100 * measured['overhead_ratio']:.1f} %"
+    assert measured["same_losses"] and measured["probe_share"] <= 0.10
+    percent = f"{100 * measured['probe_share']:.1f} %"
     assert percent in section
     assert "itransfer results monitor" in section
