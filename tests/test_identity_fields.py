@@ -122,6 +122,9 @@ def test_the_derived_trees_hold_exactly_the_settings_that_change_results(
 def test_the_markers_are_where_the_keys_expect_them() -> None:
     neutral = {key for key, fields in leaf_settings().items()
                if marker(fields[0], Effect) is NoEffect}
+    # A whole section may be marked too (train.monitor): it and each of its settings.
+    neutral |= {key for key, field in identity.settings()
+                if identity.models_in(field.annotation) and marker(field, Effect) is NoEffect}
     schedule = {"train.checkpoint_every", "train.keep_checkpoints"}
     assert neutral == identity.RESULT_NEUTRAL_SETTINGS
     assert schedule == identity.CHECKPOINT_SCHEDULE_SETTINGS

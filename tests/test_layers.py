@@ -11,6 +11,7 @@ From the ground up (a module may import its own floor and those below it, never 
 3. ``identity``: every identity key (it reads the few-shot draw scheme of ``data.splits``);
 4. ``encoding/``: token ids, batches, per-token losses and the tokenized cache;
 5. ``checkpoint_format``: the checkpoint folder that training writes and evaluation reads;
+   ``probe``: what training hands a transfer monitor that evaluation builds;
 6. ``train/`` and ``pretraining/`` (building the embedded models from scratch);
 7. ``eval/``, which imports nothing of ``train/`` either (it reads checkpoints through 5);
 8. ``analysis/``;
@@ -38,7 +39,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("itransfer.data",),
     ("itransfer.identity",),
     ("itransfer.encoding",),
-    ("itransfer.checkpoint_format",),
+    ("itransfer.checkpoint_format", "itransfer.probe"),
     ("itransfer.train", "itransfer.pretraining"),
     ("itransfer.eval",),
     ("itransfer.analysis",),

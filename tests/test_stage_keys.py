@@ -32,6 +32,17 @@ NEUTRAL_TOGGLES: dict[str, Any] = {
     "eval.max_examples_per_pass": 5,
     "eval.max_tokens_per_pass": 777,
     "eval.cells_per_group": 2,
+    # The monitor probes copies of the weights' behaviour, never the weights (test_monitor).
+    "train.monitor": {"every_steps": 5},
+    "train.monitor.every_steps": 5,
+    "train.monitor.every_minutes": 2.5,
+    "train.monitor.probe_tasks": ["task1447_drug_extraction_ade"],
+    "train.monitor.tasks": 3,
+    "train.monitor.test_items": 5,
+    "train.monitor.shots": [5, 10],
+    "train.monitor.context": "exemplars",
+    "train.monitor.lora_epochs": 2,
+    "train.monitor.forgetting_margin": 0.2,
 }
 # Settings that do change what a stage produces (the checkpoint schedule decides which
 # trajectory checkpoints a training stage holds; save_adapters writes files; the engines agree

@@ -137,6 +137,52 @@ class MixingConfig(StrictModel):
         return every
 
 
+class MonitorConfig(StrictModel):
+    """Few-shot transfer and ICL measured on probe tasks while training runs (``train.monitor``).
+
+    Every setting is marked :data:`~itransfer.effect.NoEffect`: a probe runs on the current
+    weights without touching the training run (its RNGs are forked, its adapters removed), so
+    turning the monitor on changes no stage key and may resume a run trained without it.
+    """
+
+    # A probe after every `every_steps` steps and/or once `every_minutes` have passed since the
+    # last one (either fires; None switches one off), and once at step 0 of a fresh run.
+    every_steps: Annotated[int | None, NoEffect] = Field(default=120, ge=1)
+    every_minutes: Annotated[float | None, NoEffect] = Field(default=None, gt=0)
+    # None: `tasks` tasks drawn by the run's seed from the evaluation groups that the run's
+    # evaluation (eval.task_groups, eval.tasks) does not use; or these names, which must be
+    # neither seen nor evaluated.
+    probe_tasks: Annotated[list[str] | None, NoEffect] = None
+    tasks: Annotated[int, NoEffect] = Field(default=4, ge=2)  # Spearman needs two
+    test_items: Annotated[int, NoEffect] = Field(default=10, ge=1)  # per probe task
+    shots: Annotated[list[int], NoEffect] = Field(default_factory=lambda: [10], min_length=1)
+    context: Annotated[str, NoEffect] = "none"  # the LoRAs' fine-tuning context
+    # eval.lora's settings, but this many epochs (k=10 at batch 32: one LoRA step an epoch).
+    lora_epochs: Annotated[int, NoEffect] = Field(default=5, ge=1)
+    # Log once when the transfer loss rises above its step-0 value by more than this, and once
+    # when it comes back within it.
+    forgetting_margin: Annotated[float, NoEffect] = Field(default=0.05, ge=0.0)
+
+    @field_validator("context")
+    @classmethod
+    def _known_probe_context(cls, name: str) -> str:
+        return ContextConfig._known_context(name)
+
+    @field_validator("shots")
+    @classmethod
+    def _positive_shots(cls, shots: list[int]) -> list[int]:
+        if any(k < 1 for k in shots):
+            raise ValueError("probe shot counts must be >= 1 (k = 0 trains no adapter)")
+        return sorted(set(shots))
+
+    @field_validator("every_minutes")
+    @classmethod
+    def _some_schedule(cls, minutes: float | None, info: Any) -> float | None:
+        if minutes is None and info.data.get("every_steps") is None:
+            raise ValueError("every_steps and every_minutes are both off; set one of them")
+        return minutes
+
+
 def budget_sets_steps(train: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
     """Whether ``train.budget`` decides the step count of a run (dumped ``train``/``data``):
     only without an explicit ``train.steps`` and with a per-task data limit; otherwise the
@@ -189,6 +235,8 @@ class TrainConfig(StrictModel):
     tensorboard: Annotated[bool, NoEffect] = True
     # log to Weights & Biases too (needs `wandb`)
     wandb_project: Annotated[str | None, NoEffect] = None
+    # Probe transfer and ICL during training (itransfer.eval.monitor); None: off.
+    monitor: Annotated[MonitorConfig | None, NoEffect] = None
 
 
 EVALUATION_TASK_GROUPS = ("unseen", "unseen_synthetic", "heldout_domain", "heldout_adversarial")
@@ -310,6 +358,12 @@ class ExperimentConfig(StrictModel):
         if too_many:
             raise ValueError(
                 f"eval.shots {too_many} exceed data.splits.few_shot_pool_size={pool}"
+            )
+        monitor = self.train.monitor
+        if monitor is not None and max(monitor.shots) > pool:
+            raise ValueError(
+                f"train.monitor.shots {monitor.shots} exceed "
+                f"data.splits.few_shot_pool_size={pool}"
             )
         return self
 

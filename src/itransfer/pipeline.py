@@ -445,6 +445,7 @@ def _prepare_out_dir(run: StageRun, out_dir: Path, experiment: Experiment) -> No
 
 def _training_work(run: StageRun, stage: TrainingStage) -> StageWork:
     def train(stage_dir: Path, stop_point: Callable[[], None]) -> None:
+        from itransfer.eval.monitor import monitor_for
         from itransfer.train.loop import instruction_tune
 
         del stop_point  # the trainer stops itself at a step boundary (TrainingStopped)
@@ -455,7 +456,8 @@ def _training_work(run: StageRun, stage: TrainingStage) -> StageWork:
             else:
                 run.reporter.progress(stage.name, step, total, row)
 
-        instruction_tune(stage.config, stage_dir, resume=True, progress=on_step, stop=run.stop)
+        instruction_tune(stage.config, stage_dir, resume=True, progress=on_step, stop=run.stop,
+                         monitor=monitor_for(stage.config))
 
     return train
 

@@ -74,3 +74,39 @@ def compare(
         return
     atomic_write_text(out, text)
     Console(stderr=True).print(f"wrote {out}")
+
+
+@results_app.command("monitor")
+def monitor(
+    run_dir: Path = typer.Argument(..., help="A training run folder (holds train_log.jsonl)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Where to write the figure (default: RUN_DIR/monitor.png)."
+    ),
+) -> None:
+    """The transfer monitor's probes of a training run (train.monitor): transfer and ICL loss,
+    their change since step 0 and their Spearman correlation, as a table and a figure."""
+    from itransfer.analysis.monitor import FIGURE_FILE, monitor_rows_of, plot_monitor, table_rows
+
+    rows = monitor_rows_of(run_dir)
+    table = Table(title=f"Transfer monitor of {run_dir} (probe tasks, mean over tasks)")
+    # Δ: the change since step 0; ρ: Spearman's, transfer vs ICL across the probe tasks.
+    headings = ("step", "transfer", "Δ", "ICL", "Δ", "ρ", "k", "tasks", "sec", "")
+    for heading in headings:
+        table.add_column(heading, justify="left" if heading == "" else "right")
+    for row in table_rows(rows):
+        table.add_row(
+            str(row["step"]), _number(row["finetune_loss"]),
+            _number(row["finetune_loss_change"], signed=True), _number(row["icl_loss"]),
+            _number(row["icl_loss_change"], signed=True), _number(row["spearman"]),
+            str(row["k"]), str(row["tasks"]), _number(row["seconds"], digits=1),
+            "forgetting" if row["forgetting"] else "",
+        )
+    Console().print(table)
+    figure = plot_monitor(rows, out or Path(run_dir) / FIGURE_FILE)
+    Console(stderr=True).print(f"wrote {figure}")
+
+
+def _number(value: float | None, *, signed: bool = False, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"

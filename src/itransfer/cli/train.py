@@ -42,12 +42,14 @@ def train(
     checkpoint and exits with 128 + the signal)."""
     from transformers.utils import logging as transformers_logging
 
+    from itransfer.eval.monitor import monitor_for
     from itransfer.train.loop import instruction_tune  # torch loads only when training
 
     # Library progress bars (e.g. "Writing model shards") would fight with ours.
     transformers_logging.disable_progress_bar()
 
     config = resolve_config(config_path, overrides, sni_dir)
+    monitor = monitor_for(config)  # a bad probe set fails here, before training starts
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -75,6 +77,7 @@ def train(
                        rates=rates)
 
         with exit_code_on_stop():
-            result = instruction_tune(config, out, resume=resume, progress=report)
+            result = instruction_tune(config, out, resume=resume, progress=report,
+                                      monitor=monitor)
     if main_process:
         stderr.print(f"final checkpoint: {result.final_checkpoint}")

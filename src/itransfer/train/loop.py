@@ -54,6 +54,8 @@ from itransfer.sampling import plot_sampling_schedule
 from itransfer.stopping import StopRequest, stop_requested_on_signal
 from itransfer.train import checkpoint as ckpt
 from itransfer.train.fsdp import full_state_dict
+from itransfer.probe import Monitor
+from itransfer.train.monitoring import MonitorHook
 from itransfer.train.recipe import LOG_FILE, TrainState, setup
 from itransfer.train.resumable import ResumableSchedule
 
@@ -95,6 +97,7 @@ def instruction_tune(
     stop_after: int | None = None,
     stop: StopRequest | None = None,
     clock: Callable[[], float] = time.monotonic,
+    monitor: Monitor | None = None,
 ) -> TrainResult:
     """Instruction-tune ``config.model`` on the seen tasks; checkpoints go to ``out_dir``.
 
@@ -102,6 +105,7 @@ def instruction_tune(
     (a resumable checkpoint is saved), which is how the tests check that resuming is exact.
     ``stop`` is a request an outer command already watches (else this call installs the signal
     handlers itself); ``clock`` times ``train.save_every_minutes`` (tests inject one).
+    ``monitor`` probes transfer when due, changing nothing (:mod:`itransfer.train.monitoring`).
     """
     train = config.train
     state = setup(config, out_dir, resume=resume, accelerator=accelerator,
@@ -110,8 +114,10 @@ def instruction_tune(
     state.resume_schedule = ResumableSchedule(
         every_steps=train.save_every_steps, every_minutes=train.save_every_minutes, clock=clock
     )
+    hook = MonitorHook.for_run(monitor, config)  # does nothing without a monitor
     try:
         with stop_requested_on_signal(stop) as request:
+            hook.begin(state)  # a fresh run's step-0 probe
             state.throughput.restart()
             state.resume_schedule.restart()
             while state.it_step < state.total_it_steps:
@@ -124,6 +130,7 @@ def instruction_tune(
                     row["unsupervised_loss"] = unsupervised_step(state)
                 # 3. logging and progress
                 log_step(state, row, progress)
+                hook.after_step(state)  # before the checkpoints: a resumed run keeps its row
                 # 4. the trajectory: weights every `checkpoint_every` steps
                 if train.checkpoint_every and state.it_step % train.checkpoint_every == 0:
                     save_checkpoint(state)

@@ -32,6 +32,9 @@ class MetricSink(Protocol):
         self, row: dict[str, Any], weights: np.ndarray, task_losses: dict[int, float]
     ) -> None: ...
 
+    # Named values of one step outside the training rows (the monitor's probes).
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -59,6 +62,10 @@ class TensorBoardSink:
         for key, value in sampling_summary(weights).items():
             self.writer.add_scalar(f"sampling/{key}", value, step)
         self.writer.add_histogram("sampling/weights", weights, step)
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, step)
 
     def close(self) -> None:
         self.writer.close()
@@ -91,6 +98,10 @@ class WandbSink:
         data |= {f"sampling/{key}": value for key, value in sampling_summary(weights).items()}
         data["sampling/weights"] = self.wandb.Histogram(weights)
         self.run.log(data, step=row["step"])
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        # W&B refuses a step below the last logged one; a probe follows its step's row.
+        self.run.log(dict(scalars), step=step)
 
     def close(self) -> None:
         self.run.finish()

@@ -1,0 +1,247 @@
+"""The transfer monitor (train.monitor): it measures, it changes nothing, and it never probes a
+task the evaluation uses."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from itransfer import identity
+from itransfer.config import ExperimentConfig, MonitorConfig, load_config
+from itransfer.data.benchmark import open_benchmark
+from itransfer.errors import ConfigError, DataError
+from itransfer.eval.monitor import PROBE_FILE, choose_probe_tasks, evaluated_tasks, monitor_for
+from itransfer.train import monitoring
+from itransfer.train.loop import TrainResult, instruction_tune
+from itransfer.train.monitoring import ForgettingWatch, read_monitor_rows
+from test_tracking import _FakeRun
+from tiny_configs import tiny_train_config
+
+PROBE = ("train.monitor={every_steps: 2, tasks: 2, test_items: 3, shots: [2], "
+         "lora_epochs: 2}")
+README = Path(__file__).resolve().parents[1] / "README.md"
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "results-monitor_overhead-cpu.json"
+
+
+def _train(config: ExperimentConfig, out: Path, **kwargs: Any) -> TrainResult:
+    return instruction_tune(config, out, monitor=monitor_for(config), **kwargs)
+
+
+def _losses(result: TrainResult) -> list[tuple[int, float]]:
+    return [(row["step"], row["loss"]) for row in result.log if "loss" in row]
+
+
+def _weights(result: TrainResult) -> dict[str, torch.Tensor]:
+    return load_file(result.final_checkpoint / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same 4 steps without the monitor, and with it (W&B on, a stand-in module)."""
+    root = tmp_path_factory.mktemp("monitor")
+    wandb_runs: list[_FakeRun] = []
+    import sys
+    import types
+
+    module = types.ModuleType("wandb")
+    module.init = lambda **kwargs: wandb_runs.append(_FakeRun(**kwargs)) or wandb_runs[-1]  # type: ignore[attr-defined]
+    module.Histogram = lambda values: ("histogram", len(values))  # type: ignore[attr-defined]
+    off = _train(tiny_train_config(tiny_model_dir, "train.steps=4"), root / "off")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "wandb", module)
+        on = _train(tiny_train_config(tiny_model_dir, "train.steps=4", PROBE,
+                                      "train.wandb_project=t"), root / "on")
+    return {"off": off, "on": on, "wandb": wandb_runs[0], "root": root}
+
+
+def test_the_monitor_changes_no_loss_and_no_weight(runs: dict[str, Any]) -> None:
+    off, on = runs["off"], runs["on"]
+    assert _losses(on) == _losses(off)  # bit for bit
+    before, after = _weights(off), _weights(on)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_a_probe_draws_from_no_training_rng_and_keeps_the_mode() -> None:
+    """The LoRA engine's dropout is keyed, but whatever a probe draws from torch, Python's
+    random or numpy's global state (a future probe, a model's own dropout) is given back."""
+    model = torch.nn.Linear(2, 2).train()
+
+    def draws() -> tuple[float, float, float]:
+        return torch.rand(1).item(), random.random(), float(np.random.rand())
+
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)
+    expected = draws()
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)
+    with monitoring.isolated(model):
+        assert not model.training
+        draws()
+    assert model.training and draws() == expected
+
+
+def test_each_probe_is_one_row_in_the_log_and_in_the_sinks(runs: dict[str, Any]) -> None:
+    run_dir = runs["root"] / "on"
+    rows = read_monitor_rows(run_dir)
+    assert [row["step"] for row in rows] == [0, 2, 4]  # step 0, then every 2 steps
+    for row in rows:
+        probe = row["monitor"]
+        assert probe["k"] == 2 and probe["tasks"] == 2 and probe["test_items"] == 6
+        assert probe["finetune_loss"] > 0 and probe["icl_loss"] > 0 and probe["seconds"] > 0
+        assert probe["spearman"] is None or -1 <= probe["spearman"] <= 1
+        assert set(probe["per_task"]) == set(json.loads(
+            (run_dir / PROBE_FILE).read_text())["tasks"])
+    logged = {step: data for step, data in runs["wandb"].logged if "monitor/icl_loss" in data}
+    assert sorted(logged) == [0, 2, 4]
+    assert logged[2]["monitor/finetune_loss"] == rows[1]["monitor"]["finetune_loss"]
+    # Readers of training rows keep working: the rows with a loss are the training steps.
+    assert [row["step"] for row in runs["on"].log if "loss" in row] == [1, 2, 3, 4]
+
+
+def test_a_resumed_run_neither_repeats_nor_loses_probe_rows(
+    tiny_model_dir: Path, tmp_path: Path, runs: dict[str, Any]
+) -> None:
+    config = tiny_train_config(tiny_model_dir, "train.steps=4", PROBE)
+    _train(config, tmp_path / "run", stop_after=2)
+    assert [row["step"] for row in read_monitor_rows(tmp_path / "run")] == [0, 2]
+    resumed = _train(config, tmp_path / "run", resume=True)
+    rows = read_monitor_rows(tmp_path / "run")
+    assert [row["step"] for row in rows] == [0, 2, 4]
+    whole = read_monitor_rows(runs["root"] / "on")
+    assert [row["monitor"]["finetune_loss"] for row in rows] == pytest.approx(
+        [row["monitor"]["finetune_loss"] for row in whole], abs=1e-6)
+    assert _losses(resumed) == _losses(runs["off"])
+
+
+def test_turning_the_monitor_on_keeps_the_run_identity(tiny_model_dir: Path) -> None:
+    off = tiny_train_config(tiny_model_dir, "train.steps=4")
+    on = tiny_train_config(tiny_model_dir, "train.steps=4", PROBE)
+    assert identity.training_key(on) == identity.training_key(off)
+    assert identity.resume_differences(off.model_dump(mode="json"), on) == []
+
+
+# --- the probe tasks -------------------------------------------------------------------------
+
+
+def _config(*overrides: str) -> ExperimentConfig:
+    return load_config(None, ["train.monitor={}", *overrides])
+
+
+@pytest.mark.parametrize("groups", ["[unseen]", "[heldout_domain]", "[heldout_generalization]"])
+def test_probe_tasks_are_neither_seen_nor_evaluated(groups: str) -> None:
+    config = _config(f"eval.task_groups={groups}")
+    benchmark = open_benchmark(config.data, config.seed)
+    choice = choose_probe_tasks(config, benchmark)
+    probes = set(choice.tasks)
+    assert len(probes) == min(MonitorConfig().tasks, len(choice.tasks)) >= 2
+    assert not probes & set(benchmark.selection.seen)
+    assert not probes & evaluated_tasks(config, benchmark.selection)
+    assert choose_probe_tasks(config, benchmark) == choice  # drawn from the seed alone
+
+
+def test_the_seed_draws_the_probe_tasks() -> None:
+    draws = {choose_probe_tasks(config, open_benchmark(config.data, config.seed)).tasks
+             for config in (_config(f"seed={seed}") for seed in range(4))}
+    assert len(draws) > 1
+
+
+def test_no_spare_tasks_is_one_line_naming_the_setting() -> None:
+    config = _config("eval.task_groups=[unseen, heldout_generalization]")
+    with pytest.raises(ConfigError, match=r"train\.monitor\.probe_tasks") as caught:
+        choose_probe_tasks(config, open_benchmark(config.data, config.seed))
+    assert "\n" not in str(caught.value)
+
+
+def test_named_probe_tasks_must_not_be_seen_or_evaluated() -> None:
+    benchmark = open_benchmark(_config().data, 0)
+    spare = sorted(benchmark.selection.heldout_domain)[:2]
+    named = _config(f"train.monitor.probe_tasks={json.dumps(spare)}")
+    assert choose_probe_tasks(named, benchmark).tasks == tuple(spare)
+    for bad in (benchmark.selection.seen[0], benchmark.selection.unseen[0]):
+        config = _config(f"train.monitor.probe_tasks={json.dumps([spare[0], bad])}")
+        with pytest.raises(ConfigError, match=re.escape(bad)):
+            choose_probe_tasks(config, benchmark)
+
+
+# --- forgetting --------------------------------------------------------------------------------
+
+
+def test_forgetting_is_said_once_when_it_starts_and_once_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watch = ForgettingWatch(margin=0.05)
+    with caplog.at_level(logging.WARNING, logger=monitoring.__name__):
+        states = [watch.observe(step, loss) for step, loss in
+                  [(0, 1.0), (10, 1.04), (20, 1.1), (30, 1.2), (40, 1.03), (50, 0.9), (60, 1.3)]]
+    assert states == [False, False, True, True, False, False, True]
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 3
+    assert "step 20" in lines[0] and "forgetting has started" in lines[0]
+    assert "step 40" in lines[1] and "back within" in lines[1]
+    assert "step 60" in lines[2]
+
+
+def test_a_resumed_run_replays_its_probes_without_saying_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watch = ForgettingWatch(margin=0.05)
+    with caplog.at_level(logging.WARNING, logger=monitoring.__name__):
+        for step, loss in [(0, 1.0), (10, 1.2)]:
+            watch.observe(step, loss, quiet=True)
+        assert watch.observe(20, 1.3)  # still forgetting: nothing new to say
+    assert not caplog.records
+
+
+# --- where the user looks --------------------------------------------------------------------
+
+
+def test_results_monitor_prints_the_table_and_draws_the_figure(
+    runs: dict[str, Any], tmp_path: Path
+) -> None:
+    from itransfer.cli import app
+
+    run_dir = runs["root"] / "on"
+    result = CliRunner().invoke(app, ["results", "monitor", str(run_dir),
+                                      "--out", str(tmp_path / "m.png")])
+    assert result.exit_code == 0, result.output
+    table = [line for line in result.output.splitlines() if re.match(r"^│\s+\d", line)]
+    assert [int(line.split("│")[1]) for line in table] == [0, 2, 4]
+    assert "+0.000" in table[0]  # the change since step 0
+    assert (tmp_path / "m.png").stat().st_size > 5000
+
+
+def test_results_monitor_without_rows_says_how_to_get_them(runs: dict[str, Any]) -> None:
+    from itransfer.analysis.monitor import monitor_rows_of
+
+    with pytest.raises(DataError, match=r"train\.monitor"):
+        monitor_rows_of(runs["root"] / "off")
+
+
+def _readme_section() -> str:
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## Watching transfer while training")
+    end = re.compile(r"^#{2,3} ", re.M).search(text, start + 1)
+    return text[start:end.start() if end else None]
+
+
+def test_the_readme_states_the_defaults_and_the_measured_cost() -> None:
+    section = _readme_section()
+    defaults = MonitorConfig()
+    for key, value in defaults.model_dump().items():
+        assert f"`{key}`" in section, key
+        assert f"`{key}: {json.dumps(value)}`" in section, key
+    measured = json.loads(BENCH.read_text())
+    assert measured["monitor"] == defaults.model_dump(mode="json")
+    assert measured["same_losses"] and measured["probe_share"] <= 0.10
+    percent = f"{100 * measured['probe_share']:.1f} %"
+    assert percent in section
+    assert "itransfer results monitor" in section
