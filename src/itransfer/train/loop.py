@@ -50,11 +50,11 @@ from itransfer.data.contexts import warn_inputs_cut
 from itransfer.encoding.examples import EncodedExample, collate, count_targets, target_mask
 from itransfer.encoding.token_losses import token_losses
 from itransfer.errors import TrainingStopped
+from itransfer.probe import Monitor
 from itransfer.sampling import plot_sampling_schedule
 from itransfer.stopping import StopRequest, stop_requested_on_signal
 from itransfer.train import checkpoint as ckpt
 from itransfer.train.fsdp import full_state_dict
-from itransfer.probe import Monitor
 from itransfer.train.monitoring import MonitorHook
 from itransfer.train.recipe import LOG_FILE, TrainState, setup
 from itransfer.train.resumable import ResumableSchedule
