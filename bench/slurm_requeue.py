@@ -40,7 +40,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "slurm.md"
 CLUSTER = ROOT / "tools" / "slurm_local.sh"
-FSDP_CONFIG = ROOT / "configs" / "accelerate" / "fsdp2.yaml"
+FSDP_CONFIG = ROOT / "docs" / "accelerate" / "fsdp2.yaml"
 
 # The training run: the quickstart's model and data, long enough to outlive a few time limits
 # on 2 busy cores.
@@ -71,7 +71,7 @@ class Sizes:
     usr1_after_step: int | None = None
     # Start a requeued job at once rather than after SLURM's delay (121 s in 22.05).
     release_requeued: bool = False
-    # FSDP2 through configs/accelerate/fsdp2.yaml in place of --multi_gpu (DDP)
+    # FSDP2 through docs/accelerate/fsdp2.yaml in place of --multi_gpu (DDP)
     fsdp: bool = False
 
 
@@ -276,7 +276,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true",
                         help="tests/test_slurm.py's size (USR1 sent by this script at step 10)")
     parser.add_argument("--fsdp", action="store_true",
-                        help="launch with configs/accelerate/fsdp2.yaml instead of --multi_gpu")
+                        help="launch with docs/accelerate/fsdp2.yaml instead of --multi_gpu")
     parser.add_argument("--steps", type=int, default=Sizes.steps)
     parser.add_argument("--processes", type=int, default=Sizes.processes)
     parser.add_argument("--time-minutes", type=int, default=Sizes.time_minutes)

@@ -36,7 +36,7 @@ def slurm() -> None:
 def test_the_documented_job_stops_requeues_and_completes_exactly(
         slurm: None, tmp_path: Path, fsdp: bool) -> None:
     """DDP as the page's script launches, and FSDP2 as its notes say (the launch's
-    ``--multi_gpu`` replaced by ``--config_file configs/accelerate/fsdp2.yaml``)."""
+    ``--multi_gpu`` replaced by ``--config_file docs/accelerate/fsdp2.yaml``)."""
     sizes = replace(slurm_requeue.SMALL, fsdp=fsdp)
     results = slurm_requeue.run_check(tmp_path / "run", sizes)
     assert results["final_state"] == "COMPLETED", results

@@ -1,4 +1,4 @@
-"""FSDP through accelerate's FSDP plugin (``configs/accelerate/fsdp2.yaml``: FSDP2's
+"""FSDP through accelerate's FSDP plugin (``docs/accelerate/fsdp2.yaml``: FSDP2's
 ``fully_shard``), on two CPU processes joined by gloo: ``itransfer train`` runs, a run stopped
 by a signal resumes to the uninterrupted run's losses and weights, the losses are DDP's, and a
 trajectory checkpoint is a plain Hugging Face model folder. The fast tests reach the FSDP code
@@ -25,7 +25,7 @@ from itransfer.train.fsdp import share_tied_embeddings, tie_gathered_weights
 from test_train_distributed import RESUME_SCRIPT
 from two_processes import launch_two
 
-FSDP_CONFIG = REPO_ROOT / "configs" / "accelerate" / "fsdp2.yaml"
+FSDP_CONFIG = REPO_ROOT / "docs" / "accelerate" / "fsdp2.yaml"
 # FSDP2 clips the gradients by a norm summed from the shards' norms, in another order than
 # DDP's: measured over these 8 steps of the bundled tiny T5, losses 5.0e-7 and weights 1.2e-6
 # apart at most (identical with the smaller tiny_model_dir model, whose gradients are not
