@@ -2,6 +2,11 @@
 
     python bench/mutants.py                         # every group below; minutes to an hour
     python bench/mutants.py --groups sampling,splits --out bench/results-mutants-cpu.json
+    python bench/mutants.py --groups findings --keep /tmp/m-findings \
+        --only 'itransfer.analysis.verdicts.*'     # one module's mutants; the copy kept
+
+With --keep, the scratch copy stays at that folder: `mutmut results` and `mutmut show NAME`
+there list the survivors, and `mutmut run NAME...` re-runs some once its tests/ are updated.
 
 For each group, `mutmut` (3.x) mutates the group's modules in a scratch copy of the checkout and
 runs only the group's own tests against each mutant (not the whole suite). A mutant the tests
@@ -38,25 +43,33 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "metrics": (["eval/metrics.py", "eval/scoring_files.py"],
                 ["test_metrics.py", "test_scoring_files.py"]),
     "token_losses": (["token_losses.py"], ["test_token_losses.py"]),
-    "correlations": (["analysis/correlations.py", "analysis/significance.py"],
+    # The statistics (Spearman, partial, paired tests, bootstraps, the category-block bootstrap)
+    # and the seeds behind the fine-tuning numbers with their spread.
+    "correlations": (["analysis/correlations.py", "analysis/significance.py",
+                      "analysis/block_bootstrap.py", "analysis/seeds.py"],
                      ["test_analysis.py", "test_partial_correlation.py", "test_verdicts.py",
-                      "test_significance.py"]),
+                      "test_significance.py", "test_block_bootstrap.py",
+                      "test_report_robustness.py"]),
     # The verdict machinery and the sections' evaluators (with their analyses and figures since
     # each section became one module: runs before that mutated analysis/findings.py alone).
     "findings": (["analysis/verdicts.py",
                   *(f"analysis/sections/{key}.py" for key in ("transfer", "data_limits",
                                                               "samplers", "trajectory",
                                                               "mixing"))],
-                 ["test_verdicts.py", "test_analysis.py", "test_sections.py"]),
+                 ["test_verdicts.py", "test_analysis.py", "test_sections.py",
+                  "test_report_robustness.py"]),
     "multilora": (["eval/multilora.py"], ["test_multilora.py"]),
     "schedule": (["train/recipe.py"], ["test_train_recipe.py"]),
 }
 COUNTS = re.compile(r"🎉 (\d+) 🫥 (\d+)\s+⏰ (\d+)\s+🤔 (\d+)\s+🙁 (\d+)\s+🔇 (\d+)")
 
 
-def run_group(name: str, modules: list[str], tests: list[str], mutmut: str) -> dict:
+def run_group(name: str, modules: list[str], tests: list[str], mutmut: str, *,
+              keep: Path | None = None, only: str | None = None, children: int = 2) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"mutants-{name}-") as scratch:
-        copy = Path(scratch) / "repo"
+        copy = keep if keep is not None else Path(scratch) / "repo"
+        if keep is not None and keep.exists():
+            shutil.rmtree(keep)
         shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(
             ".venv", "mutants", "runs", ".git", "__pycache__", ".pytest_cache", ".ruff_cache"))
         config = {
@@ -77,7 +90,8 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str) -> d
         # thread pool (and then dies of mutmut's CPU limit, counted as a time-out, minutes
         # later). One intra-op thread per child avoids the pool; two children use both cores.
         env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        done = subprocess.run([mutmut, "run", "--max-children", "2"], cwd=copy,
+        done = subprocess.run([mutmut, "run", "--max-children", str(children),
+                               *([only] if only else [])], cwd=copy,
                               capture_output=True, text=True, env=env)
         seconds = time.perf_counter() - started
         found = COUNTS.findall(done.stdout + done.stderr)
@@ -112,12 +126,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", default=",".join(GROUPS))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the scratch copy here (one group only)")
+    parser.add_argument("--only", default=None,
+                        help="run only the mutants whose names match this glob")
+    parser.add_argument("--max-children", type=int, default=2)
     args = parser.parse_args()
+    if args.keep is not None and "," in args.groups:
+        parser.error("--keep takes one group")
     mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"
     results = {}
     for name in args.groups.split(","):
         modules, tests = GROUPS[name]
-        results[name] = run_group(name, modules, tests, mutmut)
+        results[name] = run_group(name, modules, tests, mutmut, keep=args.keep,
+                                  only=args.only, children=args.max_children)
         row = results[name]
         if "error" in row:
             print(f"{name:>14}: mutmut failed: {row['error'][-300:]}", flush=True)
