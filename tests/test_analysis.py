@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,10 @@ def test_spearman_drops_nan_pairs_and_is_undefined_below_three_tasks() -> None:
     assert not few.defined and few.n == 2 and "fewer than 3" in few.describe()
     constant = corr.spearman([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])
     assert not constant.defined and "constant" in constant.reason
+    # NaN, not None: the findings' and scale tables read these as numbers
+    for undefined in (few, constant):
+        assert all(math.isnan(value) for value in (undefined.p_value, undefined.ci_low,
+                                                   undefined.ci_high))
 
 
 def test_transfer_vs_icl_averages_seeds_and_recovers_planted_correlation(
@@ -254,6 +259,15 @@ def test_seed_spread_recovers_planted_mean_std_and_seed_counts() -> None:
     assert (summary.min_seeds, summary.max_seeds, summary.n_tasks) == (1, 3, 4)
     assert summary.describe().startswith("1–3 seeds per task, 4 tasks: median per-task std")
     assert corr.seed_spread(pd.DataFrame.from_records(rows), "m", shots=20).empty
+
+
+def test_a_spread_with_as_many_seeds_everywhere_says_that_number() -> None:
+    """The section's seed line: "3 seeds per task", not a range of one value."""
+    rows, _ = spread_rows()
+    spread = corr.seed_spread(pd.DataFrame.from_records(rows), "m", shots=5, context="none")
+    summary = corr.summarize_spread(spread.drop(index="t3"))  # the one-seed task
+    assert summary.describe() == ("3 seeds per task, 3 tasks: median per-task std across seeds "
+                                  "0.200 (std of the task means 1.000)")
 
 
 def test_report_shows_the_seed_spread_only_with_several_seeds(frame: pd.DataFrame) -> None:
