@@ -3,6 +3,7 @@ effect is ✓, and a correlation is "weak" only when it is weak."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -10,9 +11,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from itransfer.analysis.block_bootstrap import Robustness
 from itransfer.analysis.correlations import Correlation
 from itransfer.analysis.run import analyse
 from itransfer.analysis.significance import (
+    PairedTest,
     correlation_difference,
     holm,
     paired_test,
@@ -26,9 +29,14 @@ from itransfer.analysis.verdicts import (
     UNDEFINED,
     FindingResult,
     Parts,
+    adjust_for_multiplicity,
     correlation_result,
     evaluate_findings,
+    holm_summary,
+    opposed,
+    passes,
     registered_findings,
+    robustness_summary,
     verdict,
 )
 from itransfer.paper_constants import PAPER_NUM_UNSEEN_TASKS, PAPER_P_VALUE_TASKS
@@ -410,3 +418,61 @@ def test_a_negative_correlation_is_not_shown_as_evidence_for_a_positive_one() ->
                                                        ci_low=0.0, ci_high=1.0))
     assert positive.verdict == REPRODUCES and positive.run_p == pytest.approx(less)
     assert "opposite" not in positive.test
+
+
+# --- the report's sentences on multiplicity and on the category bootstrap --------------------
+
+
+def _judged(finding_id: str, found: str, p: float | None, *, ours: bool = False,
+            survives: bool | None = None) -> FindingResult:
+    finding = next(f for f in registered_findings() if f.id == finding_id)
+    return FindingResult(dataclasses.replace(finding, ours=ours), found, 0.0, p, "",
+                         robustness=None if survives is None else Robustness(survives, "…"))
+
+
+def test_holm_adjusts_the_papers_findings_only_and_counts_the_surviving_checkmarks() -> None:
+    results = adjust_for_multiplicity([
+        _judged("3.1-it-improves-icl", REPRODUCES, 0.01),
+        _judged("3.1-ft-icl-correlation", REPRODUCES, 0.03),
+        _judged("3.1-it-harms-transfer", FAILS, 0.2),
+        _judged("3.1-it-harms-transfer-rouge", UNDEFINED, None),
+        _judged("3.1-it-harms-transfer-within-context", REPRODUCES, 0.001, ours=True)])
+    # Holm over the three paper p-values: 3 × 0.01, max(that, 2 × 0.03), max(that, 0.2)
+    assert [result.holm_p for result in results] == pytest.approx([0.03, 0.06, 0.2, None, None])
+    assert holm_summary(results) == (
+        "Multiplicity: 3 findings rest on a p-value; after Holm's adjustment across them, "
+        "1 of the 2 ✓ verdicts keep p < 0.05.")
+
+
+def test_a_holm_p_of_exactly_alpha_does_not_keep_its_checkmark() -> None:
+    results = adjust_for_multiplicity([_judged("3.1-it-improves-icl", REPRODUCES, 0.025),
+                                       _judged("3.1-ft-icl-correlation", FAILS, 0.5)])
+    assert results[0].holm_p == 0.05
+    assert holm_summary(results).endswith("0 of the 1 ✓ verdicts keep p < 0.05.")
+
+
+def test_the_robustness_sentence_names_the_checkmarks_that_do_not_survive() -> None:
+    results = [_judged("3.1-it-improves-icl", REPRODUCES, 0.01, survives=True),
+               _judged("3.1-ft-icl-correlation", REPRODUCES, 0.01, survives=False),
+               _judged("3.1-it-harms-transfer", REPRODUCES, 0.01, survives=None),
+               _judged("3.1-it-harms-transfer-rouge", FAILS, 0.5, survives=False)]
+    assert robustness_summary(results) == (
+        "Category bootstrap (categories, then tasks within them, resampled): 1 of the 2 ✓ "
+        "verdicts it could recheck survive it; not: 3.1-ft-icl-correlation.")
+    both = [*results, _judged("3.1-it-harms-transfer-rouge", REPRODUCES, 0.01, survives=False)]
+    assert robustness_summary(both).endswith(
+        "1 of the 3 ✓ verdicts it could recheck survive it; not: 3.1-ft-icl-correlation, "
+        "3.1-it-harms-transfer-rouge.")
+    assert robustness_summary(results[:1]).endswith(
+        "1 of the 1 ✓ verdicts it could recheck survive it.")
+    assert robustness_summary(results[2:]) == (
+        "Category bootstrap: no ✓ verdict could be rechecked (tasks in fewer than two "
+        "categories, or none recorded).")
+    assert robustness_summary(results[3:]) == "Category bootstrap: no ✓ verdict to recheck."
+
+
+def test_a_paired_test_at_exactly_alpha_neither_passes_nor_opposes() -> None:
+    at_alpha = PairedTest(10.0, 0.05, 8, -0.1, -1.0, 0.05, 36.0)
+    assert not passes(at_alpha) and not opposed(at_alpha)
+    below = dataclasses.replace(at_alpha, p_value=0.0499, opposite_p=0.0499)
+    assert passes(below) and opposed(below)
