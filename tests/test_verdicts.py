@@ -4,6 +4,7 @@ effect is ✓, and a correlation is "weak" only when it is weak."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import numpy as np
@@ -255,6 +256,11 @@ def test_every_checkpoint_claims_need_every_test() -> None:
     worse[300] = icl[200] + 1.0
     result = trajectory_findings(worse, ft)["5.1-icl-improves-throughout"]
     assert result.verdict == FAILS and "opposite: p=" in result.test
+    # the report's test column: each interval's test, the rising one named as a rise
+    assert result.test.startswith("Wilcoxon signed-rank over tasks, one-sided, at each step "
+                                  "(0→100: Wilcoxon W=")
+    assert re.search(r"; 200→300: Wilcoxon W=\S+ of \S+ for the claim, one-sided p=\S+, n=30; "
+                     r"opposite: p=\S+ for a rise\)$", result.test), result.test
     # only 1 of 3 intervals falls, the others rise by noise: a minority is not ◐
     minority = dict(icl)
     minority[200] = icl[100] - balanced_noise(30)
@@ -476,3 +482,10 @@ def test_a_paired_test_at_exactly_alpha_neither_passes_nor_opposes() -> None:
     assert not passes(at_alpha) and not opposed(at_alpha)
     below = dataclasses.replace(at_alpha, p_value=0.0499, opposite_p=0.0499)
     assert passes(below) and opposed(below)
+
+
+def test_a_correlation_of_exactly_zero_does_not_reproduce_a_positive_one() -> None:
+    finding = next(f for f in registered_findings() if f.id == "3.1-ft-icl-correlation")
+    zero = Correlation(rho=0.0, p_value=1.0, n=30, ci_low=-0.3, ci_high=0.3)
+    result = correlation_result(finding, zero)
+    assert result.verdict == FAILS and result.run_p == pytest.approx(0.5)
