@@ -193,6 +193,11 @@ def test_spearman_drops_nan_pairs_and_is_undefined_below_three_tasks() -> None:
     assert not few.defined and few.n == 2 and "fewer than 3" in few.describe()
     constant = corr.spearman([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])
     assert not constant.defined and "constant" in constant.reason
+    flat_y = corr.spearman([1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0])  # either side constant
+    assert not flat_y.defined and flat_y.n == 4 and flat_y.describe() == (
+        "ρ undefined (constant values (n=4))")
+    unit_range = corr.spearman([1.0, 2.0, 3.0, 4.0], [0.0, 0.5, 0.25, 1.0])  # range exactly 1
+    assert unit_range.defined and unit_range.rho == pytest.approx(0.8)
     # NaN, not None: the findings' and scale tables read these as numbers
     for undefined in (few, constant):
         assert all(math.isnan(value) for value in (undefined.p_value, undefined.ci_low,
