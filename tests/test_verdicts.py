@@ -14,6 +14,7 @@ from scipy import stats
 
 from itransfer.analysis.block_bootstrap import Robustness
 from itransfer.analysis.correlations import Correlation
+from itransfer.analysis.rows import ROUGE_RECALL
 from itransfer.analysis.run import analyse
 from itransfer.analysis.significance import (
     PairedTest,
@@ -489,3 +490,29 @@ def test_a_correlation_of_exactly_zero_does_not_reproduce_a_positive_one() -> No
     zero = Correlation(rho=0.0, p_value=1.0, n=30, ci_low=-0.3, ci_high=0.3)
     result = correlation_result(finding, zero)
     assert result.verdict == FAILS and result.run_p == pytest.approx(0.5)
+
+
+def test_transfer_findings_say_what_is_missing() -> None:
+    """ICL of the IT model only, and IT fine-tuned with exemplars only where PT was without
+    context: §3.1's ICL finding and our within-context comparison cannot be judged, and the
+    findings table says why."""
+    rows = []
+    for index in range(6):
+        task = f"t{index}"
+        rows += [_row("it", 10, task, "icl", 3.0 + index)]
+        for metric, value in (("loss", 1.0), (ROUGE_RECALL, 40.0)):
+            rows += [_row("pretrained", 0, task, "finetune", value + index, metric=metric),
+                     _row("it", 10, task, "finetune", value + index + 0.5, metric=metric,
+                          context="exemplars")]
+    manifest = RunManifest.model_validate({
+        "models": {"pretrained": {"kind": "pretrained"}, "it": {"final_step": 10}},
+        "sections": {"transfer": {"instruction_tuned": "it"}}})
+    analysis = analyse(pd.DataFrame(rows), manifest, n_boot=10)
+    results = {result.finding.id: result for result in evaluate_findings(analysis, n_boot=10)}
+    icl = results["3.1-it-improves-icl"]
+    assert (icl.verdict, icl.run_text) == (UNDEFINED, "ICL loss missing for one of the two models")
+    within = results["3.1-it-harms-transfer-within-context"]
+    assert (within.verdict, within.run_text) == (
+        UNDEFINED, "no fine-tuning comparison of the two models to judge (a model or a context "
+                   "missing)")
+    assert results["3.1-it-harms-transfer"].verdict != UNDEFINED
