@@ -661,3 +661,39 @@ def test_heldout_groups_table_per_group_and_model() -> None:
     assert set(summary.loc[summary["n_tasks"] > 0, "note"]) == {""}
     html = result.tables_html()
     assert html.count("no tasks") == 4 and "5-shot fine-tuning" in html
+
+
+def test_section_4_small_task_findings_with_a_reverse_annealing_run() -> None:
+    """§4 with a reverse-annealing run (ranked on its seen validation loss) whose train loss is
+    0.3 above proportional's on every task: it underfits the five small tasks, with the exact
+    Wilcoxon p of five tasks all one way (1/32); uniform is 0.2 lower on train and 0.4 higher
+    on test there, so it overfits them."""
+    from itransfer.analysis.verdicts import REPRODUCES, evaluate_findings
+
+    rows = build_rows()
+    sizes = {f"task{900 + index}_seen": size for index, size in
+             enumerate([10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 30])}
+    annealed = seen_rows("it-ra1000", 300, sizes, train_loss=1.3, test_loss=1.7)
+    rows += annealed + [{**r, "split": "validation"} for r in annealed if r["split"] == "test"]
+    manifest = manifest_dict(sections={"samplers"})
+    manifest["models"]["it-ra1000"] = {**manifest["models"]["it-uniform"],
+                                       "sampler": "reverse_annealing"}
+    manifest["sections"]["samplers"]["models"]["ra1000"] = "it-ra1000"
+    analysis = analyse(pd.DataFrame(rows), RunManifest.model_validate(manifest), n_boot=50)
+    results = {result.finding.id: result for result in evaluate_findings(analysis, n_boot=50)}
+    underfits = results["4-ra-underfits-small"]
+    assert underfits.finding.id == "4-ra-underfits-small"
+    assert underfits.verdict == REPRODUCES
+    assert underfits.run_value == pytest.approx(0.3) and underfits.run_p == pytest.approx(1 / 32)
+    assert underfits.run_text == (
+        "train loss minus proportional's over the small tasks: ra1000 +0.300 (n=5). Readings "
+        "of the schedule: linear underfits in ra1000 of 1; inverse_linear not run; log_linear "
+        "not run")
+    assert underfits.test == ("ra1000 train: Wilcoxon W=15 of 15 for the claim, one-sided "
+                              "p=0.031, n=5")
+    overfits = results["4-uniform-overfits-small"]
+    assert overfits.verdict == REPRODUCES
+    assert overfits.run_value == pytest.approx(0.4) and overfits.run_p == pytest.approx(1 / 32)
+    assert overfits.test == (
+        "train: Wilcoxon W=0 of 15 for the claim, one-sided p=1, n=5; opposite: p=0.031 for "
+        "lower train loss; test: Wilcoxon W=15 of 15 for the claim, one-sided p=0.031, n=5")
