@@ -516,3 +516,33 @@ def test_transfer_findings_say_what_is_missing() -> None:
         UNDEFINED, "no fine-tuning comparison of the two models to judge (a model or a context "
                    "missing)")
     assert results["3.1-it-harms-transfer"].verdict != UNDEFINED
+
+
+def test_it_harm_is_rechecked_by_category_in_the_claimed_direction() -> None:
+    """Both models fine-tuned without context and with exemplars, IT's loss 1.0 higher on
+    every task of three categories: the harm survives the category bootstrap (a loss harm
+    is IT higher), and our within-context comparison sets exemplars against exemplars only."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for index in range(12):
+        task, category = f"t{index:02d}", f"cat{index % 3}"
+        for context in ("none", "exemplars"):
+            for metric, base, harm in (("loss", 2.0, 1.0), (ROUGE_RECALL, 40.0, -5.0)):
+                value = base + index + rng.normal(0, 0.05)
+                rows += [_row("pretrained", 0, task, "finetune", value, metric=metric,
+                              context=context, category=category),
+                         _row("it", 10, task, "finetune", value + harm, metric=metric,
+                              context=context, category=category)]
+    manifest = RunManifest.model_validate({
+        "models": {"pretrained": {"kind": "pretrained"}, "it": {"final_step": 10}},
+        "sections": {"transfer": {"instruction_tuned": "it"}}})
+    analysis = analyse(pd.DataFrame(rows), manifest, n_boot=200)
+    results = {result.finding.id: result for result in evaluate_findings(analysis, n_boot=200)}
+    harm = results["3.1-it-harms-transfer"]
+    assert harm.verdict == REPRODUCES
+    assert harm.robustness is not None and harm.robustness.survives is True
+    assert harm.robustness.text.startswith("IT none vs PT none (loss): IT − PT=+1.000")
+    within = results["3.1-it-harms-transfer-within-context"]
+    assert within.verdict == REPRODUCES
+    assert "IT exemplars vs PT exemplars" in within.run_text
+    assert "IT none vs PT none" not in within.run_text
