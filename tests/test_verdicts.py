@@ -574,3 +574,30 @@ def test_the_trajectory_is_rechecked_by_category_interval_by_interval() -> None:
     assert "; partial ρ_late: category bootstrap undefined" in late.text
     early = results["5.1-early-phase-correlation"].robustness
     assert early is not None and "; partial ρ_early: category bootstrap undefined" in early.text
+
+
+def _forgetting(rows: list[dict[str, Any]]) -> FindingResult:
+    manifest = RunManifest.model_validate({
+        "models": {"pretrained": {"kind": "pretrained"},
+                   "it": {"final_step": 300, "trajectory_steps": list(STEPS[1:])}},
+        "sections": {"trajectory": {"model": "it", "phase_split_step": 100, "shots": 5}}})
+    analysis = analyse(pd.DataFrame(rows), manifest, n_boot=10)
+    return {result.finding.id: result
+            for result in evaluate_findings(analysis, n_boot=10)}["5.1-forgetting-then-recovery"]
+
+
+def test_forgetting_on_two_tasks_goes_by_the_means_and_needs_the_split_step() -> None:
+    """Two tasks are too few to rank: FT up 1.0 then down 2.0 on both holds by the means (≈,
+    no p-value). Without FT at the split step there is no first phase to judge."""
+    ft = {0: 2.0, 100: 3.0, 200: 2.5, 300: 1.0}
+    rows = [_row("pretrained" if step == 0 else "it", step, f"t{index}", method,
+                 value + index)
+            for step, value in ft.items() for index in range(2)
+            for method in ("finetune", "icl")]
+    two = _forgetting(rows)
+    assert (two.verdict, two.run_p) == (NOT_SIGNIFICANT, None)
+    assert two.run_value == pytest.approx(1.0)
+    no_split = _forgetting([row for row in rows if not (row["method"] == "finetune"
+                                                        and row["checkpoint_step"] == 100)])
+    assert (no_split.verdict, no_split.run_text) == (
+        UNDEFINED, "needs FT loss at step 0, the split step and a later step")
