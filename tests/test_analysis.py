@@ -722,3 +722,53 @@ def test_data_limits_extremes_are_the_smallest_minus_the_largest_limit_at_the_se
     assert limits.extremes["finetune_delta"].to_dict() == pytest.approx(expected.to_dict())
     assert limits.deltas["finetune_delta"].to_dict() == pytest.approx(expected.to_dict())
     assert "differ in budget" not in limits.tables_html()
+
+
+def test_every_figure_is_captioned_and_labelled_as_the_paper_reads_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """The figures' titles, axis labels, legends and bar values, read off the drawn figures:
+    each names the paper figure it reproduces and what its axes measure."""
+    from itransfer.analysis import plotting
+
+    drawn: dict[str, list[str]] = {}
+
+    def keep(figure: Any, path: Path) -> Path:
+        texts = [figure._suptitle.get_text()] if figure._suptitle else []
+        for axes in figure.axes:
+            legend = axes.get_legend()
+            texts += [axes.get_title(), axes.get_xlabel(), axes.get_ylabel(),
+                      *(text.get_text() for text in axes.texts),
+                      *(text.get_text() for text in (legend.get_texts() if legend else []))]
+        drawn[path.name] = texts
+        return path
+
+    monkeypatch.setattr(plotting, "save", keep)
+    analysis = analyse(pd.DataFrame(build_rows()), RunManifest.model_validate(manifest_dict()),
+                       n_boot=10)
+    plotting.draw_all(analysis, tmp_path)
+    transfer = drawn["fig1_transfer_curves.png"]
+    assert transfer[0] == "Figure 1 (left): few-shot LoRA transfer to unseen tasks"
+    assert [text for text in transfer if text.startswith("mean ")] == [
+        "mean test loss (NLL) ↓", "mean ROUGE-L recall (paper's) ↑",
+        "mean ROUGE-L F (Wang et al.'s scorer) ↑"]
+    assert drawn["fig2_data_limits.png"][:3] == [
+        "Figure 2 (left): data per task vs transfer and ICL",
+        "training examples per task (data limit)", "mean unseen-task test loss ↓"]
+    samplers = drawn["fig3_samplers.png"]
+    assert samplers[:3] == ["Figure 3 (left): multi-task fit vs ICL by sampler",
+                            "task sampler P(K)", "mean loss ↓"]
+    # bar values, two decimals: seen train/test loss and unseen ICL loss of each sampler
+    assert samplers[3:] == ["0.78", "0.58", "1.28", "1.68", "3.20", "3.50",
+                            "seen tasks: train loss", "seen tasks: test loss",
+                            "unseen tasks: ICL loss"]
+    assert drawn["fig3_size_bins.png"] == [
+        "Figure 3 (centre): train loss by task size", "task training-set size (log-spaced bins)",
+        "mean seen-task train loss ↓", "proportional", "uniform",
+        "Figure 3 (right): test loss by task size", "task training-set size (log-spaced bins)",
+        "mean seen-task test loss ↓", "proportional", "uniform"]
+    centre, right = drawn["fig4_phase_scatter.png"][0], drawn["fig4_phase_scatter.png"][3]
+    assert centre.startswith("Figure 4 (centre): steps 0 → 100\nρ=")
+    assert right.startswith("Figure 4 (right): steps 100 → 300\nρ=")
+    assert drawn["fig2_delta_scatter.png"][0].startswith(
+        "Figure 2 (right): per-task change, it-limit10 − it-limit100\nρ=")
