@@ -772,3 +772,22 @@ def test_every_figure_is_captioned_and_labelled_as_the_paper_reads_it(
     assert right.startswith("Figure 4 (right): steps 100 → 300\nρ=")
     assert drawn["fig2_delta_scatter.png"][0].startswith(
         "Figure 2 (right): per-task change, it-limit10 − it-limit100\nρ=")
+
+
+def test_section_tables_name_their_rows(frame: pd.DataFrame) -> None:
+    """The tables under the figures: each row named by model and setting (the index shown),
+    and no heading over a table that has no rows."""
+    from itransfer.analysis.sections.mixing import MixingAnalysis
+    from itransfer.analysis.sections.samplers import SamplersAnalysis
+
+    analysis = analyse(frame, RunManifest.model_validate(manifest_dict()), n_boot=10)
+    transfer = analysis.of(TransferAnalysis)
+    assert transfer is not None
+    assert transfer.tables_html().startswith("<h3>Mean fine-tuning test loss by k</h3>")
+    mixing = analysis.of(MixingAnalysis)
+    assert mixing is not None
+    assert "<th>with mixing</th>" in mixing.tables_html()
+    assert "<th>without mixing</th>" in mixing.tables_html()
+    samplers = analysis.of(SamplersAnalysis)
+    assert samplers is not None and samplers.others.empty
+    assert "Other samplers" not in samplers.tables_html()
