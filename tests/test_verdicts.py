@@ -536,14 +536,14 @@ def test_it_harm_is_rechecked_by_category_in_the_claimed_direction() -> None:
     manifest = RunManifest.model_validate({
         "models": {"pretrained": {"kind": "pretrained"}, "it": {"final_step": 10}},
         "sections": {"transfer": {"instruction_tuned": "it"}}})
-    analysis = analyse(pd.DataFrame(rows), manifest, n_boot=200)
-    results = {result.finding.id: result for result in evaluate_findings(analysis, n_boot=200)}
+    analysis = analyse(pd.DataFrame(rows), manifest, n_boot=100)
+    results = {result.finding.id: result for result in evaluate_findings(analysis, n_boot=100)}
     harm = results["3.1-it-harms-transfer"]
     assert harm.verdict == REPRODUCES
     assert harm.robustness is not None and harm.robustness.survives is True
     assert harm.robustness.text.startswith("IT none vs PT none (loss): IT − PT=+1.000")
     # seeded: the same run gives the same report, bootstrap intervals included
-    again = {result.finding.id: result for result in evaluate_findings(analysis, n_boot=200)}
+    again = {result.finding.id: result for result in evaluate_findings(analysis, n_boot=100)}
     assert again["3.1-it-harms-transfer"].robustness == harm.robustness
     within = results["3.1-it-harms-transfer-within-context"]
     assert within.verdict == REPRODUCES
