@@ -2,6 +2,17 @@
 
     python bench/mutants.py                         # every group below; minutes to an hour
     python bench/mutants.py --groups sampling,splits --out bench/results-mutants-cpu.json
+    python bench/mutants.py --groups findings --keep /tmp/m-findings \
+        --only 'itransfer.analysis.verdicts.*'     # one module's mutants; the copy kept
+
+    python bench/mutants.py --groups findings --sample 150 --keep /tmp/m-findings
+    python bench/mutants.py --groups findings --sample 150 --keep /tmp/m-findings --reuse
+
+With --keep, the scratch copy stays at that folder: `mutmut results` and `mutmut show NAME`
+there list the survivors; --reuse tests its mutants again with this checkout's tests/ (after
+tests were added). --sample N tests a random sample of N of the group's mutants (a fixed seed,
+so that a rerun tests the same ones) and gives the score with its 95 % (Wilson) interval: a
+group of thousands of mutants whose tests build whole reports takes hours on shared cores.
 
 For each group, `mutmut` (3.x) mutates the group's modules in a scratch copy of the checkout and
 runs only the group's own tests against each mutant (not the whole suite). A mutant the tests
@@ -15,9 +26,11 @@ group. Not part of CI's time budget: `make mutants` runs it.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import math
 import os
-import re
+import random
 import shutil
 import subprocess
 import sys
@@ -38,65 +51,132 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "metrics": (["eval/metrics.py", "eval/scoring_files.py"],
                 ["test_metrics.py", "test_scoring_files.py"]),
     "token_losses": (["encoding/token_losses.py"], ["test_token_losses.py"]),
-    "correlations": (["analysis/correlations.py", "analysis/significance.py"],
+    # The statistics (Spearman, partial, paired tests, bootstraps, the category-block bootstrap)
+    # and the seeds behind the fine-tuning numbers with their spread.
+    "correlations": (["analysis/correlations.py", "analysis/significance.py",
+                      "analysis/block_bootstrap.py", "analysis/seeds.py"],
                      ["test_analysis.py", "test_partial_correlation.py", "test_verdicts.py",
-                      "test_significance.py"]),
+                      "test_significance.py", "test_block_bootstrap.py",
+                      "test_report_robustness.py"]),
     # The verdict machinery and the sections' evaluators (with their analyses and figures since
     # each section became one module: runs before that mutated analysis/findings.py alone).
     "findings": (["analysis/verdicts.py",
                   *(f"analysis/sections/{key}.py" for key in ("transfer", "data_limits",
                                                               "samplers", "trajectory",
                                                               "mixing"))],
-                 ["test_verdicts.py", "test_analysis.py", "test_sections.py"]),
+                 ["test_verdicts.py", "test_analysis.py", "test_sections.py",
+                  "test_report_robustness.py"]),
     "multilora": (["eval/multilora.py"], ["test_multilora.py"]),
     "schedule": (["train/recipe.py"], ["test_train_recipe.py"]),
 }
-COUNTS = re.compile(r"🎉 (\d+) 🫥 (\d+)\s+⏰ (\d+)\s+🤔 (\d+)\s+🙁 (\d+)\s+🔇 (\d+)")
 
 
-def run_group(name: str, modules: list[str], tests: list[str], mutmut: str) -> dict:
+def run_group(name: str, modules: list[str], tests: list[str], mutmut: str, *,
+              keep: Path | None = None, reuse: bool = False, only: str | None = None,
+              sample: int | None = None, sample_seed: int = 0, children: int = 2) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"mutants-{name}-") as scratch:
-        copy = Path(scratch) / "repo"
-        shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(
-            ".venv", "mutants", "runs", ".git", "__pycache__", ".pytest_cache", ".ruff_cache"))
-        config = {
-            "paths_to_mutate": [f"{SRC}/{module}" for module in modules],
-            "tests_dir": [f"tests/{test}" for test in tests],
-            "also_copy": ["tests", SRC],
-            "pytest_add_cli_args": ["-q", "-p", "no:cacheprovider", "-m", "not slow"],
-            # mutmut's CPU limit per mutant is 2 x multiplier x the tests' time; its default of
-            # 15 lets one mutant that loops forever hold a core for minutes.
-            "timeout_multiplier": 5.0,
-        }
-        lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in config.items())
-        with (copy / "pyproject.toml").open("a", encoding="utf-8") as handle:
-            handle.write(f"\n[tool.mutmut]\n{lines}\n")
+        copy = keep if keep is not None else Path(scratch) / "repo"
+        if reuse and (copy / "mutants").is_dir():
+            # the mutants and mutmut's test map stay; the tests are this checkout's
+            shutil.rmtree(copy / "tests")
+            shutil.copytree(REPO / "tests", copy / "tests",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            if copy.exists():
+                shutil.rmtree(copy)
+            _prepare(copy, modules, tests)
         started = time.perf_counter()
         # mutmut forks each mutant's test run from a process that has already run torch: a
         # forked child entering an OpenMP parallel region can spin forever on the parent's
         # thread pool (and then dies of mutmut's CPU limit, counted as a time-out, minutes
         # later). One intra-op thread per child avoids the pool; two children use both cores.
         env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        done = subprocess.run([mutmut, "run", "--max-children", "2"], cwd=copy,
-                              capture_output=True, text=True, env=env)
+        command = [mutmut, "run", "--max-children", str(children)]
+        names: list[str] | None = None
+        total = 0
+        if sample is not None:
+            # Generate every mutant (and mutmut's map of tests) without testing any, then test
+            # a random sample of them: a score with a confidence interval in a fraction of the
+            # time, where the whole group takes hours on shared cores.
+            if not (copy / "mutants").is_dir():
+                subprocess.run([*command, "no-such-mutant"], cwd=copy, capture_output=True,
+                               text=True, env=env)
+            every = sorted(_exit_codes(copy))
+            total = len(every)
+            names = sorted(random.Random(sample_seed).sample(every, min(sample, len(every))))
+        elif only:
+            names = [only]
+        done = subprocess.run([*command, *(names or [])], cwd=copy, capture_output=True,
+                              text=True, env=env)
         seconds = time.perf_counter() - started
-        found = COUNTS.findall(done.stdout + done.stderr)
-        if not found:
+        codes = _exit_codes(copy)
+        if not codes:
             return {"modules": modules, "error": (done.stdout + done.stderr)[-2000:]}
-        killed, untested, timeout, suspicious, survived, _ = (int(n) for n in found[-1])
-        listing = subprocess.run([mutmut, "results"], cwd=copy, capture_output=True, text=True)
-        survivors = [line.split(":")[0].strip() for line in listing.stdout.splitlines()
-                     if line.strip().endswith("survived")]
+        if names is not None:
+            codes = {key: code for key, code in codes.items()
+                     if key in names or fnmatch.fnmatch(key, names[0])}
+        counts = {status: 0 for status in ("killed", "survived", "untested", "timeout",
+                                           "suspicious", "not run")}
+        for code in codes.values():
+            counts[_STATUS.get(code, "suspicious")] += 1
+        survivors = sorted(key for key, code in codes.items() if _STATUS.get(code) == "survived")
         # the changed line of each survivor, so that equivalent mutants can be named in a line
-        changes = {name: _changed_lines(subprocess.run(
-            [mutmut, "show", name], cwd=copy, capture_output=True, text=True).stdout)
-            for name in survivors}
+        changes = {key: _changed_lines(subprocess.run(
+            [mutmut, "show", key], cwd=copy, capture_output=True, text=True).stdout)
+            for key in survivors}
     # A mutant in code that none of the group's tests reaches counts as not detected.
-    score = (killed + timeout) / max(1, killed + timeout + survived + untested)
-    return {"modules": modules, "tests": tests, "killed": killed, "survived": survived,
-            "untested": untested, "timeout": timeout, "suspicious": suspicious,
-            "score": round(score, 3),
-            "seconds": round(seconds, 1), "survivors": changes}
+    detected = counts["killed"] + counts["timeout"]
+    judged = detected + counts["survived"] + counts["untested"]
+    row = {"modules": modules, "tests": tests, **{key.replace(" ", "_"): value
+                                                   for key, value in counts.items()},
+           "score": round(detected / max(1, judged), 3), "seconds": round(seconds, 1)}
+    if sample is not None:
+        row |= {"sample": len(codes), "of": total, "sample_seed": sample_seed,
+                "score_ci95": [round(bound, 3) for bound in _wilson(detected, judged)]}
+    return row | {"survivors": changes}
+
+
+# mutmut's exit codes of a mutant's test run (mutmut.stats.status_by_exit_code)
+_STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "untested", 33: "untested",
+           36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout",
+           None: "not run"}
+
+
+def _prepare(copy: Path, modules: list[str], tests: list[str]) -> None:
+    """A copy of the checkout with the group's mutmut configuration."""
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(
+        ".venv", "mutants", "runs", ".git", "__pycache__", ".pytest_cache", ".ruff_cache"))
+    config = {
+        "paths_to_mutate": [f"{SRC}/{module}" for module in modules],
+        "tests_dir": [f"tests/{test}" for test in tests],
+        "also_copy": ["tests", SRC],
+        "pytest_add_cli_args": ["-q", "-p", "no:cacheprovider", "-m", "not slow"],
+        # mutmut's CPU limit per mutant is 2 x multiplier x the tests' time; its default of
+        # 15 lets one mutant that loops forever hold a core for minutes.
+        "timeout_multiplier": 5.0,
+    }
+    lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in config.items())
+    with (copy / "pyproject.toml").open("a", encoding="utf-8") as handle:
+        handle.write(f"\n[tool.mutmut]\n{lines}\n")
+
+
+def _exit_codes(copy: Path) -> dict[str, int | None]:
+    """Every generated mutant of the copy and its test run's exit code (None: not run)."""
+    codes: dict[str, int | None] = {}
+    for meta in (copy / "mutants").rglob("*.meta"):
+        codes |= json.loads(meta.read_text(encoding="utf-8")).get("exit_code_by_key", {})
+    return codes
+
+
+def _wilson(hits: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's 95 % interval of a proportion (the score of a sample of mutants)."""
+    if total == 0:
+        return (0.0, 1.0)
+    share = hits / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / (
+        1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _changed_lines(diff: str) -> str:
@@ -112,12 +192,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", default=",".join(GROUPS))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the scratch copy here (one group only)")
+    parser.add_argument("--only", default=None,
+                        help="run only the mutants whose names match this glob")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --keep: reuse the kept mutants, with this checkout's tests")
+    parser.add_argument("--sample", type=int, default=None,
+                        help="test a random sample of this many of each group's mutants")
+    parser.add_argument("--sample-seed", type=int, default=0)
+    parser.add_argument("--max-children", type=int, default=2)
     args = parser.parse_args()
+    if args.keep is not None and "," in args.groups:
+        parser.error("--keep takes one group")
     mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"
     results = {}
     for name in args.groups.split(","):
         modules, tests = GROUPS[name]
-        results[name] = run_group(name, modules, tests, mutmut)
+        results[name] = run_group(name, modules, tests, mutmut, keep=args.keep,
+                                  reuse=args.reuse, only=args.only, sample=args.sample,
+                                  sample_seed=args.sample_seed, children=args.max_children)
         row = results[name]
         if "error" in row:
             print(f"{name:>14}: mutmut failed: {row['error'][-300:]}", flush=True)

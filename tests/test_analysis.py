@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,15 @@ def test_spearman_drops_nan_pairs_and_is_undefined_below_three_tasks() -> None:
     assert not few.defined and few.n == 2 and "fewer than 3" in few.describe()
     constant = corr.spearman([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])
     assert not constant.defined and "constant" in constant.reason
+    flat_y = corr.spearman([1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0])  # either side constant
+    assert not flat_y.defined and flat_y.n == 4 and flat_y.describe() == (
+        "ρ undefined (constant values (n=4))")
+    unit_range = corr.spearman([1.0, 2.0, 3.0, 4.0], [0.0, 0.5, 0.25, 1.0])  # range exactly 1
+    assert unit_range.defined and unit_range.rho == pytest.approx(0.8)
+    # NaN, not None: the findings' and scale tables read these as numbers
+    for undefined in (few, constant):
+        assert all(math.isnan(value) for value in (undefined.p_value, undefined.ci_low,
+                                                   undefined.ci_high))
 
 
 def test_transfer_vs_icl_averages_seeds_and_recovers_planted_correlation(
@@ -254,6 +264,15 @@ def test_seed_spread_recovers_planted_mean_std_and_seed_counts() -> None:
     assert (summary.min_seeds, summary.max_seeds, summary.n_tasks) == (1, 3, 4)
     assert summary.describe().startswith("1–3 seeds per task, 4 tasks: median per-task std")
     assert corr.seed_spread(pd.DataFrame.from_records(rows), "m", shots=20).empty
+
+
+def test_a_spread_with_as_many_seeds_everywhere_says_that_number() -> None:
+    """The section's seed line: "3 seeds per task", not a range of one value."""
+    rows, _ = spread_rows()
+    spread = corr.seed_spread(pd.DataFrame.from_records(rows), "m", shots=5, context="none")
+    summary = corr.summarize_spread(spread.drop(index="t3"))  # the one-seed task
+    assert summary.describe() == ("3 seeds per task, 3 tasks: median per-task std across seeds "
+                                  "0.200 (std of the task means 1.000)")
 
 
 def test_report_shows_the_seed_spread_only_with_several_seeds(frame: pd.DataFrame) -> None:
@@ -642,3 +661,133 @@ def test_heldout_groups_table_per_group_and_model() -> None:
     assert set(summary.loc[summary["n_tasks"] > 0, "note"]) == {""}
     html = result.tables_html()
     assert html.count("no tasks") == 4 and "5-shot fine-tuning" in html
+
+
+def test_section_4_small_task_findings_with_a_reverse_annealing_run() -> None:
+    """§4 with a reverse-annealing run (ranked on its seen validation loss) whose train loss is
+    0.3 above proportional's on every task: it underfits the five small tasks, with the exact
+    Wilcoxon p of five tasks all one way (1/32); uniform is 0.2 lower on train and 0.4 higher
+    on test there, so it overfits them."""
+    from itransfer.analysis.verdicts import REPRODUCES, evaluate_findings
+
+    rows = build_rows()
+    sizes = {f"task{900 + index}_seen": size for index, size in
+             enumerate([10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 30])}
+    annealed = seen_rows("it-ra1000", 300, sizes, train_loss=1.3, test_loss=1.7)
+    rows += annealed + [{**r, "split": "validation"} for r in annealed if r["split"] == "test"]
+    manifest = manifest_dict(sections={"samplers"})
+    manifest["models"]["it-ra1000"] = {**manifest["models"]["it-uniform"],
+                                       "sampler": "reverse_annealing"}
+    manifest["sections"]["samplers"]["models"]["ra1000"] = "it-ra1000"
+    analysis = analyse(pd.DataFrame(rows), RunManifest.model_validate(manifest), n_boot=50)
+    results = {result.finding.id: result for result in evaluate_findings(analysis, n_boot=50)}
+    underfits = results["4-ra-underfits-small"]
+    assert underfits.finding.id == "4-ra-underfits-small"
+    assert underfits.verdict == REPRODUCES
+    assert underfits.run_value == pytest.approx(0.3) and underfits.run_p == pytest.approx(1 / 32)
+    assert underfits.run_text == (
+        "train loss minus proportional's over the small tasks: ra1000 +0.300 (n=5). Readings "
+        "of the schedule: linear underfits in ra1000 of 1; inverse_linear not run; log_linear "
+        "not run")
+    assert underfits.test == ("ra1000 train: Wilcoxon W=15 of 15 for the claim, one-sided "
+                              "p=0.031, n=5")
+    overfits = results["4-uniform-overfits-small"]
+    assert overfits.verdict == REPRODUCES
+    assert overfits.run_value == pytest.approx(0.4) and overfits.run_p == pytest.approx(1 / 32)
+    assert overfits.test == (
+        "train: Wilcoxon W=0 of 15 for the claim, one-sided p=1, n=5; opposite: p=0.031 for "
+        "lower train loss; test: Wilcoxon W=15 of 15 for the claim, one-sided p=0.031, n=5")
+
+
+def test_data_limits_extremes_are_the_smallest_minus_the_largest_limit_at_the_sections_k(
+) -> None:
+    """Figure 2's extremes and the section's deltas: per task, the k-shot FT loss of the
+    smallest data limit minus that of the largest, at the section's k (10 here, not the usual
+    5); one data budget is stated once, not as models that differ."""
+    raw = manifest_dict(sections={"data_limits"})
+    raw["sections"]["data_limits"]["shots"] = 10
+    for label in ("it-limit10", "it-limit100"):
+        raw["models"][label].update(budget="steps", total_steps=300)
+    manifest = RunManifest.model_validate(raw)
+    frame = pd.DataFrame.from_records(build_rows(num_tasks=5))
+    # the smallest limit 1.0 worse at k = 10 only: another k gives other deltas
+    frame.loc[(frame["model"] == "it-limit10") & (frame["shots"] == 10)
+              & (frame["method"] == "finetune"), "value"] += 1.0
+    limits = DataLimitsAnalysis.compute(frame, manifest, manifest.section(DataLimitsSection),
+                                        n_boot=10, seed=0)
+    tuned = frame[(frame["method"] == "finetune") & (frame["split"] == "test")
+                  & (frame["metric"] == "loss") & (frame["context"] == "none")]
+    mean = tuned.groupby(["model", "shots", "task"])["value"].mean()
+    expected = mean.loc[("it-limit10", 10)] - mean.loc[("it-limit100", 10)]
+    assert limits.extremes["finetune_delta"].to_dict() == pytest.approx(expected.to_dict())
+    assert limits.deltas["finetune_delta"].to_dict() == pytest.approx(expected.to_dict())
+    assert "differ in budget" not in limits.tables_html()
+
+
+def test_every_figure_is_captioned_and_labelled_as_the_paper_reads_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """The figures' titles, axis labels, legends and bar values, read off the drawn figures:
+    each names the paper figure it reproduces and what its axes measure."""
+    from itransfer.analysis import plotting
+
+    drawn: dict[str, list[str]] = {}
+
+    def keep(figure: Any, path: Path) -> Path:
+        texts = [figure._suptitle.get_text()] if figure._suptitle else []
+        for axes in figure.axes:
+            legend = axes.get_legend()
+            texts += [axes.get_title(), axes.get_xlabel(), axes.get_ylabel(),
+                      *(text.get_text() for text in axes.texts),
+                      *(text.get_text() for text in (legend.get_texts() if legend else []))]
+        drawn[path.name] = texts
+        return path
+
+    monkeypatch.setattr(plotting, "save", keep)
+    analysis = analyse(pd.DataFrame(build_rows()), RunManifest.model_validate(manifest_dict()),
+                       n_boot=10)
+    plotting.draw_all(analysis, tmp_path)
+    transfer = drawn["fig1_transfer_curves.png"]
+    assert transfer[0] == "Figure 1 (left): few-shot LoRA transfer to unseen tasks"
+    assert [text for text in transfer if text.startswith("mean ")] == [
+        "mean test loss (NLL) ↓", "mean ROUGE-L recall (paper's) ↑",
+        "mean ROUGE-L F (Wang et al.'s scorer) ↑"]
+    assert drawn["fig2_data_limits.png"][:3] == [
+        "Figure 2 (left): data per task vs transfer and ICL",
+        "training examples per task (data limit)", "mean unseen-task test loss ↓"]
+    samplers = drawn["fig3_samplers.png"]
+    assert samplers[:3] == ["Figure 3 (left): multi-task fit vs ICL by sampler",
+                            "task sampler P(K)", "mean loss ↓"]
+    # bar values, two decimals: seen train/test loss and unseen ICL loss of each sampler
+    assert samplers[3:] == ["0.78", "0.58", "1.28", "1.68", "3.20", "3.50",
+                            "seen tasks: train loss", "seen tasks: test loss",
+                            "unseen tasks: ICL loss"]
+    assert drawn["fig3_size_bins.png"] == [
+        "Figure 3 (centre): train loss by task size", "task training-set size (log-spaced bins)",
+        "mean seen-task train loss ↓", "proportional", "uniform",
+        "Figure 3 (right): test loss by task size", "task training-set size (log-spaced bins)",
+        "mean seen-task test loss ↓", "proportional", "uniform"]
+    centre, right = drawn["fig4_phase_scatter.png"][0], drawn["fig4_phase_scatter.png"][3]
+    assert centre.startswith("Figure 4 (centre): steps 0 → 100\nρ=")
+    assert right.startswith("Figure 4 (right): steps 100 → 300\nρ=")
+    assert drawn["fig2_delta_scatter.png"][0].startswith(
+        "Figure 2 (right): per-task change, it-limit10 − it-limit100\nρ=")
+
+
+def test_section_tables_name_their_rows(frame: pd.DataFrame) -> None:
+    """The tables under the figures: each row named by model and setting (the index shown),
+    and no heading over a table that has no rows."""
+    from itransfer.analysis.sections.mixing import MixingAnalysis
+    from itransfer.analysis.sections.samplers import SamplersAnalysis
+
+    analysis = analyse(frame, RunManifest.model_validate(manifest_dict()), n_boot=10)
+    transfer = analysis.of(TransferAnalysis)
+    assert transfer is not None
+    assert transfer.tables_html().startswith("<h3>Mean fine-tuning test loss by k</h3>")
+    mixing = analysis.of(MixingAnalysis)
+    assert mixing is not None
+    assert "<th>with mixing</th>" in mixing.tables_html()
+    assert "<th>without mixing</th>" in mixing.tables_html()
+    samplers = analysis.of(SamplersAnalysis)
+    assert samplers is not None and samplers.others.empty
+    assert "Other samplers" not in samplers.tables_html()

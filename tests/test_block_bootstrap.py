@@ -149,3 +149,11 @@ def test_the_partial_statistic_is_partial_spearman() -> None:
     assert bb.partial_statistic(rows) == pytest.approx(expected, abs=1e-12)
     explained = np.column_stack([np.arange(6.0), rng.normal(size=6), np.arange(6.0)])
     assert np.isnan(bb.partial_statistic(explained))  # x is the control: nothing left
+
+
+def test_the_phase_difference_statistic_is_late_rho_minus_early_rho() -> None:
+    """§5.1's "late ρ above early ρ" check: columns (early FT, early ICL, late FT, late ICL)."""
+    rising = np.arange(6.0)
+    rows = np.column_stack([rising, -rising, rising, rising])  # early ρ = −1, late ρ = +1
+    assert bb.correlation_difference_statistic(rows) == pytest.approx(2.0)
+    assert bb.correlation_difference_statistic(rows[:, [2, 3, 0, 1]]) == pytest.approx(-2.0)

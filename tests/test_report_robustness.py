@@ -19,6 +19,7 @@ from itransfer.analysis.report import (
 )
 from itransfer.analysis.run import analyse
 from itransfer.analysis.sections import PAPER_FINDINGS
+from itransfer.analysis.seeds import SeedCount, finetune_seed_count
 from itransfer.analysis.verdicts import (
     REPRODUCES,
     UNDEFINED,
@@ -167,3 +168,33 @@ def test_an_undefined_verdict_is_not_rechecked() -> None:
     assert undefined and all(result.robustness is None for result in undefined)
     assert all(robustness_cell(result) == "—" for result in undefined)
     assert robustness_summary(undefined) == "Category bootstrap: no ✓ verdict to recheck."
+
+
+def test_the_header_says_one_seed_count_or_a_range() -> None:
+    assert SeedCount(3, 3, 60).describe() == (
+        "3 fine-tuning seeds behind every k-shot fine-tuning number (k-shot draw, LoRA "
+        "initialisation, dropout), averaged per task; each section shows their spread")
+    assert SeedCount(1, 3, 60).describe().startswith("1–3 fine-tuning seeds behind every")
+    assert SeedCount(1, 1, 60).describe().startswith("1 fine-tuning seed behind every")
+
+
+def test_seeds_are_counted_on_k_shot_fine_tuning_test_losses_only() -> None:
+    """Two seeds per fine-tuned cell; more rows of other kinds must not count: ICL, 0-shot,
+    ROUGE-L, train split."""
+    rows = []
+    common = {"model": "m", "checkpoint_step": 10, "task": "t", "context": "none"}
+    for seed in (0, 1):
+        for shots in (5, 10):
+            rows.append({**common, "method": "finetune", "shots": shots, "split": "test",
+                         "metric": "loss", "seed": seed, "value": 1.0})
+    for seed in range(2, 6):
+        rows += [{**common, "method": "icl", "shots": 5, "split": "test", "metric": "loss"},
+                 {**common, "method": "finetune", "shots": 0, "split": "test",
+                  "metric": "loss"},
+                 {**common, "method": "finetune", "shots": 5, "split": "test",
+                  "metric": "rougeL"},
+                 {**common, "method": "finetune", "shots": 5, "split": "train",
+                  "metric": "loss"}]
+        for extra in rows[-4:]:
+            extra |= {"seed": seed, "value": 2.0}
+    assert finetune_seed_count(pd.DataFrame(rows)) == SeedCount(2, 2, 2)

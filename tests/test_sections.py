@@ -19,8 +19,9 @@ from itransfer.analysis.run import analyse
 from itransfer.analysis.verdicts import registered_findings
 from itransfer.eval.results import ResultsTable
 from itransfer.experiment import load_experiment
+from itransfer.packaged_configs import packaged_config_dir
 from itransfer.pipeline import plan_evaluations
-from itransfer.schema import EvalPlan, RunManifest
+from itransfer.schema import EvalPlan, Need, RunManifest
 from test_analysis import build_rows, make_run, manifest_dict
 
 # A complete section in one module: YAML keys, analysis, one figure and one finding. The
@@ -183,3 +184,25 @@ def test_a_finding_names_a_panel_its_figure_has() -> None:
     assert EARLY_PHASE_CORRELATION.figure_cell == "4 (centre)"
     with pytest.raises(ValueError, match=r"Figure 4 \(centre, right\) has no panel 'left'"):
         type(EARLY_PHASE_CORRELATION)(**{**vars(EARLY_PHASE_CORRELATION), "panel": "left"})
+
+
+@pytest.mark.parametrize(("stem", "key"), [("sec3_1_transfer", "transfer"),
+                                           ("sec3_2_data_limits", "data_limits"),
+                                           ("sec4_sampling", "samplers")])
+def test_the_papers_sections_ask_for_final_checkpoints_and_the_zero_shot_difficulty(
+    stem: str, key: str,
+) -> None:
+    """What each section has the pipeline evaluate: its models' final checkpoints; §3.1 and
+    §3.2 also the pre-trained model's zero-shot loss, the task difficulty their partial ρ
+    controls for; §4 the seen tasks and ICL of every sampler."""
+    experiment = load_experiment(packaged_config_dir() / "paper" / f"{stem}.yaml", scale="tiny")
+    section = experiment.spec.sections[key]
+    needs = section.needs(experiment.base.eval)
+    assert {need.when for need in needs} == {"final"}
+    if key == "samplers":
+        assert [need.model for need in needs] == section.model_labels()
+        assert all(need.plan.seen and need.plan.icl for need in needs)
+    else:
+        assert {need.model for need in needs} == {*section.model_labels(), schema.PRETRAINED}
+        assert needs[-1] == Need(schema.PRETRAINED, "final", schema.DIFFICULTY_PLAN)
+        assert all(need.plan.icl and need.plan.shots for need in needs[:-1])

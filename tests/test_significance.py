@@ -300,3 +300,19 @@ def test_one_sided_p_halves_a_symmetric_two_sided_p_in_the_claimed_direction() -
         assert one_sided_p(float(two_sided.pvalue), rho, sign) == pytest.approx(
             stats.spearmanr(x, y, alternative=alternative).pvalue)
     assert math.isnan(one_sided_p(float("nan"), rho, 1.0))
+
+
+def test_rho_within_runs_from_three_tasks_and_one_draw_and_says_its_bound_when_undefined(
+) -> None:
+    """§5.1's "weak" test mirrors rho_below's edges: three tasks and a single resample are
+    enough; below that it is undefined yet still names the bound and confidence it tested."""
+    three = rho_within(_tasks(MIN_PAIRS, 0.1, seed=8), "x", "y", 0.4, n_boot=50)
+    assert not math.isnan(three.ci_low) and not math.isnan(three.p_value)
+    one_draw = rho_within(_tasks(30, 0.5, seed=9), "x", "y", 0.4, n_boot=1)
+    assert one_draw.ci_low == one_draw.ci_high and not math.isnan(one_draw.ci_low)
+    for undefined in (rho_within(_tasks(2, 0.1, seed=8), "x", "y", 0.3, confidence=0.9),
+                      rho_within(_tasks(30, 0.5, seed=9), "x", "y", 0.3, n_boot=0,
+                                 confidence=0.9)):
+        assert (undefined.bound, undefined.confidence) == (0.3, 0.9) and not undefined.holds
+        assert undefined.describe() == ("ρ inside (−0.3, 0.3): bootstrap 90% CI [+nan, +nan], "
+                                        "p=nan")

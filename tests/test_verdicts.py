@@ -3,6 +3,8 @@ effect is ✓, and a correlation is "weak" only when it is weak."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 
 import numpy as np
@@ -10,9 +12,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from itransfer.analysis.block_bootstrap import Robustness
 from itransfer.analysis.correlations import Correlation
+from itransfer.analysis.rows import ROUGE_RECALL
 from itransfer.analysis.run import analyse
 from itransfer.analysis.significance import (
+    PairedTest,
     correlation_difference,
     holm,
     paired_test,
@@ -26,9 +31,14 @@ from itransfer.analysis.verdicts import (
     UNDEFINED,
     FindingResult,
     Parts,
+    adjust_for_multiplicity,
     correlation_result,
     evaluate_findings,
+    holm_summary,
+    opposed,
+    passes,
     registered_findings,
+    robustness_summary,
     verdict,
 )
 from itransfer.paper_constants import PAPER_NUM_UNSEEN_TASKS, PAPER_P_VALUE_TASKS
@@ -247,6 +257,11 @@ def test_every_checkpoint_claims_need_every_test() -> None:
     worse[300] = icl[200] + 1.0
     result = trajectory_findings(worse, ft)["5.1-icl-improves-throughout"]
     assert result.verdict == FAILS and "opposite: p=" in result.test
+    # the report's test column: each interval's test, the rising one named as a rise
+    assert result.test.startswith("Wilcoxon signed-rank over tasks, one-sided, at each step "
+                                  "(0→100: Wilcoxon W=")
+    assert re.search(r"; 200→300: Wilcoxon W=\S+ of \S+ for the claim, one-sided p=\S+, n=30; "
+                     r"opposite: p=\S+ for a rise\)$", result.test), result.test
     # only 1 of 3 intervals falls, the others rise by noise: a minority is not ◐
     minority = dict(icl)
     minority[200] = icl[100] - balanced_noise(30)
@@ -410,3 +425,182 @@ def test_a_negative_correlation_is_not_shown_as_evidence_for_a_positive_one() ->
                                                        ci_low=0.0, ci_high=1.0))
     assert positive.verdict == REPRODUCES and positive.run_p == pytest.approx(less)
     assert "opposite" not in positive.test
+
+
+# --- the report's sentences on multiplicity and on the category bootstrap --------------------
+
+
+def _judged(finding_id: str, found: str, p: float | None, *, ours: bool = False,
+            survives: bool | None = None) -> FindingResult:
+    finding = next(f for f in registered_findings() if f.id == finding_id)
+    return FindingResult(dataclasses.replace(finding, ours=ours), found, 0.0, p, "",
+                         robustness=None if survives is None else Robustness(survives, "…"))
+
+
+def test_holm_adjusts_the_papers_findings_only_and_counts_the_surviving_checkmarks() -> None:
+    results = adjust_for_multiplicity([
+        _judged("3.1-it-improves-icl", REPRODUCES, 0.01),
+        _judged("3.1-ft-icl-correlation", REPRODUCES, 0.03),
+        _judged("3.1-it-harms-transfer", FAILS, 0.2),
+        _judged("3.1-it-harms-transfer-rouge", UNDEFINED, None),
+        _judged("3.1-it-harms-transfer-within-context", REPRODUCES, 0.001, ours=True)])
+    # Holm over the three paper p-values: 3 × 0.01, max(that, 2 × 0.03), max(that, 0.2)
+    assert [result.holm_p for result in results] == pytest.approx([0.03, 0.06, 0.2, None, None])
+    assert holm_summary(results) == (
+        "Multiplicity: 3 findings rest on a p-value; after Holm's adjustment across them, "
+        "1 of the 2 ✓ verdicts keep p < 0.05.")
+
+
+def test_a_holm_p_of_exactly_alpha_does_not_keep_its_checkmark() -> None:
+    results = adjust_for_multiplicity([_judged("3.1-it-improves-icl", REPRODUCES, 0.025),
+                                       _judged("3.1-ft-icl-correlation", FAILS, 0.5)])
+    assert results[0].holm_p == 0.05
+    assert holm_summary(results).endswith("0 of the 1 ✓ verdicts keep p < 0.05.")
+
+
+def test_the_robustness_sentence_names_the_checkmarks_that_do_not_survive() -> None:
+    results = [_judged("3.1-it-improves-icl", REPRODUCES, 0.01, survives=True),
+               _judged("3.1-ft-icl-correlation", REPRODUCES, 0.01, survives=False),
+               _judged("3.1-it-harms-transfer", REPRODUCES, 0.01, survives=None),
+               _judged("3.1-it-harms-transfer-rouge", FAILS, 0.5, survives=False)]
+    assert robustness_summary(results) == (
+        "Category bootstrap (categories, then tasks within them, resampled): 1 of the 2 ✓ "
+        "verdicts it could recheck survive it; not: 3.1-ft-icl-correlation.")
+    both = [*results, _judged("3.1-it-harms-transfer-rouge", REPRODUCES, 0.01, survives=False)]
+    assert robustness_summary(both).endswith(
+        "1 of the 3 ✓ verdicts it could recheck survive it; not: 3.1-ft-icl-correlation, "
+        "3.1-it-harms-transfer-rouge.")
+    assert robustness_summary(results[:1]).endswith(
+        "1 of the 1 ✓ verdicts it could recheck survive it.")
+    assert robustness_summary(results[2:]) == (
+        "Category bootstrap: no ✓ verdict could be rechecked (tasks in fewer than two "
+        "categories, or none recorded).")
+    assert robustness_summary(results[3:]) == "Category bootstrap: no ✓ verdict to recheck."
+
+
+def test_a_paired_test_at_exactly_alpha_neither_passes_nor_opposes() -> None:
+    at_alpha = PairedTest(10.0, 0.05, 8, -0.1, -1.0, 0.05, 36.0)
+    assert not passes(at_alpha) and not opposed(at_alpha)
+    below = dataclasses.replace(at_alpha, p_value=0.0499, opposite_p=0.0499)
+    assert passes(below) and opposed(below)
+
+
+def test_a_correlation_of_exactly_zero_does_not_reproduce_a_positive_one() -> None:
+    finding = next(f for f in registered_findings() if f.id == "3.1-ft-icl-correlation")
+    zero = Correlation(rho=0.0, p_value=1.0, n=30, ci_low=-0.3, ci_high=0.3)
+    result = correlation_result(finding, zero)
+    assert result.verdict == FAILS and result.run_p == pytest.approx(0.5)
+
+
+def test_transfer_findings_say_what_is_missing() -> None:
+    """ICL of the IT model only, and IT fine-tuned with exemplars only where PT was without
+    context: §3.1's ICL finding and our within-context comparison cannot be judged, and the
+    findings table says why."""
+    rows = []
+    for index in range(6):
+        task = f"t{index}"
+        rows += [_row("it", 10, task, "icl", 3.0 + index)]
+        for metric, value in (("loss", 1.0), (ROUGE_RECALL, 40.0)):
+            rows += [_row("pretrained", 0, task, "finetune", value + index, metric=metric),
+                     _row("it", 10, task, "finetune", value + index + 0.5, metric=metric,
+                          context="exemplars")]
+    manifest = RunManifest.model_validate({
+        "models": {"pretrained": {"kind": "pretrained"}, "it": {"final_step": 10}},
+        "sections": {"transfer": {"instruction_tuned": "it"}}})
+    analysis = analyse(pd.DataFrame(rows), manifest, n_boot=10)
+    results = {result.finding.id: result for result in evaluate_findings(analysis, n_boot=10)}
+    icl = results["3.1-it-improves-icl"]
+    assert (icl.verdict, icl.run_text) == (UNDEFINED, "ICL loss missing for one of the two models")
+    within = results["3.1-it-harms-transfer-within-context"]
+    assert (within.verdict, within.run_text) == (
+        UNDEFINED, "no fine-tuning comparison of the two models to judge (a model or a context "
+                   "missing)")
+    assert results["3.1-it-harms-transfer"].verdict != UNDEFINED
+
+
+def test_it_harm_is_rechecked_by_category_in_the_claimed_direction() -> None:
+    """Both models fine-tuned without context and with exemplars, IT's loss 1.0 higher on
+    every task of three categories: the harm survives the category bootstrap (a loss harm
+    is IT higher), and our within-context comparison sets exemplars against exemplars only."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for index in range(12):
+        task, category = f"t{index:02d}", f"cat{index % 3}"
+        for context in ("none", "exemplars"):
+            for metric, base, harm in (("loss", 2.0, 1.0), (ROUGE_RECALL, 40.0, -5.0)):
+                value = base + index + rng.normal(0, 0.05)
+                rows += [_row("pretrained", 0, task, "finetune", value, metric=metric,
+                              context=context, category=category),
+                         _row("it", 10, task, "finetune", value + harm, metric=metric,
+                              context=context, category=category)]
+    manifest = RunManifest.model_validate({
+        "models": {"pretrained": {"kind": "pretrained"}, "it": {"final_step": 10}},
+        "sections": {"transfer": {"instruction_tuned": "it"}}})
+    analysis = analyse(pd.DataFrame(rows), manifest, n_boot=100)
+    results = {result.finding.id: result for result in evaluate_findings(analysis, n_boot=100)}
+    harm = results["3.1-it-harms-transfer"]
+    assert harm.verdict == REPRODUCES
+    assert harm.robustness is not None and harm.robustness.survives is True
+    assert harm.robustness.text.startswith("IT none vs PT none (loss): IT − PT=+1.000")
+    # seeded: the same run gives the same report, bootstrap intervals included
+    again = {result.finding.id: result for result in evaluate_findings(analysis, n_boot=100)}
+    assert again["3.1-it-harms-transfer"].robustness == harm.robustness
+    within = results["3.1-it-harms-transfer-within-context"]
+    assert within.verdict == REPRODUCES
+    assert "IT exemplars vs PT exemplars" in within.run_text
+    assert "IT none vs PT none" not in within.run_text
+
+
+def test_the_trajectory_is_rechecked_by_category_interval_by_interval() -> None:
+    """§5.1 on 30 tasks in three categories, with ICL falling throughout and FT rising then
+    falling by margins far above the noise: both direction claims survive the category
+    bootstrap (FT up in the first phase, down after it); the correlations are shown by name."""
+    icl, ft = planted_phases(np.random.default_rng(3), 30, early_tie=0.0, late_tie=0.9)
+    rows = []
+    for step in STEPS:
+        model = "pretrained" if step == 0 else "it"
+        for index, (icl_loss, ft_loss) in enumerate(zip(icl[step], ft[step], strict=True)):
+            task, category = f"t{index:03d}", f"cat{index % 3}"
+            rows += [_row(model, step, task, "icl", icl_loss, category=category),
+                     _row(model, step, task, "finetune", ft_loss, category=category)]
+    manifest = RunManifest.model_validate({
+        "models": {"pretrained": {"kind": "pretrained"},
+                   "it": {"final_step": 300, "trajectory_steps": list(STEPS[1:])}},
+        "sections": {"trajectory": {"model": "it", "phase_split_step": 100, "shots": 5}}})
+    analysis = analyse(pd.DataFrame(rows), manifest, n_boot=200)
+    results = {result.finding.id: result for result in evaluate_findings(analysis, n_boot=200)}
+    forgetting = results["5.1-forgetting-then-recovery"].robustness
+    assert forgetting is not None and forgetting.survives is True
+    assert re.fullmatch(r"0→100=\+3\.\d+, .*; 100→300=-6\.\d+, .*", forgetting.text)
+    late = results["5.1-late-phase-correlation"].robustness
+    assert late is not None and late.text.startswith("ρ_late=+0.646, category bootstrap")
+    assert "; partial ρ_late: category bootstrap undefined" in late.text
+    early = results["5.1-early-phase-correlation"].robustness
+    assert early is not None and "; partial ρ_early: category bootstrap undefined" in early.text
+
+
+def _forgetting(rows: list[dict[str, Any]]) -> FindingResult:
+    manifest = RunManifest.model_validate({
+        "models": {"pretrained": {"kind": "pretrained"},
+                   "it": {"final_step": 300, "trajectory_steps": list(STEPS[1:])}},
+        "sections": {"trajectory": {"model": "it", "phase_split_step": 100, "shots": 5}}})
+    analysis = analyse(pd.DataFrame(rows), manifest, n_boot=10)
+    return {result.finding.id: result
+            for result in evaluate_findings(analysis, n_boot=10)}["5.1-forgetting-then-recovery"]
+
+
+def test_forgetting_on_two_tasks_goes_by_the_means_and_needs_the_split_step() -> None:
+    """Two tasks are too few to rank: FT up 1.0 then down 2.0 on both holds by the means (≈,
+    no p-value). Without FT at the split step there is no first phase to judge."""
+    ft = {0: 2.0, 100: 3.0, 200: 2.5, 300: 1.0}
+    rows = [_row("pretrained" if step == 0 else "it", step, f"t{index}", method,
+                 value + index)
+            for step, value in ft.items() for index in range(2)
+            for method in ("finetune", "icl")]
+    two = _forgetting(rows)
+    assert (two.verdict, two.run_p) == (NOT_SIGNIFICANT, None)
+    assert two.run_value == pytest.approx(1.0)
+    no_split = _forgetting([row for row in rows if not (row["method"] == "finetune"
+                                                        and row["checkpoint_step"] == 100)])
+    assert (no_split.verdict, no_split.run_text) == (
+        UNDEFINED, "needs FT loss at step 0, the split step and a later step")

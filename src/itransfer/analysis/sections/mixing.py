@@ -7,6 +7,7 @@ are drawn into Figure 4 (left) with §5.1's (:mod:`.trajectory`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import pandas as pd
 from pydantic import ConfigDict, Field
@@ -20,11 +21,9 @@ from itransfer.analysis.sections.trajectory import FIGURE_4_LEFT
 from itransfer.analysis.seeds import spread_by_point, spread_html
 from itransfer.analysis.significance import PairedTest, paired_test
 from itransfer.analysis.verdicts import (
-    Evaluator,
     Finding,
     FindingResult,
     Parts,
-    RobustnessCheck,
     Settings,
     undefined,
 )
@@ -76,38 +75,35 @@ class MixingAnalysis:
 # --- findings: the tests behind the verdicts -------------------------------------------------
 
 
-def _mixing_effect(method: str, *, final_only: bool) -> Evaluator:
+def _mixing_effect(analysis: RunAnalysis, finding: Finding, settings: Settings, *,
+                   method: str, final_only: bool) -> FindingResult:
     """With − without mixing < 0 at each common step > 0 (``final_only``: at the last common
     step), each step with a paired test one-sided for "with mixing lower"."""
     name = "FT" if method == "finetune" else "ICL"
-
-    def evaluate(analysis: RunAnalysis, finding: Finding, settings: Settings) -> FindingResult:
-        mixing = analysis.of(MixingAnalysis)
-        assert mixing is not None
-        curves = mixing.curves[(mixing.curves["method"] == method) & (mixing.curves["step"] > 0)]
-        wide = curves.pivot_table(index="step", columns="label", values="mean")
-        if {"with mixing", "without mixing"} - set(wide.columns):
-            return undefined(finding, f"{name} loss missing with or without mixing")
-        gaps = (wide["with mixing"] - wide["without mixing"]).dropna()
-        if gaps.empty:
-            return undefined(finding, "no common step > 0 with and without mixing")
-        if final_only:
-            gaps = gaps.iloc[-1:]
-        tests = _step_tests(mixing.points, method, gaps.index)
-        judged = Parts()
-        for step, gap in gaps.items():
-            test = tests.get(int(step), paired_test(pd.Series(), pd.Series(), -1.0))
-            judged.add_paired(test, fallback=bool(gap < 0))
-        final = float(gaps.iloc[-1])
-        text = (f"{name} loss with − without mixing {final:+.3f} at step {gaps.index[-1]}; "
-                f"mean lower at {int((gaps < 0).sum())}/{gaps.size} and ranks lower at "
-                f"{sum(judged.directions)}/{gaps.size} of the steps judged")
-        return FindingResult(
-            finding, judged.verdict(), final, judged.largest_p(), text,
-            test="Wilcoxon signed-rank over tasks, one-sided, at each step judged (" + "; ".join(
-                f"step {step}: {test.describe()}" for step, test in tests.items()) + ")")
-
-    return evaluate
+    mixing = analysis.of(MixingAnalysis)
+    assert mixing is not None
+    curves = mixing.curves[(mixing.curves["method"] == method) & (mixing.curves["step"] > 0)]
+    wide = curves.pivot_table(index="step", columns="label", values="mean")
+    if {"with mixing", "without mixing"} - set(wide.columns):
+        return undefined(finding, f"{name} loss missing with or without mixing")
+    gaps = (wide["with mixing"] - wide["without mixing"]).dropna()
+    if gaps.empty:
+        return undefined(finding, "no common step > 0 with and without mixing")
+    if final_only:
+        gaps = gaps.iloc[-1:]
+    tests = _step_tests(mixing.points, method, gaps.index)
+    judged = Parts()
+    for step, gap in gaps.items():
+        test = tests.get(int(step), paired_test(pd.Series(), pd.Series(), -1.0))
+        judged.add_paired(test, fallback=bool(gap < 0))
+    final = float(gaps.iloc[-1])
+    text = (f"{name} loss with − without mixing {final:+.3f} at step {gaps.index[-1]}; "
+            f"mean lower at {int((gaps < 0).sum())}/{gaps.size} and ranks lower at "
+            f"{sum(judged.directions)}/{gaps.size} of the steps judged")
+    return FindingResult(
+        finding, judged.verdict(), final, judged.largest_p(), text,
+        test="Wilcoxon signed-rank over tasks, one-sided, at each step judged (" + "; ".join(
+            f"step {step}: {test.describe()}" for step, test in tests.items()) + ")")
 
 
 def _step_tests(points: pd.DataFrame, method: str, steps: pd.Index) -> dict[int, PairedTest]:
@@ -125,28 +121,25 @@ def _step_tests(points: pd.DataFrame, method: str, steps: pd.Index) -> dict[int,
 # --- findings: the same tests under the category-block bootstrap -----------------------------
 
 
-def _mixing_robustness(method: str, *, final_only: bool) -> RobustnessCheck:
+def _mixing_robustness(analysis: RunAnalysis, settings: Settings, *,
+                       method: str, final_only: bool) -> Robustness:
     """At each step the verdict judges (each common step > 0, or the last), without vs with
     mixing, tasks resampled by category."""
-
-    def check(analysis: RunAnalysis, settings: Settings) -> Robustness:
-        mixing = analysis.of(MixingAnalysis)
-        assert mixing is not None
-        points = mixing.points[mixing.points["step"] > 0]
-        if final_only:
-            common = points.groupby("step")["label"].nunique()
-            both = common[common == 2].index
-            points = points[points["step"] == both.max()] if len(both) else points.iloc[:0]
-        checks = []
-        for step, at_step in points.groupby("step"):
-            wide = at_step.pivot_table(index="task", columns="label", values=method)
-            if {"with mixing", "without mixing"} <= set(wide.columns):
-                checks.append(paired_check(
-                    f"step {step}: with − without", wide["without mixing"], wide["with mixing"],
-                    analysis.categories, sign=-1.0, n_boot=settings.n_boot, seed=settings.seed))
-        return combine(checks)
-
-    return check
+    mixing = analysis.of(MixingAnalysis)
+    assert mixing is not None
+    points = mixing.points[mixing.points["step"] > 0]
+    if final_only:
+        common = points.groupby("step")["label"].nunique()
+        both = common[common == 2].index
+        points = points[points["step"] == both.max()] if len(both) else points.iloc[:0]
+    checks = []
+    for step, at_step in points.groupby("step"):
+        wide = at_step.pivot_table(index="task", columns="label", values=method)
+        if {"with mixing", "without mixing"} <= set(wide.columns):
+            checks.append(paired_check(
+                f"step {step}: with − without", wide["without mixing"], wide["with mixing"],
+                analysis.categories, sign=-1.0, n_boot=settings.n_boot, seed=settings.seed))
+    return combine(checks)
 
 
 # --- findings: the paper's claims ------------------------------------------------------------
@@ -159,8 +152,8 @@ MIXING_REDUCES_FORGETTING = Finding(
     how_to_compute="Mean 5-shot LoRA loss with vs without mixing at each common step > 0, "
                    "with a paired Wilcoxon test over tasks at each, one-sided (with mixing "
                    "lower); every step must hold (\"throughout training\").",
-    evaluate=_mixing_effect("finetune", final_only=False),
-    robustness=_mixing_robustness("finetune", final_only=False),
+    evaluate=partial(_mixing_effect, method="finetune", final_only=False),
+    robustness=partial(_mixing_robustness, method="finetune", final_only=False),
 )
 MIXING_IMPROVES_ICL = Finding(
     id="5.2-mixing-improves-icl", paper_section="5.2", section=KEY, figure=FIGURE_4_LEFT,
@@ -171,8 +164,8 @@ MIXING_IMPROVES_ICL = Finding(
                    "(§5.2 says mixing 'leads to a significant increase in ICL "
                    "generalization', an outcome of training; only forgetting is claimed "
                    "'throughout training'), with a one-sided paired Wilcoxon test over tasks.",
-    evaluate=_mixing_effect("icl", final_only=True),
-    robustness=_mixing_robustness("icl", final_only=True),
+    evaluate=partial(_mixing_effect, method="icl", final_only=True),
+    robustness=partial(_mixing_robustness, method="icl", final_only=True),
 )
 
 

@@ -9,6 +9,7 @@ import html
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,6 @@ from itransfer.analysis.significance import RankingStability, ranking_stability
 from itransfer.analysis.verdicts import (
     Finding,
     FindingResult,
-    RobustnessCheck,
     Settings,
     largest_p,
     opposed,
@@ -456,26 +456,23 @@ def _proportional_robustness(analysis: RunAnalysis, settings: Settings) -> Robus
     return combine(checks)
 
 
-def _small_task_robustness(kind: str, signs: dict[str, float]) -> RobustnessCheck:
+def _small_task_robustness(analysis: RunAnalysis, settings: Settings, *,
+                           kind: str, signs: dict[str, float]) -> Robustness:
     """Each ``kind`` sampler of Figure 3 minus proportional on the small tasks, per split in
     ``signs`` (the claimed direction of its difference), tasks resampled by category."""
-
-    def check(analysis: RunAnalysis, settings: Settings) -> Robustness:
-        samplers = analysis.of(SamplersAnalysis)
-        assert samplers is not None
-        reference, rows = samplers.reference, list(samplers.small)
-        names = [name for name in samplers.comparison.compared if samplers.kind(name) == kind]
-        checks = []
-        for name in names if reference is not None else []:
-            for split, sign in signs.items():
-                losses = samplers.seen_losses[split].reindex(rows)
-                checks.append(paired_check(
-                    f"{name} − {reference}, {split} loss on the small tasks", losses[reference],
-                    losses[name], analysis.categories, sign=sign, n_boot=settings.n_boot,
-                    seed=settings.seed))
-        return combine(checks)
-
-    return check
+    samplers = analysis.of(SamplersAnalysis)
+    assert samplers is not None
+    reference, rows = samplers.reference, list(samplers.small)
+    names = [name for name in samplers.comparison.compared if samplers.kind(name) == kind]
+    checks = []
+    for name in names if reference is not None else []:
+        for split, sign in signs.items():
+            losses = samplers.seen_losses[split].reindex(rows)
+            checks.append(paired_check(
+                f"{name} − {reference}, {split} loss on the small tasks", losses[reference],
+                losses[name], analysis.categories, sign=sign, n_boot=settings.n_boot,
+                seed=settings.seed))
+    return combine(checks)
 
 
 # --- findings: the paper's claim -------------------------------------------------------------
@@ -513,7 +510,8 @@ RA_UNDERFITS = Finding(
                    "smallest tasks are sampled at least as often as under proportional at "
                    "every step, so fewer draws cannot explain an underfit.",
     evaluate=_ra_underfits,
-    robustness=_small_task_robustness(seen_fit.REVERSE_ANNEALING, {"train": 1.0}),
+    robustness=partial(_small_task_robustness, kind=seen_fit.REVERSE_ANNEALING,
+                       signs={"train": 1.0}),
 )
 
 UNIFORM_OVERFITS = Finding(
@@ -529,7 +527,8 @@ UNIFORM_OVERFITS = Finding(
                    "signed-rank test over those tasks at p < 0.05; the p-value is the larger "
                    "of the two.",
     evaluate=_uniform_overfits,
-    robustness=_small_task_robustness("uniform", {"train": -1.0, "test": 1.0}),
+    robustness=partial(_small_task_robustness, kind="uniform",
+                       signs={"train": -1.0, "test": 1.0}),
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -50,7 +51,6 @@ from itransfer.analysis.verdicts import (
     Finding,
     FindingResult,
     Parts,
-    RobustnessCheck,
     Settings,
     nan_to_none,
     spearman_test_text,
@@ -376,22 +376,19 @@ def _partial_note(phase: str, trajectory: TrajectoryAnalysis, analysis: RunAnaly
                          seed=settings.seed)
 
 
-def _steps_robustness(method: str, signs: Callable[[int, int], float]) -> RobustnessCheck:
+def _steps_robustness(analysis: RunAnalysis, settings: Settings, *,
+                      method: str, signs: Callable[[int, int], float]) -> Robustness:
     """The paired tests between consecutive checkpoints (``signs``: the claimed direction of
     each step's change), tasks resampled by category."""
-
-    def check(analysis: RunAnalysis, settings: Settings) -> Robustness:
-        trajectory = analysis.of(TrajectoryAnalysis)
-        assert trajectory is not None
-        wide = trajectory.points.pivot_table(index="task", columns="step", values=method)
-        steps = _robust_steps(trajectory, method)
-        return combine([
-            paired_check(f"{before}→{after}", wide[before], wide[after], analysis.categories,
-                         sign=signs(before, after), n_boot=settings.n_boot, seed=settings.seed)
-            for before, after in itertools.pairwise(steps)
-            if before in wide.columns and after in wide.columns])
-
-    return check
+    trajectory = analysis.of(TrajectoryAnalysis)
+    assert trajectory is not None
+    wide = trajectory.points.pivot_table(index="task", columns="step", values=method)
+    steps = _robust_steps(trajectory, method)
+    return combine([
+        paired_check(f"{before}→{after}", wide[before], wide[after], analysis.categories,
+                     sign=signs(before, after), n_boot=settings.n_boot, seed=settings.seed)
+        for before, after in itertools.pairwise(steps)
+        if before in wide.columns and after in wide.columns])
 
 
 def _robust_steps(trajectory: TrajectoryAnalysis, method: str) -> list[int]:
@@ -443,7 +440,7 @@ ICL_IMPROVES_THROUGHOUT = Finding(
                    "between every two consecutive checkpoints a paired Wilcoxon test over "
                    "tasks, one-sided, each of which must show a decrease.",
     evaluate=_icl_improves_throughout,
-    robustness=_steps_robustness("icl", lambda before, after: -1.0),
+    robustness=partial(_steps_robustness, method="icl", signs=lambda before, after: -1.0),
 )
 FORGETTING_THEN_RECOVERY = Finding(
     id="5.1-forgetting-then-recovery", paper_section="5.1", section=KEY, figure=FIGURE_4_LEFT,
@@ -454,7 +451,7 @@ FORGETTING_THEN_RECOVERY = Finding(
                    "step: should rise then fall, each change with a one-sided paired "
                    "Wilcoxon test.",
     evaluate=_forgetting_then_recovery,
-    robustness=_steps_robustness("finetune", _forgetting_sign),
+    robustness=partial(_steps_robustness, method="finetune", signs=_forgetting_sign),
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,10 +30,8 @@ from itransfer.analysis.rows import ROUGE_F, ROUGE_RECALL, evaluated_step
 from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.significance import paired_test
 from itransfer.analysis.verdicts import (
-    Evaluator,
     Finding,
     FindingResult,
-    RobustnessCheck,
     Settings,
     correlation_result,
     holds,
@@ -318,33 +317,30 @@ def within_context_comparisons(transfer: TransferAnalysis) -> list[Comparison]:
 _METRIC_NAMES = {"loss": "loss", ROUGE_RECALL: "ROUGE-L recall", ROUGE_F: "ROUGE-L F"}
 
 
-def _it_harms_transfer(metrics: tuple[str, ...],
+def _it_harms_transfer(analysis: RunAnalysis, finding: Finding, settings: Settings, *,
+                       metrics: tuple[str, ...],
                        comparisons: Callable[[TransferAnalysis], list[Comparison]]
-                       ) -> Evaluator:
+                       ) -> FindingResult:
     """§3.1: "Pre-trained models adapt faster and with higher accuracy to unseen tasks than
     instruction-tuned models, even when fine-tuning leverages in-context exemplars" — judged on
     each comparison and metric (loss: IT higher is harm; ROUGE-L: IT lower is harm), with a
     paired Wilcoxon test over tasks on the metric averaged over k > 0 per comparison."""
-
-    def evaluate(analysis: RunAnalysis, finding: Finding, settings: Settings) -> FindingResult:
-        transfer = analysis.of(TransferAnalysis)
-        assert transfer is not None
-        judged = _Harm([], [], [], [], [], [], [])
-        for metric in metrics:
-            if transfer.curves(metric).empty:
-                return undefined(finding, f"no fine-tuning {_METRIC_NAMES[metric]} measured")
-            _judge_harm(judged, transfer, metric, comparisons(transfer))
-        if not judged.directions:
-            return undefined(finding, "no fine-tuning comparison of the two models to judge "
-                                      "(a model or a context missing)")
-        return FindingResult(finding, verdict(judged.directions, judged.significant,
-                                              judged.opposite),
-                             float(np.mean(judged.mean_gaps)), largest_p(judged.p_values),
-                             "; ".join(judged.parts),
-                             test="Wilcoxon signed-rank over tasks, per comparison (" +
-                                  "; ".join(judged.tests) + ")")
-
-    return evaluate
+    transfer = analysis.of(TransferAnalysis)
+    assert transfer is not None
+    judged = _Harm([], [], [], [], [], [], [])
+    for metric in metrics:
+        if transfer.curves(metric).empty:
+            return undefined(finding, f"no fine-tuning {_METRIC_NAMES[metric]} measured")
+        _judge_harm(judged, transfer, metric, comparisons(transfer))
+    if not judged.directions:
+        return undefined(finding, "no fine-tuning comparison of the two models to judge "
+                                  "(a model or a context missing)")
+    return FindingResult(finding, verdict(judged.directions, judged.significant,
+                                          judged.opposite),
+                         float(np.mean(judged.mean_gaps)), largest_p(judged.p_values),
+                         "; ".join(judged.parts),
+                         test="Wilcoxon signed-rank over tasks, per comparison (" +
+                              "; ".join(judged.tests) + ")")
 
 
 @dataclass
@@ -418,28 +414,25 @@ def _ft_icl_correlation(analysis: RunAnalysis, finding: Finding, settings: Setti
 # --- findings: the same tests under the category-block bootstrap -----------------------------
 
 
-def _harm_robustness(metrics: tuple[str, ...],
+def _harm_robustness(analysis: RunAnalysis, settings: Settings, *,
+                     metrics: tuple[str, ...],
                      comparisons: Callable[[TransferAnalysis], list[Comparison]]
-                     ) -> RobustnessCheck:
+                     ) -> Robustness:
     """Each comparison's paired test of "IT harms transfer", tasks resampled by category."""
-
-    def check(analysis: RunAnalysis, settings: Settings) -> Robustness:
-        transfer = analysis.of(TransferAnalysis)
-        assert transfer is not None
-        checks = []
-        for metric in metrics:
-            harm_sign = 1.0 if metric == "loss" else -1.0
-            for comparison in comparisons(transfer):
-                if transfer.curve_gaps(metric, comparison).empty:
-                    continue
-                per_task = transfer.paired(metric, comparison)
-                checks.append(paired_check(
-                    f"{comparison.name} ({_METRIC_NAMES[metric]}): IT − PT",
-                    per_task["pretrained"], per_task["instruction_tuned"], analysis.categories,
-                    sign=harm_sign, n_boot=settings.n_boot, seed=settings.seed))
-        return combine(checks)
-
-    return check
+    transfer = analysis.of(TransferAnalysis)
+    assert transfer is not None
+    checks = []
+    for metric in metrics:
+        harm_sign = 1.0 if metric == "loss" else -1.0
+        for comparison in comparisons(transfer):
+            if transfer.curve_gaps(metric, comparison).empty:
+                continue
+            per_task = transfer.paired(metric, comparison)
+            checks.append(paired_check(
+                f"{comparison.name} ({_METRIC_NAMES[metric]}): IT − PT",
+                per_task["pretrained"], per_task["instruction_tuned"], analysis.categories,
+                sign=harm_sign, n_boot=settings.n_boot, seed=settings.seed))
+    return combine(checks)
 
 
 def _icl_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
@@ -477,8 +470,8 @@ IT_HARMS_TRANSFER = Finding(
                    "(left); per comparison a paired Wilcoxon test over tasks on the loss "
                    "averaged over k > 0. Reproduces when IT is worse at every (comparison, k) "
                    "and every comparison's test has p < 0.05.",
-    evaluate=_it_harms_transfer(("loss",), paper_comparisons),
-    robustness=_harm_robustness(("loss",), paper_comparisons),
+    evaluate=partial(_it_harms_transfer, metrics=("loss",), comparisons=paper_comparisons),
+    robustness=partial(_harm_robustness, metrics=("loss",), comparisons=paper_comparisons),
 )
 IT_HARMS_TRANSFER_ROUGE = Finding(
     id="3.1-it-harms-transfer-rouge", paper_section="3.1", section=KEY, figure=FIGURE_1_LEFT,
@@ -490,8 +483,8 @@ IT_HARMS_TRANSFER_ROUGE = Finding(
     how_to_compute="As the loss finding, on the mean ROUGE-L recall (\"'Rouge-L r'\", §2) of "
                    "the LoRA-tuned models' greedy generations (IT lower is harm); the F-measure "
                    "that Wang et al.'s scorer reports is shown beside each gap, not tested.",
-    evaluate=_it_harms_transfer((ROUGE_RECALL,), paper_comparisons),
-    robustness=_harm_robustness((ROUGE_RECALL,), paper_comparisons),
+    evaluate=partial(_it_harms_transfer, metrics=(ROUGE_RECALL,), comparisons=paper_comparisons),
+    robustness=partial(_harm_robustness, metrics=(ROUGE_RECALL,), comparisons=paper_comparisons),
 )
 IT_HARMS_TRANSFER_WITHIN_CONTEXT = Finding(
     id="3.1-it-harms-transfer-within-context", paper_section="3.1", section=KEY,
@@ -503,8 +496,10 @@ IT_HARMS_TRANSFER_WITHIN_CONTEXT = Finding(
     how_to_compute="As the paper's findings, on IT with exemplars against the pre-trained "
                    "model with exemplars, where that was run; left out of Holm's adjustment, "
                    "which covers the paper's claims.",
-    evaluate=_it_harms_transfer(("loss", ROUGE_RECALL), within_context_comparisons),
-    robustness=_harm_robustness(("loss", ROUGE_RECALL), within_context_comparisons),
+    evaluate=partial(_it_harms_transfer, metrics=("loss", ROUGE_RECALL),
+                     comparisons=within_context_comparisons),
+    robustness=partial(_harm_robustness, metrics=("loss", ROUGE_RECALL),
+                       comparisons=within_context_comparisons),
     ours=True,
 )
 IT_IMPROVES_ICL = Finding(
