@@ -130,7 +130,7 @@ def test_paper_experiment_at_tiny_scale(config: Path, family: str, tmp_path: Pat
     html = summary.report.read_text(encoding="utf-8")
     markdown = (run_dir / "report.md").read_text(encoding="utf-8")
     assert experiment.spec.title in html
-    assert "| § | Claim | Paper | This run | Test | Verdict |" in markdown
+    assert "| § | Claim | Paper | This run | Test | Category bootstrap | Verdict |" in markdown
     # The header says which machine made the numbers (a GPU's differ from a CPU's).
     assert manifest.hardware["cpu_count"] == os.cpu_count()
     expected = (f"1× {manifest.hardware['gpus'][0]}" if manifest.hardware["gpus"]
