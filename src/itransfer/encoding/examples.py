@@ -23,14 +23,22 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from itransfer.data.contexts import EncodedInput, TaskContext, longest_fitting_prefix
+from itransfer.data.contexts import (
+    EncodedInput,
+    TaskContext,
+    build_context,
+    longest_fitting_prefix,
+)
 from itransfer.data.sni import Instance, Task
 from itransfer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from itransfer.config import ExperimentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +108,20 @@ class ExampleEncoder:
         self._specials = None if chat_template else self._special_frame()
         self.assembles = (self._specials is not None and bool(getattr(tokenizer, "is_fast", False))
                           and self._pieces_join_exactly())
+
+    @classmethod
+    def for_config(cls, config: ExperimentConfig, tokenizer: PreTrainedTokenizerBase,
+                   architecture: Architecture, context: str | None = None) -> ExampleEncoder:
+        """The encoder a run's config asks for, in ``context`` (default: the config's
+        ``data.context``, the instruction-tuning context) with its exemplar count."""
+        return cls(
+            tokenizer, architecture,
+            build_context(context or config.data.context.name,
+                          config.data.context.num_exemplars),
+            max_source_length=config.model.max_source_length,
+            max_target_length=config.model.max_target_length,
+            chat_template=config.model.chat_template,
+        )
 
     def _pieces_join_exactly(self) -> bool:
         """Whether the probe's pieces, tokenized apart, give the ids of the joined probe, and

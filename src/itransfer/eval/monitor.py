@@ -33,7 +33,6 @@ from scipy import stats
 
 from itransfer.config import EVALUATION_TASK_GROUPS, ExperimentConfig, MonitorConfig
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
-from itransfer.data.contexts import build_context
 from itransfer.data.selection import TaskSelection
 from itransfer.encoding.examples import ExampleEncoder
 from itransfer.errors import ConfigError
@@ -167,12 +166,8 @@ class TransferMonitor:
 
     def _encode(self, context: ProbeContext) -> _Probe:
         def encoder(name: str) -> ExampleEncoder:
-            return ExampleEncoder(
-                context.tokenizer, context.architecture,
-                build_context(name, self.config.data.context.num_exemplars),
-                max_source_length=self.config.model.max_source_length,
-                max_target_length=self.config.model.max_target_length,
-                chat_template=self.config.model.chat_template)
+            return ExampleEncoder.for_config(self.config, context.tokenizer,
+                                             context.architecture, name)  # type: ignore[arg-type]
 
         icl_encoder, transfer_encoder = encoder(self.config.eval.icl_context), encoder(
             self.settings.context)

@@ -23,7 +23,7 @@ from accelerate.utils import gather_object
 from itransfer.checkpoint_format import STATE_FILE, read_state
 from itransfer.config import ExperimentConfig, LoraConfig
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
-from itransfer.data.contexts import build_context, cut_details, warn_inputs_cut
+from itransfer.data.contexts import cut_details, warn_inputs_cut
 from itransfer.data.sni import Instance, Task
 from itransfer.encoding.examples import EncodedExample, ExampleEncoder
 from itransfer.errors import ConfigError, DataError, ITransferError
@@ -78,14 +78,8 @@ class EvalSession:
     def encoder(self, context: str) -> ExampleEncoder:
         """One encoder per context."""
         if context not in self.encoders:
-            self.encoders[context] = ExampleEncoder(
-                self.loaded.tokenizer,
-                self.loaded.architecture,
-                build_context(context, self.config.data.context.num_exemplars),
-                max_source_length=self.config.model.max_source_length,
-                max_target_length=self.config.model.max_target_length,
-                chat_template=self.config.model.chat_template,
-            )
+            self.encoders[context] = ExampleEncoder.for_config(
+                self.config, self.loaded.tokenizer, self.loaded.architecture, context)
         return self.encoders[context]
 
     def encode(self, task: Task, instances: Sequence[Instance], context: str

@@ -28,7 +28,6 @@ how the batch was split.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -56,7 +55,7 @@ from itransfer.stopping import StopRequest, stop_requested_on_signal
 from itransfer.train import checkpoint as ckpt
 from itransfer.train.fsdp import full_state_dict
 from itransfer.train.monitoring import MonitorHook
-from itransfer.train.recipe import LOG_FILE, TrainState, setup
+from itransfer.train.recipe import TrainState, append_log, setup
 from itransfer.train.resumable import ResumableSchedule
 
 logger = logging.getLogger(__name__)
@@ -309,10 +308,8 @@ def log_step(state: TrainState, row: dict[str, Any], progress: ProgressCallback 
     log, its file and the sinks; the progress callback sees every step (main process only)."""
     if state.it_step % state.train.log_every == 0 or state.it_step == state.total_it_steps:
         row |= {"lr": state.scheduler.get_last_lr()[0], **state.throughput.rates()}
-        state.log.append(row)
+        append_log(state, row)
         if state.is_main_process:
-            with (state.out_dir / LOG_FILE).open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
             for sink in state.sinks:
                 sink.log(row, state.sampler.weights(state.it_step), state.last_task_losses)
     if progress is not None and state.is_main_process:

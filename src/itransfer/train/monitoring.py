@@ -21,7 +21,6 @@ included (the probe of a step runs before that step's checkpoint is saved).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -37,7 +36,7 @@ from accelerate import DistributedType
 from itransfer.config import ExperimentConfig
 from itransfer.errors import ConfigError
 from itransfer.probe import Monitor, ProbeContext
-from itransfer.train.recipe import LOG_FILE, TrainState
+from itransfer.train.recipe import TrainState, append_log, read_log
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +56,7 @@ def monitor_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def read_monitor_rows(run_dir: Path) -> list[dict[str, Any]]:
     """The probe rows of the run in ``run_dir`` (its ``train_log.jsonl``)."""
-    path = Path(run_dir) / LOG_FILE
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return monitor_rows([json.loads(line) for line in lines if line.strip()])
+    return monitor_rows(read_log(Path(run_dir)))
 
 
 @contextmanager
@@ -156,12 +151,10 @@ class MonitorHook:
             values = self.monitor.measure(model, state.it_step)
         values["forgetting"] = self.watch.observe(state.it_step, values.get("finetune_loss"))
         row = {"step": state.it_step, MONITOR_KEY: values}
-        state.log.append(row)
-        with (state.out_dir / LOG_FILE).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+        append_log(state, row)  # the main process's: the probe runs there alone
         scalars = {f"monitor/{key}": float(values[key]) for key in SCALARS
                    if values.get(key) is not None}
         for sink in state.sinks:
             sink.log_scalars(state.it_step, scalars)
-        state.throughput.started += time.perf_counter() - started
+        state.throughput.leave_out(time.perf_counter() - started)
         return row

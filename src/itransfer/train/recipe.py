@@ -25,7 +25,6 @@ from accelerate.utils import DistributedType, set_seed
 from itransfer.config import ExperimentConfig, TrainConfig
 from itransfer.data.batching import TaskBatchStream
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
-from itransfer.data.contexts import build_context
 from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
 from itransfer.encoding.cache import (
     BuildProgress,
@@ -76,6 +75,10 @@ class Throughput:
 
     def restart(self) -> None:
         self.started, self.examples, self.tokens = time.perf_counter(), 0, 0
+
+    def leave_out(self, seconds: float) -> None:
+        """Time spent on something else than training (a probe) does not count in the rates."""
+        self.started += seconds
 
 
 @dataclass
@@ -353,14 +356,7 @@ def _seen_tasks(config: ExperimentConfig) -> tuple[SNIBenchmark, list[str]]:
 
 
 def _encoder(config: ExperimentConfig, tokenizer: Any, architecture: str) -> ExampleEncoder:
-    return ExampleEncoder(
-        tokenizer,
-        architecture,
-        build_context(config.data.context.name, config.data.context.num_exemplars),
-        max_source_length=config.model.max_source_length,
-        max_target_length=config.model.max_target_length,
-        chat_template=config.model.chat_template,
-    )
+    return ExampleEncoder.for_config(config, tokenizer, architecture)  # type: ignore[arg-type]
 
 
 def _optimizer_and_schedule(
@@ -426,7 +422,7 @@ def _restore(state: TrainState, checkpoint: Path, saved: dict[str, Any]) -> None
     state.it_step, state.optimizer_step = saved["it_step"], saved["optimizer_step"]
     if checkpoint.parent == state.checkpoints_dir:  # already in the trajectory
         state.last_saved, state.saved_step = checkpoint, state.it_step
-    state.log = _read_log(state.out_dir, up_to_step=state.it_step)
+    state.log = read_log(state.out_dir, up_to_step=state.it_step)
     logger.info("resumed from %s at step %d", checkpoint, state.it_step)
 
 
@@ -453,9 +449,18 @@ def check_compatible(
         )
 
 
-def _read_log(out_dir: Path, *, up_to_step: int) -> list[dict[str, Any]]:
+def read_log(out_dir: Path, *, up_to_step: int | None = None) -> list[dict[str, Any]]:
+    """The rows of the run's ``train_log.jsonl`` (training rows and probe rows), up to a step."""
     path = out_dir / LOG_FILE
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    return [row for row in rows if row["step"] <= up_to_step]
+    return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]
+
+
+def append_log(state: TrainState, row: dict[str, Any]) -> None:
+    """A row into the run's log, and into ``train_log.jsonl`` from the main process."""
+    state.log.append(row)
+    if state.is_main_process:
+        with (state.out_dir / LOG_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
