@@ -170,9 +170,13 @@ def _words_task(tmp_path: Path, definition: str = "one two three four five six")
 def test_a_registered_context_cuts_exemplars_then_instruction_then_input_by_exact_counts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from itransfer import config
     from itransfer.data import contexts
 
     monkeypatch.setattr(contexts, "CONTEXTS", dict(contexts.CONTEXTS))
+    names = set(config.CONTEXT_NAMES)  # the toy leaves the names a config accepts as it found them
+    monkeypatch.setattr(config, "CONTEXT_NAMES", names)
+    monkeypatch.setattr(contexts, "CONTEXT_NAMES", names)
 
     @contexts.register_context("toy")
     class Toy(contexts.TaskContext):
@@ -240,3 +244,12 @@ def test_longest_fitting_prefix_is_the_largest_n_that_fits() -> None:
         for budget in range(-1, 10):
             expected = max([n for n in range(length + 1) if n <= budget], default=0)
             assert longest_fitting_prefix(length, lambda n, b=budget: n <= b) == expected
+
+
+def test_the_config_accepts_exactly_the_registered_contexts() -> None:
+    """config.py cannot import the context classes (a floor up): its list of names must still
+    be theirs, built-in and registered alike."""
+    from itransfer.config import CONTEXT_NAMES
+    from itransfer.data.contexts import CONTEXTS
+
+    assert set(CONTEXTS) == CONTEXT_NAMES
