@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import random
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -31,13 +29,14 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 
 from itransfer.data.corpus import iter_corpus_documents
 from itransfer.encoding.examples import IGNORE_INDEX
-from itransfer.errors import ConfigError, ITransferError
+from itransfer.errors import ConfigError
 from itransfer.io_utils import atomic_write_text
 from itransfer.models import resolve_model_source, save_model
 from itransfer.pretraining.config import CausalPretrainConfig
 from itransfer.pretraining.seq2seq import (
     ProgressCallback,
     packed_windows,
+    run_recipe,
     train_phase,
     unigram_entropy,
 )
@@ -149,18 +148,7 @@ def pretrain_causal(
 
     ``out_dir`` must be absent or empty.
     """
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ITransferError(f"{out_dir} already exists and is not empty; choose a new --out")
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.num_threads or min(2, os.cpu_count() or 1))
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    try:
-        return _pretrain_causal(config, out_dir, progress, started)
-    finally:
-        torch.set_num_threads(previous_threads)
+    return run_recipe(_pretrain_causal, config, out_dir, progress)
 
 
 def _pretrain_causal(

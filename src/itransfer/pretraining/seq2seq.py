@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ from itransfer.encoding.examples import IGNORE_INDEX, EncodedExample, collate
 from itransfer.errors import ConfigError, ITransferError
 from itransfer.io_utils import atomic_write_text
 from itransfer.models import save_model
-from itransfer.pretraining.config import PretrainConfig
+from itransfer.pretraining.config import CausalPretrainConfig, PretrainConfig
 from itransfer.pretraining.objectives import (
     apply_span_corruption,
     random_spans_noise_mask,
@@ -291,6 +291,18 @@ def pretrain(
     ``out_dir`` must be absent or empty. Also writes ``pretrain_log.json`` beside the weights:
     config, losses, unigram baseline, timings.
     """
+    return run_recipe(_pretrain, config, out_dir, progress)
+
+
+Recipe = TypeVar("Recipe", PretrainConfig, CausalPretrainConfig)
+
+
+def run_recipe(
+    body: Callable[[Recipe, Path, ProgressCallback | None, float], Path], config: Recipe,
+    out_dir: str | Path, progress: ProgressCallback | None,
+) -> Path:
+    """What both recipes do around their training: refuse a non-empty ``out_dir``, seed, and
+    use ``config.num_threads`` torch threads for the call only."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -301,7 +313,7 @@ def pretrain(
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     try:
-        return _pretrain(config, out_dir, progress, started)
+        return body(config, out_dir, progress, started)
     finally:
         torch.set_num_threads(previous_threads)
 
