@@ -31,6 +31,7 @@ from itransfer.analysis.verdicts import (
     UNDEFINED,
     FindingResult,
     Parts,
+    Settings,
     adjust_for_multiplicity,
     correlation_result,
     evaluate_findings,
@@ -40,6 +41,7 @@ from itransfer.analysis.verdicts import (
     registered_findings,
     robustness_summary,
     verdict,
+    with_robustness,
 )
 from itransfer.paper_constants import PAPER_NUM_UNSEEN_TASKS, PAPER_P_VALUE_TASKS
 from itransfer.schema import RunManifest
@@ -543,8 +545,9 @@ def test_it_harm_is_rechecked_by_category_in_the_claimed_direction() -> None:
     assert harm.robustness is not None and harm.robustness.survives is True
     assert harm.robustness.text.startswith("IT none vs PT none (loss): IT − PT=+1.000")
     # seeded: the same run gives the same report, bootstrap intervals included
-    again = {result.finding.id: result for result in evaluate_findings(analysis, n_boot=100)}
-    assert again["3.1-it-harms-transfer"].robustness == harm.robustness
+    again = with_robustness(dataclasses.replace(harm, robustness=None), analysis,
+                            Settings(n_boot=100, seed=0))
+    assert again.robustness == harm.robustness
     within = results["3.1-it-harms-transfer-within-context"]
     assert within.verdict == REPRODUCES
     assert "IT exemplars vs PT exemplars" in within.run_text
