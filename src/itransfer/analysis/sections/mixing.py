@@ -82,11 +82,9 @@ def _mixing_effect(analysis: RunAnalysis, finding: Finding, settings: Settings, 
     name = "FT" if method == "finetune" else "ICL"
     mixing = analysis.of(MixingAnalysis)
     assert mixing is not None
-    curves = mixing.curves[(mixing.curves["method"] == method) & (mixing.curves["step"] > 0)]
-    wide = curves.pivot_table(index="step", columns="label", values="mean")
-    if {"with mixing", "without mixing"} - set(wide.columns):
+    gaps = _gaps(mixing, method)
+    if gaps is None:
         return undefined(finding, f"{name} loss missing with or without mixing")
-    gaps = (wide["with mixing"] - wide["without mixing"]).dropna()
     if gaps.empty:
         return undefined(finding, "no common step > 0 with and without mixing")
     if final_only:
@@ -106,13 +104,28 @@ def _mixing_effect(analysis: RunAnalysis, finding: Finding, settings: Settings, 
             f"step {step}: {test.describe()}" for step, test in tests.items()) + ")")
 
 
+def _gaps(mixing: MixingAnalysis, method: str) -> pd.Series | None:
+    """Mean loss with − without mixing at each common step > 0; None when one side is
+    missing altogether."""
+    curves = mixing.curves[(mixing.curves["method"] == method) & (mixing.curves["step"] > 0)]
+    wide = curves.pivot_table(index="step", columns="label", values="mean")
+    if {"with mixing", "without mixing"} - set(wide.columns):
+        return None
+    return (wide["with mixing"] - wide["without mixing"]).dropna()
+
+
+def _per_task_at(points: pd.DataFrame, method: str, step: int) -> pd.DataFrame | None:
+    """Each task's loss with and without mixing at ``step``, or None without both."""
+    at_step = points[points["step"] == step].pivot_table(
+        index="task", columns="label", values=method)
+    return at_step if {"with mixing", "without mixing"} <= set(at_step.columns) else None
+
+
 def _step_tests(points: pd.DataFrame, method: str, steps: pd.Index) -> dict[int, PairedTest]:
     """At each step, the paired test over tasks of without vs with mixing (claimed: lower)."""
     tests = {}
     for step in steps:
-        at_step = points[points["step"] == step].pivot_table(
-            index="task", columns="label", values=method)
-        if {"with mixing", "without mixing"} <= set(at_step.columns):
+        if (at_step := _per_task_at(points, method, step)) is not None:
             tests[int(step)] = paired_test(at_step["without mixing"], at_step["with mixing"],
                                            -1.0, opposite="mixing worse")
     return tests
@@ -127,15 +140,11 @@ def _mixing_robustness(analysis: RunAnalysis, settings: Settings, *,
     mixing, tasks resampled by category."""
     mixing = analysis.of(MixingAnalysis)
     assert mixing is not None
-    points = mixing.points[mixing.points["step"] > 0]
-    if final_only:
-        common = points.groupby("step")["label"].nunique()
-        both = common[common == 2].index
-        points = points[points["step"] == both.max()] if len(both) else points.iloc[:0]
+    gaps = _gaps(mixing, method)
+    steps = [] if gaps is None else list(gaps.index[-1:] if final_only else gaps.index)
     checks = []
-    for step, at_step in points.groupby("step"):
-        wide = at_step.pivot_table(index="task", columns="label", values=method)
-        if {"with mixing", "without mixing"} <= set(wide.columns):
+    for step in steps:
+        if (wide := _per_task_at(mixing.points, method, step)) is not None:
             checks.append(paired_check(
                 f"step {step}: with − without", wide["without mixing"], wide["with mixing"],
                 analysis.categories, sign=-1.0, n_boot=settings.n_boot, seed=settings.seed))
