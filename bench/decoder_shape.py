@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from itransfer.models import DEFAULT_MODEL, load_model_and_tokenizer, save_model
+from itransfer.models.loading import DEFAULT_MODEL, load_model_and_tokenizer, save_model
 
 NAME = "tiny-llama-shape"
 

@@ -31,7 +31,7 @@ def main() -> None:
     from itransfer.data.contexts import CONTEXTS, build_context
     from itransfer.data.sni import parse_task
     from itransfer.encoding.examples import ExampleEncoder
-    from itransfer.models import bundled_model_dir, load_model_and_tokenizer
+    from itransfer.models.loading import bundled_model_dir, load_model_and_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=Path, default=REPO / "src/itransfer/bundled/sni/tasks")

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import psutil
 
-from itransfer.config import load_config
+from itransfer.config.schema import load_config
 from itransfer.eval.session import open_session
 from itransfer.eval.transfer import HeldTestItems, plan_cells
-from itransfer.models import DEFAULT_MODEL
+from itransfer.models.loading import DEFAULT_MODEL
 
 
 def rss_mb() -> float:

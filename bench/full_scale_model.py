@@ -23,11 +23,11 @@ import psutil
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from itransfer.config import load_config
+from itransfer.config.schema import load_config
 from itransfer.eval.results import ResultsTable
 from itransfer.eval.session import open_session
 from itransfer.eval.transfer import evaluate_transfer
-from itransfer.models import DEFAULT_MODEL, load_model_and_tokenizer, save_model
+from itransfer.models.loading import DEFAULT_MODEL, load_model_and_tokenizer, save_model
 from itransfer.train.loop import instruction_tune
 from train_throughput import build_model_dir
 

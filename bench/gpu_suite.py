@@ -359,7 +359,7 @@ class Suite:
 
 
 def environment(device: str) -> dict[str, Any]:
-    from itransfer.provenance import git_revision, package_versions
+    from itransfer.runs.provenance import git_revision, package_versions
 
     name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
     return {

@@ -30,8 +30,8 @@ from gpu_suite import (
     ratio,
     t5_train_flops_per_sample,
 )
-from itransfer.config import ExperimentConfig
-from itransfer.models import load_model_and_tokenizer, model_facts, save_model
+from itransfer.config.schema import ExperimentConfig
+from itransfer.models.loading import load_model_and_tokenizer, model_facts, save_model
 from train_throughput import (
     MODEL_SHAPES,
     build_model_dir,

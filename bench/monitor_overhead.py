@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from itransfer.config import ExperimentConfig
-from itransfer.experiment import load_experiment
-from itransfer.packaged_configs import packaged_config
+from itransfer.config.packaged import packaged_config
+from itransfer.config.schema import ExperimentConfig
+from itransfer.experiments.definition import load_experiment
 
 
 def _config(steps: int | None, *, monitor: bool) -> ExperimentConfig:

@@ -44,11 +44,11 @@ from transformers import (
 
 from decoder_shape import NAME as DECODER_SHAPE
 from decoder_shape import build_tiny_llama
-from itransfer.config import ExperimentConfig, load_config
+from itransfer.config.schema import ExperimentConfig, load_config
 from itransfer.data.benchmark import open_benchmark
 from itransfer.data.contexts import build_context
 from itransfer.encoding.examples import EncodedExample, ExampleEncoder
-from itransfer.models import DEFAULT_MODEL, load_model_and_tokenizer, save_model
+from itransfer.models.loading import DEFAULT_MODEL, load_model_and_tokenizer, save_model
 from itransfer.train.loop import cleanup, optimizer_update, train_step
 from itransfer.train.recipe import setup
 

@@ -43,11 +43,11 @@ import itransfer.eval.session as session_module
 import itransfer.eval.transfer as transfer_module
 from decoder_shape import NAME as DECODER_SHAPE
 from decoder_shape import build_tiny_llama
-from itransfer.config import load_config
+from itransfer.config.schema import load_config
 from itransfer.eval.results import ResultsTable
 from itransfer.eval.session import open_session
 from itransfer.eval.transfer import evaluate_transfer, plan_cells
-from itransfer.models import DEFAULT_MODEL
+from itransfer.models.loading import DEFAULT_MODEL
 from train_throughput import build_model_dir, synchronize
 
 

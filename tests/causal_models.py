@@ -22,7 +22,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from itransfer.models import DEFAULT_MODEL, load_model_and_tokenizer, save_model
+from itransfer.models.loading import DEFAULT_MODEL, load_model_and_tokenizer, save_model
 
 
 def build_causal_model(folder: Path, shape: str = "llama", *, pad_token: bool = True,

@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from itransfer.config import load_config
+from itransfer.config.schema import load_config
 from itransfer.errors import TrainingStopped
 from itransfer.train.loop import instruction_tune
 

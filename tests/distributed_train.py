@@ -12,7 +12,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from itransfer.config import load_config
+from itransfer.config.schema import load_config
 from itransfer.train.loop import instruction_tune
 
 

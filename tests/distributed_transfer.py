@@ -8,7 +8,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from itransfer.config import load_config
+from itransfer.config.schema import load_config
 from itransfer.eval.session import open_session
 from itransfer.eval.transfer import evaluate_transfer
 

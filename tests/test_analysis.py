@@ -19,6 +19,8 @@ from scipy import stats
 
 from itransfer.analysis import correlations as corr
 from itransfer.analysis import seen_fit
+from itransfer.analysis.manifest import RunManifest
+from itransfer.analysis.registry import SECTION_TYPES
 from itransfer.analysis.report import write_report
 from itransfer.analysis.run import analyse
 from itransfer.analysis.sections import PAPER_FINDINGS
@@ -28,7 +30,6 @@ from itransfer.analysis.sections.mixing import MixingSection
 from itransfer.analysis.sections.trajectory import TrajectoryAnalysis
 from itransfer.analysis.sections.transfer import TransferAnalysis, TransferSection
 from itransfer.eval.results import ResultsTable
-from itransfer.schema import SECTION_TYPES, RunManifest
 
 SHOTS = (0, 5, 10, 20, 40)
 TRAJECTORY = (100, 200, 300)

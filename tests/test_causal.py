@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from causal_models import build_causal_model
-from itransfer.config import DataConfig, LoraConfig
+from itransfer.config.schema import DataConfig, LoraConfig
 from itransfer.data import build_context, open_benchmark
 from itransfer.encoding.examples import IGNORE_INDEX, EncodedExample, ExampleEncoder, collate
 from itransfer.errors import ConfigError
 from itransfer.eval.inference import EvalItem, evaluate_items
 from itransfer.eval.lora import TransferCell, _base_module_name, epoch_batches, train_cell_peft
 from itransfer.eval.multilora import train_cells_batched
-from itransfer.models import LoadedModel, load_model_and_tokenizer
+from itransfer.models.loading import LoadedModel, load_model_and_tokenizer
 
 CPU = torch.device("cpu")
 # A prompt 60x longer than the shortest one: the short rows of a batch are mostly padding.

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from causal_models import build_causal_model
-from itransfer.config import load_config
+from itransfer.config.schema import load_config
 from itransfer.eval.icl import evaluate_icl
 from itransfer.eval.seen import evaluate_seen
 from itransfer.eval.session import open_session

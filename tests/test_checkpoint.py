@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from itransfer.checkpoint_format import read_trajectory
+from itransfer.runs.checkpoints import read_trajectory
 from itransfer.train import checkpoint as ckpt
 from itransfer.train.loop import instruction_tune
 from tiny_configs import tiny_train_config

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from itransfer import paper_constants as paper
 from itransfer.cli import app
-from itransfer.config import DataConfig
+from itransfer.config import paper_constants as paper
+from itransfer.config.schema import DataConfig
 from itransfer.data.benchmark import bundled_sni_dir, open_benchmark
 
 runner = CliRunner()

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from itransfer.config import ExperimentConfig, load_config
+from itransfer.config.schema import ExperimentConfig, load_config
 from itransfer.errors import ConfigError
-from itransfer.provenance import write_run_record
+from itransfer.runs.provenance import write_run_record
 from itransfer.sampling import ReverseAnnealingSampler, build_sampler
 from itransfer.sampling.rates import temperature_rates
 

@@ -170,7 +170,7 @@ def _words_task(tmp_path: Path, definition: str = "one two three four five six")
 def test_a_registered_context_cuts_exemplars_then_instruction_then_input_by_exact_counts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from itransfer import config
+    from itransfer.config import schema as config
     from itransfer.data import contexts
 
     monkeypatch.setattr(contexts, "CONTEXTS", dict(contexts.CONTEXTS))
@@ -249,7 +249,7 @@ def test_longest_fitting_prefix_is_the_largest_n_that_fits() -> None:
 def test_the_config_accepts_exactly_the_registered_contexts() -> None:
     """config.py cannot import the context classes (a floor up): its list of names must still
     be theirs, built-in and registered alike."""
-    from itransfer.config import CONTEXT_NAMES
+    from itransfer.config.schema import CONTEXT_NAMES
     from itransfer.data.contexts import CONTEXTS
 
     assert set(CONTEXTS) == CONTEXT_NAMES

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from itransfer.cli import app
-from itransfer.config import load_config
+from itransfer.config.schema import load_config
 from itransfer.eval.icl import evaluate_icl
 from itransfer.eval.session import open_session
 

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerFast
 from itransfer.data.contexts import CONTEXTS, build_context
 from itransfer.data.sni import Task, parse_task
 from itransfer.encoding.examples import ExampleEncoder
-from itransfer.models import bundled_model_dir, load_model_and_tokenizer
+from itransfer.models.loading import bundled_model_dir, load_model_and_tokenizer
 
 BUNDLED_TASKS = Path(__file__).resolve().parents[1] / "src/itransfer/bundled/sni/tasks"
 

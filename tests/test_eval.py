@@ -10,8 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from itransfer import identity
-from itransfer.config import load_config
+from itransfer.config.schema import load_config
 from itransfer.encoding.cache import open_training_set
 from itransfer.errors import ITransferError
 from itransfer.eval.icl import evaluate_icl
@@ -20,7 +19,8 @@ from itransfer.eval.scoring_files import score_files
 from itransfer.eval.seen import evaluate_seen, seen_allocation
 from itransfer.eval.session import evaluation_tasks, open_session
 from itransfer.eval.transfer import CellWork, HeldTestItems, evaluate_transfer, plan_cells
-from itransfer.models import DEFAULT_MODEL, bundled_model_dir
+from itransfer.models.loading import DEFAULT_MODEL, bundled_model_dir
+from itransfer.runs import identity
 
 
 def _config(*overrides: str):

@@ -237,7 +237,7 @@ def test_t5_large_shape_size_and_the_anchor_under_this_flop_count() -> None:
     samples/s at 1,024 + 128 is 7.7 % of an H200's bf16 peak by this FLOP count."""
     from transformers import T5ForConditionalGeneration
 
-    from itransfer.models import load_model_and_tokenizer
+    from itransfer.models.loading import load_model_and_tokenizer
     from train_throughput import shape_config
 
     vocab = len(load_model_and_tokenizer("itransfer:tiny-t5").tokenizer)
@@ -256,7 +256,7 @@ def test_an_autocast_region_around_a_peft_cell_trains_a_stale_adapter() -> None:
     the first one's (bench/README.md). Outside such a region the same cell learns."""
     from transformers import T5ForConditionalGeneration
 
-    from itransfer.config import LoraConfig
+    from itransfer.config.schema import LoraConfig
     from itransfer.encoding.examples import EncodedExample
     from itransfer.eval.lora import TransferCell, train_cell_peft
     from train_throughput import shape_config

@@ -13,9 +13,16 @@ from typing import Annotated, Any
 import pytest
 from pydantic import BaseModel
 
-from itransfer import identity
-from itransfer.config import ExperimentConfig, load_config
-from itransfer.effect import AddedLater, CheckpointSchedule, Effect, KeyedOnlyWhen, NoEffect, marker
+from itransfer.config.effect import (
+    AddedLater,
+    CheckpointSchedule,
+    Effect,
+    KeyedOnlyWhen,
+    NoEffect,
+    marker,
+)
+from itransfer.config.schema import ExperimentConfig, load_config
+from itransfer.runs import identity
 from itransfer.sampling import SAMPLERS
 
 # The settings that were keyed, unmarked, when tests/test_identity_pins.py pinned the key

@@ -2,7 +2,7 @@
 caches written by earlier versions are found, and resumed, by later ones.
 
 The expected hex strings were computed by the code that listed identity fields in six places,
-before :mod:`itransfer.identity` derived them from the config's markers. A change here silently
+before :mod:`itransfer.runs.identity` derived them from the config's markers. A change here silently
 orphans every user's caches and blocks ``--resume``: if a key must change, say so in the
 changelog, do not just update the string.
 """
@@ -16,20 +16,20 @@ from typing import Any, ClassVar
 
 import pytest
 
-from itransfer.config import ExperimentConfig, load_config
+from itransfer.config.packaged import find_config
+from itransfer.config.schema import ExperimentConfig, load_config
 from itransfer.data.contexts import build_context
 from itransfer.encoding import cache as tokenized
 from itransfer.eval.session import EvalSession
-from itransfer.experiment import load_experiment
-from itransfer.identity import (
+from itransfer.experiments.definition import load_experiment
+from itransfer.runs.eval_plan import EvalPlan
+from itransfer.runs.identity import (
     TRAINING_SECTIONS,
     evaluation_key,
     plan_key,
     resume_identity,
     training_key,
 )
-from itransfer.packaged_configs import find_config
-from itransfer.schema import EvalPlan
 
 PLANS = {
     "cells": EvalPlan(icl=True, seen=True, shots=frozenset({0, 5}),

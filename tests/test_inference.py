@@ -9,7 +9,7 @@ import torch
 
 from itransfer.encoding.examples import EncodedExample
 from itransfer.eval.inference import EvalItem, evaluate_items, plan_batches
-from itransfer.models import load_model_and_tokenizer
+from itransfer.models.loading import load_model_and_tokenizer
 
 
 def test_batches_respect_row_and_token_caps() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from itransfer.io_utils import staged_dir
+from itransfer.runtime.atomic_files import staged_dir
 
 
 def _mode(path: Path) -> int:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from itransfer.errors import ConfigError
-from itransfer.launch import check_launch, launched_processes
+from itransfer.runtime.launch import check_launch, launched_processes
 
 
 def test_launch_disagreeing_with_accelerate_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:

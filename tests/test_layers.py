@@ -2,20 +2,20 @@
 
 From the ground up (a module may import its own floor and those below it, never one above):
 
-0. what every layer uses and which names no part of the pipeline: errors, file writing, the
-   paper's constants, stop requests, settings' markers, the launcher, model loading, the
-   samplers' rate maths, which modules a LoRA adapts;
-1. the typed config and what reads or writes it as files (``compat``, ``provenance``), and the
-   section schema shared by the pipeline (writer) and the analysis (reader);
+0. what every layer uses and which names no part of the pipeline: errors, ``runtime/`` (file
+   writing, stop requests, the launcher), the paper's constants, settings' markers, the shipped
+   experiment files, ``models/`` (model loading, which modules a LoRA adapts), the samplers;
+1. ``config/``: the typed config; from ``runs/``, what reads or writes it as files (``compat``,
+   ``provenance``) and the evaluation plans the sections ask for;
 2. ``data/``: SNI tasks, the paper's split, per-task splits, task contexts;
-3. ``identity``: every identity key (it reads the few-shot draw scheme of ``data.splits``);
+3. ``runs.identity``: every identity key (it reads the few-shot draw scheme of ``data.splits``);
 4. ``encoding/``: token ids, batches, per-token losses and the tokenized cache;
-5. ``checkpoint_format``: the checkpoint folder that training writes and evaluation reads;
-   ``probe``: what training hands a transfer monitor that evaluation builds;
+5. ``runs.checkpoints``: the checkpoint folder that training writes and evaluation reads;
+   ``runs.probe``: what training hands a transfer monitor that evaluation builds;
 6. ``train/`` and ``pretraining/`` (building the embedded models from scratch);
 7. ``eval/``, which imports nothing of ``train/`` either (it reads checkpoints through 5);
-8. ``analysis/``;
-9. the experiment YAMLs and the pipeline that runs their stages;
+8. ``analysis/``, with the section registry and the run manifest;
+9. ``experiments/``: the experiment YAMLs and the pipeline that runs their stages;
 10. ``cli/``.
 
 Every import counts: at the top, inside a function, or under ``TYPE_CHECKING`` (a type-only
@@ -32,29 +32,24 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "itransfer"
 
 FLOORS: list[tuple[str, ...]] = [
-    ("itransfer", "itransfer.errors", "itransfer.io_utils", "itransfer.paper_constants",
-     "itransfer.stopping", "itransfer.effect", "itransfer.launch", "itransfer.models",
-     "itransfer.packaged_configs", "itransfer.sampling", "itransfer.lora_targets"),
-    ("itransfer.config", "itransfer.compat", "itransfer.provenance", "itransfer.schema"),
+    ("itransfer", "itransfer.errors", "itransfer.runtime", "itransfer.config.paper_constants",
+     "itransfer.config.effect", "itransfer.config.packaged", "itransfer.models",
+     "itransfer.sampling"),
+    ("itransfer.config", "itransfer.runs", "itransfer.runs.compat", "itransfer.runs.provenance",
+     "itransfer.runs.eval_plan"),
     ("itransfer.data",),
-    ("itransfer.identity",),
+    ("itransfer.runs.identity",),
     ("itransfer.encoding",),
-    ("itransfer.checkpoint_format", "itransfer.probe"),
+    ("itransfer.runs.checkpoints", "itransfer.runs.probe"),
     ("itransfer.train", "itransfer.pretraining"),
     ("itransfer.eval",),
     ("itransfer.analysis",),
-    ("itransfer.experiment", "itransfer.pipeline"),
+    ("itransfer.experiments",),
     ("itransfer.cli", "itransfer.__main__"),
 ]
 
-# The section registry (schema.py) names the analysis classes a section holds, for types only,
-# and loads the paper's sections, which live beside their analyses, on first use.
-KNOWN_UPWARD = {
-    ("itransfer.schema", "itransfer.analysis.plotting"),
-    ("itransfer.schema", "itransfer.analysis.run"),
-    ("itransfer.schema", "itransfer.analysis.sections"),
-    ("itransfer.schema", "itransfer.analysis.verdicts"),
-}
+# An import that runs back up a floor, with its reason; none today, and it must stay so.
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 
 def _module_name(path: Path) -> str:
@@ -80,7 +75,7 @@ def _imported(path: Path) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, *([base] if base else [])])
-            for alias in node.names:  # `from itransfer import config` imports a module
+            for alias in node.names:  # `from itransfer.config import schema` imports a module
                 name = f"{base}.{alias.name}"
                 found.add(name if _is_module(name) else base)
     return {name for name in found if name.split(".")[0] == "itransfer"} - {module}

@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 
 from causal_models import build_causal_model
-from itransfer.config import load_config
+from itransfer.config.schema import load_config
 from itransfer.errors import ConfigError
 from itransfer.eval.multilora import MultiLoraModel
 from itransfer.eval.session import open_session
 from itransfer.eval.transfer import plan_cells
-from itransfer.identity import evaluation_key as _eval_key
-from itransfer.identity import result_relevant
-from itransfer.identity import training_key as _train_key
-from itransfer.lora_targets import linear_module_names, resolve_target_modules
-from itransfer.models import DEFAULT_MODEL, load_model_and_tokenizer
+from itransfer.models.loading import DEFAULT_MODEL, load_model_and_tokenizer
+from itransfer.models.lora_targets import linear_module_names, resolve_target_modules
+from itransfer.runs.identity import evaluation_key as _eval_key
+from itransfer.runs.identity import result_relevant
+from itransfer.runs.identity import training_key as _train_key
 
 PLAN = [True, False, [0, 5], ["none"]]
 

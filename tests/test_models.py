@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from itransfer.errors import ConfigError, ITransferError
-from itransfer.models import (
+from itransfer.models.loading import (
     DEFAULT_MODEL,
     LoadedModel,
     bundled_model_dir,

@@ -16,11 +16,11 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from itransfer import identity
-from itransfer.config import ExperimentConfig, MonitorConfig, load_config
+from itransfer.config.schema import ExperimentConfig, MonitorConfig, load_config
 from itransfer.data.benchmark import open_benchmark
 from itransfer.errors import ConfigError, DataError
 from itransfer.eval.monitor import PROBE_FILE, choose_probe_tasks, evaluated_tasks, monitor_for
+from itransfer.runs import identity
 from itransfer.train import monitoring
 from itransfer.train.loop import TrainResult, instruction_tune
 from itransfer.train.monitoring import ForgettingWatch, read_monitor_rows

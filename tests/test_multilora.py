@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from itransfer.config import DataConfig, LoraConfig
+from itransfer.config.schema import DataConfig, LoraConfig
 from itransfer.data import build_context, open_benchmark
 from itransfer.encoding.examples import ExampleEncoder, collate
 from itransfer.eval.lora import (
@@ -18,7 +18,7 @@ from itransfer.eval.lora import (
     train_cell_peft,
 )
 from itransfer.eval.multilora import MultiLoraModel, train_cells_batched
-from itransfer.models import (
+from itransfer.models.loading import (
     DEFAULT_MODEL,
     LoadedModel,
     load_model_and_tokenizer,

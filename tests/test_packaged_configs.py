@@ -11,14 +11,14 @@ import pytest
 from typer.testing import CliRunner
 
 from itransfer.cli import app, main
-from itransfer.errors import ConfigError
-from itransfer.experiment import load_experiment
-from itransfer.packaged_configs import (
+from itransfer.config.packaged import (
     copy_config,
     find_config,
     packaged_config_dir,
     packaged_configs,
 )
+from itransfer.errors import ConfigError
+from itransfer.experiments.definition import load_experiment
 
 PAPER_NAMES = {"paper/sec3_1_transfer", "paper/sec3_2_data_limits", "paper/sec4_sampling",
                "paper/sec5_1_no_context", "paper/sec5_1_task_id", "paper/sec5_1_trajectory",

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from itransfer.analysis.manifest import MANIFEST_VERSION, read_manifest
+from itransfer.analysis.registry import SECTION_TYPES
 from itransfer.analysis.sections import PAPER_FINDINGS
 from itransfer.cli.run import quickstart_config, quickstart_overrides
+from itransfer.config.packaged import packaged_config_dir
 from itransfer.eval.results import ResultsTable
-from itransfer.experiment import load_experiment
-from itransfer.packaged_configs import packaged_config_dir
-from itransfer.pipeline import plan_evaluations, run_experiment
-from itransfer.schema import MANIFEST_VERSION, SECTION_TYPES, read_manifest
+from itransfer.experiments.definition import load_experiment
+from itransfer.experiments.pipeline import plan_evaluations, run_experiment
 from itransfer.train.recipe import instruction_tuning_steps
 
 CONFIG_DIR = packaged_config_dir() / "paper"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from itransfer import paper_constants as paper
+from itransfer.config import paper_constants as paper
 from itransfer.data.paper_counts import compare_with_paper
 from itransfer.data.selection import TaskSelection
 

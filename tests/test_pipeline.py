@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from itransfer.checkpoint_format import Trajectory
+from itransfer.analysis.manifest import MANIFEST_VERSION, read_manifest
 from itransfer.errors import ConfigError, DataError
 from itransfer.eval.results import ResultsTable
-from itransfer.experiment import load_experiment
-from itransfer.models import load_model_and_tokenizer
-from itransfer.pipeline import _write_manifest, run_experiment
-from itransfer.schema import MANIFEST_VERSION, read_manifest
+from itransfer.experiments.definition import load_experiment
+from itransfer.experiments.pipeline import _write_manifest, run_experiment
+from itransfer.models.loading import load_model_and_tokenizer
+from itransfer.runs.checkpoints import Trajectory
 from two_processes import launch_two
 
 TINY = {

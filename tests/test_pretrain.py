@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from itransfer.cli.pretrain import pretrain as pretrain_command
 from itransfer.data.corpus import BUNDLED_CORPUS, BUNDLED_HELDOUT, iter_corpus_documents
 from itransfer.errors import ConfigError, DataError, ITransferError
-from itransfer.models import DEFAULT_MODEL, load_model_and_tokenizer
+from itransfer.models.loading import DEFAULT_MODEL, load_model_and_tokenizer
 from itransfer.pretraining.objectives import (
     apply_span_corruption,
     random_spans_noise_mask,

@@ -19,7 +19,7 @@ from itransfer.data.contexts import build_context
 from itransfer.data.corpus import BUNDLED_CORPUS, BUNDLED_HELDOUT, iter_corpus_documents
 from itransfer.data.sni import parse_task
 from itransfer.encoding.examples import ExampleEncoder, collate
-from itransfer.models import (
+from itransfer.models.loading import (
     DEFAULT_CAUSAL_MODEL,
     DEFAULT_MODEL,
     bundled_model_dir,

@@ -6,9 +6,9 @@ import pytest
 import typer
 
 from itransfer.cli.run import quickstart_config, quickstart_overrides
-from itransfer.experiment import load_experiment
-from itransfer.lora_targets import resolve_target_modules
-from itransfer.models import load_model_and_tokenizer
+from itransfer.experiments.definition import load_experiment
+from itransfer.models.loading import load_model_and_tokenizer
+from itransfer.models.lora_targets import resolve_target_modules
 
 
 def test_causal_family_runs_every_model_of_the_quickstart_on_tiny_llama() -> None:

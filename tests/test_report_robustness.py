@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from itransfer.analysis.manifest import RunManifest
 from itransfer.analysis.report import (
     NOT_SURVIVING,
     render_html,
@@ -27,7 +28,6 @@ from itransfer.analysis.verdicts import (
     evaluate_findings,
     robustness_summary,
 )
-from itransfer.schema import RunManifest
 from test_analysis import build_rows, manifest_dict, unseen_rows
 
 # The sections with k-shot fine-tuning numbers (§4 compares samplers on ICL and seen losses).

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from itransfer.checkpoint_format import CheckpointError
 from itransfer.cli import main
 from itransfer.errors import ConfigError
+from itransfer.runs.checkpoints import CheckpointError
 from itransfer.train import checkpoint as ckpt
 from itransfer.train.loop import instruction_tune
 from itransfer.train.resumable import CheckpointDiskUsage, ResumableSchedule

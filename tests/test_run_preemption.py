@@ -16,8 +16,8 @@ import yaml
 from itransfer.cli import main
 from itransfer.errors import StoppedBySignal
 from itransfer.eval.results import ResultsTable
-from itransfer.experiment import load_experiment
-from itransfer.pipeline import SilentReporter, run_experiment
+from itransfer.experiments.definition import load_experiment
+from itransfer.experiments.pipeline import SilentReporter, run_experiment
 from itransfer.train import checkpoint as ckpt
 
 TINY = {

@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from itransfer.analysis.manifest import RunManifest
 from itransfer.analysis.run import analyse
 from itransfer.analysis.sections.samplers import SamplersAnalysis
 from itransfer.analysis.seen_fit import compare_samplers, sampler_kind
 from itransfer.analysis.verdicts import REPRODUCES, evaluate_findings
-from itransfer.schema import RunManifest
 
 # name → (sampler, max temperature, seen validation loss, seen test loss, unseen ICL loss).
 # The planted trap: ra-10000 has the lowest test and ICL loss of the sweep but the worst

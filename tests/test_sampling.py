@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from itransfer.config import TrainConfig
+from itransfer.config.schema import TrainConfig
 from itransfer.errors import ConfigError
 from itransfer.sampling import (
     SAMPLERS,

@@ -1,4 +1,4 @@
-"""The one schema of paper sections, evaluation plans and the run manifest."""
+"""The section registry, evaluation plans and the run manifest."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from itransfer import schema
+from itransfer.analysis import registry
+from itransfer.analysis.manifest import MANIFEST_VERSION, RunManifest, read_manifest
+from itransfer.analysis.registry import SECTION_TYPES, Section
 from itransfer.analysis.report import write_report
 from itransfer.analysis.run import analysis_class
 from itransfer.analysis.sections import PAPER_FINDINGS
@@ -21,22 +23,13 @@ from itransfer.analysis.sections.data_limits import DataLimitsSection
 from itransfer.analysis.sections.mixing import MixingSection
 from itransfer.analysis.sections.trajectory import TrajectorySection
 from itransfer.analysis.sections.transfer import TransferSection
-from itransfer.config import EvalConfig
+from itransfer.config.packaged import packaged_config_dir
+from itransfer.config.schema import EvalConfig
 from itransfer.errors import ConfigError, DataError
 from itransfer.eval.results import ResultsTable
-from itransfer.experiment import load_experiment
-from itransfer.packaged_configs import packaged_config_dir
-from itransfer.pipeline import plan_evaluations
-from itransfer.schema import (
-    MANIFEST_VERSION,
-    PRETRAINED,
-    SECTION_TYPES,
-    EvalPlan,
-    Need,
-    RunManifest,
-    Section,
-    read_manifest,
-)
+from itransfer.experiments.definition import load_experiment
+from itransfer.experiments.pipeline import plan_evaluations
+from itransfer.runs.eval_plan import PRETRAINED, EvalPlan, Need
 from test_analysis import row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,8 +136,8 @@ def test_every_section_points_at_an_analysis_and_its_findings_name_sections() ->
         "heldout_groups"}
 
 
-def test_schema_and_analysis_import_without_torch() -> None:
-    code = ("import sys, itransfer.schema, itransfer.analysis.sections; "
+def test_manifest_and_sections_import_without_torch() -> None:
+    code = ("import sys, itransfer.analysis.manifest, itransfer.analysis.sections; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
@@ -246,8 +239,8 @@ class ProbeSection(Section):
 
 @pytest.fixture()
 def probe_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(schema, "SECTION_TYPES", dict(SECTION_TYPES))
-    schema.register_section("probe")(ProbeSection)
+    monkeypatch.setattr(registry, "SECTION_TYPES", dict(SECTION_TYPES))
+    registry.register_section("probe")(ProbeSection)
 
 
 @pytest.mark.usefixtures("probe_registered")

@@ -13,15 +13,17 @@ from types import ModuleType
 import pytest
 import yaml
 
-from itransfer import schema
+from itransfer.analysis import registry
+from itransfer.analysis.manifest import RunManifest
 from itransfer.analysis.report import write_report
 from itransfer.analysis.run import analyse
 from itransfer.analysis.verdicts import registered_findings
+from itransfer.config.packaged import packaged_config_dir
 from itransfer.eval.results import ResultsTable
-from itransfer.experiment import load_experiment
-from itransfer.packaged_configs import packaged_config_dir
-from itransfer.pipeline import plan_evaluations
-from itransfer.schema import EvalPlan, Need, RunManifest
+from itransfer.experiments.definition import load_experiment
+from itransfer.experiments.pipeline import plan_evaluations
+from itransfer.runs import eval_plan
+from itransfer.runs.eval_plan import EvalPlan, Need
 from test_analysis import build_rows, make_run, manifest_dict
 
 # A complete section in one module: YAML keys, analysis, one figure and one finding. The
@@ -38,8 +40,10 @@ from itransfer.analysis import plotting
 from itransfer.analysis.plotting import PaperFigure
 from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.verdicts import REPRODUCES, Finding, FindingResult, Settings
-from itransfer.config import EvalConfig
-from itransfer.schema import EvalPlan, Need, RunManifest, Section, register_section
+from itransfer.config.schema import EvalConfig
+from itransfer.analysis.manifest import RunManifest
+from itransfer.analysis.registry import Section, register_section
+from itransfer.runs.eval_plan import EvalPlan, Need
 
 FIGURE_9 = "Figure 9 (left)"
 
@@ -103,7 +107,7 @@ class ToySection(Section):
 def import_toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                ) -> Callable[..., ModuleType]:
     """Import a toy section module written to ``tmp_path``, into a copy of the registry."""
-    monkeypatch.setattr(schema, "SECTION_TYPES", dict(schema.section_types()))
+    monkeypatch.setattr(registry, "SECTION_TYPES", dict(registry.section_types()))
     monkeypatch.syspath_prepend(str(tmp_path))
 
     def write_and_import(*, finding_id: str = "3.3-toy", cited: str = "FIGURE_9",
@@ -121,12 +125,12 @@ def test_a_section_in_one_module_is_registered_planned_analysed_and_reported(
         tmp_path: Path, import_toy: Callable[..., ModuleType]) -> None:
     toy = import_toy()
     # registered in the paper's order (§3.3: after §3.2), with its figure and finding
-    assert list(schema.SECTION_TYPES) == ["transfer", "data_limits", "toy", "samplers",
+    assert list(registry.SECTION_TYPES) == ["transfer", "data_limits", "toy", "samplers",
                                           "trajectory", "mixing", "heldout_groups"]
     assert toy.ToySection.figures == ("Figure 9 (left)",)
     ids = [finding.id for finding in registered_findings()]
     before_toy = [finding.id for key in ("transfer", "data_limits")
-                  for finding in schema.SECTION_TYPES[key].findings]
+                  for finding in registry.SECTION_TYPES[key].findings]
     assert ids.index("3.3-toy") == len(before_toy) and ids[:len(before_toy)] == before_toy
 
     path = tmp_path / "experiment.yaml"
@@ -172,10 +176,10 @@ def test_a_section_in_one_module_is_registered_planned_analysed_and_reported(
 ])
 def test_a_name_that_matches_nothing_fails_at_import(
         import_toy: Callable[..., ModuleType], change: dict[str, str], message: str) -> None:
-    registered = dict(schema.SECTION_TYPES)
+    registered = dict(registry.SECTION_TYPES)
     with pytest.raises(ValueError, match=message):
         import_toy(**change)
-    assert registered == schema.SECTION_TYPES  # nothing half-registered
+    assert registered == registry.SECTION_TYPES  # nothing half-registered
 
 
 def test_a_finding_names_a_panel_its_figure_has() -> None:
@@ -203,6 +207,6 @@ def test_the_papers_sections_ask_for_final_checkpoints_and_the_zero_shot_difficu
         assert [need.model for need in needs] == section.model_labels()
         assert all(need.plan.seen and need.plan.icl for need in needs)
     else:
-        assert {need.model for need in needs} == {*section.model_labels(), schema.PRETRAINED}
-        assert needs[-1] == Need(schema.PRETRAINED, "final", schema.DIFFICULTY_PLAN)
+        assert {need.model for need in needs} == {*section.model_labels(), eval_plan.PRETRAINED}
+        assert needs[-1] == Need(eval_plan.PRETRAINED, "final", eval_plan.DIFFICULTY_PLAN)
         assert all(need.plan.icl and need.plan.shots for need in needs[:-1])

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from itransfer.analysis.manifest import RunManifest
 from itransfer.analysis.run import analyse
 from itransfer.analysis.sections.samplers import SamplersAnalysis, SamplersSection, fit_label
 from itransfer.analysis.seen_fit import (
@@ -22,7 +23,6 @@ from itransfer.analysis.seen_fit import (
 )
 from itransfer.analysis.significance import ranking_stability
 from itransfer.analysis.verdicts import FAILS, REPRODUCES, evaluate_findings
-from itransfer.schema import RunManifest
 
 STEP = 10
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_task
-from itransfer.config import EVALUATION_TASK_GROUPS, DataConfig, SelectionConfig
+from itransfer.config.schema import EVALUATION_TASK_GROUPS, DataConfig, SelectionConfig
 from itransfer.data import open_benchmark
 from itransfer.data.index import build_index
 from itransfer.data.selection import select_tasks

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_task
-from itransfer.config import SplitConfig
+from itransfer.config.schema import SplitConfig
 from itransfer.data.sni import Instance, parse_task
 from itransfer.data.splits import (
     few_shot_draw,

@@ -7,17 +7,17 @@ from typing import Any
 
 import pytest
 
-from itransfer import identity
-from itransfer.config import ExperimentConfig, load_config
-from itransfer.identity import (
+from itransfer.config.schema import ExperimentConfig, load_config
+from itransfer.runs import identity
+from itransfer.runs.eval_plan import EvalPlan
+from itransfer.runs.identity import (
     CHECKPOINT_SCHEDULE_SETTINGS,
     RESULT_NEUTRAL_SETTINGS,
     result_relevant,
 )
-from itransfer.identity import evaluation_key as _eval_key
-from itransfer.identity import plan_key as _plan_key
-from itransfer.identity import training_key as _train_key
-from itransfer.schema import EvalPlan
+from itransfer.runs.identity import evaluation_key as _eval_key
+from itransfer.runs.identity import plan_key as _plan_key
+from itransfer.runs.identity import training_key as _train_key
 
 # A value other than the default for each setting that must not change results.
 NEUTRAL_TOGGLES: dict[str, Any] = {
@@ -272,8 +272,8 @@ PINNED_KEYS: dict[str, tuple[str, str]] = {
 
 
 def test_stage_keys_keep_their_values() -> None:
-    from itransfer.experiment import load_experiment
-    from itransfer.packaged_configs import packaged_config
+    from itransfer.config.packaged import packaged_config
+    from itransfer.experiments.definition import load_experiment
 
     quickstart = load_experiment(packaged_config("quickstart"))
     configs = {f"quickstart:{label}": config for label, config in quickstart.variants.items()}

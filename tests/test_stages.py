@@ -14,12 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from itransfer.checkpoint_format import Trajectory
+from itransfer.config.packaged import packaged_config_dir
 from itransfer.errors import StoppedBySignal, TrainingStopped
-from itransfer.experiment import Experiment, load_experiment
-from itransfer.identity import training_key
-from itransfer.packaged_configs import packaged_config_dir
-from itransfer.pipeline import (
+from itransfer.experiments.definition import Experiment, load_experiment
+from itransfer.experiments.pipeline import (
     STAGE_FILE,
     EvaluationStage,
     SilentReporter,
@@ -31,8 +29,10 @@ from itransfer.pipeline import (
     run_stage,
     training_stages,
 )
-from itransfer.schema import PRETRAINED, EvalPlan
-from itransfer.stopping import StopRequest
+from itransfer.runs.checkpoints import Trajectory
+from itransfer.runs.eval_plan import PRETRAINED, EvalPlan
+from itransfer.runs.identity import training_key
+from itransfer.runtime.stopping import StopRequest
 
 SECTIONS = {
     "transfer": {"instruction_tuned": "it-a"},

@@ -11,7 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from itransfer.encoding.examples import EncodedExample, collate, target_mask
 from itransfer.encoding.token_losses import token_losses
-from itransfer.models import load_model_and_tokenizer
+from itransfer.models.loading import load_model_and_tokenizer
 
 
 def _examples(vocab: int) -> list[EncodedExample]:

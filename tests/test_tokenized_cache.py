@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import write_task
-from itransfer.config import SplitConfig
+from itransfer.config.schema import SplitConfig
 from itransfer.data.contexts import build_context
 from itransfer.data.index import build_index
 from itransfer.data.sni import parse_task
@@ -18,7 +18,7 @@ from itransfer.data.splits import split_seen_task
 from itransfer.encoding import cache as tokenized
 from itransfer.encoding.cache import open_training_set, seen_train_sizes
 from itransfer.encoding.examples import ExampleEncoder
-from itransfer.models import load_model_and_tokenizer
+from itransfer.models.loading import load_model_and_tokenizer
 from tiny_configs import tiny_train_config
 
 SEED = 3

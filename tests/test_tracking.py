@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from itransfer.config import load_config
+from itransfer.config.schema import load_config
 from itransfer.errors import ConfigError
 from itransfer.train.loop import instruction_tune
 

@@ -17,8 +17,8 @@ import yaml
 from scipy import stats
 
 from conftest import write_task
-from itransfer.checkpoint_format import CheckpointError
 from itransfer.errors import ConfigError, DataError
+from itransfer.runs.checkpoints import CheckpointError
 from itransfer.sampling import build_sampler
 from itransfer.train import checkpoint as ckpt
 from itransfer.train.loop import instruction_tune

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from itransfer.models import load_model_and_tokenizer
+from itransfer.models.loading import load_model_and_tokenizer
 from two_processes import launch_two, run_two
 
 SCRIPT = Path(__file__).with_name("distributed_train.py")

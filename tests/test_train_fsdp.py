@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from conftest import REPO_ROOT
 from distributed_resume import overrides
 from itransfer.errors import ConfigError
-from itransfer.launch import FSDP1_ON_CPU, check_fsdp, make_accelerator
-from itransfer.models import load_model_and_tokenizer
+from itransfer.models.loading import load_model_and_tokenizer
+from itransfer.runtime.launch import FSDP1_ON_CPU, check_fsdp, make_accelerator
 from itransfer.train.fsdp import share_tied_embeddings, tie_gathered_weights
 from test_train_distributed import RESUME_SCRIPT
 from two_processes import launch_two
@@ -109,7 +109,7 @@ def test_fsdp1_on_cpu_processes_is_refused_before_anything_loads(
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_VERSION", "1")
-    monkeypatch.setattr("itransfer.launch._has_gpu", lambda: False)
+    monkeypatch.setattr("itransfer.runtime.launch._has_gpu", lambda: False)
     with pytest.raises(ConfigError, match="set fsdp_version: 2") as raised:
         make_accelerator()
     assert str(raised.value) == FSDP1_ON_CPU

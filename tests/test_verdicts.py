@@ -14,6 +14,7 @@ from scipy import stats
 
 from itransfer.analysis.block_bootstrap import Robustness
 from itransfer.analysis.correlations import Correlation
+from itransfer.analysis.manifest import RunManifest
 from itransfer.analysis.rows import ROUGE_RECALL
 from itransfer.analysis.run import analyse
 from itransfer.analysis.significance import (
@@ -43,8 +44,7 @@ from itransfer.analysis.verdicts import (
     verdict,
     with_robustness,
 )
-from itransfer.paper_constants import PAPER_NUM_UNSEEN_TASKS, PAPER_P_VALUE_TASKS
-from itransfer.schema import RunManifest
+from itransfer.config.paper_constants import PAPER_NUM_UNSEEN_TASKS, PAPER_P_VALUE_TASKS
 
 STEPS = (0, 100, 200, 300)  # 0 is the pre-trained model; the phases split at 100
 

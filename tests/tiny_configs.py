@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from itransfer.config import ExperimentConfig, load_config
+from itransfer.config.schema import ExperimentConfig, load_config
 
 
 def tiny_train_config(model_dir: Path, *overrides: str) -> ExperimentConfig:

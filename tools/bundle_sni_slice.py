@@ -16,7 +16,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from itransfer import paper_constants as paper
+from itransfer.config import paper_constants as paper
 
 MAX_INSTANCES = 300
 SEEN_PER_CATEGORY = 2

@@ -13,6 +13,6 @@ Modules, one job each:
 * :mod:`~itransfer.analysis.report`: ``write_report(run_dir)`` → ``report.html`` + ``report.md``.
 
 Nothing here reads checkpoints: analysis sees only the results table and the manifest (a
-:class:`itransfer.schema.RunManifest`, the pipeline's own model of it). This
+:class:`itransfer.analysis.manifest.RunManifest`, the pipeline's own model of it). This
 package does not import matplotlib until a figure is drawn.
 """

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from itransfer.analysis.manifest import read_manifest
 from itransfer.analysis.report import (
     RunFindings,
     markdown_cell,
@@ -24,7 +25,6 @@ from itransfer.analysis.report import (
 )
 from itransfer.analysis.verdicts import FindingResult, holm_summary, registered_findings
 from itransfer.errors import ConfigError
-from itransfer.schema import read_manifest
 
 MISSING = "—"
 

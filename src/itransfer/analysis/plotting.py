@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from itransfer.analysis.correlations import Correlation
+from itransfer.analysis.registry import section_types
 from itransfer.analysis.run import RunAnalysis
-from itransfer.io_utils import atomic_write_bytes
-from itransfer.schema import section_types
+from itransfer.runtime.atomic_files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

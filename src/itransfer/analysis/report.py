@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from itransfer.analysis.html import details, table
+from itransfer.analysis.manifest import RunManifest, read_manifest
 from itransfer.analysis.plotting import draw_all
 from itransfer.analysis.run import RunAnalysis, analyse
 from itransfer.analysis.scale import NEAR_UNIFORM_SHARE, ScaleAssessment, assess_scale, best_rouge
@@ -39,8 +40,7 @@ from itransfer.analysis.verdicts import (
     robustness_summary,
 )
 from itransfer.eval.results import ResultsTable
-from itransfer.io_utils import atomic_write_text
-from itransfer.schema import RunManifest, read_manifest
+from itransfer.runtime.atomic_files import atomic_write_text
 
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from itransfer.config import EVALUATION_TASK_GROUPS
-from itransfer.schema import RunManifest
+from itransfer.analysis.manifest import RunManifest
+from itransfer.config.schema import EVALUATION_TASK_GROUPS
 
 # The results rows' ROUGE-L metrics. The paper scores "with the 'Rouge-L r' metric" (§2), so
 # recall is the primary number; the F-measure, which Wang et al.'s SNI scorer reports, stands

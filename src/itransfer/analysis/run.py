@@ -16,9 +16,10 @@ import pandas as pd
 
 from itransfer.analysis.block_bootstrap import task_categories
 from itransfer.analysis.correlations import zero_shot_difficulty
+from itransfer.analysis.manifest import RunManifest
+from itransfer.analysis.registry import Section
 from itransfer.analysis.rows import rows_of_groups
 from itransfer.analysis.seeds import SeedCount, finetune_seed_count
-from itransfer.schema import RunManifest, Section
 
 
 class SectionAnalysis(Protocol):

@@ -33,9 +33,9 @@ from typing import Literal
 
 from itransfer.analysis.block_bootstrap import Robustness
 from itransfer.analysis.correlations import Correlation, PartialCorrelation
+from itransfer.analysis.registry import section_types
 from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.significance import PairedTest, holm, one_sided_p
-from itransfer.schema import section_types
 
 ALPHA = 0.05
 # §5.1 calls the early-phase correlation "very low" (ρ = 0.245). "Weak" here means a rank

@@ -12,7 +12,7 @@ from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from itransfer.config import ExperimentConfig, load_config
+from itransfer.config.schema import ExperimentConfig, load_config
 from itransfer.errors import ConfigError, StoppedBySignal
 
 
@@ -55,7 +55,7 @@ def one_writer(out: Path) -> Iterator[None]:
 
 def config_file(value: Path | None) -> Path | None:
     """``--config`` callback: a YAML file, or the name of a shipped config (``quickstart``)."""
-    from itransfer.packaged_configs import find_config
+    from itransfer.config.packaged import find_config
 
     return None if value is None else find_config(value)
 

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from itransfer.packaged_configs import copy_config, packaged_configs
+from itransfer.config.packaged import copy_config, packaged_configs
 
 configs_app = typer.Typer(
     help="The experiment configs shipped with itransfer: run one by name "

@@ -18,15 +18,15 @@ from itransfer.cli.common import (
     folder_not_file,
     resolve_config,
 )
-from itransfer.config import EVALUATION_TASK_GROUPS
+from itransfer.config.schema import EVALUATION_TASK_GROUPS
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
 from itransfer.data.contexts import CONTEXTS, EncodedInput, build_context
 from itransfer.data.paper_counts import PAPER_NOTES, CountCheck, PaperComparison, compare_with_paper
 from itransfer.data.selection import TaskSelection
 from itransfer.data.sni import Instance
 from itransfer.errors import ConfigError
-from itransfer.io_utils import atomic_write_text
-from itransfer.provenance import write_run_record
+from itransfer.runs.provenance import write_run_record
+from itransfer.runtime.atomic_files import atomic_write_text
 
 data_app = typer.Typer(help="Inspect the SNI tasks, the paper's split and the model inputs.")
 console = Console()

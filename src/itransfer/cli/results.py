@@ -65,7 +65,7 @@ def compare(
     """The paper's findings on several runs side by side: the paper's number, then each run's
     verdict, number and test (e.g. T5 and a decoder-only LM on the same experiment)."""
     from itransfer.analysis.families import compare_families, render_families_markdown
-    from itransfer.io_utils import atomic_write_text
+    from itransfer.runtime.atomic_files import atomic_write_text
 
     runs = compare_families(run_dirs, label or None, n_boot=n_boot)
     text = render_families_markdown(runs)

@@ -18,7 +18,7 @@ from itransfer.cli.common import (
     one_writer,
     stderr,
 )
-from itransfer.packaged_configs import packaged_config
+from itransfer.config.packaged import packaged_config
 
 
 class RichReporter:
@@ -52,9 +52,9 @@ def _run(config: Path, out: Path, scale: str | None, overrides: list[str] | None
          store: Path | None, force: list[str] | None) -> None:
     from transformers.utils import logging as transformers_logging
 
-    from itransfer.experiment import load_experiment
-    from itransfer.launch import make_state
-    from itransfer.pipeline import run_experiment
+    from itransfer.experiments.definition import load_experiment
+    from itransfer.experiments.pipeline import run_experiment
+    from itransfer.runtime.launch import make_state
 
     transformers_logging.disable_progress_bar()
     experiment = load_experiment(config, scale=scale, overrides=overrides)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from itransfer.config import EVALUATION_TASK_GROUPS, DataConfig
+from itransfer.config.schema import EVALUATION_TASK_GROUPS, DataConfig
 from itransfer.data.index import TaskIndex, build_index
 from itransfer.data.selection import TaskSelection, select_tasks
 from itransfer.data.sni import Task, parse_task

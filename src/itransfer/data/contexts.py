@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
-from itransfer.config import CONTEXT_NAMES
+from itransfer.config.schema import CONTEXT_NAMES
 from itransfer.data.sni import Example, Task, task_unique_id
 
 logger = logging.getLogger(__name__)

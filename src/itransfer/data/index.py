@@ -29,7 +29,7 @@ from itransfer.data.sni import (
     read_task_bytes,
     resolve_tasks_dir,
 )
-from itransfer.io_utils import atomic_write_text
+from itransfer.runtime.atomic_files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,9 @@
 
 §2.4 states 619 seen tasks from 58 categories and 93 unseen tasks from 11; Tables 1 and 2 give
 the tasks per category. On the full SNI repository with the paper's selection the counts should
-agree (up to the paper's own inconsistencies, noted in :mod:`itransfer.paper_constants`); on a
-slice of SNI, such as the bundled one, they differ everywhere, which is expected and no error.
+agree (up to the paper's own inconsistencies, noted in
+:mod:`itransfer.config.paper_constants`); on a slice of SNI, such as the bundled one, they
+differ everywhere, which is expected and no error.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from itransfer import paper_constants as paper
+from itransfer.config import paper_constants as paper
 from itransfer.data.selection import TaskSelection
 
 # What the paper states for each selection group: (tasks, categories); None where it gives no

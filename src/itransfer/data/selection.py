@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from itransfer.config import SelectionConfig
+from itransfer.config.schema import SelectionConfig
 from itransfer.data.sni import TaskMetadata
 
 

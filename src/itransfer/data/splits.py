@@ -29,7 +29,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from itransfer.config import SplitConfig
+from itransfer.config.schema import SplitConfig
 from itransfer.data.sni import Instance, Task
 from itransfer.errors import DataError
 

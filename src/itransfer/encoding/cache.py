@@ -51,14 +51,14 @@ import pyarrow as pa
 from datasets.exceptions import DatasetGenerationError
 from filelock import FileLock
 
-from itransfer.config import SplitConfig
+from itransfer.config.schema import SplitConfig
 from itransfer.data.index import TaskIndex, default_cache_dir
 from itransfer.data.sni import parse_task
 from itransfer.data.splits import limited_size, seen_split_sizes, split_seen_task
 from itransfer.encoding.examples import EncodedExample, ExampleEncoder
 from itransfer.errors import DataError, ITransferError
-from itransfer.identity import tokenized_cache_key
-from itransfer.io_utils import atomic_write_text
+from itransfer.runs.identity import tokenized_cache_key
+from itransfer.runtime.atomic_files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def cache_key(
     splits: SplitConfig,
     seed: int,
 ) -> str:
-    """The cache folder's name (:func:`itransfer.identity.tokenized_cache_key`)."""
+    """The cache folder's name (:func:`itransfer.runs.identity.tokenized_cache_key`)."""
     entries = [index.get(name) for name in task_names]
     return tokenized_cache_key(
         encoder_identity(encoder, tokenizer_fingerprint(encoder.tokenizer)),

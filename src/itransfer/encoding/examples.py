@@ -38,7 +38,7 @@ from itransfer.data.sni import Instance, Task
 from itransfer.errors import ConfigError
 
 if TYPE_CHECKING:
-    from itransfer.config import ExperimentConfig
+    from itransfer.config.schema import ExperimentConfig
 
 logger = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from itransfer.config import LoraConfig
+from itransfer.config.schema import LoraConfig
 from itransfer.encoding.examples import Architecture, EncodedExample, collate, target_mask
 from itransfer.encoding.token_losses import token_losses
 from itransfer.eval.keyed_dropout import example_keys, keyed_dropout
-from itransfer.lora_targets import resolve_target_modules
+from itransfer.models.lora_targets import resolve_target_modules
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def peft_config(
     settings: LoraConfig, architecture: Architecture, target_modules: Sequence[str]
 ) -> Any:
     """PEFT's config for ``settings``, adapting ``target_modules`` (already resolved, see
-    :func:`~itransfer.lora_targets.resolve_target_modules`)."""
+    :func:`~itransfer.models.lora_targets.resolve_target_modules`)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import TaskType
 

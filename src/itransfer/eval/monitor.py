@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from scipy import stats
 
-from itransfer.config import EVALUATION_TASK_GROUPS, ExperimentConfig, MonitorConfig
+from itransfer.config.schema import EVALUATION_TASK_GROUPS, ExperimentConfig, MonitorConfig
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
 from itransfer.data.selection import TaskSelection
 from itransfer.encoding.examples import ExampleEncoder
@@ -39,8 +39,8 @@ from itransfer.errors import ConfigError
 from itransfer.eval.inference import EvalItem, evaluate_items
 from itransfer.eval.lora import TransferCell
 from itransfer.eval.multilora import train_cells_batched
-from itransfer.io_utils import atomic_write_text
-from itransfer.probe import ProbeContext
+from itransfer.runs.probe import ProbeContext
+from itransfer.runtime.atomic_files import atomic_write_text
 
 PROBE_FILE = "monitor_probe.json"
 

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from itransfer.config import LoraConfig
+from itransfer.config.schema import LoraConfig
 from itransfer.encoding.examples import (
     Architecture,
     EncodedExample,
@@ -62,8 +62,8 @@ from itransfer.eval.lora import (
     init_lora_a,
     peft_config,
 )
-from itransfer.io_utils import staged_dir
-from itransfer.lora_targets import is_adaptable, matches, resolve_target_modules
+from itransfer.models.lora_targets import is_adaptable, matches, resolve_target_modules
+from itransfer.runtime.atomic_files import staged_dir
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from itransfer.compat import upgrade_result_row
 from itransfer.errors import DataError
+from itransfer.runs.compat import upgrade_result_row
 
 RESULTS_DIR = "results"
 SCHEMA = pa.schema(
@@ -83,7 +83,7 @@ class ResultsTable:
 
     def read(self, *, latest_only: bool = True) -> pd.DataFrame:
         """All rows (by default the latest row of each measurement); a column of
-        :data:`~itransfer.compat.LATER_RESULT_COLUMNS` that a file predates reads as null."""
+        :data:`~itransfer.runs.compat.LATER_RESULT_COLUMNS` that a file predates reads as null."""
         files = self.files()
         if not files:
             return pd.DataFrame({name: pd.Series(dtype=object) for name in SCHEMA.names})

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from itransfer.config import EvalConfig, SplitConfig
+from itransfer.config.schema import EvalConfig, SplitConfig
 from itransfer.data.splits import limited_size, seen_split_sizes
 from itransfer.encoding.cache import TokenizedTrainingSet, find_training_set
 from itransfer.eval.inference import EvalItem

@@ -20,8 +20,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
 
-from itransfer.checkpoint_format import STATE_FILE, read_state
-from itransfer.config import ExperimentConfig, LoraConfig
+from itransfer.config.schema import ExperimentConfig, LoraConfig
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
 from itransfer.data.contexts import cut_details, warn_inputs_cut
 from itransfer.data.sni import Instance, Task
@@ -30,12 +29,13 @@ from itransfer.errors import ConfigError, DataError, ITransferError
 from itransfer.eval.inference import EvalItem, ItemResult, Router, evaluate_items
 from itransfer.eval.metrics import ScoredInstance, aggregate, default_scorer
 from itransfer.eval.results import ResultsTable
-from itransfer.identity import measurement_hash
-from itransfer.io_utils import atomic_write_text
-from itransfer.launch import agreed, check_launch, make_accelerator
-from itransfer.lora_targets import AUTO, resolve_target_modules
-from itransfer.models import LoadedModel, load_model_and_tokenizer
-from itransfer.provenance import write_run_record
+from itransfer.models.loading import LoadedModel, load_model_and_tokenizer
+from itransfer.models.lora_targets import AUTO, resolve_target_modules
+from itransfer.runs.checkpoints import STATE_FILE, read_state
+from itransfer.runs.identity import measurement_hash
+from itransfer.runs.provenance import write_run_record
+from itransfer.runtime.atomic_files import atomic_write_text
+from itransfer.runtime.launch import agreed, check_launch, make_accelerator
 
 logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
@@ -184,7 +184,7 @@ class EvalSession:
 
     def settings_hash(self, method: str, **inputs: Any) -> str:
         """The ``config_hash`` of the rows ``method`` measures on this checkpoint
-        (:func:`itransfer.identity.measurement_hash`)."""
+        (:func:`itransfer.runs.identity.measurement_hash`)."""
         return measurement_hash(self.config, self.model_label, method, **inputs)
 
     def write_predictions(self, name: str, records: list[dict[str, Any]]) -> None:

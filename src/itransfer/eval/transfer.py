@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from itransfer.config import LoraConfig
+from itransfer.config.schema import LoraConfig
 from itransfer.data.sni import Instance, Task
 from itransfer.eval.inference import EvalItem
 from itransfer.eval.lora import TransferCell, train_cell_peft

@@ -30,8 +30,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 from itransfer.data.corpus import iter_corpus_documents
 from itransfer.encoding.examples import IGNORE_INDEX
 from itransfer.errors import ConfigError
-from itransfer.io_utils import atomic_write_text
-from itransfer.models import resolve_model_source, save_model
+from itransfer.models.loading import resolve_model_source, save_model
 from itransfer.pretraining.config import CausalPretrainConfig
 from itransfer.pretraining.seq2seq import (
     ProgressCallback,
@@ -40,6 +39,7 @@ from itransfer.pretraining.seq2seq import (
     train_phase,
     unigram_entropy,
 )
+from itransfer.runtime.atomic_files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, model_validator
 
-from itransfer.config import StrictModel, apply_overrides, read_yaml, validate_tree
+from itransfer.config.schema import StrictModel, apply_overrides, read_yaml, validate_tree
 from itransfer.data.corpus import BUNDLED_CORPUS
 from itransfer.errors import ConfigError
 from itransfer.pretraining.tokenizer import NUM_SENTINELS

@@ -49,8 +49,7 @@ from transformers import (
 from itransfer.data.corpus import iter_corpus_documents
 from itransfer.encoding.examples import IGNORE_INDEX, EncodedExample, collate
 from itransfer.errors import ConfigError, ITransferError
-from itransfer.io_utils import atomic_write_text
-from itransfer.models import save_model
+from itransfer.models.loading import save_model
 from itransfer.pretraining.config import CausalPretrainConfig, PretrainConfig
 from itransfer.pretraining.objectives import (
     apply_span_corruption,
@@ -64,6 +63,7 @@ from itransfer.pretraining.tokenizer import (
     sentinel_ids,
     train_tokenizer,
 )
+from itransfer.runtime.atomic_files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

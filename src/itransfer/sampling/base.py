@@ -39,7 +39,7 @@ class SamplerConfig(BaseModel):
 
     Each sampler subclasses this with ``name: Literal["<its name>"]`` and one typed field per
     parameter, defaults included; the sampler reads its parameters from it. A parameter added
-    after runs were keyed carries :class:`~itransfer.effect.AddedLater` with the value that
+    after runs were keyed carries :class:`~itransfer.config.effect.AddedLater` with the value that
     reproduces them, so their stages and checkpoints are still found.
     """
 

@@ -20,7 +20,7 @@ Each is written into ``step-0000050.tmp`` and renamed into place only when compl
 moment leaves the previous checkpoint and pointer intact.
 
 The folder's names and its readers, which evaluation shares, are in
-:mod:`itransfer.checkpoint_format`.
+:mod:`itransfer.runs.checkpoints`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from itransfer.checkpoint_format import (
+from itransfer.runs.checkpoints import (
     LATEST_FILE,
     STATE_FILE,
     TRAJECTORY_DIR,
@@ -48,7 +48,7 @@ from itransfer.checkpoint_format import (
     read_state,
     read_tensors,
 )
-from itransfer.io_utils import atomic_write_text
+from itransfer.runtime.atomic_files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """What a model needs before accelerate's FSDP2 shards it (``distributed_type: FSDP``,
-``fsdp_version: 2`` in the accelerate config; on CPU processes :mod:`itransfer.launch` makes
+``fsdp_version: 2`` in the accelerate config; on CPU processes :mod:`itransfer.runtime.launch` makes
 accelerate take that path)."""
 
 from __future__ import annotations

@@ -44,14 +44,14 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from safetensors import SafetensorError
 
-from itransfer.config import ExperimentConfig
+from itransfer.config.schema import ExperimentConfig
 from itransfer.data.contexts import warn_inputs_cut
 from itransfer.encoding.examples import EncodedExample, collate, count_targets, target_mask
 from itransfer.encoding.token_losses import token_losses
 from itransfer.errors import TrainingStopped
-from itransfer.probe import Monitor
+from itransfer.runs.probe import Monitor
+from itransfer.runtime.stopping import StopRequest, stop_requested_on_signal
 from itransfer.sampling import plot_sampling_schedule
-from itransfer.stopping import StopRequest, stop_requested_on_signal
 from itransfer.train import checkpoint as ckpt
 from itransfer.train.fsdp import full_state_dict
 from itransfer.train.monitoring import MonitorHook

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from accelerate import DistributedType
 
-from itransfer.config import ExperimentConfig
+from itransfer.config.schema import ExperimentConfig
 from itransfer.errors import ConfigError
-from itransfer.probe import Monitor, ProbeContext
+from itransfer.runs.probe import Monitor, ProbeContext
 from itransfer.train.recipe import TrainState, append_log, read_log
 
 logger = logging.getLogger(__name__)

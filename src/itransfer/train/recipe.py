@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, set_seed
 
-from itransfer.config import ExperimentConfig, TrainConfig
+from itransfer.config.schema import ExperimentConfig, TrainConfig
 from itransfer.data.batching import TaskBatchStream
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
 from itransfer.data.corpus import BUNDLED_CORPUS, iter_corpus_documents
@@ -34,11 +34,11 @@ from itransfer.encoding.cache import (
 )
 from itransfer.encoding.examples import ExampleEncoder
 from itransfer.errors import ConfigError, DataError
-from itransfer.identity import resume_differences
-from itransfer.io_utils import atomic_write_text
-from itransfer.launch import agreed, check_fsdp, check_launch, make_accelerator
-from itransfer.models import LoadedModel, load_model_and_tokenizer
-from itransfer.provenance import write_run_record
+from itransfer.models.loading import LoadedModel, load_model_and_tokenizer
+from itransfer.runs.identity import resume_differences
+from itransfer.runs.provenance import write_run_record
+from itransfer.runtime.atomic_files import atomic_write_text
+from itransfer.runtime.launch import agreed, check_fsdp, check_launch, make_accelerator
 from itransfer.sampling import TaskSampler, build_sampler
 from itransfer.train import checkpoint as ckpt
 from itransfer.train.fsdp import share_tied_embeddings

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from itransfer.errors import ConfigError
-from itransfer.io_utils import atomic_write_text
+from itransfer.runtime.atomic_files import atomic_write_text
 from itransfer.sampling.rates import effective_num_tasks
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from itransfer.checkpoint_format import CheckpointError, read_tensors
+from itransfer.runs.checkpoints import CheckpointError, read_tensors
 
 
 def model_fingerprint(model: torch.nn.Module, name_or_path: str) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """The paper's sections, one module each: its YAML keys, analysis, figures and findings.
 
 Importing this package imports every module in it, and each registers its section class
-(:func:`itransfer.schema.register_section`); the registry orders them by ``paper_section``,
-which is the report's order. Adding a section is therefore one new module here (and the
-experiment YAML that uses it); :mod:`itransfer.schema` says what its class declares. A section
-kept elsewhere registers the same way when its module is imported.
+(:func:`itransfer.analysis.registry.register_section`); the registry orders them by
+``paper_section``, which is the report's order. Adding a section is therefore one new module
+here (and the experiment YAML that uses it); :mod:`itransfer.analysis.registry` says what its
+class declares. A section kept elsewhere registers the same way when its module is imported.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from itransfer.analysis.registry import SECTION_TYPES, Section
 from itransfer.analysis.verdicts import Finding
-from itransfer.schema import SECTION_TYPES, Section
 
 # Found by listing this folder, so that a new section needs no line here.
 for _module in pkgutil.iter_modules(__path__):

@@ -22,7 +22,9 @@ from itransfer.analysis.block_bootstrap import (
     partial_check,
 )
 from itransfer.analysis.html import details, table
+from itransfer.analysis.manifest import RunManifest
 from itransfer.analysis.plotting import PaperFigure
+from itransfer.analysis.registry import Section, register_section
 from itransfer.analysis.rows import evaluated_step
 from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.seeds import spread_by_point, spread_html
@@ -35,17 +37,9 @@ from itransfer.analysis.verdicts import (
     correlation_result,
     undefined,
 )
-from itransfer.config import EvalConfig
-from itransfer.paper_constants import PAPER_TASKS
-from itransfer.schema import (
-    DIFFICULTY_PLAN,
-    PRETRAINED,
-    Need,
-    RunManifest,
-    Section,
-    register_section,
-    transfer_plan,
-)
+from itransfer.config.paper_constants import PAPER_TASKS
+from itransfer.config.schema import EvalConfig
+from itransfer.runs.eval_plan import DIFFICULTY_PLAN, PRETRAINED, Need, transfer_plan
 
 KEY = "data_limits"
 FIGURE_2_LEFT = "Figure 2 (left)"

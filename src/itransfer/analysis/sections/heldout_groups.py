@@ -14,10 +14,12 @@ from pydantic import Field, model_validator
 
 from itransfer.analysis import correlations as corr
 from itransfer.analysis.html import table
+from itransfer.analysis.manifest import RunManifest
+from itransfer.analysis.registry import Section, register_section
 from itransfer.analysis.rows import evaluated_step, task_groups_of
 from itransfer.analysis.seeds import spread_by_point, spread_html
-from itransfer.config import EVALUATION_TASK_GROUPS, ContextConfig, EvalConfig
-from itransfer.schema import EvalPlan, Need, RunManifest, Section, register_section
+from itransfer.config.schema import EVALUATION_TASK_GROUPS, ContextConfig, EvalConfig
+from itransfer.runs.eval_plan import EvalPlan, Need
 
 KEY = "heldout_groups"
 SUMMARY_COLUMNS = ["group", "model", "n_tasks", "icl_loss", "finetune_loss", "icl_rougeL",

@@ -15,6 +15,8 @@ from pydantic import ConfigDict, Field
 from itransfer.analysis import correlations as corr
 from itransfer.analysis.block_bootstrap import Robustness, combine, paired_check
 from itransfer.analysis.html import table
+from itransfer.analysis.manifest import RunManifest
+from itransfer.analysis.registry import Section, register_section
 from itransfer.analysis.rows import trajectory_steps
 from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.sections.trajectory import FIGURE_4_LEFT
@@ -27,8 +29,8 @@ from itransfer.analysis.verdicts import (
     Settings,
     undefined,
 )
-from itransfer.config import EvalConfig
-from itransfer.schema import Need, RunManifest, Section, register_section, trajectory_needs
+from itransfer.config.schema import EvalConfig
+from itransfer.runs.eval_plan import Need, trajectory_needs
 
 KEY = "mixing"
 

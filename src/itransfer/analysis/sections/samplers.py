@@ -27,7 +27,9 @@ from itransfer.analysis.block_bootstrap import (
     paired_check,
 )
 from itransfer.analysis.html import table
+from itransfer.analysis.manifest import RunManifest
 from itransfer.analysis.plotting import PaperFigure
+from itransfer.analysis.registry import Section, register_section
 from itransfer.analysis.rows import evaluated_step
 from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.significance import RankingStability, ranking_stability
@@ -41,9 +43,9 @@ from itransfer.analysis.verdicts import (
     undefined,
     verdict,
 )
-from itransfer.config import EvalConfig
+from itransfer.config.schema import EvalConfig
+from itransfer.runs.eval_plan import EvalPlan, Need
 from itransfer.sampling.rates import ANNEALING_SCHEDULES
-from itransfer.schema import EvalPlan, Need, RunManifest, Section, register_section
 
 KEY = "samplers"
 FIGURE_3_LEFT = "Figure 3 (left)"

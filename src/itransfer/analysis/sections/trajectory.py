@@ -29,7 +29,9 @@ from itransfer.analysis.block_bootstrap import (
     spearman_statistic,
 )
 from itransfer.analysis.html import details, table
+from itransfer.analysis.manifest import RunManifest
 from itransfer.analysis.plotting import PaperFigure
+from itransfer.analysis.registry import Section, register_section
 from itransfer.analysis.rows import trajectory_steps
 from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.seeds import spread_by_point, spread_html
@@ -56,9 +58,9 @@ from itransfer.analysis.verdicts import (
     spearman_test_text,
     undefined,
 )
-from itransfer.config import EvalConfig
-from itransfer.paper_constants import PAPER_TASKS
-from itransfer.schema import Need, RunManifest, Section, register_section, trajectory_needs
+from itransfer.config.paper_constants import PAPER_TASKS
+from itransfer.config.schema import EvalConfig
+from itransfer.runs.eval_plan import Need, trajectory_needs
 
 KEY = "trajectory"
 FIGURE_4_LEFT = "Figure 4 (left)"

@@ -25,7 +25,9 @@ from itransfer.analysis.block_bootstrap import (
     partial_check,
 )
 from itransfer.analysis.html import details, table
+from itransfer.analysis.manifest import RunManifest
 from itransfer.analysis.plotting import PaperFigure
+from itransfer.analysis.registry import Section, register_section
 from itransfer.analysis.rows import ROUGE_F, ROUGE_RECALL, evaluated_step
 from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.significance import paired_test
@@ -42,17 +44,9 @@ from itransfer.analysis.verdicts import (
     undefined,
     verdict,
 )
-from itransfer.config import EvalConfig
-from itransfer.paper_constants import PAPER_TASKS
-from itransfer.schema import (
-    DIFFICULTY_PLAN,
-    PRETRAINED,
-    Need,
-    RunManifest,
-    Section,
-    register_section,
-    transfer_plan,
-)
+from itransfer.config.paper_constants import PAPER_TASKS
+from itransfer.config.schema import EvalConfig
+from itransfer.runs.eval_plan import DIFFICULTY_PLAN, PRETRAINED, Need, transfer_plan
 
 if TYPE_CHECKING:  # matplotlib loads with the first figure (plotting.py), not with the section
     from matplotlib.axes import Axes

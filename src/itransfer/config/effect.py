@@ -4,7 +4,7 @@ Each setting is marked once, where it is declared::
 
     log_every: Annotated[int, NoEffect] = Field(default=10, ge=1)
 
-and :mod:`itransfer.identity` derives every identity key (training and evaluation stages, the
+and :mod:`itransfer.runs.identity` derives every identity key (training and evaluation stages, the
 results' settings hash, the resume check) from the markers. A field without a marker changes
 results: it is in every key whose section holds it. This module knows nothing of the config, so
 the config classes (and the samplers' config classes) can import it.

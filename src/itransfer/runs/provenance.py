@@ -16,8 +16,8 @@ import torch
 from pydantic import BaseModel
 
 from itransfer import __version__
-from itransfer.config import config_to_yaml
-from itransfer.io_utils import atomic_write_text
+from itransfer.config.schema import config_to_yaml
+from itransfer.runtime.atomic_files import atomic_write_text
 
 TRACKED_PACKAGES = (
     "torch", "transformers", "peft", "accelerate", "datasets", "pyarrow", "safetensors",

@@ -1,6 +1,6 @@
 """The paper's task-selection constants (§2.4, Appendix A, Tables 1–2).
 
-They are the defaults of :class:`itransfer.config.SelectionConfig`; a user who wants another
+They are the defaults of :class:`itransfer.config.schema.SelectionConfig`; a user who wants another
 split overrides them in YAML rather than editing this file.
 """
 

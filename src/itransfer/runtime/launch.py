@@ -162,7 +162,7 @@ def check_fsdp(accelerator: Accelerator) -> None:
         raise ConfigError(
             f"the launch asks for FSDP but the accelerator runs {accelerator.distributed_type}: "
             "each process would hold and update the whole model. Let itransfer make the "
-            "accelerator (itransfer.launch.make_accelerator)."
+            "accelerator (itransfer.runtime.launch.make_accelerator)."
         )
 
 

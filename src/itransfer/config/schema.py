@@ -5,8 +5,8 @@ than a silently ignored setting. :func:`load_config` reports each problem as
 ``<file>: <dotted.key>: <what is wrong> (got <value>)``.
 
 A setting that changes no result, or was added after runs were keyed, says so where it is
-declared (:mod:`itransfer.effect`); :mod:`itransfer.identity` derives every identity key from
-those marks.
+declared (:mod:`itransfer.config.effect`); :mod:`itransfer.runs.identity` derives every
+identity key from those marks.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from itransfer import paper_constants as paper
-from itransfer.effect import AddedLater, CheckpointSchedule, KeyedOnlyWhen, NoEffect
+from itransfer.config import paper_constants as paper
+from itransfer.config.effect import AddedLater, CheckpointSchedule, KeyedOnlyWhen, NoEffect
 from itransfer.errors import ConfigError
 from itransfer.sampling import SAMPLERS, ProportionalConfig, SamplerConfig, sampler_config_union
 
@@ -140,7 +140,7 @@ class MixingConfig(StrictModel):
 class MonitorConfig(StrictModel):
     """Few-shot transfer and ICL measured on probe tasks while training runs (``train.monitor``).
 
-    Every setting is marked :data:`~itransfer.effect.NoEffect`: a probe runs on the current
+    Every setting is marked :data:`~itransfer.config.effect.NoEffect`: a probe runs on the current
     weights without touching the training run (its RNGs are forked, its adapters removed), so
     turning the monitor on changes no stage key and may resume a run trained without it.
     """
@@ -256,7 +256,7 @@ class LoraConfig(StrictModel):
     batch_size: int = Field(default=32, ge=1)
     epochs: int = Field(default=5, ge=1)
     # "auto": q, v for T5 (the paper's), PEFT's per-architecture default for any other model
-    # (itransfer.lora_targets); or a list of module names, matched as PEFT matches them.
+    # (itransfer.models.lora_targets); or a list of module names, matched as PEFT matches them.
     target_modules: Literal["auto"] | list[str] = "auto"
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     weight_decay: float = Field(default=0.0, ge=0.0)  # AdamW's; the paper states none

@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from itransfer.errors import ConfigError, ITransferError
-from itransfer.io_utils import staged_dir
+from itransfer.runtime.atomic_files import staged_dir
 
 logger = logging.getLogger(__name__)
 

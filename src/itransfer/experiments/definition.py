@@ -1,7 +1,7 @@
 """Experiment specs: a base config, named model variants, and the paper sections to analyse.
 
 An experiment YAML (the shipped ``src/itransfer/configs/paper/*.yaml`` and ``quickstart.yaml``,
-run by name as ``paper/sec3_1_transfer``; see :mod:`itransfer.packaged_configs`)::
+run by name as ``paper/sec3_1_transfer``; see :mod:`itransfer.config.packaged`)::
 
     name: sec3_1_transfer
     title: "§3.1 Instruction tuning harms transfer"
@@ -28,7 +28,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from itransfer.config import (
+from itransfer.analysis.registry import Sections
+from itransfer.config.schema import (
     ExperimentConfig,
     StrictModel,
     apply_overrides,
@@ -36,7 +37,7 @@ from itransfer.config import (
     validate_tree,
 )
 from itransfer.errors import ConfigError
-from itransfer.schema import PRETRAINED, Sections
+from itransfer.runs.eval_plan import PRETRAINED
 
 
 class ExperimentSpec(StrictModel):

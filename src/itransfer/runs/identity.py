@@ -1,7 +1,7 @@
 """Whether two runs are the same: every identity key, derived from the config's markers.
 
 Each config field says once, where it is declared, how it bears on results
-(:mod:`itransfer.effect`); unmarked fields change results. From that one statement come:
+(:mod:`itransfer.config.effect`); unmarked fields change results. From that one statement come:
 
 * :func:`training_key`: a training stage of ``itransfer run`` (its trajectory checkpoints);
 * :func:`evaluation_key` with :func:`plan_key`: an evaluation stage of one checkpoint;
@@ -12,7 +12,7 @@ Each config field says once, where it is declared, how it bears on results
 
 Every value must stay what earlier versions computed for the same config (users' stage stores,
 results tables and caches are found by them): ``tests/test_identity_pins.py`` pins them, and
-settings added later carry :class:`~itransfer.effect.AddedLater` so that old keys hold.
+settings added later carry :class:`~itransfer.config.effect.AddedLater` so that old keys hold.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from itransfer.compat import omitted_from_older_keys, upgrade_saved_config
-from itransfer.config import ExperimentConfig, SplitConfig
+from itransfer.config.effect import CheckpointSchedule, Effect, KeyedOnlyWhen, NoEffect, marker
+from itransfer.config.schema import ExperimentConfig, SplitConfig
 from itransfer.data.splits import FEW_SHOT_DRAWS
-from itransfer.effect import CheckpointSchedule, Effect, KeyedOnlyWhen, NoEffect, marker
+from itransfer.runs.compat import omitted_from_older_keys, upgrade_saved_config
 
 if TYPE_CHECKING:
-    from itransfer.schema import EvalPlan
+    from itransfer.runs.eval_plan import EvalPlan
 
 # The sections of the config each key hashes (the others are told by the key's other parts).
 TRAINING_SECTIONS = ("seed", "data", "model", "train")
@@ -99,11 +99,11 @@ def result_relevant(
     config: BaseModel | Mapping[str, Any], *, ignore_checkpoint_schedule: bool = False
 ) -> dict[str, Any]:
     """``config`` as a JSON tree of what changes results: without settings marked
-    :data:`~itransfer.effect.NoEffect` (and, for a resumed run,
-    :data:`~itransfer.effect.CheckpointSchedule`), without settings at the value they had
-    before they existed (:class:`~itransfer.effect.AddedLater`), and without those whose
-    :class:`~itransfer.effect.KeyedOnlyWhen` condition fails. A mapping is taken as an already
-    dumped config, such as the one a checkpoint saved; it is left as it was."""
+    :data:`~itransfer.config.effect.NoEffect` (and, for a resumed run,
+    :data:`~itransfer.config.effect.CheckpointSchedule`), without settings at the value they had
+    before they existed (:class:`~itransfer.config.effect.AddedLater`), and without those whose
+    :class:`~itransfer.config.effect.KeyedOnlyWhen` condition fails. A mapping is taken as an
+    already dumped config, such as the one a checkpoint saved; it is left as it was."""
     root = (config.model_dump(mode="json") if isinstance(config, BaseModel)
             else copy.deepcopy(dict(config)))
     tree = copy.deepcopy(root)
@@ -169,8 +169,8 @@ def plan_key(plan: EvalPlan) -> list[Any]:
 def evaluation_key(config: ExperimentConfig, checkpoint: str, plan: list[Any]) -> str:
     """The evaluation stage of ``checkpoint`` (a model, or a training stage's key@step) that
     measures ``plan`` (a :func:`plan_key`)."""
-    from itransfer.lora_targets import targets_for_key  # torch: only when keys are made
-    from itransfer.models import model_type_of
+    from itransfer.models.loading import model_type_of
+    from itransfer.models.lora_targets import targets_for_key  # torch: only when keys are made
 
     relevant = result_relevant(config)
     # `auto` is keyed as the modules it means for this model (q, v on T5: the keys of the old

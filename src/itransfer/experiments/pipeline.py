@@ -9,7 +9,7 @@ Stages and where they live (``--store``, default ``<out>/stages``):
 * ``eval-<key>/``: the evaluations of one checkpoint (ICL, transfer, seen), a results table;
 
 where ``key`` hashes the stage's resolved config and inputs, less the settings that change no
-result (:mod:`itransfer.identity` derives both keys from the config's markers). Two
+result (:mod:`itransfer.runs.identity` derives both keys from the config's markers). Two
 experiments (or two variants) that need the same stage find it done and reuse it — the
 pre-trained baseline is evaluated once for every section — and an interrupted run resumes:
 finished stages are skipped, a training stage continues from its last checkpoint, an
@@ -18,8 +18,9 @@ evaluation stage after its last finished cells.
 ``--force eval:LABEL`` re-measures that model's evaluations (newer rows win).
 
 The run folder gets ``results/`` (every evaluation stage's rows, labelled with the
-experiment's model names), ``manifest.json`` (a :class:`itransfer.schema.RunManifest`: models,
-sections, timings, config, provenance) and the report.
+experiment's model names), ``manifest.json`` (a
+:class:`itransfer.analysis.manifest.RunManifest`: models, sections, timings, config,
+provenance) and the report.
 
 SIGINT, SIGTERM and SIGUSR1 stop the run where nothing is lost: between stages, inside a
 training stage at a step boundary (with a resumable checkpoint), inside an evaluation stage
@@ -28,7 +29,7 @@ signal (the CLI exits with 128 + it) and the same command continues the run.
 
 In code: :func:`plan_stages` says which stages a run has, in order, with their keys (no I/O;
 the evaluation stages of a trained model wait for the checkpoints its training stage saved,
-read through :func:`itransfer.checkpoint_format.read_trajectory`), and :func:`run_stage` runs
+read through :func:`itransfer.runs.checkpoints.read_trajectory`), and :func:`run_stage` runs
 one of them: the cache, ``--force``, stops, timing and the finished marker.
 
 Under ``accelerate launch`` every process runs this same driver: training and evaluation
@@ -50,30 +51,28 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from itransfer.config import EVALUATION_TASK_GROUPS, ExperimentConfig
+from itransfer.analysis.manifest import (
+    MANIFEST,
+    MANIFEST_VERSION,
+    ModelInfo,
+    RunManifest,
+    read_manifest,
+)
+from itransfer.config.schema import EVALUATION_TASK_GROUPS, ExperimentConfig
 from itransfer.data.contexts import one_warning_for_cuts
 from itransfer.errors import ConfigError, StoppedBySignal, TrainingStopped
 from itransfer.eval.results import RESULTS_DIR, SCHEMA, ResultsTable
-from itransfer.experiment import Experiment
-from itransfer.identity import evaluation_key, plan_key, training_key
-from itransfer.io_utils import atomic_write_text, staged_dir
-from itransfer.launch import agreed, make_state
-from itransfer.models import model_facts
-from itransfer.provenance import git_revision, hardware, package_versions, write_run_record
-from itransfer.schema import (
-    MANIFEST,
-    MANIFEST_VERSION,
-    PRETRAINED,
-    EvalPlan,
-    ModelInfo,
-    RunManifest,
-    When,
-    read_manifest,
-)
-from itransfer.stopping import StopRequest, stop_requested_on_signal
+from itransfer.experiments.definition import Experiment
+from itransfer.models.loading import model_facts
+from itransfer.runs.eval_plan import PRETRAINED, EvalPlan, When
+from itransfer.runs.identity import evaluation_key, plan_key, training_key
+from itransfer.runs.provenance import git_revision, hardware, package_versions, write_run_record
+from itransfer.runtime.atomic_files import atomic_write_text, staged_dir
+from itransfer.runtime.launch import agreed, make_state
+from itransfer.runtime.stopping import StopRequest, stop_requested_on_signal
 
 if TYPE_CHECKING:  # the checkpoint format imports torch, which the planning does not need
-    from itransfer.checkpoint_format import Trajectory
+    from itransfer.runs.checkpoints import Trajectory
 
 STAGE_FILE = "stage.json"
 
@@ -151,7 +150,7 @@ def _check_tokenizers(experiment: Experiment) -> None:
     """Every model of one experiment must share a tokenizer (their losses are compared)."""
     from transformers import AutoTokenizer
 
-    from itransfer.models import resolve_model_source
+    from itransfer.models.loading import resolve_model_source
 
     seen: dict[str, tuple[str, int]] = {}
     for label in [PRETRAINED, *experiment.variants]:
@@ -215,7 +214,7 @@ class Stage:
     """One cached unit of work: done once, kept under ``<store>/<kind>-<key>/``."""
 
     label: str  # the experiment's model label
-    key: str  # from itransfer.identity: equal keys mean equal results
+    key: str  # from itransfer.runs.identity: equal keys mean equal results
     forced: bool  # named by --force: measured again whether or not it is done
 
     kind: ClassVar[str]
@@ -405,7 +404,7 @@ def _run_stages(
     write_report: bool,
     stop: StopRequest,
 ) -> RunSummary:
-    from itransfer.checkpoint_format import read_trajectory
+    from itransfer.runs.checkpoints import read_trajectory
 
     state = make_state()
     out_dir = Path(out_dir)

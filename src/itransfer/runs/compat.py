@@ -3,7 +3,7 @@
 Everything that upgrades an old file on read lives here, so that what "old" means is said once:
 
 * configs saved in checkpoints before sampler configs were typed (only the keys the user gave);
-* settings added after runs were keyed (:class:`~itransfer.effect.AddedLater`): at the value
+* settings added after runs were keyed (:class:`~itransfer.config.effect.AddedLater`): at the value
   every earlier run had, identity keys leave them out, as those runs' keys did;
 * results tables written before a column existed;
 * run manifests before ``version`` and the models' step budget existed.
@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from itransfer.effect import AddedLater, marker
+from itransfer.config.effect import AddedLater, marker
 
 # Results columns added after the first tables were written: a row or a file without one reads
 # as null (``task_group``: tables before it read as ``unseen`` in the analysis).
@@ -46,7 +46,7 @@ def upgrade_saved_config(saved: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _with_sampler_defaults(saved_sampler: Any) -> Any:
-    from itransfer.config import TrainConfig  # config imports the markers this module reads
+    from itransfer.config.schema import TrainConfig  # config imports the markers this module reads
 
     if not isinstance(saved_sampler, dict):
         return saved_sampler

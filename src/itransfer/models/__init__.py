@@ -1,0 +1,3 @@
+"""Hugging Face models: loading a model and tokenizer by name or path, saving them atomically
+(:mod:`~itransfer.models.loading`), and which modules a few-shot LoRA adapts
+(:mod:`~itransfer.models.lora_targets`)."""
