@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from causal_models import build_causal_model
-from itransfer.config.schema import DataConfig, LoraConfig
+from itransfer.config.schema import DataConfig, FewShotLoraConfig
 from itransfer.data import build_context, open_benchmark
 from itransfer.encoding.examples import IGNORE_INDEX, EncodedExample, ExampleEncoder, collate
 from itransfer.errors import ConfigError
@@ -220,7 +220,7 @@ AUTO_TARGETS = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
 def test_batched_lora_engine_equals_peft_engine(shape: str, request: pytest.FixtureRequest) -> None:
     loaded: LoadedModel = request.getfixturevalue(shape)
     model, tokenizer = loaded.model.double(), loaded.tokenizer
-    settings = LoraConfig(dropout=0.0, batch_size=4, epochs=2)  # target_modules: auto
+    settings = FewShotLoraConfig(dropout=0.0, batch_size=4, epochs=2)  # target_modules: auto
     cells = _cells(loaded)
     common = {"pad_token_id": tokenizer.pad_token_id, "architecture": "causal", "device": CPU}
     # Each cell's first examples as test items: short and long prompts in one batch.

@@ -241,7 +241,7 @@ def test_seen_budget_scores_a_size_proportional_sample(tiny_model_dir: Path, tmp
     session = open_session(config, tiny_model_dir, tmp_path)
     capped = identity.measurement_hash(_config("eval.seen_max_instances=null"),
                                        session.model_label, "seen", context="exemplars")
-    assert session.settings_hash("seen", context="exemplars") != capped
+    assert session.measurement_hash("seen", context="exemplars") != capped
     evaluate_seen(session)
     frame = session.table.read()
     sizes = frame[frame["metric"] == "split_size"].pivot(index="task", columns="split",

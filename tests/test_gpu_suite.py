@@ -256,7 +256,7 @@ def test_an_autocast_region_around_a_peft_cell_trains_a_stale_adapter() -> None:
     the first one's (bench/README.md). Outside such a region the same cell learns."""
     from transformers import T5ForConditionalGeneration
 
-    from itransfer.config.schema import LoraConfig
+    from itransfer.config.schema import FewShotLoraConfig
     from itransfer.encoding.examples import EncodedExample
     from itransfer.eval.lora import TransferCell, train_cell_peft
     from train_throughput import shape_config
@@ -272,7 +272,7 @@ def test_an_autocast_region_around_a_peft_cell_trains_a_stale_adapter() -> None:
     for region in (False, True):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=region):
             trained, losses[region] = train_cell_peft(
-                model, cell, LoraConfig(dropout=0.0, learning_rate=1e-2), pad_token_id=0,
+                model, cell, FewShotLoraConfig(dropout=0.0, learning_rate=1e-2), pad_token_id=0,
                 architecture="seq2seq", device=torch.device("cpu"))
         model = trained.unload()
     # Stale: the initial adapter at every step (the batch's order moves the sum by rounding).

@@ -13,7 +13,8 @@ from typing import Annotated, Any
 import pytest
 from pydantic import BaseModel
 
-from itransfer.config.effect import (
+from itransfer.config.schema import ExperimentConfig, load_config
+from itransfer.effect import (
     AddedLater,
     CheckpointSchedule,
     Effect,
@@ -21,7 +22,6 @@ from itransfer.config.effect import (
     NoEffect,
     marker,
 )
-from itransfer.config.schema import ExperimentConfig, load_config
 from itransfer.runs import identity
 from itransfer.sampling import SAMPLERS
 

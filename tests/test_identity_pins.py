@@ -73,9 +73,9 @@ def _settings_hashes(config: ExperimentConfig) -> list[str]:
     session: Any = SimpleNamespace(config=config, model_label="runs/x/checkpoints/step-0000006")
     lora = config.eval.lora.model_copy(update={"target_modules": ["q", "v"]})
     return [
-        EvalSession.settings_hash(session, "icl", context="exemplars"),
-        EvalSession.settings_hash(session, "seen", context=config.data.context.name),
-        EvalSession.settings_hash(session, "finetune", lora=lora.model_dump(mode="json")),
+        EvalSession.measurement_hash(session, "icl", context="exemplars"),
+        EvalSession.measurement_hash(session, "seen", context=config.data.context.name),
+        EvalSession.measurement_hash(session, "finetune", lora=lora.model_dump(mode="json")),
     ]
 
 

@@ -33,7 +33,7 @@ PACKAGE = SRC / "itransfer"
 
 FLOORS: list[tuple[str, ...]] = [
     ("itransfer", "itransfer.errors", "itransfer.runtime", "itransfer.config.paper_constants",
-     "itransfer.config.effect", "itransfer.config.packaged", "itransfer.models",
+     "itransfer.effect", "itransfer.config.packaged", "itransfer.models",
      "itransfer.sampling"),
     ("itransfer.config", "itransfer.runs", "itransfer.runs.compat", "itransfer.runs.provenance",
      "itransfer.runs.eval_plan"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from itransfer.config.schema import DataConfig, LoraConfig
+from itransfer.config.schema import DataConfig, FewShotLoraConfig
 from itransfer.data import build_context, open_benchmark
 from itransfer.encoding.examples import ExampleEncoder, collate
 from itransfer.eval.lora import (
@@ -28,7 +28,7 @@ from itransfer.models.loading import (
 CPU = torch.device("cpu")
 # Small batches and 2 epochs keep the run short; k = 5, 10, 20 give 4, 6 and 10 steps, and the
 # k = 5 and k = 10 cells end each epoch with a partial batch.
-SETTINGS = LoraConfig(dropout=0.0, batch_size=4, epochs=2)
+SETTINGS = FewShotLoraConfig(dropout=0.0, batch_size=4, epochs=2)
 SHOTS = (5, 10, 20)
 
 
@@ -140,11 +140,11 @@ def test_routing_matches_exported_peft_adapter_and_base(
     before = _snapshot(model)
     batch = _eval_batch(cells, pad)
     base_logits = _logits(model, batch)
-    settings = LoraConfig(batch_size=4, epochs=1)  # dropout on: export must not depend on it
+    lora = FewShotLoraConfig(batch_size=4, epochs=1)  # dropout on: export must not depend on it
     # The last cell has k = 0: its adapter is never trained.
     untrained = TransferCell(cells[0].task, 0, "none", 0, ())
     result = train_cells_batched(
-        model, [*cells[:2], untrained], settings,
+        model, [*cells[:2], untrained], lora,
         pad_token_id=pad, architecture="seq2seq", device=CPU,
     )
     adapters = result.adapters
@@ -211,16 +211,16 @@ def test_routed_greedy_generation_uses_each_rows_adapter(
 def test_lm_head_as_a_lora_target(loaded: LoadedModel, cells: list[TransferCell]) -> None:
     # The output layer routes each batch row to its own adapter, so the loss must not narrow
     # its input to the target positions (token_losses leaves such heads alone).
-    settings = LoraConfig(dropout=0.0, batch_size=4, epochs=1, target_modules=["q", "lm_head"])
+    lora = FewShotLoraConfig(dropout=0.0, batch_size=4, epochs=1, target_modules=["q", "lm_head"])
     model = load_model_and_tokenizer(DEFAULT_MODEL).model.double()
     common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "seq2seq",
               "device": CPU}
     expected = []
     for cell in cells[:2]:
-        peft_model, losses = train_cell_peft(model, cell, settings, **common)
+        peft_model, losses = train_cell_peft(model, cell, lora, **common)
         expected.append(losses)
         model = peft_model.unload()
-    result = train_cells_batched(model, cells[:2], settings, **common)
+    result = train_cells_batched(model, cells[:2], lora, **common)
     try:
         assert "lm_head" in result.adapters.layers
         for c in range(2):
@@ -235,14 +235,14 @@ def test_a_cells_dropout_does_not_depend_on_what_ran_before(
     # With dropout, a cell's result must be the same whether it runs first or after others
     # (a sharded evaluation gives each process different cells before it) and in either engine
     # must not move the caller's random state.
-    settings = LoraConfig(dropout=0.3, batch_size=4, epochs=1)
+    lora = FewShotLoraConfig(dropout=0.3, batch_size=4, epochs=1)
     model = _model_with_dropout(0.1)
     common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "seq2seq",
               "device": CPU}
 
     def peft_losses(cell: TransferCell) -> list[float]:
         nonlocal model
-        peft_model, losses = train_cell_peft(model, cell, settings, **common)
+        peft_model, losses = train_cell_peft(model, cell, lora, **common)
         model = peft_model.unload()
         return losses
 
@@ -257,7 +257,7 @@ def test_a_cells_dropout_does_not_depend_on_what_ran_before(
     assert peft_losses(cells[2]) != peft_losses(replace(cells[2], seed=1))
 
     def batched_losses() -> list[list[float]]:
-        result = train_cells_batched(model, cells[:2], settings, **common)
+        result = train_cells_batched(model, cells[:2], lora, **common)
         result.adapters.remove()
         return result.losses
 
@@ -279,21 +279,21 @@ def test_batched_equals_peft_with_dropout_on(
 ) -> None:
     # Both engines draw each example's masks from its key (keyed_dropout), so with the default
     # LoRA dropout and the model's own dropout on they still train the same adapters.
-    settings = SETTINGS.model_copy(update={"dropout": LoraConfig().dropout, "epochs": 1})
+    lora = SETTINGS.model_copy(update={"dropout": FewShotLoraConfig().dropout, "epochs": 1})
     model = _model_with_dropout(0.1, torch.float64)
     common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "seq2seq",
               "device": CPU}
     cells = cells[:2]
     peft_losses = []
     for cell in cells:
-        peft_model, losses = train_cell_peft(model, cell, settings, **common)
+        peft_model, losses = train_cell_peft(model, cell, lora, **common)
         peft_losses.append(losses)
         model = peft_model.unload()
     no_dropout = train_cells_batched(
         model, cells, SETTINGS.model_copy(update={"epochs": 1}), **common
     )
     no_dropout.adapters.remove()
-    result = train_cells_batched(model, cells, settings, max_examples_per_pass=7, **common)
+    result = train_cells_batched(model, cells, lora, max_examples_per_pass=7, **common)
     result.adapters.remove()
     for c in range(len(cells)):
         assert result.losses[c] == pytest.approx(peft_losses[c], abs=1e-5)
@@ -307,11 +307,11 @@ def test_a_cell_trains_the_same_adapter_in_any_group_and_pass_size(
     # eval.cells_per_group, eval.max_examples_per_pass / max_tokens_per_pass and sharding over
     # processes only change which cells share a pass and how it is padded: at the default
     # dropout (LoRA and model) the cell's adapter must not move beyond float64 rounding.
-    settings = SETTINGS.model_copy(update={"dropout": LoraConfig().dropout})
+    lora = SETTINGS.model_copy(update={"dropout": FewShotLoraConfig().dropout})
     model = _model_with_dropout(0.1, torch.float64)
     common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "seq2seq",
               "device": CPU}
-    settings = settings.model_copy(update={"epochs": 1})
+    lora = lora.model_copy(update={"epochs": 1})
     cell = cells[1]
     # Cheap company: the k = 5 cell under 39 other seeds.
     others = [replace(cells[0], seed=seed) for seed in range(1, 40)]
@@ -327,7 +327,7 @@ def test_a_cell_trains_the_same_adapter_in_any_group_and_pass_size(
     weights, losses = {}, {}
     for label, (group, index, knobs) in runs.items():
         assert len(group) in (1, 3, 40)
-        result = train_cells_batched(model, group, settings, **common, **knobs)
+        result = train_cells_batched(model, group, lora, **common, **knobs)
         weights[label] = _adapter_weights(result, index)
         losses[label] = result.losses[index]
         result.adapters.remove()
@@ -363,19 +363,19 @@ def test_a_causal_group_matches_sequential_peft_with_a_target_only_example(
         TransferCell("task_a", 3, "none", 0, (example(0, 4), example(6, 3), example(9, 2))),
         TransferCell("task_b", 2, "none", 0, (example(5, 5), example(3, 1))),
     ]
-    settings = LoraConfig(dropout=0.0, batch_size=2, epochs=2, weight_decay=0.1,
+    lora = FewShotLoraConfig(dropout=0.0, batch_size=2, epochs=2, weight_decay=0.1,
                           target_modules=["q_proj", "v_proj"])
     common = {"pad_token_id": loaded.tokenizer.pad_token_id, "architecture": "causal",
               "device": CPU}
     expected = []
     for cell in cells:
-        peft_model, losses = train_cell_peft(model, cell, settings, **common)
+        peft_model, losses = train_cell_peft(model, cell, lora, **common)
         expected.append(losses)
         model = peft_model.unload()
     steps: list[tuple[int, int]] = []
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     with caplog.at_level("INFO", logger="itransfer.eval.multilora"):
-        result = train_cells_batched(model, cells, settings, max_tokens_per_pass=16,
+        result = train_cells_batched(model, cells, lora, max_tokens_per_pass=16,
                                      progress=lambda step, total: steps.append((step, total)),
                                      **common)
     try:

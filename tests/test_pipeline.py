@@ -100,7 +100,7 @@ def test_stages_run_once_then_are_reused(
 
 
 def test_the_manifest_states_the_annealing_schedule(tiny_model_dir: Path, tmp_path: Path) -> None:
-    # The §4 report reads sampler_spec["schedule"]: present even where the YAML left it out.
+    # The §4 report reads sampler_config["schedule"]: present even where the YAML left it out.
     variants = {
         "it-ra": {"train": {"sampler": {"name": "reverse_annealing", "max_temperature": 100}}},
         "it-ra-log": {"train": {"sampler": {"name": "reverse_annealing",
@@ -116,10 +116,10 @@ def test_the_manifest_states_the_annealing_schedule(tiny_model_dir: Path, tmp_pa
     _write_manifest(tmp_path / "run", experiment, dict.fromkeys(variants, fake_trajectory),
                     {}, tmp_path / "store")
     models = read_manifest(tmp_path / "run").models
-    assert models["it-ra"].sampler_spec == {"name": "reverse_annealing", "start_temperature": 1.0,
+    assert models["it-ra"].sampler_config == {"name": "reverse_annealing", "start_temperature": 1.0,
                                             "max_temperature": 100.0, "schedule": "linear"}
-    assert models["it-ra-log"].sampler_spec["schedule"] == "log_linear"
-    assert models["it-b"].sampler_spec == {"name": "uniform"}
+    assert models["it-ra-log"].sampler_config["schedule"] == "log_linear"
+    assert models["it-b"].sampler_config == {"name": "uniform"}
 
 
 def test_a_second_experiment_reuses_a_shared_store(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def test_section_analysis_and_finding_rank_only_the_papers_four() -> None:
         label = f"it-{name}"
         rows += seen_and_icl_rows(label, validation, test, icl)
         spec = {"name": sampler, **({"max_temperature": temperature} if temperature else {})}
-        models[label] = {"sampler": sampler, "sampler_spec": spec, "final_step": 10}
+        models[label] = {"sampler": sampler, "sampler_config": spec, "final_step": 10}
         sections[name] = label
     manifest = RunManifest.model_validate(
         {"models": models, "sections": {"samplers": {"models": sections}}})

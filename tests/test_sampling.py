@@ -17,7 +17,7 @@ from itransfer.sampling import (
     TemperatureSampler,
     UniformConfig,
     build_sampler,
-    parse_sampler_spec,
+    parse_sampler_config,
     plot_sampling_schedule,
     register_sampler,
     sampling_schedule,
@@ -83,7 +83,7 @@ NON_DEFAULT_SPECS = {
 def test_every_sampler_has_a_config_that_round_trips(name: str) -> None:
     config_class = SAMPLERS[name].config_class
     assert issubclass(config_class, SamplerConfig) and config_class.registered_name() == name
-    config = parse_sampler_spec(NON_DEFAULT_SPECS[name])
+    config = parse_sampler_config(NON_DEFAULT_SPECS[name])
     assert type(config) is config_class
     assert config.model_dump() == NON_DEFAULT_SPECS[name]
     assert config_class.model_validate(config.model_dump()) == config
@@ -202,7 +202,7 @@ def test_annealed_temperature_rejects_bad_arguments() -> None:
 
 
 def test_reverse_annealing_defaults_to_the_linear_schedule() -> None:
-    config = parse_sampler_spec({"name": "reverse_annealing"})
+    config = parse_sampler_config({"name": "reverse_annealing"})
     assert config.schedule == "linear"
     sampler = make({"name": "reverse_annealing"})
     assert sampler.temperature(TOTAL_STEPS // 2) == 500.5
@@ -261,7 +261,7 @@ def test_reverse_annealing_draws_the_smallest_task_at_least_proportionally_at_ev
 
 def test_unknown_schedule_names_the_parameter() -> None:
     with pytest.raises(ConfigError, match=r"reverse_annealing.*'schedule'.*got 'cosine'"):
-        parse_sampler_spec({"name": "reverse_annealing", "schedule": "cosine"})
+        parse_sampler_config({"name": "reverse_annealing", "schedule": "cosine"})
 
 
 def test_effective_num_tasks() -> None:

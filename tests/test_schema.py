@@ -173,6 +173,7 @@ def test_a_manifest_written_before_versions_still_reads(tmp_path: Path) -> None:
     assert manifest.section(TransferSection) is None
     assert manifest.trajectory_of("it-mix3") == (0, 80, 160, 240)
     assert manifest.models["it-mix3"].stage == "runs/q/stages/train-abc"
+    assert manifest.models["it-mix3"].sampler_config == {"name": "proportional"}  # was _spec
 
 
 def test_manifest_round_trips_through_json(tmp_path: Path) -> None:
@@ -207,7 +208,7 @@ def test_a_bad_manifest_is_one_line_naming_the_file(tmp_path: Path, change: dict
 
 @dataclass(frozen=True)
 class ProbeAnalysis:
-    spec: ProbeSection
+    section: ProbeSection
     mean_icl: float
 
     @classmethod
@@ -215,7 +216,7 @@ class ProbeAnalysis:
                 n_boot: int, seed: int) -> ProbeAnalysis:
         icl = frame[(frame["model"] == section.model) & (frame["method"] == "icl")
                     & (frame["metric"] == "loss")]
-        return cls(spec=section, mean_icl=section.scale * float(icl["value"].mean()))
+        return cls(section=section, mean_icl=section.scale * float(icl["value"].mean()))
 
     def tables_html(self) -> str:
         return f"<p>probe: mean ICL loss {self.mean_icl:.4f}</p>"

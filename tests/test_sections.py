@@ -39,7 +39,7 @@ import pandas as pd
 from itransfer.analysis import plotting
 from itransfer.analysis.plotting import PaperFigure
 from itransfer.analysis.run import RunAnalysis
-from itransfer.analysis.verdicts import REPRODUCES, Finding, FindingResult, Settings
+from itransfer.analysis.verdicts import REPRODUCES, Finding, FindingResult, BootstrapOptions
 from itransfer.config.schema import EvalConfig
 from itransfer.analysis.manifest import RunManifest
 from itransfer.analysis.registry import Section, register_section
@@ -50,7 +50,7 @@ FIGURE_9 = "Figure 9 (left)"
 
 @dataclass(frozen=True)
 class ToyAnalysis:
-    spec: ToySection
+    section: ToySection
     mean_icl: float
 
     @classmethod
@@ -58,7 +58,7 @@ class ToyAnalysis:
                 n_boot: int, seed: int) -> ToyAnalysis:
         icl = frame[(frame["model"] == section.model) & (frame["method"] == "icl")
                     & (frame["metric"] == "loss")]
-        return cls(spec=section, mean_icl=float(icl["value"].mean()))
+        return cls(section=section, mean_icl=float(icl["value"].mean()))
 
     def tables_html(self) -> str:
         return f"<p>toy: mean ICL loss {self.mean_icl:.4f}</p>"
@@ -73,7 +73,7 @@ def draw(analysis: RunAnalysis, path: Path) -> Path | None:
     return plotting.save(figure, path)
 
 
-def judge(analysis: RunAnalysis, finding: Finding, settings: Settings) -> FindingResult:
+def judge(analysis: RunAnalysis, finding: Finding, bootstrap: BootstrapOptions) -> FindingResult:
     toy = analysis.of(ToyAnalysis)
     return FindingResult(finding, REPRODUCES, toy.mean_icl, None,
                          f"mean ICL loss {toy.mean_icl:.3f}")

@@ -56,7 +56,7 @@ def icl_rows(model: str, loss: float, num_tasks: int = 8) -> list[dict[str, Any]
 def manifest_for(samplers: Mapping[str, tuple[str, dict[str, Any]]],
                  section: Mapping[str, Any] | None = None) -> RunManifest:
     """``samplers``: section name → (sampler kind, sampler spec); the model is ``it-<name>``."""
-    models = {f"it-{name}": {"sampler": kind, "sampler_spec": {"name": kind, **spec},
+    models = {f"it-{name}": {"sampler": kind, "sampler_config": {"name": kind, **spec},
                              "final_step": STEP} for name, (kind, spec) in samplers.items()}
     sections = {"models": {name: f"it-{name}" for name in samplers}, **(section or {})}
     return RunManifest.model_validate({"models": models, "sections": {"samplers": sections}})

@@ -30,9 +30,9 @@ from itransfer.analysis.verdicts import (
     PARTLY,
     REPRODUCES,
     UNDEFINED,
+    BootstrapOptions,
     FindingResult,
     Parts,
-    Settings,
     adjust_for_multiplicity,
     correlation_result,
     evaluate_findings,
@@ -546,7 +546,7 @@ def test_it_harm_is_rechecked_by_category_in_the_claimed_direction() -> None:
     assert harm.robustness.text.startswith("IT none vs PT none (loss): IT − PT=+1.000")
     # seeded: the same run gives the same report, bootstrap intervals included
     again = with_robustness(dataclasses.replace(harm, robustness=None), analysis,
-                            Settings(n_boot=100, seed=0))
+                            BootstrapOptions(n_boot=100, seed=0))
     assert again.robustness == harm.robustness
     within = results["3.1-it-harms-transfer-within-context"]
     assert within.verdict == REPRODUCES

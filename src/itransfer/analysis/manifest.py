@@ -16,8 +16,9 @@ from itransfer.runs.eval_plan import PRETRAINED
 
 MANIFEST = "manifest.json"
 # 1: manifests written before this field existed (same shape); 2: with ``version``; 3: models
-# record their step budget (``ModelInfo.budget``, ``total_steps``; absent in 1 and 2).
-MANIFEST_VERSION = 3
+# record their step budget (``ModelInfo.budget``, ``total_steps``; absent in 1 and 2); 4: the
+# sampler's config is ``sampler_config`` (``sampler_spec`` before).
+MANIFEST_VERSION = 4
 
 
 class ModelInfo(StrictModel):
@@ -28,7 +29,7 @@ class ModelInfo(StrictModel):
     num_parameters: int | None = None  # the pre-trained model's; None when unknown
     vocab_size: int | None = None  # rows of the output layer: ln of it is the uniform-guess loss
     sampler: str | None = None
-    sampler_spec: dict[str, Any] | None = None
+    sampler_config: dict[str, Any] | None = None
     data_limit: int | None = None
     mixing_every: int | None = None
     # What set the number of instruction-tuning steps (§3.2): "epochs" (train.epochs over the

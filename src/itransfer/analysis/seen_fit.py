@@ -224,13 +224,13 @@ class SamplerComparison:
 
 def compare_samplers(
     summary: pd.DataFrame, kinds: Mapping[str, str],
-    settings: Mapping[str, Mapping[str, object]], *, keep: int = 2,
+    sampler_configs: Mapping[str, Mapping[str, object]], *, keep: int = 2,
 ) -> SamplerComparison:
     """Pick Figure 3's models: §4 "sweep[s] over T = 10^{2,3,4,5} and report[s] the two highest
     performing methods based on seen task validation data".
 
-    ``kinds`` maps each sampler name to its sampler (see :func:`sampler_kind`), ``settings`` to
-    its sampler spec (for the sweep table's temperature and schedule). Proportional and uniform
+    ``kinds`` maps each sampler name to its sampler (see :func:`sampler_kind`), ``sampler_configs``
+    to its sampler config (for the sweep table's temperature and schedule). Proportional and uniform
     are always compared (the first of each when a run trained several); reverse-annealing runs
     are ranked by mean seen-task validation loss, lowest first, and the best ``keep`` join them.
     A run without a validation loss cannot be ranked; it is reported, never silently kept.
@@ -248,11 +248,12 @@ def compare_samplers(
     annealed = [name for name in names if kinds.get(name) == REVERSE_ANNEALING]
     records = []
     for name in annealed:
-        spec = settings.get(name) or {}
+        sampler_config = sampler_configs.get(name) or {}
         records.append({
             "sampler": name,
-            "max_temperature": spec.get("max_temperature"),
-            "schedule": spec.get("schedule", "linear"),  # the only one before the field existed
+            "max_temperature": sampler_config.get("max_temperature"),
+            # linear: the only schedule before the field existed
+            "schedule": sampler_config.get("schedule", "linear"),
             "seen_validation_loss": float(validation[name]),
         })
     sweep = pd.DataFrame.from_records(

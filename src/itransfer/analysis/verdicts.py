@@ -54,16 +54,16 @@ _FIGURE_NAME = re.compile(r"Figure (?P<number>\S+) \((?P<panels>[^()]+)\)")
 
 
 @dataclass(frozen=True)
-class Settings:
+class BootstrapOptions:
     """How the findings' bootstrap tests are run."""
 
     n_boot: int
     seed: int
 
 
-Evaluator = Callable[[RunAnalysis, "Finding", Settings], "FindingResult"]
+Evaluator = Callable[[RunAnalysis, "Finding", BootstrapOptions], "FindingResult"]
 # A finding's tests rerun under the category-block bootstrap (itransfer.analysis.block_bootstrap).
-RobustnessCheck = Callable[[RunAnalysis, Settings], Robustness]
+RobustnessCheck = Callable[[RunAnalysis, BootstrapOptions], Robustness]
 
 
 @dataclass(frozen=True)
@@ -129,20 +129,20 @@ def registered_findings() -> tuple[Finding, ...]:
 def evaluate_findings(analysis: RunAnalysis, *, n_boot: int = 2000, seed: int = 0
                       ) -> list[FindingResult]:
     """Every finding whose section this run has, in the paper's order, Holm-adjusted."""
-    settings = Settings(n_boot=n_boot, seed=seed)
-    results = [finding.evaluate(analysis, finding, settings)
+    bootstrap = BootstrapOptions(n_boot=n_boot, seed=seed)
+    results = [finding.evaluate(analysis, finding, bootstrap)
                for finding in registered_findings() if finding.section in analysis.sections]
-    results = [with_robustness(result, analysis, settings) for result in results]
+    results = [with_robustness(result, analysis, bootstrap) for result in results]
     return adjust_for_multiplicity(results)
 
 
-def with_robustness(result: FindingResult, analysis: RunAnalysis, settings: Settings
+def with_robustness(result: FindingResult, analysis: RunAnalysis, bootstrap: BootstrapOptions
                     ) -> FindingResult:
     """Attach the finding's category-block bootstrap check, when it has one and a verdict."""
     check = result.finding.robustness
     if check is None or result.verdict == UNDEFINED:
         return result
-    return replace(result, robustness=check(analysis, settings))
+    return replace(result, robustness=check(analysis, bootstrap))
 
 
 def robustness_summary(results: Sequence[FindingResult]) -> str:

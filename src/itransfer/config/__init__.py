@@ -1,3 +1,3 @@
-"""The typed experiment config (:mod:`~itransfer.config.schema`), how each setting bears on
-results (:mod:`~itransfer.config.effect`), the paper's selection constants that are its
-defaults, and the experiment YAMLs shipped in the package (:mod:`~itransfer.config.packaged`)."""
+"""The typed experiment config (:mod:`~itransfer.config.schema`), the paper's selection
+constants that are its defaults, and the experiment YAMLs shipped in the package
+(:mod:`~itransfer.config.packaged`)."""

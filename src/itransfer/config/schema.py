@@ -5,7 +5,7 @@ than a silently ignored setting. :func:`load_config` reports each problem as
 ``<file>: <dotted.key>: <what is wrong> (got <value>)``.
 
 A setting that changes no result, or was added after runs were keyed, says so where it is
-declared (:mod:`itransfer.config.effect`); :mod:`itransfer.runs.identity` derives every
+declared (:mod:`itransfer.effect`); :mod:`itransfer.runs.identity` derives every
 identity key from those marks.
 """
 
@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from itransfer.config import paper_constants as paper
-from itransfer.config.effect import AddedLater, CheckpointSchedule, KeyedOnlyWhen, NoEffect
+from itransfer.effect import AddedLater, CheckpointSchedule, KeyedOnlyWhen, NoEffect
 from itransfer.errors import ConfigError
 from itransfer.sampling import SAMPLERS, ProportionalConfig, SamplerConfig, sampler_config_union
 
@@ -140,7 +140,7 @@ class MixingConfig(StrictModel):
 class MonitorConfig(StrictModel):
     """Few-shot transfer and ICL measured on probe tasks while training runs (``train.monitor``).
 
-    Every setting is marked :data:`~itransfer.config.effect.NoEffect`: a probe runs on the current
+    Every setting is marked :data:`~itransfer.effect.NoEffect`: a probe runs on the current
     weights without touching the training run (its RNGs are forked, its adapters removed), so
     turning the monitor on changes no stage key and may resume a run trained without it.
     """
@@ -246,7 +246,7 @@ EVAL_TASK_GROUP_CHOICES = (*EVALUATION_TASK_GROUPS, "heldout_generalization")
 """What ``eval.task_groups`` accepts: an evaluation group, or held-out domain + adversarial."""
 
 
-class LoraConfig(StrictModel):
+class FewShotLoraConfig(StrictModel):
     """Few-shot LoRA fine-tuning (§3.1, Appendix B)."""
 
     r: int = Field(default=16, ge=1)
@@ -288,7 +288,7 @@ class EvalConfig(StrictModel):
     transfer_contexts: list[str] = Field(default_factory=lambda: ["none", "exemplars"])
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     engine: Literal["batched", "peft"] = "batched"
-    lora: LoraConfig = Field(default_factory=LoraConfig)
+    lora: FewShotLoraConfig = Field(default_factory=FewShotLoraConfig)
     # The speed knobs below regroup the same computations (tests match the adapters and losses
     # across them), so they change no result.
     # Batched engine: adapters trained together.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from itransfer.config.schema import CONTEXT_NAMES
-from itransfer.data.sni import Example, Task, task_unique_id
+from itransfer.data.sni import Demonstration, Task, task_unique_id
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +68,12 @@ class TaskContext(ABC):
         self.num_exemplars = num_exemplars
 
     @abstractmethod
-    def render(self, task: Task, x: str, exemplars: Sequence[Example], definition: str) -> str:
+    def render(
+        self, task: Task, x: str, exemplars: Sequence[Demonstration], definition: str
+    ) -> str:
         """The full model input for instance input ``x``."""
 
-    def exemplars(self, task: Task) -> tuple[Example, ...]:
+    def exemplars(self, task: Task) -> tuple[Demonstration, ...]:
         if not self.uses_exemplars:
             return ()
         return task.positive_examples[: self.num_exemplars]
@@ -211,7 +213,7 @@ def longest_fitting_prefix(length: int, fits: Callable[[int], bool]) -> int:
     return low
 
 
-def _exemplar_lines(exemplars: Sequence[Example]) -> list[str]:
+def _exemplar_lines(exemplars: Sequence[Demonstration]) -> list[str]:
     lines = []
     for example in exemplars:
         lines.append(f"input: {example.input.strip()}")
@@ -223,7 +225,9 @@ def _exemplar_lines(exemplars: Sequence[Example]) -> list[str]:
 class NoContext(TaskContext):
     """r_k is empty: plain multi-task training (the paper's fine-tuning without exemplars)."""
 
-    def render(self, task: Task, x: str, exemplars: Sequence[Example], definition: str) -> str:
+    def render(
+        self, task: Task, x: str, exemplars: Sequence[Demonstration], definition: str
+    ) -> str:
         return x
 
 
@@ -231,7 +235,9 @@ class NoContext(TaskContext):
 class TaskIdContext(TaskContext):
     """The unique task ID as a prefix (Figure 5, "Unique ID"): ``task_040_qasc: <x>``."""
 
-    def render(self, task: Task, x: str, exemplars: Sequence[Example], definition: str) -> str:
+    def render(
+        self, task: Task, x: str, exemplars: Sequence[Demonstration], definition: str
+    ) -> str:
         return f"{task_unique_id(task.name)}: {x}"
 
 
@@ -241,7 +247,9 @@ class DefinitionContext(TaskContext):
 
     uses_definition = True
 
-    def render(self, task: Task, x: str, exemplars: Sequence[Example], definition: str) -> str:
+    def render(
+        self, task: Task, x: str, exemplars: Sequence[Demonstration], definition: str
+    ) -> str:
         return f"{definition.strip()}\n{x}" if definition.strip() else x
 
 
@@ -251,7 +259,9 @@ class ExemplarsContext(TaskContext):
 
     uses_exemplars = True
 
-    def render(self, task: Task, x: str, exemplars: Sequence[Example], definition: str) -> str:
+    def render(
+        self, task: Task, x: str, exemplars: Sequence[Demonstration], definition: str
+    ) -> str:
         return "\n".join([*_exemplar_lines(exemplars), f"input: {x}"])
 
 
@@ -262,7 +272,9 @@ class DefinitionExemplarsContext(TaskContext):
     uses_exemplars = True
     uses_definition = True
 
-    def render(self, task: Task, x: str, exemplars: Sequence[Example], definition: str) -> str:
+    def render(
+        self, task: Task, x: str, exemplars: Sequence[Demonstration], definition: str
+    ) -> str:
         blocks = []
         if definition.strip():
             blocks.append(f"Definition: {definition.strip()}")

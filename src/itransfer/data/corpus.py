@@ -70,8 +70,8 @@ def _file_documents(path: Path) -> Iterator[str]:
 
 
 def _hf_documents(source: str) -> Iterator[str]:
-    spec = source[len(HF_PREFIX):]
-    name, _, config = spec.partition(":")
+    dataset = source[len(HF_PREFIX):]
+    name, _, config = dataset.partition(":")
     if not name:
         raise DataError(source, "expected hf:<dataset_name>[:config]")
     # Imported here: `datasets` is slow to import and only this branch needs it.

@@ -23,7 +23,7 @@ _TASK_NUMBER = re.compile(r"^task(\d+)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
-class Example:
+class Demonstration:
     """A demonstration from a task's ``Positive Examples`` or ``Negative Examples``."""
 
     input: str
@@ -92,8 +92,8 @@ class Task:
 
     metadata: TaskMetadata
     definition: str
-    positive_examples: tuple[Example, ...]
-    negative_examples: tuple[Example, ...]
+    positive_examples: tuple[Demonstration, ...]
+    negative_examples: tuple[Demonstration, ...]
     instances: tuple[Instance, ...] = field(repr=False)
     path: Path | None = None
 
@@ -171,7 +171,7 @@ def _definition(path: Path, data: dict[str, Any]) -> str:
     return "\n".join(part.strip() for part in parts)
 
 
-def _examples(path: Path, data: dict[str, Any], key: str) -> tuple[Example, ...]:
+def _demonstrations(path: Path, data: dict[str, Any], key: str) -> tuple[Demonstration, ...]:
     raw = data.get(key, [])
     if not isinstance(raw, list):
         raise DataError(path, f"field '{key}' must be a list")
@@ -187,7 +187,7 @@ def _examples(path: Path, data: dict[str, Any], key: str) -> tuple[Example, ...]
         if isinstance(output, list):
             output = output[0] if output else ""
         examples.append(
-            Example(
+            Demonstration(
                 input=str(item["input"]),
                 output=str(output),
                 explanation=str(item.get("explanation", "")),
@@ -264,8 +264,8 @@ def parse_task(path: Path, raw: bytes | None = None) -> Task:
     return Task(
         metadata=metadata,
         definition=_definition(path, data),
-        positive_examples=_examples(path, data, "Positive Examples"),
-        negative_examples=_examples(path, data, "Negative Examples"),
+        positive_examples=_demonstrations(path, data, "Positive Examples"),
+        negative_examples=_demonstrations(path, data, "Negative Examples"),
         instances=instances,
         path=path,
     )

@@ -27,10 +27,10 @@ def evaluate_icl(
     """Evaluate every configured task in context; returns the number of rows written."""
     eval_config = session.config.eval
     context = context or eval_config.icl_context
-    settings = session.settings_hash("icl", context=context)
+    config_hash = session.measurement_hash("icl", context=context)
     done = session.finished_cells(force=force)
     tasks = evaluation_tasks(session)
-    todo = [name for name in tasks if _cell(session, name, context, settings) not in done]
+    todo = [name for name in tasks if _cell(session, name, context, config_hash) not in done]
     mine = session.shard(todo)
     written = 0
     for position, name in enumerate(mine):
@@ -44,8 +44,8 @@ def evaluate_icl(
         shots = session.encoder(context).context.num_exemplars if "exemplars" in context else 0
         rows = score_rows(
             session, task, items, [result.loss for result in results], predictions,
-            method="icl", context=context, shots=shots, config_hash=settings,
-            cell=_cell(session, name, context, settings),
+            method="icl", context=context, shots=shots, config_hash=config_hash,
+            cell=_cell(session, name, context, config_hash),
         )
         if eval_config.generate:
             session.write_predictions(
@@ -57,5 +57,5 @@ def evaluate_icl(
     return session.finish(written)
 
 
-def _cell(session: EvalSession, task: str, context: str, settings: str) -> str:
-    return f"icl|{session.model_label}|{session.checkpoint_step}|{task}|{context}|{settings}"
+def _cell(session: EvalSession, task: str, context: str, config_hash: str) -> str:
+    return f"icl|{session.model_label}|{session.checkpoint_step}|{task}|{context}|{config_hash}"

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from itransfer.config.schema import LoraConfig
+from itransfer.config.schema import FewShotLoraConfig
 from itransfer.encoding.examples import Architecture, EncodedExample, collate, target_mask
 from itransfer.encoding.token_losses import token_losses
 from itransfer.eval.keyed_dropout import example_keys, keyed_dropout
@@ -51,19 +51,19 @@ class TransferCell:
         return int.from_bytes(digest[:8], "big") % (2**63)
 
 
-def epoch_batches(cell: TransferCell, settings: LoraConfig) -> list[list[int]]:
+def epoch_batches(cell: TransferCell, lora: FewShotLoraConfig) -> list[list[int]]:
     """Indices into ``cell.train_examples`` for every optimizer step, epoch after epoch.
 
-    Each epoch is a fresh seeded shuffle cut into batches of ``settings.batch_size`` (the last
+    Each epoch is a fresh seeded shuffle cut into batches of ``lora.batch_size`` (the last
     one smaller), like a shuffling DataLoader without ``drop_last``.
     """
     steps: list[list[int]] = []
     count = len(cell.train_examples)
-    for epoch in range(settings.epochs if count else 0):
+    for epoch in range(lora.epochs if count else 0):
         order = np.random.default_rng([cell.random_seed, epoch]).permutation(count).tolist()
         steps.extend(
-            order[start : start + settings.batch_size]
-            for start in range(0, count, settings.batch_size)
+            order[start : start + lora.batch_size]
+            for start in range(0, count, lora.batch_size)
         )
     return steps
 
@@ -111,17 +111,17 @@ def batch_loss(
 
 
 def peft_config(
-    settings: LoraConfig, architecture: Architecture, target_modules: Sequence[str]
+    lora: FewShotLoraConfig, architecture: Architecture, target_modules: Sequence[str]
 ) -> Any:
-    """PEFT's config for ``settings``, adapting ``target_modules`` (already resolved, see
+    """PEFT's config for ``lora``, adapting ``target_modules`` (already resolved, see
     :func:`~itransfer.models.lora_targets.resolve_target_modules`)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import TaskType
 
     return PeftLoraConfig(
-        r=settings.r,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
         target_modules=list(target_modules),
         task_type=TaskType.SEQ_2_SEQ_LM if architecture == "seq2seq" else TaskType.CAUSAL_LM,
     )
@@ -130,7 +130,7 @@ def peft_config(
 def train_cell_peft(
     model: torch.nn.Module,
     cell: TransferCell,
-    settings: LoraConfig,
+    lora: FewShotLoraConfig,
     *,
     pad_token_id: int,
     architecture: Architecture,
@@ -143,10 +143,10 @@ def train_cell_peft(
     """
     from peft import get_peft_model
 
-    targets = resolve_target_modules(settings.target_modules, model)
+    targets = resolve_target_modules(lora.target_modules, model)
     # get_peft_model's own LoRA initialisation (overwritten below) draws too.
     with seeded_rng([cell.random_seed], device):
-        peft_model = get_peft_model(model, peft_config(settings, architecture, targets))
+        peft_model = get_peft_model(model, peft_config(lora, architecture, targets))
         for name, module in peft_model.named_modules():
             lora_a = getattr(module, "lora_A", None)
             if lora_a is not None and "default" in lora_a:
@@ -155,19 +155,19 @@ def train_cell_peft(
                     weight.copy_(init_lora_a(cell, _base_module_name(name), weight.shape))
         parameters = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay
+            parameters, lr=lora.learning_rate, weight_decay=lora.weight_decay
         )
         peft_model.train()
         losses: list[float] = []
-        for step, indices in enumerate(epoch_batches(cell, settings)):
+        for step, indices in enumerate(epoch_batches(cell, lora)):
             with keyed_dropout(example_keys(cell.random_seed, step, len(indices))):
                 loss = batch_loss(
                     peft_model, [cell.train_examples[i] for i in indices],
                     pad_token_id=pad_token_id, architecture=architecture, device=device,
                 )
             loss.backward()
-            if settings.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+            if lora.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, lora.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))

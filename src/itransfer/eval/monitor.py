@@ -70,12 +70,12 @@ def choose_probe_tasks(config: ExperimentConfig, benchmark: SNIBenchmark) -> Pro
     """The probe tasks: ``train.monitor.probe_tasks``, or ``train.monitor.tasks`` tasks drawn
     by the seed from the evaluation groups' tasks that the evaluation does not use. One-line
     :class:`ConfigError` naming the setting when there are none."""
-    settings = _settings(config)
+    monitor = _monitor_config(config)
     selection = benchmark.selection
     evaluated = evaluated_tasks(config, selection)
-    if settings.probe_tasks is not None:
-        _check_named(settings.probe_tasks, evaluated, benchmark)
-        return ProbeChoice(tuple(settings.probe_tasks), tuple(sorted(evaluated)),
+    if monitor.probe_tasks is not None:
+        _check_named(monitor.probe_tasks, evaluated, benchmark)
+        return ProbeChoice(tuple(monitor.probe_tasks), tuple(sorted(evaluated)),
                            "named by train.monitor.probe_tasks")
     groups = selection.groups()
     spare = sorted({name for group in EVALUATION_TASK_GROUPS for name in groups[group]}
@@ -89,7 +89,7 @@ def choose_probe_tasks(config: ExperimentConfig, benchmark: SNIBenchmark) -> Pro
     # sha256 of the seed, not hash(): every process and every later run draws alike.
     digest = hashlib.sha256(f"monitor-probe|{config.seed}".encode()).digest()
     drawn = random.Random(int.from_bytes(digest[:8], "big")).sample(
-        spare, min(settings.tasks, len(spare)))
+        spare, min(monitor.tasks, len(spare)))
     used = sorted(group for group in EVALUATION_TASK_GROUPS
                   if any(name in evaluated for name in groups[group]))
     why = (f"drawn by seed {config.seed} from the {len(spare)} evaluation-group tasks that "
@@ -114,7 +114,7 @@ def _check_named(names: list[str], evaluated: set[str], benchmark: SNIBenchmark)
         raise ConfigError("train.monitor.probe_tasks: name at least 2 tasks (Spearman)")
 
 
-def _settings(config: ExperimentConfig) -> MonitorConfig:
+def _monitor_config(config: ExperimentConfig) -> MonitorConfig:
     if config.train.monitor is None:
         raise ConfigError("train.monitor is not set")
     return config.train.monitor
@@ -142,7 +142,7 @@ class TransferMonitor:
         self, config: ExperimentConfig, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.config = config
-        self.settings = _settings(config)
+        self.monitor = _monitor_config(config)
         self.benchmark = open_benchmark(config.data, config.seed)
         self.choice = choose_probe_tasks(config, self.benchmark)
         self.clock = clock
@@ -155,11 +155,11 @@ class TransferMonitor:
         self.probe = self._encode(context)
         self.last_probe = self.clock()
         record = {**self.choice.to_json(), "seed": self.config.seed,
-                  "settings": self.settings.model_dump(mode="json")}
+                  "settings": self.monitor.model_dump(mode="json")}
         atomic_write_text(context.out_dir / PROBE_FILE, json.dumps(record, indent=1) + "\n")
 
     def due(self, step: int) -> bool:
-        every_steps, every_minutes = self.settings.every_steps, self.settings.every_minutes
+        every_steps, every_minutes = self.monitor.every_steps, self.monitor.every_minutes
         if every_steps is not None and step % every_steps == 0:
             return True
         return every_minutes is not None and self.clock() - self.last_probe >= every_minutes * 60
@@ -170,18 +170,18 @@ class TransferMonitor:
                                              context.architecture, name)  # type: ignore[arg-type]
 
         icl_encoder, transfer_encoder = encoder(self.config.eval.icl_context), encoder(
-            self.settings.context)
+            self.monitor.context)
         probe = _Probe({}, {}, [])
         seed = self.config.eval.seeds[0]
         for name in self.choice.tasks:
             task, split = self.benchmark.task(name), self.benchmark.split(name)
-            test = split.test[: self.settings.test_items]
+            test = split.test[: self.monitor.test_items]
             probe.icl[name] = _items(icl_encoder, task, test)
             probe.tests[name] = _items(transfer_encoder, task, test)
             pool = list(transfer_encoder.encode_task(task, split.few_shot_pool))
-            for shots in self.settings.shots:
+            for shots in self.monitor.shots:
                 drawn = split.few_shot_indices(shots, seed=seed)
-                probe.cells.append(TransferCell(name, shots, self.settings.context, seed,
+                probe.cells.append(TransferCell(name, shots, self.monitor.context, seed,
                                                 tuple(pool[i] for i in drawn)))
         return probe
 
@@ -193,7 +193,7 @@ class TransferMonitor:
         started = time.perf_counter()
         icl = {name: self._mean_loss(model, items) for name, items in self.probe.icl.items()}
         finetune = self._transfer_losses(model)
-        shots = self.settings.shots
+        shots = self.monitor.shots
         by_k = {k: [finetune[(name, k)] for name in self.choice.tasks] for k in shots}
         icl_losses = [icl[name] for name in self.choice.tasks]
         first = shots[0]
@@ -226,7 +226,7 @@ class TransferMonitor:
         """Each cell's adapter's mean test loss, all cells trained and evaluated together."""
         assert self.context is not None and self.probe is not None
         evaluation = self.config.eval
-        lora = evaluation.lora.model_copy(update={"epochs": self.settings.lora_epochs})
+        lora = evaluation.lora.model_copy(update={"epochs": self.monitor.lora_epochs})
         cells = self.probe.cells
         trained = train_cells_batched(
             model, cells, lora, pad_token_id=self.context.tokenizer.pad_token_id,

@@ -23,7 +23,7 @@ Why hand-written. PEFT trains one active adapter per forward pass; its mixed-bat
 (``adapter_names=``) is inference-only. ``torch.optim.AdamW`` over stacked tensors would share
 one step count and update (decay, momentum) cells that had no batch at that step, hence
 :class:`_MaskedAdamW` and :func:`_clip_per_cell`; one parameter per cell with the stock
-optimiser was measured against them (bench/README.md).
+optimizer was measured against them (bench/README.md).
 
 Gather, not group-by-adapter: gathering each row's ``A``/``B`` and using ``bmm`` is one kernel
 per layer whatever the number of cells, with no host sync and no Python loop over adapters.
@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from itransfer.config.schema import LoraConfig
+from itransfer.config.schema import FewShotLoraConfig
 from itransfer.encoding.examples import (
     Architecture,
     EncodedExample,
@@ -135,18 +135,18 @@ class MultiLoraModel:
     """
 
     def __init__(
-        self, model: nn.Module, cells: Sequence[TransferCell], settings: LoraConfig,
+        self, model: nn.Module, cells: Sequence[TransferCell], lora: FewShotLoraConfig,
         *, architecture: Architecture,
     ) -> None:
         self.model = model
         self.cells = tuple(cells)
-        self.settings = settings
+        self.lora = lora
         self.architecture = architecture
         self._router = _Router()
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
         self._was_training = model.training
         # The same resolution as the PEFT engine's, so both adapt the same layers.
-        self.target_modules = resolve_target_modules(settings.target_modules, model)
+        self.target_modules = resolve_target_modules(lora.target_modules, model)
         targets = [name for name, _ in model.named_modules()
                    if name and matches(name, self.target_modules)]
         for name in targets:
@@ -159,12 +159,12 @@ class MultiLoraModel:
         for name in targets:
             base = model.get_submodule(name)
             layer = MultiLoraLinear(
-                base, len(self.cells), r=settings.r, alpha=settings.alpha,
-                dropout=settings.dropout, router=self._router,
+                base, len(self.cells), r=lora.r, alpha=lora.alpha,
+                dropout=lora.dropout, router=self._router,
             )
             with torch.no_grad():
                 for index, cell in enumerate(self.cells):
-                    shape = (settings.r, layer.in_features)
+                    shape = (lora.r, layer.in_features)
                     layer.lora_A[index].copy_(init_lora_a(cell, name, shape))
             _set_submodule(model, name, layer)
             self.layers[name] = layer
@@ -207,7 +207,7 @@ class MultiLoraModel:
         target = Path(out_dir)
         with staged_dir(target) as staging:
             peft_config(
-                self.settings, self.architecture, self.target_modules
+                self.lora, self.architecture, self.target_modules
             ).save_pretrained(str(staging))
             save_file(
                 self.adapter_state(cell_index), str(staging / "adapter_model.safetensors"),
@@ -237,7 +237,7 @@ class BatchedTrainResult:
 def train_cells_batched(
     model: nn.Module,
     cells: Sequence[TransferCell],
-    settings: LoraConfig,
+    lora: FewShotLoraConfig,
     *,
     pad_token_id: int,
     architecture: Architecture,
@@ -255,9 +255,9 @@ def train_cells_batched(
     also holds at most ``max_tokens_per_pass`` padded tokens.
     ``progress(step, total_steps)`` is called after each global step.
     """
-    adapters = MultiLoraModel(model, cells, settings, architecture=architecture)
-    optimizer = _MaskedAdamW(adapters.adapter_parameters(), len(cells), settings)
-    schedules = [epoch_batches(cell, settings) for cell in cells]
+    adapters = MultiLoraModel(model, cells, lora, architecture=architecture)
+    optimizer = _MaskedAdamW(adapters.adapter_parameters(), len(cells), lora)
+    schedules = [epoch_batches(cell, lora) for cell in cells]
     total_steps = max((len(steps) for steps in schedules), default=0)
     losses: list[list[float]] = [[] for _ in cells]
     logger.info("training %d LoRA cells together in %d global steps", len(cells), total_steps)
@@ -280,8 +280,8 @@ def train_cells_batched(
                 max_examples_per_pass=max_examples_per_pass,
                 max_tokens_per_pass=max_tokens_per_pass,
             )
-            if settings.max_grad_norm is not None:
-                _clip_per_cell(adapters.adapter_parameters(), settings.max_grad_norm)
+            if lora.max_grad_norm is not None:
+                _clip_per_cell(adapters.adapter_parameters(), lora.max_grad_norm)
             optimizer.step(active)
             for c in active:
                 losses[c].append(float(step_losses[c]))
@@ -348,10 +348,10 @@ class _MaskedAdamW:
     correction, so a cell's trajectory is the one a lone AdamW over its own LoRA would follow.
     """
 
-    def __init__(self, parameters: Sequence[nn.Parameter], n_cells: int, settings: LoraConfig):
+    def __init__(self, parameters: Sequence[nn.Parameter], n_cells: int, lora: FewShotLoraConfig):
         self.parameters = list(parameters)
-        self.lr = settings.learning_rate
-        self.weight_decay = settings.weight_decay
+        self.lr = lora.learning_rate
+        self.weight_decay = lora.weight_decay
         self.exp_avg = [torch.zeros_like(p) for p in self.parameters]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.parameters]
         self.steps = [0] * n_cells

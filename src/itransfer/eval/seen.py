@@ -43,11 +43,11 @@ def evaluate_seen(
     """Train and test loss of every seen task; returns the number of rows written."""
     context = session.config.data.context.name
     counts = scored_counts(session)
-    settings = session.settings_hash("seen", context=context)
+    config_hash = session.measurement_hash("seen", context=context)
     done = session.finished_cells(force=force)
     tasks = [
         name for name in session.benchmark.selection.seen
-        if _cell(session, name, settings) not in done
+        if _cell(session, name, config_hash) not in done
     ]
     mine = session.shard(tasks)
     cached = _training_cache(session, context) if mine else None
@@ -57,8 +57,8 @@ def evaluate_seen(
         task = session.benchmark.task(name)
         split = session.benchmark.split(name)
         common = {"task": name, "category": task.categories[0], "method": "seen",
-                  "context": context, "shots": 0, "config_hash": settings,
-                  "cell": _cell(session, name, settings)}
+                  "context": context, "shots": 0, "config_hash": config_hash,
+                  "cell": _cell(session, name, config_hash)}
         rows = [session.row(split="train", metric="train_size",
                                 value=float(len(split.train)), n=len(split.train), **common)]
         for split_name, instances in (
@@ -84,8 +84,8 @@ def evaluate_seen(
     return session.finish(written)
 
 
-def _cell(session: EvalSession, task: str, settings: str) -> str:
-    return f"seen|{session.model_label}|{session.checkpoint_step}|{task}|{settings}"
+def _cell(session: EvalSession, task: str, config_hash: str) -> str:
+    return f"seen|{session.model_label}|{session.checkpoint_step}|{task}|{config_hash}"
 
 
 def _training_cache(session: EvalSession, context: str) -> TokenizedTrainingSet | None:

@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
 
-from itransfer.config.schema import ExperimentConfig, LoraConfig
+from itransfer.config.schema import ExperimentConfig, FewShotLoraConfig
 from itransfer.data.benchmark import SNIBenchmark, open_benchmark
 from itransfer.data.contexts import cut_details, warn_inputs_cut
 from itransfer.data.sni import Instance, Task
@@ -175,14 +175,14 @@ class EvalSession:
             **fields,
         }
 
-    def lora_settings(self) -> LoraConfig:
+    def lora_config(self) -> FewShotLoraConfig:
         """``eval.lora`` with ``target_modules`` resolved for the loaded model (one-line
         :class:`ConfigError` when it names no module of it)."""
         lora = self.config.eval.lora
         targets = resolve_target_modules(lora.target_modules, self.loaded.model)
         return lora.model_copy(update={"target_modules": targets})
 
-    def settings_hash(self, method: str, **inputs: Any) -> str:
+    def measurement_hash(self, method: str, **inputs: Any) -> str:
         """The ``config_hash`` of the rows ``method`` measures on this checkpoint
         (:func:`itransfer.runs.identity.measurement_hash`)."""
         return measurement_hash(self.config, self.model_label, method, **inputs)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from itransfer.config.schema import LoraConfig
+from itransfer.config.schema import FewShotLoraConfig
 from itransfer.data.sni import Instance, Task
 from itransfer.eval.inference import EvalItem
 from itransfer.eval.lora import TransferCell, train_cell_peft
@@ -75,15 +75,15 @@ class HeldTestItems:
 
 
 def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellWork], str]:
-    """This process's unfinished cells, grouped by task, and the settings hash.
+    """This process's unfinished cells, grouped by task, and their config hash.
 
     A cell's training examples are its seed's k-shot draw from the task's few-shot pool; the
     draw is a function of (split seed, task, seed) alone, so it is the same whichever other
     seeds, k or tasks are planned and whichever process gets the task.
     """
     eval_config = session.config.eval
-    settings = session.lora_settings()  # `auto` hashed as the modules it stands for
-    settings_hash = session.settings_hash("finetune", lora=settings.model_dump(mode="json"))
+    lora = session.lora_config()  # `auto` hashed as the modules it stands for
+    config_hash = session.measurement_hash("finetune", lora=lora.model_dump(mode="json"))
     seeds = list(dict.fromkeys(eval_config.seeds))
     done = session.finished_cells(force=force)
     work: list[CellWork] = []
@@ -102,11 +102,11 @@ def plan_cells(session: EvalSession, *, force: bool = False) -> tuple[list[CellW
                     cell = TransferCell(name, shots, context, seed, tuple(pool[i] for i in drawn))
                     cell_id = (
                         f"finetune|{session.model_label}|{session.checkpoint_step}|{cell.key}|"
-                        f"{settings_hash}"
+                        f"{config_hash}"
                     )
                     if cell_id not in done:
                         work.append(CellWork(cell, slim, split.test, cell_id))
-    return work, settings_hash
+    return work, config_hash
 
 
 def evaluate_transfer(
@@ -118,19 +118,19 @@ def evaluate_transfer(
 ) -> int:
     """Run the transfer grid with ``engine`` (default: the config's); returns rows written."""
     engine = engine or session.config.eval.engine
-    work, settings_hash = plan_cells(session, force=force)
-    settings = session.lora_settings()
+    work, config_hash = plan_cells(session, force=force)
+    lora = session.lora_config()
     run = _run_peft if engine == "peft" else _run_batched
-    written = run(session, work, settings, settings_hash, progress)
+    written = run(session, work, lora, config_hash, progress)
     return session.finish(written)
 
 
 def _cell_rows(
     session: EvalSession, work: CellWork, test_items: Sequence[EvalItem], losses: Sequence[float],
-    predictions: Sequence[str | None], train_losses: Sequence[float], settings_hash: str,
+    predictions: Sequence[str | None], train_losses: Sequence[float], config_hash: str,
 ) -> list[dict[str, Any]]:
     fields = {"method": "finetune", "context": work.cell.context, "shots": work.cell.shots,
-              "seed": work.cell.seed, "config_hash": settings_hash, "cell": work.cell_id}
+              "seed": work.cell.seed, "config_hash": config_hash, "cell": work.cell_id}
     rows = score_rows(session, work.task, test_items, losses, predictions, **fields)
     if train_losses:
         rows.append(session.row(task=work.task.name, category=work.task.categories[0],
@@ -146,7 +146,7 @@ def _cell_rows(
 
 
 def _run_peft(
-    session: EvalSession, work: list[CellWork], settings: LoraConfig, settings_hash: str,
+    session: EvalSession, work: list[CellWork], lora: FewShotLoraConfig, config_hash: str,
     progress: ProgressCallback | None,
 ) -> int:
     eval_config = session.config.eval
@@ -160,7 +160,7 @@ def _run_peft(
         model, train_losses = loaded.model, []
         if item.cell.shots > 0:
             model, train_losses = train_cell_peft(
-                loaded.model, item.cell, settings, pad_token_id=loaded.tokenizer.pad_token_id,
+                loaded.model, item.cell, lora, pad_token_id=loaded.tokenizer.pad_token_id,
                 architecture=loaded.architecture, device=device,
             )
         try:
@@ -172,7 +172,7 @@ def _run_peft(
                 loaded.model = model.unload()  # the base model, without LoRA layers
         rows = _cell_rows(
             session, item, test_items, [r.loss for r in results], [r.prediction for r in results],
-            train_losses, settings_hash,
+            train_losses, config_hash,
         )
         written += session.write(rows)
         if progress is not None:
@@ -181,7 +181,7 @@ def _run_peft(
 
 
 def _run_batched(
-    session: EvalSession, work: list[CellWork], settings: LoraConfig, settings_hash: str,
+    session: EvalSession, work: list[CellWork], lora: FewShotLoraConfig, config_hash: str,
     progress: ProgressCallback | None,
 ) -> int:
     from itransfer.eval.multilora import train_cells_batched
@@ -203,7 +203,7 @@ def _run_batched(
         ]
         moving = _GroupProgress(progress, done, len(group), len(work), len(items))
         trained = train_cells_batched(
-            loaded.model, [item.cell for item in group], settings,
+            loaded.model, [item.cell for item in group], lora,
             pad_token_id=loaded.tokenizer.pad_token_id, architecture=loaded.architecture,
             device=device, max_examples_per_pass=eval_config.max_examples_per_pass,
             max_tokens_per_pass=eval_config.max_tokens_per_pass, progress=moving.training,
@@ -228,7 +228,7 @@ def _run_batched(
             offset += len(cell_tests)
             rows += _cell_rows(
                 session, item, cell_tests, [r.loss for r in cell_results],
-                [r.prediction for r in cell_results], trained.losses[index], settings_hash,
+                [r.prediction for r in cell_results], trained.losses[index], config_hash,
             )
         written += session.write(rows)
         done += len(group)

@@ -548,7 +548,7 @@ def _write_manifest(
         models[label] = ModelInfo(
             kind="instruction_tuned",
             sampler=config.train.sampler.name,
-            sampler_spec=config.train.sampler.model_dump(mode="json"),
+            sampler_config=config.train.sampler.model_dump(mode="json"),
             data_limit=config.data.splits.max_train_instances_per_task,
             mixing_every=config.train.mixing.every,
             budget="fixed" if config.train.steps is not None else config.train.budget,

@@ -11,7 +11,7 @@ Run it from the command line::
     itransfer pretrain --architecture causal --out runs/tiny-llama   # the shipped settings
 
 or from Python: ``pretrain_causal(CausalPretrainConfig(), Path("runs/tiny-llama"))``.
-The optimiser, schedule and corpus streaming are :mod:`itransfer.pretraining.seq2seq`'s.
+The optimizer, schedule and corpus streaming are :mod:`itransfer.pretraining.seq2seq`'s.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PretrainStep:
-    """What a progress callback sees after each optimiser step."""
+    """What a progress callback sees after each optimizer step."""
 
     phase: str
     step: int
@@ -201,7 +201,7 @@ def phase_schedule(warmup_steps: int, steps: int) -> Callable[[int], float]:
     return factor
 
 
-class OptimiserSettings(Protocol):
+class OptimizerConfig(Protocol):
     """What :func:`train_phase` reads from a recipe config (seq2seq's or the causal one)."""
 
     lr: float
@@ -216,7 +216,7 @@ def train_phase(
     *,
     phase: str,
     steps: int,
-    config: OptimiserSettings,
+    config: OptimizerConfig,
     progress: ProgressCallback | None = None,
 ) -> PhaseResult:
     """One objective: AdamW with linear warm-up to ``config.lr`` and linear decay to zero."""

@@ -3,7 +3,7 @@
 Everything that upgrades an old file on read lives here, so that what "old" means is said once:
 
 * configs saved in checkpoints before sampler configs were typed (only the keys the user gave);
-* settings added after runs were keyed (:class:`~itransfer.config.effect.AddedLater`): at the value
+* settings added after runs were keyed (:class:`~itransfer.effect.AddedLater`): at the value
   every earlier run had, identity keys leave them out, as those runs' keys did;
 * results tables written before a column existed;
 * run manifests before ``version`` and the models' step budget existed.
@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from itransfer.config.effect import AddedLater, marker
+from itransfer.effect import AddedLater, marker
 
 # Results columns added after the first tables were written: a row or a file without one reads
 # as null (``task_group``: tables before it read as ``unseen`` in the analysis).
@@ -76,7 +76,11 @@ def manifest_version(data: Any, newest: int) -> Any:
 
 def upgrade_model_info(data: Any) -> Any:
     """A manifest's model entry: ``final_step`` defaults to its last trajectory checkpoint (a
-    manifest's models before the field existed, and a null in any)."""
+    manifest's models before the field existed, and a null in any); ``sampler_spec`` (before
+    version 4) is read as ``sampler_config``."""
+    if isinstance(data, Mapping) and "sampler_spec" in data:
+        data = {"sampler_config": data["sampler_spec"],
+                **{key: value for key, value in data.items() if key != "sampler_spec"}}
     if isinstance(data, Mapping) and data.get("final_step") is None:
         steps = [int(step) for step in data.get("trajectory_steps") or ()]
         return {**data, "final_step": max(steps, default=0)}

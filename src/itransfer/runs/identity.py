@@ -1,7 +1,7 @@
 """Whether two runs are the same: every identity key, derived from the config's markers.
 
 Each config field says once, where it is declared, how it bears on results
-(:mod:`itransfer.config.effect`); unmarked fields change results. From that one statement come:
+(:mod:`itransfer.effect`); unmarked fields change results. From that one statement come:
 
 * :func:`training_key`: a training stage of ``itransfer run`` (its trajectory checkpoints);
 * :func:`evaluation_key` with :func:`plan_key`: an evaluation stage of one checkpoint;
@@ -12,7 +12,7 @@ Each config field says once, where it is declared, how it bears on results
 
 Every value must stay what earlier versions computed for the same config (users' stage stores,
 results tables and caches are found by them): ``tests/test_identity_pins.py`` pins them, and
-settings added later carry :class:`~itransfer.config.effect.AddedLater` so that old keys hold.
+settings added later carry :class:`~itransfer.effect.AddedLater` so that old keys hold.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from itransfer.config.effect import CheckpointSchedule, Effect, KeyedOnlyWhen, NoEffect, marker
 from itransfer.config.schema import ExperimentConfig, SplitConfig
 from itransfer.data.splits import FEW_SHOT_DRAWS
+from itransfer.effect import CheckpointSchedule, Effect, KeyedOnlyWhen, NoEffect, marker
 from itransfer.runs.compat import omitted_from_older_keys, upgrade_saved_config
 
 if TYPE_CHECKING:
@@ -99,10 +99,10 @@ def result_relevant(
     config: BaseModel | Mapping[str, Any], *, ignore_checkpoint_schedule: bool = False
 ) -> dict[str, Any]:
     """``config`` as a JSON tree of what changes results: without settings marked
-    :data:`~itransfer.config.effect.NoEffect` (and, for a resumed run,
-    :data:`~itransfer.config.effect.CheckpointSchedule`), without settings at the value they had
-    before they existed (:class:`~itransfer.config.effect.AddedLater`), and without those whose
-    :class:`~itransfer.config.effect.KeyedOnlyWhen` condition fails. A mapping is taken as an
+    :data:`~itransfer.effect.NoEffect` (and, for a resumed run,
+    :data:`~itransfer.effect.CheckpointSchedule`), without settings at the value they had
+    before they existed (:class:`~itransfer.effect.AddedLater`), and without those whose
+    :class:`~itransfer.effect.KeyedOnlyWhen` condition fails. A mapping is taken as an
     already dumped config, such as the one a checkpoint saved; it is left as it was."""
     root = (config.model_dump(mode="json") if isinstance(config, BaseModel)
             else copy.deepcopy(dict(config)))

@@ -1,6 +1,6 @@
 """Task samplers P(K) for instruction tuning (paper §4 and Appendix B).
 
-Build one from a config (``ExperimentConfig.train.sampler``, or a spec mapping) and ask it
+Build one from a config (``ExperimentConfig.train.sampler``, or the same as a mapping) and ask it
 for the distribution at each optimizer step::
 
     sampler = build_sampler(ReverseAnnealingConfig(max_temperature=1000),
@@ -22,7 +22,7 @@ from itransfer.sampling.base import (
     SamplerConfig,
     TaskSampler,
     build_sampler,
-    parse_sampler_spec,
+    parse_sampler_config,
     register_sampler,
     sampler_config_union,
     sampling_schedule,
@@ -64,7 +64,7 @@ __all__ = [
     "UniformConfig",
     "UniformSampler",
     "build_sampler",
-    "parse_sampler_spec",
+    "parse_sampler_config",
     "plot_sampling_schedule",
     "register_sampler",
     "sampler_config_union",

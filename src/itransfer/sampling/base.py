@@ -1,4 +1,4 @@
-"""The task-sampler interface, its registry, and :func:`build_sampler` for YAML specs.
+"""The task-sampler interface, its registry, and :func:`build_sampler` for YAML configs.
 
 A sampler turns training-set sizes (and, for adaptive samplers, observed per-task losses) into
 P(K), the distribution the training loop draws each batch's task from. YAML names a sampler and
@@ -39,7 +39,7 @@ class SamplerConfig(BaseModel):
 
     Each sampler subclasses this with ``name: Literal["<its name>"]`` and one typed field per
     parameter, defaults included; the sampler reads its parameters from it. A parameter added
-    after runs were keyed carries :class:`~itransfer.config.effect.AddedLater` with the value that
+    after runs were keyed carries :class:`~itransfer.effect.AddedLater` with the value that
     reproduces them, so their stages and checkpoints are still found.
     """
 
@@ -59,7 +59,7 @@ class SamplerConfig(BaseModel):
 def register_sampler(
     name: str, *, config: type[SamplerConfig]
 ) -> Callable[[SamplerClass], SamplerClass]:
-    """Class decorator: make a sampler buildable from ``config`` (a spec ``{"name": name}``)."""
+    """Class decorator: make a sampler buildable from ``config`` (or a mapping with its name)."""
     if config.registered_name() != name:
         raise ValueError(
             f"{config.__qualname__}.name defaults to {config.registered_name()!r}, "
@@ -95,7 +95,7 @@ def sampler_config_union() -> Any:
     return Annotated[
         Union[members],  # noqa: UP007 -- a union built at runtime from the registry
         Discriminator(
-            _spec_name,
+            _config_name,
             custom_error_type="unknown_sampler",
             custom_error_message=(
                 f"expected a mapping {{name: <sampler>, <parameter>: <value>, ...}} "
@@ -105,8 +105,8 @@ def sampler_config_union() -> Any:
     ]
 
 
-def _spec_name(spec: Any) -> Any:
-    name = spec.get("name") if isinstance(spec, Mapping) else getattr(spec, "name", None)
+def _config_name(config: Any) -> Any:
+    name = config.get("name") if isinstance(config, Mapping) else getattr(config, "name", None)
     # Anything but a registered name falls through to the union's "unknown sampler" error.
     return name if isinstance(name, str) and name in SAMPLERS else None
 
@@ -193,34 +193,34 @@ class FixedSampler(TaskSampler):
 
 
 def build_sampler(
-    spec: SamplerConfig | Mapping[str, Any],
+    sampler: SamplerConfig | Mapping[str, Any],
     task_sizes: Sequence[int],
     *,
     total_steps: int,
     batch_size: int,
 ) -> TaskSampler:
     """Build the sampler a config names: a :class:`SamplerConfig` (``train.sampler``) or a
-    spec mapping such as ``{"name": "temperature", "temperature": 2.0}``."""
-    config = spec if isinstance(spec, SamplerConfig) else parse_sampler_spec(spec)
+    mapping such as ``{"name": "temperature", "temperature": 2.0}``."""
+    config = sampler if isinstance(sampler, SamplerConfig) else parse_sampler_config(sampler)
     sampler_class = SAMPLERS[config.name]
     return sampler_class(config, task_sizes, total_steps=total_steps, batch_size=batch_size)
 
 
-def parse_sampler_spec(spec: Mapping[str, Any]) -> SamplerConfig:
-    """The typed config of a spec given as a mapping; a ConfigError names sampler and key."""
+def parse_sampler_config(raw: Mapping[str, Any]) -> SamplerConfig:
+    """The typed config of a sampler given as a mapping; a ConfigError names sampler and key."""
     known = ", ".join(sorted(SAMPLERS))
-    if not isinstance(spec, Mapping) or "name" not in spec:
+    if not isinstance(raw, Mapping) or "name" not in raw:
         raise ConfigError(
-            f"a sampler spec must be a mapping with a 'name' key, got {spec!r}; "
+            f"a sampler config must be a mapping with a 'name' key, got {raw!r}; "
             f"known samplers: {known}"
         )
-    name = spec["name"]
+    name = raw["name"]
     sampler_class = SAMPLERS.get(name) if isinstance(name, str) else None
     if sampler_class is None:
         raise ConfigError(f"unknown sampler {name!r}; known samplers: {known}")
     config_class = sampler_class.config_class
     try:
-        return config_class.model_validate(dict(spec))
+        return config_class.model_validate(dict(raw))
     except ValidationError as exc:
         raise ConfigError(
             "\n".join(_describe_error(name, config_class, error) for error in exc.errors())
@@ -258,7 +258,7 @@ def number_at_least(minimum: float, *, inclusive: bool = False) -> BeforeValidat
     """Pydantic check of a sampler parameter: a finite real number (not a bool, not text)
     above ``minimum``, or equal to it when ``inclusive``.
 
-    Messages leave the value out; the config error (or :func:`parse_sampler_spec`) adds it.
+    Messages leave the value out; the config error (or :func:`parse_sampler_config`) adds it.
     """
     bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import ValidationInfo, field_validator
 
-from itransfer.config.effect import AddedLater
+from itransfer.effect import AddedLater
 from itransfer.sampling.base import (
     FixedSampler,
     SamplerConfig,

@@ -118,8 +118,9 @@ class MonitorHook:
     @classmethod
     def for_run(cls, monitor: Monitor | None, config: ExperimentConfig) -> MonitorHook:
         """The hook of a run; without a monitor, one that does nothing."""
-        settings = config.train.monitor
-        return cls(monitor, forgetting_margin=settings.forgetting_margin if settings else 0.0)
+        monitor_config = config.train.monitor
+        margin = monitor_config.forgetting_margin if monitor_config else 0.0
+        return cls(monitor, forgetting_margin=margin)
 
     def begin(self, state: TrainState) -> None:
         """Before the first step: prepare the probe, replay a resumed run's earlier probes, and

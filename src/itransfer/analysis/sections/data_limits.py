@@ -30,10 +30,10 @@ from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.seeds import spread_by_point, spread_html
 from itransfer.analysis.significance import paired_test
 from itransfer.analysis.verdicts import (
+    BootstrapOptions,
     Finding,
     FindingResult,
     Parts,
-    Settings,
     correlation_result,
     undefined,
 )
@@ -53,7 +53,7 @@ FIGURE_2_RIGHT = "Figure 2 (right)"
 class DataLimitsAnalysis:
     """§3.2, Figure 2."""
 
-    spec: DataLimitsSection
+    section: DataLimitsSection
     summary: pd.DataFrame  # per limit: icl_loss, finetune_loss, the model's budget and steps
     before: str
     after: str
@@ -84,7 +84,7 @@ class DataLimitsAnalysis:
             after_step=evaluated_step(frame, manifest, after),
         )
         return cls(
-            spec=section,
+            section=section,
             summary=_with_budgets(summary, manifest), extremes=extremes,
             before=before, after=after, deltas=deltas,
             correlation=corr.delta_correlation(deltas, n_boot=n_boot, seed=seed),
@@ -102,7 +102,7 @@ class DataLimitsAnalysis:
                 + details(f"Per-task changes, {self.after} − {self.before} "
                           f"({len(self.deltas)} tasks)", table(self.deltas, index=True))
                 + spread_html(self.seed_spread,
-                              f"the {self.spec.shots}-shot fine-tuning loss per data limit"))
+                              f"the {self.section.shots}-shot fine-tuning loss per data limit"))
 
 
 def _with_budgets(summary: pd.DataFrame, manifest: RunManifest) -> pd.DataFrame:
@@ -147,7 +147,7 @@ def draw_data_limits(analysis: RunAnalysis, path: Path) -> Path | None:
     figure, (axes,) = plotting.new_figure()
     for index, (column, label) in enumerate(
         (("icl_loss", "in-context learning"),
-         ("finetune_loss", f"{limits.spec.shots}-shot fine-tuning"))
+         ("finetune_loss", f"{limits.section.shots}-shot fine-tuning"))
     ):
         axes.plot(positions, summary[column], label=label, markersize=7,
                   markerfacecolor="white", linewidth=1.6, **plotting.style(index))
@@ -169,7 +169,7 @@ def draw_data_limit_deltas(analysis: RunAnalysis, path: Path) -> Path | None:
     plotting.scatter(
         axes, limits.deltas["finetune_delta"], limits.deltas["icl_delta"],
         limits.correlation, zero_lines=True,
-        xlabel=f"Δ {limits.spec.shots}-shot fine-tuning loss",
+        xlabel=f"Δ {limits.section.shots}-shot fine-tuning loss",
         ylabel="Δ in-context learning loss",
         title=f"{FIGURE_2_RIGHT}: per-task change, {limits.after} − {limits.before}")
     return plotting.save(figure, path)
@@ -182,7 +182,7 @@ PLOTS = (PaperFigure(FIGURE_2_LEFT, "fig2_data_limits.png", draw_data_limits),
 # --- findings: the tests behind the verdicts -------------------------------------------------
 
 
-def _less_data_helps(analysis: RunAnalysis, finding: Finding, settings: Settings
+def _less_data_helps(analysis: RunAnalysis, finding: Finding, bootstrap: BootstrapOptions
                      ) -> FindingResult:
     limits = analysis.of(DataLimitsAnalysis)
     assert limits is not None
@@ -213,7 +213,7 @@ def _less_data_helps(analysis: RunAnalysis, finding: Finding, settings: Settings
                               + "; ".join(tests) + ")")
 
 
-def _delta_correlation(analysis: RunAnalysis, finding: Finding, settings: Settings
+def _delta_correlation(analysis: RunAnalysis, finding: Finding, bootstrap: BootstrapOptions
                        ) -> FindingResult:
     limits = analysis.of(DataLimitsAnalysis)
     assert limits is not None
@@ -224,7 +224,7 @@ def _delta_correlation(analysis: RunAnalysis, finding: Finding, settings: Settin
 # --- findings: the same tests under the category-block bootstrap -----------------------------
 
 
-def _less_data_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+def _less_data_robustness(analysis: RunAnalysis, bootstrap: BootstrapOptions) -> Robustness:
     """The smallest vs the largest limit's paired tests, tasks resampled by category."""
     limits = analysis.of(DataLimitsAnalysis)
     assert limits is not None
@@ -234,14 +234,14 @@ def _less_data_robustness(analysis: RunAnalysis, settings: Settings) -> Robustne
     return combine([
         paired_check(f"{name} smallest − largest limit", extremes[f"{method}_before"],
                      extremes[f"{method}_after"], analysis.categories, sign=-1.0,
-                     n_boot=settings.n_boot, seed=settings.seed)
+                     n_boot=bootstrap.n_boot, seed=bootstrap.seed)
         for method, name in (("icl", "ICL"), ("finetune", "FT"))])
 
 
-def _delta_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+def _delta_robustness(analysis: RunAnalysis, bootstrap: BootstrapOptions) -> Robustness:
     limits = analysis.of(DataLimitsAnalysis)
     assert limits is not None
-    common = {"n_boot": settings.n_boot, "seed": settings.seed}
+    common = {"n_boot": bootstrap.n_boot, "seed": bootstrap.seed}
     return combine([correlation_check("ρ", limits.deltas, "finetune_delta", "icl_delta",
                                       analysis.categories, **common)],
                    notes=[partial_check("partial ρ", limits.deltas, "finetune_delta",

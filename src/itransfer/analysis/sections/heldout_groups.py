@@ -30,7 +30,7 @@ SUMMARY_COLUMNS = ["group", "model", "n_tasks", "icl_loss", "finetune_loss", "ic
 class HeldoutGroupsAnalysis:
     """§2.4 / Appendix A: every evaluation group beside ``unseen`` (no figure in the paper)."""
 
-    spec: HeldoutGroupsSection
+    section: HeldoutGroupsSection
     summary: pd.DataFrame  # per group × model: n_tasks, mean ICL / k-shot losses and ROUGE-L
     max_tasks: int | None  # eval.max_tasks: at most this many tasks of each group were run
     # per group and model: the seeds behind its k-shot fine-tuning loss and their spread
@@ -56,20 +56,21 @@ class HeldoutGroupsAnalysis:
                                     for name, label in section.models.items()},
                                    shots=section.shots, context=section.context)
                    for group in section.groups]
-        return cls(spec=section, summary=summary,
+        return cls(section=section, summary=summary,
                    max_tasks=int(max_tasks) if max_tasks is not None else None,
                    seed_spread=pd.concat(spreads, ignore_index=True))
 
     def tables_html(self) -> str:
-        spec = self.spec
+        section = self.section
         capped = (f" At most {self.max_tasks} tasks of each group were evaluated "
                   "(<code>eval.max_tasks</code>)." if self.max_tasks is not None else "")
         return ("<p>Mean over each group's tasks: ICL test loss (exemplars in context), "
-                f"{spec.shots}-shot fine-tuning test loss (context <code>{spec.context}</code>) "
+                f"{section.shots}-shot fine-tuning test loss "
+                f"(context <code>{section.context}</code>) "
                 "and ROUGE-L where generations were scored. The sections above read the "
                 f"<code>unseen</code> group only.{capped}</p>"
                 "<h3>Mean loss by evaluation group</h3>" + table(self.summary)
-                + spread_html(self.seed_spread, f"the {spec.shots}-shot fine-tuning loss per "
+                + spread_html(self.seed_spread, f"the {section.shots}-shot fine-tuning loss per "
                               "group and model"))
 
 

@@ -23,10 +23,10 @@ from itransfer.analysis.sections.trajectory import FIGURE_4_LEFT
 from itransfer.analysis.seeds import spread_by_point, spread_html
 from itransfer.analysis.significance import PairedTest, paired_test
 from itransfer.analysis.verdicts import (
+    BootstrapOptions,
     Finding,
     FindingResult,
     Parts,
-    Settings,
     undefined,
 )
 from itransfer.config.schema import EvalConfig
@@ -42,7 +42,7 @@ KEY = "mixing"
 class MixingAnalysis:
     """§5.2, Figure 4 (left)."""
 
-    spec: MixingSection
+    section: MixingSection
     curves: pd.DataFrame  # label (with | without), step, method → mean loss
     points: pd.DataFrame  # label, step, task → icl, finetune loss (for the paired tests)
     # per label and step > 0: the seeds behind its k-shot fine-tuning loss and their spread
@@ -62,7 +62,7 @@ class MixingAnalysis:
             points.append(corr.trajectory_points(frame, model, steps,
                                                  pretrained=manifest.pretrained,
                                                  shots=section.shots).assign(label=label))
-        return cls(spec=section, curves=pd.concat(curves, ignore_index=True),
+        return cls(section=section, curves=pd.concat(curves, ignore_index=True),
                    points=pd.concat(points, ignore_index=True),
                    seed_spread=spread_by_point(frame, spread_points, shots=section.shots))
 
@@ -70,14 +70,14 @@ class MixingAnalysis:
         return (f"<p>Drawn in {FIGURE_4_LEFT} above.</p><h3>Mean loss by step</h3>"
                 + table(self.curves.pivot_table(index=["method", "label"], columns="step",
                                                 values="mean"), index=True)
-                + spread_html(self.seed_spread, f"the {self.spec.shots}-shot fine-tuning loss "
+                + spread_html(self.seed_spread, f"the {self.section.shots}-shot fine-tuning loss "
                               "with and without mixing"))
 
 
 # --- findings: the tests behind the verdicts -------------------------------------------------
 
 
-def _mixing_effect(analysis: RunAnalysis, finding: Finding, settings: Settings, *,
+def _mixing_effect(analysis: RunAnalysis, finding: Finding, bootstrap: BootstrapOptions, *,
                    method: str, final_only: bool) -> FindingResult:
     """With − without mixing < 0 at each common step > 0 (``final_only``: at the last common
     step), each step with a paired test one-sided for "with mixing lower"."""
@@ -136,7 +136,7 @@ def _step_tests(points: pd.DataFrame, method: str, steps: pd.Index) -> dict[int,
 # --- findings: the same tests under the category-block bootstrap -----------------------------
 
 
-def _mixing_robustness(analysis: RunAnalysis, settings: Settings, *,
+def _mixing_robustness(analysis: RunAnalysis, bootstrap: BootstrapOptions, *,
                        method: str, final_only: bool) -> Robustness:
     """At each step the verdict judges (each common step > 0, or the last), without vs with
     mixing, tasks resampled by category."""
@@ -149,7 +149,7 @@ def _mixing_robustness(analysis: RunAnalysis, settings: Settings, *,
         if (wide := _per_task_at(mixing.points, method, step)) is not None:
             checks.append(paired_check(
                 f"step {step}: with − without", wide["without mixing"], wide["with mixing"],
-                analysis.categories, sign=-1.0, n_boot=settings.n_boot, seed=settings.seed))
+                analysis.categories, sign=-1.0, n_boot=bootstrap.n_boot, seed=bootstrap.seed))
     return combine(checks)
 
 

@@ -34,9 +34,9 @@ from itransfer.analysis.rows import evaluated_step
 from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.significance import RankingStability, ranking_stability
 from itransfer.analysis.verdicts import (
+    BootstrapOptions,
     Finding,
     FindingResult,
-    Settings,
     largest_p,
     opposed,
     passes,
@@ -61,7 +61,7 @@ RANKING_CONFIDENCE = 0.95
 class SamplersAnalysis:
     """§4, Figure 3: the paper's four samplers compared, the rest beside them."""
 
-    spec: SamplersSection
+    section: SamplersSection
     summary: pd.DataFrame  # per sampler (every one trained): seen losses, ICL loss, role
     binned: pd.DataFrame  # per compared sampler, split and size bin: mean seen loss
     comparison: seen_fit.SamplerComparison
@@ -84,7 +84,7 @@ class SamplersAnalysis:
                  for name, info in infos.items()}
         comparison = seen_fit.compare_samplers(
             summary, kinds,
-            {name: (info.sampler_spec or {}) if info else {} for name, info in infos.items()},
+            {name: (info.sampler_config or {}) if info else {} for name, info in infos.items()},
             keep=section.keep_reverse_annealing,
         )
         summary["sampler_kind"] = summary["sampler"].map(kinds)
@@ -99,7 +99,7 @@ class SamplersAnalysis:
                        for split in ("train", "test")}
         small, fits = _small_task_fits(tables, seen_losses, compared_models, section, reference)
         return cls(
-            spec=section, summary=summary, comparison=comparison,
+            section=section, summary=summary, comparison=comparison,
             binned=seen_fit.size_binned_seen_losses(frame, compared_models,
                                                     num_bins=section.size_bins, steps=steps),
             per_task_seen_test=pd.DataFrame({
@@ -133,7 +133,7 @@ class SamplersAnalysis:
                    "seen_test_loss", "seen_train_loss_pooled", "seen_test_loss_pooled",
                    "icl_loss", "n_seen_tasks", "n_unseen_tasks"]
         body = ("<p>Compared as in Figure 3: proportional, uniform and the best "
-                f"{self.spec.keep_reverse_annealing} reverse-annealing runs by mean seen-task "
+                f"{self.section.keep_reverse_annealing} reverse-annealing runs by mean seen-task "
                 "validation loss (§4). Seen losses are averaged two ways: over tasks (each task "
                 "once) and pooled (<code>_pooled</code>: over examples, each task weighted by "
                 "its split's size). Proportional sampling minimises the pooled training loss "
@@ -179,7 +179,7 @@ class SamplersAnalysis:
             return ""
         return (f"<h3>Fit of the small tasks against {html.escape(self.reference)}</h3>"
                 f"<p>{html.escape(FIT_DEFINITION)} Small tasks: the lowest "
-                f"{self.spec.small_bins} of the {self.spec.size_bins} size bins, "
+                f"{self.section.small_bins} of the {self.section.size_bins} size bins, "
                 f"{len(self.small)} tasks. {html.escape(SMALL_TASKS_SAMPLED_MORE)}</p>"
                 + table(self.fits_table()))
 
@@ -320,15 +320,15 @@ def _rankings(samplers: SamplersAnalysis) -> list[tuple[str, str, pd.DataFrame, 
 
 
 def _rank_of(compared: pd.DataFrame, column: str, per_task: pd.DataFrame, best: str,
-             settings: Settings) -> tuple[int, int, RankingStability] | None:
+             bootstrap: BootstrapOptions) -> tuple[int, int, RankingStability] | None:
     values = compared[column].dropna()
     if best not in values.index or len(values) < 2:
         return None
-    stability = ranking_stability(per_task, best, n_boot=settings.n_boot, seed=settings.seed)
+    stability = ranking_stability(per_task, best, n_boot=bootstrap.n_boot, seed=bootstrap.seed)
     return int(values.rank(method="min")[best]), len(values), stability
 
 
-def _proportional_best(analysis: RunAnalysis, finding: Finding, settings: Settings
+def _proportional_best(analysis: RunAnalysis, finding: Finding, bootstrap: BootstrapOptions
                        ) -> FindingResult:
     samplers = analysis.of(SamplersAnalysis)
     assert samplers is not None
@@ -342,7 +342,7 @@ def _proportional_best(analysis: RunAnalysis, finding: Finding, settings: Settin
     directions, significant, p_values, parts, tests = [], [], [], [], []
     first: dict[str, bool] = {}
     for column, label, per_task, in_verdict in _rankings(samplers):
-        ranked = _rank_of(compared, column, per_task, best, settings)
+        ranked = _rank_of(compared, column, per_task, best, bootstrap)
         if ranked is None:
             parts.append(f"{label}: not measured")
             continue
@@ -373,7 +373,7 @@ def _disagreement(first: dict[str, bool]) -> str:
             f"on the {VERDICT_AVERAGE}")
 
 
-def _ra_underfits(analysis: RunAnalysis, finding: Finding, settings: Settings
+def _ra_underfits(analysis: RunAnalysis, finding: Finding, bootstrap: BootstrapOptions
                   ) -> FindingResult:
     samplers = analysis.of(SamplersAnalysis)
     assert samplers is not None
@@ -414,7 +414,7 @@ def _readings(samplers: SamplersAnalysis) -> str:
     return "; ".join(parts)
 
 
-def _uniform_overfits(analysis: RunAnalysis, finding: Finding, settings: Settings
+def _uniform_overfits(analysis: RunAnalysis, finding: Finding, bootstrap: BootstrapOptions
                       ) -> FindingResult:
     samplers = analysis.of(SamplersAnalysis)
     assert samplers is not None
@@ -438,7 +438,7 @@ def _uniform_overfits(analysis: RunAnalysis, finding: Finding, settings: Setting
 # --- findings: the same test under the category-block bootstrap ------------------------------
 
 
-def _proportional_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+def _proportional_robustness(analysis: RunAnalysis, bootstrap: BootstrapOptions) -> Robustness:
     """How often proportional stays first when categories, then tasks, are resampled."""
     samplers = analysis.of(SamplersAnalysis)
     assert samplers is not None
@@ -451,14 +451,14 @@ def _proportional_robustness(analysis: RunAnalysis, settings: Settings) -> Robus
             continue
         target = list(per_task.columns).index(proportional[0])
         result = block_bootstrap(per_task, analysis.categories, lead_statistic(target),
-                                 n_boot=settings.n_boot, seed=settings.seed)
+                                 n_boot=bootstrap.n_boot, seed=bootstrap.seed)
         first = (f" first in {result.share_above:.0%} of resamples;" if result.defined else "")
         checks.append(Check(f"{label}:{first} {proportional[0]}'s lead", result,
                             result.defined and result.share_above >= RANKING_CONFIDENCE))
     return combine(checks)
 
 
-def _small_task_robustness(analysis: RunAnalysis, settings: Settings, *,
+def _small_task_robustness(analysis: RunAnalysis, bootstrap: BootstrapOptions, *,
                            kind: str, signs: dict[str, float]) -> Robustness:
     """Each ``kind`` sampler of Figure 3 minus proportional on the small tasks, per split in
     ``signs`` (the claimed direction of its difference), tasks resampled by category."""
@@ -472,8 +472,8 @@ def _small_task_robustness(analysis: RunAnalysis, settings: Settings, *,
             losses = samplers.seen_losses[split].reindex(rows)
             checks.append(paired_check(
                 f"{name} − {reference}, {split} loss on the small tasks", losses[reference],
-                losses[name], analysis.categories, sign=sign, n_boot=settings.n_boot,
-                seed=settings.seed))
+                losses[name], analysis.categories, sign=sign, n_boot=bootstrap.n_boot,
+                seed=bootstrap.seed))
     return combine(checks)
 
 

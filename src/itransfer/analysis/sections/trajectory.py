@@ -50,10 +50,10 @@ from itransfer.analysis.verdicts import (
     REPRODUCES,
     UNDEFINED,
     WEAK_RHO,
+    BootstrapOptions,
     Finding,
     FindingResult,
     Parts,
-    Settings,
     nan_to_none,
     spearman_test_text,
     undefined,
@@ -74,7 +74,7 @@ FIGURE_4_CENTRE_RIGHT = "Figure 4 (centre, right)"
 class TrajectoryAnalysis:
     """§5.1, Figure 4 (left, centre, right)."""
 
-    spec: TrajectorySection
+    section: TrajectorySection
     curves: pd.DataFrame  # step, method (icl | finetune) → mean loss
     points: pd.DataFrame  # per step and task: icl, finetune loss (for the paired tests)
     phases: corr.PhaseCorrelations
@@ -94,7 +94,7 @@ class TrajectoryAnalysis:
         )
         difficulty = corr.zero_shot_difficulty(frame, manifest.pretrained)
         return cls(
-            spec=section,
+            section=section,
             curves=corr.trajectory_curves(frame, section.model, steps,
                                           pretrained=manifest.pretrained, shots=section.shots),
             points=corr.trajectory_points(frame, section.model, steps,
@@ -119,7 +119,7 @@ class TrajectoryAnalysis:
                 + details(f"Late phase per task: {phases.late.describe()}",
                           table(phases.late_table, index=True))
                 + spread_html(self.seed_spread,
-                              f"the {self.spec.shots}-shot fine-tuning loss per step"))
+                              f"the {self.section.shots}-shot fine-tuning loss per step"))
 
 
 # --- Figure 4 --------------------------------------------------------------------------------
@@ -135,12 +135,12 @@ def _trajectory_series(analysis: RunAnalysis) -> tuple[dict[str, pd.DataFrame], 
     series: dict[str, pd.DataFrame] = {}
     shots = 0
     if mixing is not None:
-        shots = mixing.spec.shots
+        shots = mixing.section.shots
         for label, curve in mixing.curves.groupby("label", sort=False):
             series[f"{label} ({curve['model'].iloc[0]})"] = curve
     elif trajectory is not None:
-        shots = trajectory.spec.shots
-        series[trajectory.spec.model] = trajectory.curves
+        shots = trajectory.section.shots
+        series[trajectory.section.model] = trajectory.curves
     return {label: curve for label, curve in series.items() if not curve.empty}, shots
 
 
@@ -160,7 +160,7 @@ def draw_trajectories(analysis: RunAnalysis, path: Path) -> Path | None:
                 plotting.errorbar(axes, curve["step"].tolist(), curve, label=label,
                                   **plotting.style(index))
         if trajectory is not None:
-            axes.axvline(trajectory.spec.phase_split_step, color="#888888", linestyle=":",
+            axes.axvline(trajectory.section.phase_split_step, color="#888888", linestyle=":",
                          linewidth=1.0, label="phase split")
         axes.set_xlabel("instruction-tuning step (0 = pre-trained)")
         axes.set_ylabel(f"mean unseen-task {name} loss ↓")
@@ -188,7 +188,7 @@ def draw_phase_deltas(analysis: RunAnalysis, path: Path) -> Path | None:
     )
     for axes, (per_task, correlation, title) in zip(axes_list, panels, strict=True):
         plotting.scatter(axes, per_task["finetune_delta"], per_task["icl_delta"], correlation,
-                         xlabel=f"Δ {trajectory.spec.shots}-shot fine-tuning loss",
+                         xlabel=f"Δ {trajectory.section.shots}-shot fine-tuning loss",
                          ylabel="Δ in-context learning loss", title=title, zero_lines=True)
     return plotting.save(figure, path)
 
@@ -200,14 +200,14 @@ PLOTS = (PaperFigure(FIGURE_4_LEFT, "fig4_trajectories.png", draw_trajectories),
 # --- findings: the tests behind the verdicts -------------------------------------------------
 
 
-def _phase_difference(trajectory: TrajectoryAnalysis, settings: Settings
+def _phase_difference(trajectory: TrajectoryAnalysis, bootstrap: BootstrapOptions
                       ) -> CorrelationDifference:
     phases = trajectory.phases
     return correlation_difference(phases.early_table, phases.late_table, "finetune_delta",
-                                  "icl_delta", n_boot=settings.n_boot, seed=settings.seed)
+                                  "icl_delta", n_boot=bootstrap.n_boot, seed=bootstrap.seed)
 
 
-def _early_phase(analysis: RunAnalysis, finding: Finding, settings: Settings
+def _early_phase(analysis: RunAnalysis, finding: Finding, bootstrap: BootstrapOptions
                  ) -> FindingResult:
     """"The correlation is very low" in the first phase: ✓ when the two-sided 95% bootstrap CI
     of ρ_early lies inside (−WEAK_RHO, WEAK_RHO); ≈ when only |ρ_early| < WEAK_RHO; ✗ when
@@ -221,7 +221,7 @@ def _early_phase(analysis: RunAnalysis, finding: Finding, settings: Settings
     if not early.defined:
         return FindingResult(finding, UNDEFINED, None, None, early.describe() + label, early)
     weak = rho_within(trajectory.phases.early_table, "finetune_delta", "icl_delta", WEAK_RHO,
-                      n_boot=settings.n_boot, seed=settings.seed)
+                      n_boot=bootstrap.n_boot, seed=bootstrap.seed)
     found = (FAILS if abs(early.rho) >= WEAK_RHO
              else REPRODUCES if weak.holds else NOT_SIGNIFICANT)
     late_text = f" (late phase ρ={late.rho:.3f})" if late.defined else " (late phase undefined)"
@@ -229,7 +229,7 @@ def _early_phase(analysis: RunAnalysis, finding: Finding, settings: Settings
                          f"{early.describe()}{label}{late_text}", early, test=weak.describe())
 
 
-def _late_phase(analysis: RunAnalysis, finding: Finding, settings: Settings
+def _late_phase(analysis: RunAnalysis, finding: Finding, bootstrap: BootstrapOptions
                 ) -> FindingResult:
     """"Much more tightly correlated" after the first phase: ✓ when ρ_late > 0 with Spearman's
     one-sided p < α and ρ_late − ρ_early > 0 with a one-sided paired bootstrap p < α; ✗ when
@@ -248,7 +248,7 @@ def _late_phase(analysis: RunAnalysis, finding: Finding, settings: Settings
                one_sided_p(late.p_value, late.rho, 1.0))
     tests = [spearman_test_text(late, "ρ_late")]
     if early.defined:
-        difference = _phase_difference(trajectory, settings)
+        difference = _phase_difference(trajectory, bootstrap)
         judged.add(late.rho > early.rho, difference.p_rise < ALPHA, difference.p_fall < ALPHA,
                    difference.p_rise)
         rise = (f"late − early: {difference.describe()}; one-sided p={difference.p_rise:.2g} "
@@ -272,7 +272,7 @@ def _step_tests(points: pd.DataFrame, method: str, steps: Sequence[int],
             if before in wide.columns and after in wide.columns]
 
 
-def _icl_improves_throughout(analysis: RunAnalysis, finding: Finding, settings: Settings
+def _icl_improves_throughout(analysis: RunAnalysis, finding: Finding, bootstrap: BootstrapOptions
                              ) -> FindingResult:
     """"ICL generalization increases throughout the entire training process": a one-sided
     paired test between every two consecutive checkpoints, each of which must show a fall."""
@@ -306,7 +306,7 @@ def _method_curve(curves: pd.DataFrame, method: str) -> pd.Series:
     return chosen.set_index("step")["mean"].sort_index().dropna()
 
 
-def _forgetting_then_recovery(analysis: RunAnalysis, finding: Finding, settings: Settings
+def _forgetting_then_recovery(analysis: RunAnalysis, finding: Finding, bootstrap: BootstrapOptions
                               ) -> FindingResult:
     """Fine-tuning loss rises from step 0 to the split step, then falls to the end: a paired
     test for each phase, one-sided in its claimed direction."""
@@ -335,50 +335,50 @@ def _forgetting_then_recovery(analysis: RunAnalysis, finding: Finding, settings:
 
 
 def _phase_difference_check(trajectory: TrajectoryAnalysis, analysis: RunAnalysis,
-                            settings: Settings) -> Check:
+                            bootstrap: BootstrapOptions) -> Check:
     """ρ_late − ρ_early on the tasks of both phases; holds when its block CI is above 0."""
     phases = trajectory.phases
     columns = ["finetune_delta", "icl_delta"]
     joined = pd.merge(phases.early_table[columns], phases.late_table[columns], how="inner",
                       left_index=True, right_index=True, suffixes=("_early", "_late"))
     result = block_bootstrap(joined, analysis.categories, correlation_difference_statistic,
-                             n_boot=settings.n_boot, seed=settings.seed)
+                             n_boot=bootstrap.n_boot, seed=bootstrap.seed)
     return Check("ρ_late − ρ_early", result, result.defined and result.ci_low > 0)
 
 
-def _early_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+def _early_robustness(analysis: RunAnalysis, bootstrap: BootstrapOptions) -> Robustness:
     """Weak as the verdict reads it: ρ_early's block CI inside (−WEAK_RHO, WEAK_RHO)."""
     trajectory = analysis.of(TrajectoryAnalysis)
     assert trajectory is not None
     result = block_bootstrap(trajectory.phases.early_table[["finetune_delta", "icl_delta"]],
-                             analysis.categories, spearman_statistic, n_boot=settings.n_boot,
-                             seed=settings.seed)
+                             analysis.categories, spearman_statistic, n_boot=bootstrap.n_boot,
+                             seed=bootstrap.seed)
     weak = Check(f"ρ_early (inside ±{WEAK_RHO})", result,
                  result.defined and result.ci_low > -WEAK_RHO and result.ci_high < WEAK_RHO)
-    return combine([weak], notes=[_partial_note("early", trajectory, analysis, settings)])
+    return combine([weak], notes=[_partial_note("early", trajectory, analysis, bootstrap)])
 
 
-def _late_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+def _late_robustness(analysis: RunAnalysis, bootstrap: BootstrapOptions) -> Robustness:
     trajectory = analysis.of(TrajectoryAnalysis)
     assert trajectory is not None
     checks = [correlation_check("ρ_late", trajectory.phases.late_table, "finetune_delta",
-                                "icl_delta", analysis.categories, n_boot=settings.n_boot,
-                                seed=settings.seed)]
+                                "icl_delta", analysis.categories, n_boot=bootstrap.n_boot,
+                                seed=bootstrap.seed)]
     if trajectory.phases.early.defined:
-        checks.append(_phase_difference_check(trajectory, analysis, settings))
-    return combine(checks, notes=[_partial_note("late", trajectory, analysis, settings)])
+        checks.append(_phase_difference_check(trajectory, analysis, bootstrap))
+    return combine(checks, notes=[_partial_note("late", trajectory, analysis, bootstrap)])
 
 
 def _partial_note(phase: str, trajectory: TrajectoryAnalysis, analysis: RunAnalysis,
-                  settings: Settings) -> Check:
+                  bootstrap: BootstrapOptions) -> Check:
     """The phase's difficulty-controlled rho under the block bootstrap (shown, not judged)."""
     table = getattr(trajectory.phases, f"{phase}_table")
     return partial_check(f"partial ρ_{phase}", table, "finetune_delta", "icl_delta",
-                         analysis.difficulty, analysis.categories, n_boot=settings.n_boot,
-                         seed=settings.seed)
+                         analysis.difficulty, analysis.categories, n_boot=bootstrap.n_boot,
+                         seed=bootstrap.seed)
 
 
-def _steps_robustness(analysis: RunAnalysis, settings: Settings, *,
+def _steps_robustness(analysis: RunAnalysis, bootstrap: BootstrapOptions, *,
                       method: str, signs: Callable[[int, int], float]) -> Robustness:
     """The paired tests between consecutive checkpoints (``signs``: the claimed direction of
     each step's change), tasks resampled by category."""
@@ -388,7 +388,7 @@ def _steps_robustness(analysis: RunAnalysis, settings: Settings, *,
     steps = _robust_steps(trajectory, method)
     return combine([
         paired_check(f"{before}→{after}", wide[before], wide[after], analysis.categories,
-                     sign=signs(before, after), n_boot=settings.n_boot, seed=settings.seed)
+                     sign=signs(before, after), n_boot=bootstrap.n_boot, seed=bootstrap.seed)
         for before, after in itertools.pairwise(steps)
         if before in wide.columns and after in wide.columns])
 

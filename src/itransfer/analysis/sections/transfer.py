@@ -32,9 +32,9 @@ from itransfer.analysis.rows import ROUGE_F, ROUGE_RECALL, evaluated_step
 from itransfer.analysis.run import RunAnalysis
 from itransfer.analysis.significance import paired_test
 from itransfer.analysis.verdicts import (
+    BootstrapOptions,
     Finding,
     FindingResult,
-    Settings,
     correlation_result,
     holds,
     largest_p,
@@ -63,7 +63,7 @@ FIGURE_1_RIGHT = "Figure 1 (right)"
 class TransferAnalysis:
     """§3.1, Figure 1."""
 
-    spec: TransferSection
+    section: TransferSection
     loss_curves: pd.DataFrame  # label, context, shots → mean fine-tuning loss
     # The same for ROUGE-L recall, the paper's metric (empty when nothing was generated) ...
     rouge_curves: pd.DataFrame
@@ -93,7 +93,7 @@ class TransferAnalysis:
         pretrained_rows = corr.model_rows(frame, section.pretrained, steps.get("pre-trained"))
         tuned_rows = corr.model_rows(frame, section.instruction_tuned, tuned_step)
         return cls(
-            spec=section,
+            section=section,
             loss_curves=corr.transfer_curves(frame, labels, metric="loss", steps=steps),
             rouge_curves=corr.transfer_curves(frame, labels, metric=ROUGE_RECALL, steps=steps),
             rouge_f_curves=corr.transfer_curves(frame, labels, metric=ROUGE_F, steps=steps),
@@ -162,12 +162,13 @@ class TransferAnalysis:
         # With one seed there is no spread to show (every std would be undefined).
         if self.seed_spread.empty or self.seed_spread["n_seeds"].max() < 2:
             return ""
-        spec = self.spec
+        section = self.section
         summary = corr.summarize_spread(self.seed_spread).describe()
         # The line is the summary of a <details>: always visible, the per-task table folded.
         return details(
-            f"Seed spread of the {spec.correlation_shots}-shot fine-tuning loss (context "
-            f"{spec.correlation_context}) of {spec.instruction_tuned} (the values above average "
+            f"Seed spread of the {section.correlation_shots}-shot fine-tuning loss (context "
+            f"{section.correlation_context}) of {section.instruction_tuned} "
+            "(the values above average "
             f"the seeds): {summary}",
             table(self.seed_spread, index=True),
         )
@@ -263,14 +264,14 @@ def draw_transfer_vs_icl(analysis: RunAnalysis, path: Path) -> Path | None:
     transfer = analysis.of(TransferAnalysis)
     if transfer is None or transfer.scatter.empty:
         return None
-    spec = transfer.spec
+    section = transfer.section
     figure, (axes,) = plotting.new_figure()
     plotting.scatter(
         axes, transfer.scatter["finetune"], transfer.scatter["icl"], transfer.correlation,
-        xlabel=f"{spec.correlation_shots}-shot fine-tuning test loss "
-               f"(context: {spec.correlation_context})",
+        xlabel=f"{section.correlation_shots}-shot fine-tuning test loss "
+               f"(context: {section.correlation_context})",
         ylabel="in-context learning test loss",
-        title=f"{FIGURE_1_RIGHT}: FT vs ICL per unseen task ({spec.instruction_tuned})")
+        title=f"{FIGURE_1_RIGHT}: FT vs ICL per unseen task ({section.instruction_tuned})")
     return plotting.save(figure, path)
 
 
@@ -311,7 +312,7 @@ def within_context_comparisons(transfer: TransferAnalysis) -> list[Comparison]:
 _METRIC_NAMES = {"loss": "loss", ROUGE_RECALL: "ROUGE-L recall", ROUGE_F: "ROUGE-L F"}
 
 
-def _it_harms_transfer(analysis: RunAnalysis, finding: Finding, settings: Settings, *,
+def _it_harms_transfer(analysis: RunAnalysis, finding: Finding, bootstrap: BootstrapOptions, *,
                        metrics: tuple[str, ...],
                        comparisons: Callable[[TransferAnalysis], list[Comparison]]
                        ) -> FindingResult:
@@ -378,7 +379,7 @@ def _contexts_none_first(contexts: pd.Series) -> list[str]:
     return sorted(set(contexts.dropna()), key=lambda context: (context != "none", context))
 
 
-def _it_improves_icl(analysis: RunAnalysis, finding: Finding, settings: Settings
+def _it_improves_icl(analysis: RunAnalysis, finding: Finding, bootstrap: BootstrapOptions
                      ) -> FindingResult:
     transfer = analysis.of(TransferAnalysis)
     assert transfer is not None
@@ -398,7 +399,7 @@ def _it_improves_icl(analysis: RunAnalysis, finding: Finding, settings: Settings
                          test=f"Wilcoxon signed-rank over tasks: {test.describe()}")
 
 
-def _ft_icl_correlation(analysis: RunAnalysis, finding: Finding, settings: Settings
+def _ft_icl_correlation(analysis: RunAnalysis, finding: Finding, bootstrap: BootstrapOptions
                         ) -> FindingResult:
     transfer = analysis.of(TransferAnalysis)
     assert transfer is not None
@@ -408,7 +409,7 @@ def _ft_icl_correlation(analysis: RunAnalysis, finding: Finding, settings: Setti
 # --- findings: the same tests under the category-block bootstrap -----------------------------
 
 
-def _harm_robustness(analysis: RunAnalysis, settings: Settings, *,
+def _harm_robustness(analysis: RunAnalysis, bootstrap: BootstrapOptions, *,
                      metrics: tuple[str, ...],
                      comparisons: Callable[[TransferAnalysis], list[Comparison]]
                      ) -> Robustness:
@@ -425,23 +426,23 @@ def _harm_robustness(analysis: RunAnalysis, settings: Settings, *,
             checks.append(paired_check(
                 f"{comparison.name} ({_METRIC_NAMES[metric]}): IT − PT",
                 per_task["pretrained"], per_task["instruction_tuned"], analysis.categories,
-                sign=harm_sign, n_boot=settings.n_boot, seed=settings.seed))
+                sign=harm_sign, n_boot=bootstrap.n_boot, seed=bootstrap.seed))
     return combine(checks)
 
 
-def _icl_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+def _icl_robustness(analysis: RunAnalysis, bootstrap: BootstrapOptions) -> Robustness:
     transfer = analysis.of(TransferAnalysis)
     assert transfer is not None
     per_task = transfer.per_task_icl
     return combine([paired_check("ICL IT − PT", per_task["pretrained"],
                                  per_task["instruction_tuned"], analysis.categories, sign=-1.0,
-                                 n_boot=settings.n_boot, seed=settings.seed)])
+                                 n_boot=bootstrap.n_boot, seed=bootstrap.seed)])
 
 
-def _correlation_robustness(analysis: RunAnalysis, settings: Settings) -> Robustness:
+def _correlation_robustness(analysis: RunAnalysis, bootstrap: BootstrapOptions) -> Robustness:
     transfer = analysis.of(TransferAnalysis)
     assert transfer is not None
-    common = {"n_boot": settings.n_boot, "seed": settings.seed}
+    common = {"n_boot": bootstrap.n_boot, "seed": bootstrap.seed}
     return combine([correlation_check("ρ", transfer.scatter, "finetune", "icl",
                                       analysis.categories, **common)],
                    notes=[partial_check("partial ρ", transfer.scatter, "finetune", "icl",

@@ -5,7 +5,7 @@ Each setting is marked once, where it is declared::
     log_every: Annotated[int, NoEffect] = Field(default=10, ge=1)
 
 and :mod:`itransfer.runs.identity` derives every identity key (training and evaluation stages, the
-results' settings hash, the resume check) from the markers. A field without a marker changes
+results' ``config_hash``, the resume check) from the markers. A field without a marker changes
 results: it is in every key whose section holds it. This module knows nothing of the config, so
 the config classes (and the samplers' config classes) can import it.
 """
@@ -24,7 +24,7 @@ class Effect:
     """What changing a setting does to a run, as identity keys and the resume check see it."""
 
     name: str
-    in_stage_keys: bool  # stage keys of `itransfer run` and the results' settings hash
+    in_stage_keys: bool  # stage keys of `itransfer run` and the results' ``config_hash``
     in_resume_check: bool  # whether a checkpoint may be resumed under another value
 
 
