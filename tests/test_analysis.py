@@ -792,3 +792,121 @@ def test_section_tables_name_their_rows(frame: pd.DataFrame) -> None:
     samplers = analysis.of(SamplersAnalysis)
     assert samplers is not None and samplers.others.empty
     assert "Other samplers" not in samplers.tables_html()
+
+
+# --- behaviours no test checked before (bench/results-mutants-survivors.md) --------------------
+
+
+def test_mixing_curves_start_at_the_pretrained_model(frame: pd.DataFrame) -> None:
+    """§5.2: step 0 of both mixing curves is the pre-trained model (neither tuned model has
+    rows at step 0), with its mean ICL and 5-shot fine-tuning loss."""
+    from itransfer.analysis.sections.mixing import MixingAnalysis
+
+    mixing = analyse(frame, RunManifest.model_validate(manifest_dict(sections={"mixing"})),
+                     n_boot=10).of(MixingAnalysis)
+    assert mixing is not None
+    pretrained = corr.model_rows(frame, "pretrained", 0)
+    expected = {"icl": float(corr.icl_values(pretrained).mean()),
+                "finetune": float(corr.finetune_values(pretrained, 5).mean())}
+    at_zero = mixing.curves[mixing.curves["step"] == 0].sort_values(["label", "method"])
+    assert list(zip(at_zero["label"], at_zero["method"], strict=True)) == [
+        ("with mixing", "finetune"), ("with mixing", "icl"),
+        ("without mixing", "finetune"), ("without mixing", "icl")]
+    assert at_zero["mean"].tolist() == pytest.approx(
+        [expected["finetune"], expected["icl"]] * 2)
+    assert (at_zero["n_tasks"] == 30).all()
+
+
+def _samplers_results(rows: list[dict[str, Any]], models: dict[str, str]) -> dict[str, Any]:
+    from itransfer.analysis.verdicts import evaluate_findings
+
+    manifest = manifest_dict(sections={"samplers"})
+    manifest["sections"]["samplers"]["models"] = models
+    analysis = analyse(pd.DataFrame(rows), RunManifest.model_validate(manifest), n_boot=10)
+    return {result.finding.id: result for result in evaluate_findings(analysis, n_boot=10)}
+
+
+def test_proportional_best_says_why_it_is_undefined() -> None:
+    """§4's "proportional best" is undefined, and says why, without a proportional model and
+    with nothing to compare proportional with."""
+    from itransfer.analysis.verdicts import UNDEFINED
+
+    rows = build_rows(num_tasks=6)
+    alone = _samplers_results(rows, {"proportional": "it-proportional"})["4-proportional-best"]
+    assert alone.verdict == UNDEFINED
+    assert alone.run_text == ("needs proportional and at least one of the samplers it is "
+                              "compared with")
+    missing = _samplers_results(rows, {"uniform": "it-uniform"})["4-proportional-best"]
+    assert missing.verdict == UNDEFINED
+    assert missing.run_text == "no proportional-sampling model in this run"
+
+
+def test_figure_3_labels_an_unmeasured_bar_n_a(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    """Figure 3 (left): a sampler without ICL rows gets a bar labelled "n/a", not a number."""
+    from itransfer.analysis import plotting
+    from itransfer.analysis.sections.samplers import draw_sampler_summary
+
+    drawn: list[Any] = []
+    monkeypatch.setattr(plotting, "save", lambda figure, path: drawn.append(figure) or path)
+    rows = [record for record in build_rows(num_tasks=6)
+            if not (record["model"] == "it-uniform" and record["method"] == "icl")]
+    analysis = analyse(pd.DataFrame(rows),
+                       RunManifest.model_validate(manifest_dict(sections={"samplers"})),
+                       n_boot=10)
+    assert draw_sampler_summary(analysis, tmp_path / "fig3.png") == tmp_path / "fig3.png"
+    (axes,) = drawn[0].axes
+    labels = [text.get_text() for text in axes.texts]
+    # three bars (seen train, seen test, ICL) of proportional and uniform each
+    assert len(labels) == 6 and labels[4] not in ("n/a", "N/A")
+    assert labels[5] == "n/a"
+
+
+def test_fits_table_reads_t_max_from_the_manifests_sampler_config() -> None:
+    """§4's fits table: a reverse-annealing run's T_max and schedule come from its
+    ``sampler_config`` in the manifest."""
+    from itransfer.analysis.sections.samplers import SamplersAnalysis
+
+    rows = build_rows(num_tasks=6)
+    sizes = {f"task{900 + index}_seen": size for index, size in
+             enumerate([10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 30])}
+    annealed = seen_rows("it-ra1000", 300, sizes, train_loss=1.3, test_loss=1.7)
+    rows += annealed + [{**r, "split": "validation"} for r in annealed if r["split"] == "test"]
+    manifest = manifest_dict(sections={"samplers"})
+    manifest["models"]["it-ra1000"] = {
+        **manifest["models"]["it-uniform"], "sampler": "reverse_annealing",
+        "sampler_config": {"name": "reverse_annealing", "max_temperature": 1000,
+                           "schedule": "inverse_linear"}}
+    manifest["sections"]["samplers"]["models"]["ra1000"] = "it-ra1000"
+    samplers = analyse(pd.DataFrame(rows), RunManifest.model_validate(manifest),
+                       n_boot=10).of(SamplersAnalysis)
+    assert samplers is not None
+    fits = samplers.fits_table().set_index("sampler")
+    assert fits.loc["ra1000", "T_max"] == 1000
+    assert fits.loc["ra1000", "schedule"] == "inverse_linear"
+    assert pd.isna(fits.loc["uniform", "T_max"])
+
+
+def test_transfer_curves_read_each_models_evaluated_step_not_its_last() -> None:
+    """§3.1 with a checkpoint evaluated past the one the section reads (final_step 200, rows
+    at 100, 200 and 300): every curve, ROUGE-L included, is the step-200 checkpoint's."""
+    from itransfer.analysis.rows import ROUGE_F, ROUGE_RECALL
+
+    rows = build_rows(num_tasks=6)
+    manifest = manifest_dict(sections={"transfer"})
+    manifest["models"]["it-proportional"]["final_step"] = 200
+    frame = pd.DataFrame(rows)
+    transfer = analyse(frame, RunManifest.model_validate(manifest), n_boot=10).of(
+        TransferAnalysis)
+    assert transfer is not None
+    tuned = frame[(frame["model"] == "it-proportional") & (frame["method"] == "finetune")
+                  & (frame["split"] == "test") & (frame["context"] == "none")
+                  & (frame["shots"] == 5)]
+    for metric in ("loss", ROUGE_RECALL, ROUGE_F):
+        curves = transfer.curves(metric)
+        at = curves[(curves["label"] == "instruction-tuned") & (curves["context"] == "none")
+                    & (curves["shots"] == 5)]
+        means = {step: tuned[(tuned["checkpoint_step"] == step) & (tuned["metric"] == metric)]
+                 .groupby("task")["value"].mean().mean() for step in (200, 300)}
+        assert means[200] != pytest.approx(means[300])  # the planted steps differ
+        assert at["mean"].tolist() == pytest.approx([means[200]]), metric
