@@ -12,6 +12,8 @@ From the ground up (a module may import its own floor and those below it, never 
 4. ``encoding/``: token ids, batches, per-token losses and the tokenized cache;
 5. ``runs.checkpoints``: the checkpoint folder that training writes and evaluation reads;
    ``runs.probe``: what training hands a transfer monitor that evaluation builds;
+   ``runs.monitor_log``: the training log both read, and the checkpoint its monitor says
+   transfers best;
 6. ``train/`` and ``pretraining/`` (building the embedded models from scratch);
 7. ``eval/``, which imports nothing of ``train/`` either (it reads checkpoints through 5);
 8. ``analysis/``, with the section registry and the run manifest;
@@ -40,7 +42,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("itransfer.data",),
     ("itransfer.runs.identity",),
     ("itransfer.encoding",),
-    ("itransfer.runs.checkpoints", "itransfer.runs.probe"),
+    ("itransfer.runs.checkpoints", "itransfer.runs.probe", "itransfer.runs.monitor_log"),
     ("itransfer.train", "itransfer.pretraining"),
     ("itransfer.eval",),
     ("itransfer.analysis",),

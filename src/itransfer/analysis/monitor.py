@@ -1,9 +1,9 @@
 """What the transfer monitor recorded during a training run: its rows as a table and a figure.
 
 The rows are those of ``train_log.jsonl`` with a ``monitor`` entry
-(:mod:`itransfer.train.monitoring`); the figure puts the few-shot transfer loss and the ICL loss
-over the training steps, each with its step-0 value as a dashed line, so that a rise above it
-(forgetting) reads at a glance.
+(:mod:`itransfer.train.monitoring`, read by :mod:`itransfer.runs.monitor_log`); the figure puts
+the few-shot transfer loss and the ICL loss over the training steps, each with its step-0 value
+as a dashed line, so that a rise above it (forgetting) reads at a glance.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import Any
 
 from itransfer.analysis.plotting import LINE_STYLES, MARKERS, SHADES, new_figure, save
 from itransfer.errors import DataError
-from itransfer.train.monitoring import MONITOR_KEY, read_monitor_rows
-from itransfer.train.recipe import LOG_FILE
+from itransfer.runs.monitor_log import LOG_FILE, MONITOR_KEY, read_monitor_rows
 
 FIGURE_FILE = "monitor.png"
 # (key in a probe row, label): the series of the table and the figure.

@@ -22,7 +22,9 @@ from itransfer.cli.common import (
 eval_app = typer.Typer(help="Evaluate a checkpoint; rows go to <out>/results (Parquet).")
 
 CheckpointOption = typer.Option(
-    "itransfer:tiny-t5", "--checkpoint", help="Model folder, training checkpoint or hub name."
+    "itransfer:tiny-t5", "--checkpoint",
+    help="Model folder, training checkpoint or hub name; best-transfer:RUN is the checkpoint of "
+    "the training run RUN with the lowest transfer loss its train.monitor measured.",
 )
 OutOption = typer.Option(
     ..., "--out", "-o", help="Run folder for results and predictions.", callback=folder_not_file
@@ -43,9 +45,13 @@ def _run(
     from transformers.utils import logging as transformers_logging
 
     from itransfer.eval.session import open_session
+    from itransfer.runs.monitor_log import resolve_checkpoint
 
     transformers_logging.disable_progress_bar()
     config = resolve_config(config_path, overrides, sni_dir)
+    checkpoint, best = resolve_checkpoint(checkpoint)
+    if best is not None:
+        stderr.print(best.describe(), markup=False, highlight=False, soft_wrap=True)
     with one_writer(out):
         _evaluate_into(what, open_session(config, checkpoint, out), evaluate, **kwargs)
 

@@ -14,8 +14,9 @@ checks both bit for bit):
 * the optimizer, scheduler, sampler and batch stream are not handed to it at all.
 
 Each probe appends one row ``{"step": s, "monitor": {...}}`` to ``train_log.jsonl`` (readers of
-training rows skip rows without ``loss``; :func:`is_monitor_row`) and goes to TensorBoard and
-W&B as ``monitor/<name>`` scalars. A run that resumes keeps the rows up to its checkpoint, these
+training rows skip rows without ``loss``; :func:`is_monitor_row`; the log is read through
+:mod:`itransfer.runs.monitor_log`, which evaluation uses too) and goes to TensorBoard and W&B as
+``monitor/<name>`` scalars. A run that resumes keeps the rows up to its checkpoint, these
 included (the probe of a step runs before that step's checkpoint is saved).
 """
 
@@ -24,9 +25,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,28 +35,19 @@ from accelerate import DistributedType
 
 from itransfer.config.schema import ExperimentConfig
 from itransfer.errors import ConfigError
+from itransfer.runs.monitor_log import (  # noqa: F401 (read here too, as before)
+    MONITOR_KEY,
+    is_monitor_row,
+    monitor_rows,
+    read_monitor_rows,
+)
 from itransfer.runs.probe import Monitor, ProbeContext
-from itransfer.train.recipe import TrainState, append_log, read_log
+from itransfer.train.recipe import TrainState, append_log
 
 logger = logging.getLogger(__name__)
 
-MONITOR_KEY = "monitor"
 # The probe values that go to TensorBoard and W&B as `monitor/<name>` scalars.
 SCALARS = ("finetune_loss", "icl_loss", "spearman", "seconds")
-
-
-def is_monitor_row(row: dict[str, Any]) -> bool:
-    return MONITOR_KEY in row
-
-
-def monitor_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The probe rows of a training log, in step order."""
-    return [row for row in rows if is_monitor_row(row)]
-
-
-def read_monitor_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """The probe rows of the run in ``run_dir`` (its ``train_log.jsonl``)."""
-    return monitor_rows(read_log(Path(run_dir)))
 
 
 @contextmanager

@@ -36,6 +36,7 @@ from itransfer.encoding.examples import ExampleEncoder
 from itransfer.errors import ConfigError, DataError
 from itransfer.models.loading import LoadedModel, load_model_and_tokenizer
 from itransfer.runs.identity import resume_differences
+from itransfer.runs.monitor_log import LOG_FILE, read_log
 from itransfer.runs.provenance import write_run_record
 from itransfer.runtime.atomic_files import atomic_write_text
 from itransfer.runtime.launch import agreed, check_fsdp, check_launch, make_accelerator
@@ -49,7 +50,6 @@ from itransfer.train.weights import load_weights, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
-LOG_FILE = "train_log.jsonl"
 
 
 @dataclass
@@ -447,15 +447,6 @@ def check_compatible(
             f"{checkpoint} was written by {saved.get('world_size')} processes; resuming with "
             f"{world} would draw different batches per process"
         )
-
-
-def read_log(out_dir: Path, *, up_to_step: int | None = None) -> list[dict[str, Any]]:
-    """The rows of the run's ``train_log.jsonl`` (training rows and probe rows), up to a step."""
-    path = out_dir / LOG_FILE
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]
 
 
 def append_log(state: TrainState, row: dict[str, Any]) -> None:
