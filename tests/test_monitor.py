@@ -21,9 +21,10 @@ from itransfer.data.benchmark import open_benchmark
 from itransfer.errors import ConfigError, DataError
 from itransfer.eval.monitor import PROBE_FILE, choose_probe_tasks, evaluated_tasks, monitor_for
 from itransfer.runs import identity
+from itransfer.runs.monitor_log import read_monitor_rows
 from itransfer.train import monitoring
 from itransfer.train.loop import TrainResult, instruction_tune
-from itransfer.train.monitoring import ForgettingWatch, read_monitor_rows
+from itransfer.train.monitoring import ForgettingWatch
 from test_tracking import _FakeRun
 from tiny_configs import tiny_train_config
 

@@ -14,7 +14,7 @@ checks both bit for bit):
 * the optimizer, scheduler, sampler and batch stream are not handed to it at all.
 
 Each probe appends one row ``{"step": s, "monitor": {...}}`` to ``train_log.jsonl`` (readers of
-training rows skip rows without ``loss``; :func:`is_monitor_row`; the log is read through
+training rows skip rows without ``loss``; the log is read through
 :mod:`itransfer.runs.monitor_log`, which evaluation uses too) and goes to TensorBoard and W&B as
 ``monitor/<name>`` scalars. A run that resumes keeps the rows up to its checkpoint, these
 included (the probe of a step runs before that step's checkpoint is saved).
@@ -35,12 +35,7 @@ from accelerate import DistributedType
 
 from itransfer.config.schema import ExperimentConfig
 from itransfer.errors import ConfigError
-from itransfer.runs.monitor_log import (  # noqa: F401 (read here too, as before)
-    MONITOR_KEY,
-    is_monitor_row,
-    monitor_rows,
-    read_monitor_rows,
-)
+from itransfer.runs.monitor_log import MONITOR_KEY, monitor_rows
 from itransfer.runs.probe import Monitor, ProbeContext
 from itransfer.train.recipe import TrainState, append_log
 
