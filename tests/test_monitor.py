@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from itransfer.train.loop import TrainResult, instruction_tune
 from itransfer.train.monitoring import ForgettingWatch
 from test_tracking import _FakeRun
 from tiny_configs import tiny_train_config
+from two_processes import launch_two
 
 PROBE = ("train.monitor={every_steps: 2, tasks: 2, test_items: 3, shots: [2], "
          "lora_epochs: 2}")
@@ -246,3 +250,27 @@ def test_the_readme_states_the_defaults_and_the_measured_cost() -> None:
     percent = f"{100 * measured['probe_share']:.1f} %"
     assert percent in section
     assert "itransfer results monitor" in section
+
+
+@pytest.mark.slow
+def test_two_processes_probe_as_one_does(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Under ``accelerate launch`` the main process probes while the other waits at the next
+    step: one row per probe in the run's one log, and each row holds the numbers one process
+    measures on the same weights (the pre-trained model; the trajectory checkpoints)."""
+    script = Path(__file__).with_name("distributed_monitor.py")
+    launch_two(script, "train", str(tiny_model_dir), str(tmp_path))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the launcher's: the same reduction order
+    subprocess.run([sys.executable, str(script), "reprobe", str(tiny_model_dir), str(tmp_path)],
+                   check=True, env=env, capture_output=True, timeout=600)
+    ranks = [json.loads((tmp_path / f"monitor-rank{r}.json").read_text()) for r in (0, 1)]
+    alone = json.loads((tmp_path / "reprobe.json").read_text())
+    assert ranks[0]["world_size"] == 2
+    assert ranks[0]["rows"] == ranks[1]["rows"]  # both read the one log
+    assert [row["step"] for row in ranks[0]["rows"]] == [0, 2, 4] == sorted(map(int, alone))
+
+    def values(measured: dict[str, Any]) -> dict[str, float]:
+        return {key: measured[key] for key in ("finetune_loss", "icl_loss", "spearman")}
+
+    for row in ranks[0]["rows"]:
+        assert values(row["monitor"]) == pytest.approx(values(alone[str(row["step"])]),
+                                                       rel=1e-6, abs=1e-9)
