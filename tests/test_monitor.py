@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from itransfer.analysis.manifest import read_manifest
 from itransfer.config.schema import ExperimentConfig, MonitorConfig, load_config
 from itransfer.data.benchmark import open_benchmark
 from itransfer.errors import ConfigError, DataError
@@ -274,3 +276,48 @@ def test_two_processes_probe_as_one_does(tiny_model_dir: Path, tmp_path: Path) -
     for row in ranks[0]["rows"]:
         assert values(row["monitor"]) == pytest.approx(values(alone[str(row["step"])]),
                                                        rel=1e-6, abs=1e-9)
+
+
+def test_the_report_sets_the_monitor_beside_the_grid(tmp_path: Path) -> None:
+    """A model trained with the monitor gets a report section: its figure, and per series how
+    often the probe moved the grid's way from step 0 and Spearman's rho across the common steps
+    (here: transfer planted to follow the grid, ICL to run against it)."""
+    from itransfer.analysis.correlations import trajectory_curves
+    from itransfer.analysis.monitor import compare_with_grid, grid_k
+    from itransfer.analysis.report import write_report
+    from itransfer.runs.monitor_log import LOG_FILE
+    from test_analysis import SHOTS, build_rows, make_run, manifest_dict
+
+    rows, manifest = build_rows(num_tasks=12), manifest_dict(sections={"trajectory"})
+    stage = tmp_path / "stages" / "train-it"
+    manifest["models"]["it-proportional"]["stage"] = str(stage)
+    frame = pd.DataFrame.from_records(rows)
+    assert grid_k(frame, "it-proportional", 7) == min(SHOTS, key=lambda k: (abs(k - 7), k))
+    k = grid_k(frame, "it-proportional", 7)
+    curves = trajectory_curves(frame, "it-proportional", (0, 100, 200, 300), shots=k)
+    grid = curves.pivot_table(index="step", columns="method", values="mean")
+    probes = [{"step": int(step), "monitor": {"k": 7, "tasks": 4,
+                                              "finetune_loss": grid.loc[step, "finetune"] + 0.5,
+                                              "icl_loss": -grid.loc[step, "icl"]}}
+              for step in (0, 100, 200, 300)]
+    probes.insert(1, {"step": 50, "monitor": {"k": 7, "finetune_loss": 9.0, "icl_loss": 9.0}})
+    stage.mkdir(parents=True)
+    (stage / LOG_FILE).write_text("".join(json.dumps(row) + "\n" for row in probes))
+    run_dir = make_run(tmp_path, rows, manifest)
+
+    compared = compare_with_grid(frame, read_manifest(run_dir), "it-proportional", probes)
+    assert compared is not None and compared.grid_k == k and compared.probe_k == 7
+    assert list(compared.table["step"]) == [0, 50, 100, 200, 300]  # 50: no grid value
+    transfer, icl = compared.agreement["finetune_loss"], compared.agreement["icl_loss"]
+    assert (transfer.steps, transfer.changes, transfer.same_direction) == (4, 3, 3)
+    assert transfer.spearman == pytest.approx(1.0)
+    assert (icl.same_direction, icl.spearman) == (0, pytest.approx(-1.0))
+
+    paths = write_report(run_dir, n_boot=10)
+    text = paths.html.read_text(encoding="utf-8")
+    assert "Transfer monitor (beyond the paper)" in text
+    assert "Monitor (it-proportional)" in text and (
+        run_dir / "figures" / "monitor-it-proportional.png").is_file()
+    markdown = paths.markdown.read_text(encoding="utf-8")
+    assert "from step 0 at 3 of 3 checkpoints" in markdown
+    assert "from step 0 at 0 of 3 checkpoints" in markdown

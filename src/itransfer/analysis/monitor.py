@@ -8,10 +8,18 @@ as a dashed line, so that a rise above it (forgetting) reads at a glance.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+from scipy import stats
+
+from itransfer.analysis.correlations import trajectory_curves
+from itransfer.analysis.manifest import RunManifest
 from itransfer.analysis.plotting import LINE_STYLES, MARKERS, SHADES, new_figure, save
+from itransfer.analysis.rows import rows_of_groups, trajectory_steps
 from itransfer.errors import DataError
 from itransfer.runs.monitor_log import LOG_FILE, MONITOR_KEY, read_monitor_rows
 
@@ -69,3 +77,109 @@ def plot_monitor(rows: list[dict[str, Any]], path: Path) -> Path:
     probe = rows[-1][MONITOR_KEY]
     figure.suptitle(f"Probe: {probe.get('tasks')} tasks, k={probe.get('k')}", fontsize="medium")
     return save(figure, path)
+
+
+# --- the monitor beside the transfer grid (the experiment report) --------------------------
+
+# (probe row key, the grid's method in trajectory_curves)
+GRID_METHODS = (("finetune_loss", "finetune"), ("icl_loss", "icl"))
+
+
+@dataclass(frozen=True)
+class SeriesAgreement:
+    """How one monitored series follows the grid's over the steps that both measured."""
+
+    steps: int  # steps with both a probe row and grid rows
+    same_direction: int  # steps after 0 whose change since step 0 has the grid's sign
+    changes: int  # steps after 0 compared (step 0 measured by both)
+    spearman: float  # across the common steps; NaN with fewer than 3
+
+
+@dataclass(frozen=True)
+class MonitorComparison:
+    """One monitored model: its probe rows beside the grid's means on the unseen tasks at the
+    steps both measured (the grid at its trajectory checkpoints; the pre-trained model at 0)."""
+
+    model: str
+    probe_k: int | None
+    grid_k: int
+    table: pd.DataFrame  # step, monitor_<series>, grid_<series>
+    agreement: dict[str, SeriesAgreement]  # by probe row key
+
+    def sentence(self) -> str:
+        parts = []
+        for key, label in SERIES:
+            found = self.agreement[key]
+            rho = "n/a" if math.isnan(found.spearman) else f"{found.spearman:.2f}"
+            direction = (f"moved the grid's way from step 0 at {found.same_direction} of "
+                         f"{found.changes} checkpoints" if found.changes else
+                         "has no step 0 in both to compare directions from")
+            parts.append(f"{label} {direction}; Spearman ρ across the {found.steps} common "
+                         f"steps = {rho}")
+        return (f"{self.model}: probe k = {self.probe_k}, grid k = {self.grid_k} (unseen "
+                f"tasks). " + "; ".join(parts) + ".")
+
+
+def grid_k(frame: pd.DataFrame, label: str, probe_k: int | None) -> int | None:
+    """The grid's fine-tuning k closest to the probe's (the smaller on a tie); None without
+    k-shot rows for the model."""
+    rows = frame[(frame["model"] == label) & (frame["method"] == "finetune")]
+    available = sorted({int(k) for k in rows["shots"].dropna() if int(k) > 0})
+    if not available:
+        return None
+    return min(available, key=lambda k: (abs(k - (probe_k or 0)), k))
+
+
+def compare_with_grid(frame: pd.DataFrame, manifest: RunManifest, label: str,
+                      rows: list[dict[str, Any]]) -> MonitorComparison | None:
+    """The probe rows of ``label`` beside the grid's unseen-task means at the same steps;
+    None when the grid has no k-shot rows for the model."""
+    unseen = rows_of_groups(frame, ("unseen",))
+    probe_k = rows[-1][MONITOR_KEY].get("k") if rows else None
+    k = grid_k(unseen, label, probe_k)
+    if k is None:
+        return None
+    curves = trajectory_curves(unseen, label, trajectory_steps(unseen, manifest, label),
+                               pretrained=manifest.pretrained, shots=k)
+    grid = curves.pivot_table(index="step", columns="method", values="mean")
+    monitor = pd.DataFrame([{"step": row["step"], **{f"monitor_{key}": row[MONITOR_KEY].get(key)
+                                                     for key, _ in GRID_METHODS}}
+                            for row in rows]).drop_duplicates("step", keep="last")
+    table = monitor.merge(pd.DataFrame({
+        f"grid_{key}": grid[method] if method in grid else pd.Series(dtype=float)
+        for key, method in GRID_METHODS}).rename_axis("step").reset_index(),
+        on="step", how="left").sort_values("step", ignore_index=True)
+    agreement = {key: _agreement(table, key) for key, _ in GRID_METHODS}
+    return MonitorComparison(label, probe_k, k, table, agreement)
+
+
+def _agreement(table: pd.DataFrame, key: str) -> SeriesAgreement:
+    both = table[["step", f"monitor_{key}", f"grid_{key}"]].dropna()
+    monitored, grid = both[f"monitor_{key}"].to_numpy(float), both[f"grid_{key}"].to_numpy(float)
+    same = changes = 0
+    if len(both) and both["step"].iloc[0] == 0:
+        monitor_change, grid_change = monitored[1:] - monitored[0], grid[1:] - grid[0]
+        changes = len(monitor_change)
+        same = int(sum(math.copysign(1, a) == math.copysign(1, b)
+                       for a, b in zip(monitor_change, grid_change, strict=True)))
+    rho = float(stats.spearmanr(monitored, grid).statistic) if len(both) >= 3 else math.nan
+    return SeriesAgreement(len(both), same, changes, rho)
+
+
+def monitored_models(run_dir: Path, manifest: RunManifest) -> dict[str, list[dict[str, Any]]]:
+    """Each model of the run whose training stage logged probe rows, with its rows. A stage
+    folder recorded relative to where the pipeline ran is also looked for in ``run_dir``."""
+    found = {}
+    for label, info in manifest.models.items():
+        if not info.stage:
+            continue
+        stage = Path(info.stage)
+        stores = [Path(manifest.store)] if manifest.store else []
+        for folder in (stage, Path(run_dir) / stage,
+                       *(store / stage.name for store in [*stores, Path(run_dir) / "stages"])):
+            if folder.is_dir():
+                rows = read_monitor_rows(folder)
+                if rows:
+                    found[label] = rows
+                break
+    return found

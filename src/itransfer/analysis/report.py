@@ -23,6 +23,12 @@ import pandas as pd
 
 from itransfer.analysis.html import details, table
 from itransfer.analysis.manifest import RunManifest, read_manifest
+from itransfer.analysis.monitor import (
+    MonitorComparison,
+    compare_with_grid,
+    monitored_models,
+    plot_monitor,
+)
 from itransfer.analysis.plotting import draw_all
 from itransfer.analysis.run import RunAnalysis, analyse
 from itransfer.analysis.scale import NEAR_UNIFORM_SHARE, ScaleAssessment, assess_scale, best_rouge
@@ -63,6 +69,7 @@ class RunFindings:
     analysis: RunAnalysis
     findings: list[FindingResult]
     scale: ScaleAssessment
+    frame: pd.DataFrame
 
 
 def run_findings(run_dir: Path, *, n_boot: int = 2000, seed: int = 0) -> RunFindings:
@@ -71,7 +78,7 @@ def run_findings(run_dir: Path, *, n_boot: int = 2000, seed: int = 0) -> RunFind
     frame = ResultsTable(run_dir).read()
     analysis = analyse(frame, manifest, n_boot=n_boot, seed=seed)
     findings = evaluate_findings(analysis, n_boot=n_boot, seed=seed)
-    return RunFindings(analysis, findings, assess_scale(frame, analysis, findings))
+    return RunFindings(analysis, findings, assess_scale(frame, analysis, findings), frame)
 
 
 def write_report(run_dir: Path, *, n_boot: int = 2000, seed: int = 0) -> ReportPaths:
@@ -80,11 +87,43 @@ def write_report(run_dir: Path, *, n_boot: int = 2000, seed: int = 0) -> ReportP
     analysed = run_findings(run_dir, n_boot=n_boot, seed=seed)
     analysis, findings, scale = analysed.analysis, analysed.findings, analysed.scale
     figures = draw_all(analysis, run_dir / FIGURES_DIR)
+    monitors = _monitor_comparisons(run_dir, analysed, figures)
     html_path, markdown_path = run_dir / REPORT_HTML, run_dir / REPORT_MD
-    atomic_write_text(html_path, render_html(analysis, findings, figures, scale))
+    atomic_write_text(html_path, render_html(analysis, findings, figures, scale, monitors))
     atomic_write_text(markdown_path,
-                      render_markdown(analysis, findings, figures, run_dir, scale))
+                      render_markdown(analysis, findings, figures, run_dir, scale, monitors))
     return ReportPaths(html=html_path, markdown=markdown_path, figures=figures)
+
+
+def _monitor_comparisons(run_dir: Path, analysed: RunFindings, figures: dict[str, Path]
+                         ) -> list[MonitorComparison]:
+    """The transfer monitor of every model trained with it, beside the grid; its figure joins
+    ``figures`` as "Monitor (<model>)"."""
+    manifest = analysed.analysis.manifest
+    comparisons = []
+    for label, rows in monitored_models(run_dir, manifest).items():
+        compared = compare_with_grid(analysed.frame, manifest, label, rows)
+        if compared is not None:
+            comparisons.append(compared)
+            figures[f"Monitor ({label})"] = plot_monitor(
+                rows, run_dir / FIGURES_DIR / f"monitor-{label}.png")
+    return comparisons
+
+
+def _monitor_html(monitors: list[MonitorComparison], figures: Mapping[str, Path]) -> list[str]:
+    if not monitors:
+        return []
+    parts = ["<h2>Transfer monitor (beyond the paper)</h2>",
+             "<p>Probe tasks are never evaluation tasks, so the monitor and the grid measure "
+             "different tasks, and usually different k: compare directions and ranks over "
+             "steps, not values.</p>"]
+    for compared in monitors:
+        name = f"Monitor ({compared.model})"
+        if name in figures:
+            parts.append(_image(name, figures[name]))
+        parts += [f"<p>{html.escape(compared.sentence())}</p>",
+                  table(compared.table.set_index("step"), index=True)]
+    return parts
 
 
 # --- formatting helpers ------------------------------------------------------------------
@@ -178,7 +217,8 @@ pre { background: #f4f4f4; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
 
 
 def render_html(analysis: RunAnalysis, findings: list[FindingResult],
-                figures: Mapping[str, Path], scale: ScaleAssessment | None = None) -> str:
+                figures: Mapping[str, Path], scale: ScaleAssessment | None = None,
+                monitors: list[MonitorComparison] | None = None) -> str:
     manifest = analysis.manifest
     title = manifest.title or manifest.experiment or "itransfer run"
     parts = [
@@ -204,6 +244,7 @@ def render_html(analysis: RunAnalysis, findings: list[FindingResult],
         # matches no drawing cannot occur (register_section refuses it).
         parts.extend(_image(name, figures[name]) for name in section.figures if name in figures)
         parts.append(section_analysis.tables_html())
+    parts.extend(_monitor_html(monitors or [], figures))
     parts.extend(_provenance_html(manifest))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
@@ -322,7 +363,8 @@ def markdown_cell(text: str) -> str:
 
 def render_markdown(analysis: RunAnalysis, findings: list[FindingResult],
                     figures: Mapping[str, Path], run_dir: Path,
-                    scale: ScaleAssessment | None = None) -> str:
+                    scale: ScaleAssessment | None = None,
+                    monitors: list[MonitorComparison] | None = None) -> str:
     manifest = analysis.manifest
     lines = [f"# {manifest.title or manifest.experiment or 'itransfer run'}", "",
              f"Experiment `{manifest.experiment}` · {analysis.num_rows} result rows · "
@@ -348,6 +390,9 @@ def render_markdown(analysis: RunAnalysis, findings: list[FindingResult],
                   + holm_summary(findings) + " " + robustness_summary(findings), ""]
     else:
         lines += ["This run has no section of the paper to compare.", ""]
+    if monitors:
+        lines += ["## Transfer monitor (beyond the paper)", ""]
+        lines += [f"- {compared.sentence()}" for compared in monitors] + [""]
     if figures:
         lines += ["## Figures", ""]
         lines += [f"- {name}: [{path.name}]({path.relative_to(run_dir).as_posix()})"
