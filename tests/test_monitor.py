@@ -321,3 +321,34 @@ def test_the_report_sets_the_monitor_beside_the_grid(tmp_path: Path) -> None:
     markdown = paths.markdown.read_text(encoding="utf-8")
     assert "from step 0 at 3 of 3 checkpoints" in markdown
     assert "from step 0 at 0 of 3 checkpoints" in markdown
+
+
+def _probe_rows_with_phases() -> list[dict[str, Any]]:
+    """Six probe tasks at steps 0, 50, 100: early on, the tasks whose ICL loss falls most lose
+    the most transfer (ρ = −1); later, both change together (ρ = +1)."""
+    tasks = [f"t{index}" for index in range(6)]
+    early, late = np.arange(6.0), np.array([3.0, 1.0, 4.0, 0.5, 2.0, 5.0])
+    icl = {0: np.full(6, 5.0), 50: 5.0 - early, 100: 5.0 - early + late}
+    transfer = {0: np.full(6, 2.0), 50: 2.0 + early, 100: 2.0 + early + 2 * late}
+    return [{"step": step, "monitor": {"k": 10, "per_task": {
+        task: {"icl_loss": float(icl[step][i]), "finetune_loss_k10": float(transfer[step][i])}
+        for i, task in enumerate(tasks)}}} for step in (0, 50, 100)]
+
+
+def test_the_two_phases_run_on_the_probe_rows(tmp_path: Path) -> None:
+    from itransfer.analysis.monitor import monitor_phases
+    from itransfer.cli import app
+    from itransfer.runs.monitor_log import LOG_FILE
+
+    rows = _probe_rows_with_phases()
+    phases = monitor_phases(rows, 50)
+    assert (phases.split_step, phases.final_step) == (50, 100)
+    assert phases.early.rho == pytest.approx(-1.0) and phases.early.n == 6
+    assert phases.late.rho == pytest.approx(1.0)
+    with pytest.raises(DataError, match="probes at steps \\[0, 50, 100\\]"):
+        monitor_phases(rows, 70)
+    (tmp_path / LOG_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = CliRunner().invoke(app, ["results", "monitor", str(tmp_path),
+                                      "--phase-split", "50"])
+    assert result.exit_code == 0, result.output
+    assert "early (0 → 50) ρ=-1" in result.output and "late (50 → 100) ρ=1" in result.output

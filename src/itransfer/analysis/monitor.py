@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
-from itransfer.analysis.correlations import trajectory_curves
+from itransfer.analysis.correlations import PhaseCorrelations, phase_correlations, trajectory_curves
 from itransfer.analysis.manifest import RunManifest
 from itransfer.analysis.plotting import LINE_STYLES, MARKERS, SHADES, new_figure, save
 from itransfer.analysis.rows import rows_of_groups, trajectory_steps
@@ -183,3 +183,40 @@ def monitored_models(run_dir: Path, manifest: RunManifest) -> dict[str, list[dic
                     found[label] = rows
                 break
     return found
+
+
+# --- §5.1's two phases on the probe rows -----------------------------------------------------
+
+MONITOR_MODEL = "monitor"  # the probe rows' model label in a results-shaped frame
+
+
+def monitor_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The probe rows' per-task losses as results rows (one model, ``monitor``), so that the
+    analysis of the grid's trajectory runs on them unchanged: ICL at k = 0 and the LoRA loss at
+    each probe k, fine-tuned without context."""
+    records = []
+    for row in rows:
+        for task, values in (row[MONITOR_KEY].get("per_task") or {}).items():
+            common = {"model": MONITOR_MODEL, "checkpoint_step": int(row["step"]), "task": task,
+                      "metric": "loss", "split": "test", "context": "none"}
+            records.append({**common, "method": "icl", "shots": 0, "value": values["icl_loss"]})
+            records += [{**common, "method": "finetune", "shots": int(key.rpartition("k")[2]),
+                         "value": value}
+                        for key, value in values.items() if key.startswith("finetune_loss_k")]
+    return pd.DataFrame.from_records(records, columns=[
+        "model", "checkpoint_step", "task", "metric", "split", "context", "method", "shots",
+        "value"])
+
+
+def monitor_phases(rows: list[dict[str, Any]], split_step: int, *, seed: int = 0
+                   ) -> PhaseCorrelations:
+    """§5.1 on the probe rows: per probe task, the change of transfer and of ICL loss from
+    step 0 to ``split_step`` (early) and from there to the last probe (late), correlated."""
+    steps = sorted(int(row["step"]) for row in rows)
+    if split_step not in steps or steps[0] != 0 or split_step >= steps[-1]:
+        raise DataError(LOG_FILE, f"--phase-split {split_step}: needs a probe at 0, at the split "
+                                  f"and after it; probes at steps {steps}")
+    k = int(rows[-1][MONITOR_KEY].get("k") or 0)
+    return phase_correlations(monitor_frame(rows), MONITOR_MODEL, split_step=split_step,
+                              final_step=steps[-1], pretrained=MONITOR_MODEL, shots=k,
+                              seed=seed)

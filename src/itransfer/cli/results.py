@@ -82,10 +82,20 @@ def monitor(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Where to write the figure (default: RUN_DIR/monitor.png)."
     ),
+    phase_split: int | None = typer.Option(
+        None, "--phase-split", help="Also run §5.1's two-phase analysis on the probe rows, "
+        "split at this step (a probe step): per-task Δ transfer vs Δ ICL, early and late."
+    ),
 ) -> None:
     """The transfer monitor's probes of a training run (train.monitor): transfer and ICL loss,
     their change since step 0 and their Spearman correlation, as a table and a figure."""
-    from itransfer.analysis.monitor import FIGURE_FILE, monitor_rows_of, plot_monitor, table_rows
+    from itransfer.analysis.monitor import (
+        FIGURE_FILE,
+        monitor_phases,
+        monitor_rows_of,
+        plot_monitor,
+        table_rows,
+    )
 
     rows = monitor_rows_of(run_dir)
     table = Table(title=f"Transfer monitor of {run_dir} (probe tasks, mean over tasks)")
@@ -102,6 +112,11 @@ def monitor(
             "forgetting" if row["forgetting"] else "",
         )
     Console().print(table)
+    if phase_split is not None:
+        phases = monitor_phases(rows, phase_split)
+        Console().print(f"§5.1 on the probe tasks, Δ transfer vs Δ ICL per task: early "
+                        f"(0 → {phases.split_step}) {phases.early.describe()}; late "
+                        f"({phases.split_step} → {phases.final_step}) {phases.late.describe()}")
     figure = plot_monitor(rows, out or Path(run_dir) / FIGURE_FILE)
     Console(stderr=True).print(f"wrote {figure}")
 
