@@ -144,8 +144,15 @@ _STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "untested", 33: "untested
 
 def _prepare(copy: Path, modules: list[str], tests: list[str]) -> None:
     """A copy of the checkout with the group's mutmut configuration."""
-    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(
-        ".venv", "mutants", "runs", ".git", "__pycache__", ".pytest_cache", ".ruff_cache"))
+    caches = shutil.ignore_patterns(".venv", "mutants", ".git", "__pycache__", ".pytest_cache",
+                                    ".ruff_cache")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        # The checkout's own runs/ (outputs), not the package's itransfer/runs/ (code).
+        top = {"runs"} if Path(folder).resolve() == REPO.resolve() else set()
+        return set(caches(folder, names)) | (top & set(names))
+
+    shutil.copytree(REPO, copy, ignore=ignore)
     config = {
         "paths_to_mutate": [f"{SRC}/{module}" for module in modules],
         "tests_dir": [f"tests/{test}" for test in tests],
