@@ -321,6 +321,10 @@ def test_the_report_sets_the_monitor_beside_the_grid(tmp_path: Path) -> None:
     markdown = paths.markdown.read_text(encoding="utf-8")
     assert "from step 0 at 3 of 3 checkpoints" in markdown
     assert "from step 0 at 0 of 3 checkpoints" in markdown
+    assert "Too few common steps" not in markdown  # 4 common steps
+    two_steps = compare_with_grid(frame, read_manifest(run_dir), "it-proportional",
+                                  [probes[0], probes[-1]])
+    assert two_steps is not None and "Too few common steps" in two_steps.sentence()
 
 
 def _probe_rows_with_phases() -> list[dict[str, Any]]:

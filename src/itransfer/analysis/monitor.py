@@ -116,8 +116,12 @@ class MonitorComparison:
                          "has no step 0 in both to compare directions from")
             parts.append(f"{label} {direction}; Spearman ρ across the {found.steps} common "
                          f"steps = {rho}")
+        few = min(found.steps for found in self.agreement.values()) < 3
+        hint = (" Too few common steps for a correlation: probe at the trajectory checkpoints "
+                "(train.monitor.every_steps = train.checkpoint_every) to compare more."
+                if few else "")
         return (f"{self.model}: probe k = {self.probe_k}, grid k = {self.grid_k} (unseen "
-                f"tasks). " + "; ".join(parts) + ".")
+                f"tasks). " + "; ".join(parts) + "." + hint)
 
 
 def grid_k(frame: pd.DataFrame, label: str, probe_k: int | None) -> int | None:
