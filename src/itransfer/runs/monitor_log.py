@@ -84,9 +84,8 @@ class BestTransfer:
         return line
 
 
-def _probe_losses(run_dir: Path) -> dict[int, float]:
+def _probe_losses(run_dir: Path, rows: list[dict[str, Any]]) -> dict[int, float]:
     """Step -> monitored transfer loss, from every probe row that has a finite one."""
-    rows = read_monitor_rows(run_dir)
     if not rows:
         raise DataError(run_dir / LOG_FILE,
                         "no monitor rows, so no transfer loss to choose a checkpoint by (train "
@@ -105,7 +104,8 @@ def best_transfer_checkpoint(run_dir: Path) -> BestTransfer:
     go to the earliest step. One-line :class:`DataError` naming the file when there is no
     probe row or no such step."""
     run_dir = Path(run_dir)
-    losses = _probe_losses(run_dir)
+    rows = read_monitor_rows(run_dir)
+    losses = _probe_losses(run_dir, rows)
     checkpoints = {checkpoint_step(path): path
                    for path in list_checkpoints(run_dir / TRAJECTORY_DIR)}
     candidates = sorted(step for step in losses if step > 0 and step in checkpoints)
@@ -117,8 +117,7 @@ def best_transfer_checkpoint(run_dir: Path) -> BestTransfer:
                         "save checkpoints at probed steps: train.checkpoint_every a multiple of "
                         "train.monitor.every_steps, train.keep_checkpoints unset")
     best = min(candidates, key=lambda step: (losses[step], step))
-    k = next((row[MONITOR_KEY].get("k") for row in read_monitor_rows(run_dir)
-              if row["step"] == best), None)
+    k = next((row[MONITOR_KEY].get("k") for row in reversed(rows) if row["step"] == best), None)
     return BestTransfer(checkpoint=checkpoints[best], step=best, loss=losses[best], k=k,
                         candidates=len(candidates), pretrained_loss=losses.get(0))
 
