@@ -82,7 +82,6 @@ def make_accelerator(**kwargs: Any) -> Accelerator:
     if fsdp_on_cpu:
         _shard_on_cpu(accelerator)
     check_launch(accelerator)
-    _leave_group_at_exit()
     return accelerator
 
 
@@ -111,7 +110,6 @@ def make_state() -> PartialState:
     later join the same group."""
     state = PartialState(cpu=_needs_cpu_group())
     check_launch(state)
-    _leave_group_at_exit()
     return state
 
 
@@ -167,6 +165,10 @@ def check_fsdp(accelerator: Accelerator) -> None:
 
 
 def check_launch(accelerator: Accelerator | PartialState) -> None:
+    """Refuse a launch accelerate did not join into one run; on one it did, leave the
+    process group at exit. Every entry point that takes an accelerator calls this, so a
+    caller's own ``Accelerator()`` (the Python API, the test scripts) is covered as well as
+    :func:`make_accelerator`'s: a script without the exit hook aborted after succeeding."""
     launched = launched_processes()
     if accelerator.num_processes != launched:
         raise ConfigError(
@@ -174,3 +176,4 @@ def check_launch(accelerator: Accelerator | PartialState) -> None:
             f"{accelerator.num_processes} ({accelerator.distributed_type}); each would run the "
             "whole job into the same folder. Check the accelerate config (accelerate env)."
         )
+    _leave_group_at_exit()
