@@ -115,10 +115,13 @@ def test_a_missing_run_folder_is_one_line(tmp_path: Path) -> None:
         resolve_checkpoint(f"best-transfer:{tmp_path / 'nowhere'}")
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
 def test_eval_prints_the_chosen_step_and_evaluates_that_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rank: str
 ) -> None:
-    """The CLI line, with the evaluation itself stood in for (no model is loaded)."""
+    """The CLI line, with the evaluation itself stood in for (no model is loaded): every
+    process of a launch evaluates the chosen checkpoint, and only the main one prints it."""
+    monkeypatch.setenv("RANK", rank)
     from itransfer.cli import app
 
     run = _run(tmp_path, PROBES, CHECKPOINTS)
@@ -135,7 +138,11 @@ def test_eval_prints_the_chosen_step_and_evaluates_that_checkpoint(
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert opened == [str(run / TRAJECTORY_DIR / "step-0000010")]
-    line = next(line for line in result.output.splitlines() if line.startswith("best-transfer"))
+    lines = [line for line in result.output.splitlines() if line.startswith("best-transfer")]
+    if rank != "0":
+        assert lines == []
+        return
+    line, = lines
     assert "step 10 " in line and "1.2000" in line and "of 4 candidate" in line
 
 

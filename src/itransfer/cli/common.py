@@ -26,6 +26,12 @@ def folder_not_file(value: Path | None) -> Path | None:
 LOCK_FILE = ".itransfer.lock"
 
 
+def launch_main_process() -> bool:
+    """Whether this is the launch's main process (the only one without a launcher): the one
+    that writes the run's lines and bars, read before accelerate is set up."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextmanager
 def one_writer(out: Path) -> Iterator[None]:
     """Hold ``<out>/.itransfer.lock`` while this command writes to ``out``.
@@ -35,7 +41,7 @@ def one_writer(out: Path) -> Iterator[None]:
     OS file lock (``filelock``), so a process that dies, even by SIGKILL, releases it. Under
     ``accelerate launch`` the run's main process holds it for all of its processes.
     """
-    if os.environ.get("RANK", "0") != "0":
+    if not launch_main_process():
         yield
         return
     out.mkdir(parents=True, exist_ok=True)

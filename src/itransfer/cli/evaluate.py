@@ -14,6 +14,7 @@ from itransfer.cli.common import (
     SetOption,
     SniDirOption,
     folder_not_file,
+    launch_main_process,
     one_writer,
     resolve_config,
     stderr,
@@ -50,7 +51,7 @@ def _run(
     transformers_logging.disable_progress_bar()
     config = resolve_config(config_path, overrides, sni_dir)
     checkpoint, best = resolve_checkpoint(checkpoint)
-    if best is not None:
+    if best is not None and launch_main_process():  # one line per launch, not per process
         stderr.print(best.describe(), markup=False, highlight=False, soft_wrap=True)
     with one_writer(out):
         _evaluate_into(what, open_session(config, checkpoint, out), evaluate, **kwargs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from itransfer.cli.common import (
     SniDirOption,
     exit_code_on_stop,
     folder_not_file,
+    launch_main_process,
     one_writer,
     resolve_config,
     stderr,
@@ -59,7 +59,7 @@ def train(
         TimeRemainingColumn(),
     )
     # Under `accelerate launch` every process runs this command; only rank 0 draws.
-    main_process = os.environ.get("RANK", "0") == "0"
+    main_process = launch_main_process()
     with one_writer(out), Progress(*columns, console=stderr, disable=not main_process) as bar:
         handle = bar.add_task("instruction tuning", total=None, rates="")
 
