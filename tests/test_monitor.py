@@ -38,6 +38,7 @@ PROBE = ("train.monitor={every_steps: 2, tasks: 2, test_items: 3, shots: [2], "
          "lora_epochs: 2}")
 README = Path(__file__).resolve().parents[1] / "README.md"
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "results-monitor_overhead-cpu.json"
+BENCH_T5_LARGE = BENCH.with_name("results-monitor_overhead-t5-large-shape-cpu.json")
 
 
 def _train(config: ExperimentConfig, out: Path, **kwargs: Any) -> TrainResult:
@@ -252,6 +253,12 @@ def test_the_readme_states_the_defaults_and_the_measured_cost() -> None:
     percent = f"{100 * measured['probe_share']:.1f} %"
     assert percent in section
     assert "itransfer results monitor" in section
+    # The same defaults at the paper's model's shape, measured in one run there.
+    large = json.loads(BENCH_T5_LARGE.read_text())
+    assert large["shape"] == "t5-large" and large["monitor"] == defaults.model_dump(mode="json")
+    assert large["long_run_share"] <= 0.10 and large["quickstart_share"] <= 0.10
+    for share in ("long_run_share", "quickstart_share"):
+        assert f"{100 * large[share]:.1f} %" in section, share
 
 
 @pytest.mark.slow

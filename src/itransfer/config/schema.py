@@ -146,8 +146,10 @@ class MonitorConfig(StrictModel):
     """
 
     # A probe after every `every_steps` steps and/or once `every_minutes` have passed since the
-    # last one (either fires; None switches one off), and once at step 0 of a fresh run.
-    every_steps: Annotated[int | None, NoEffect] = Field(default=120, ge=1)
+    # last one (either fires; None switches one off), and once at step 0 of a fresh run. A
+    # probe at the defaults costs about 8 training steps (the bundled model's, and T5-large's
+    # shape), so 160 keeps a long run's cost near 5 % (bench/monitor_overhead.py).
+    every_steps: Annotated[int | None, NoEffect] = Field(default=160, ge=1)
     every_minutes: Annotated[float | None, NoEffect] = Field(default=None, gt=0)
     # None: `tasks` tasks drawn by the run's seed from the evaluation groups that the run's
     # evaluation (eval.task_groups, eval.tasks) does not use; or these names, which must be
@@ -155,9 +157,11 @@ class MonitorConfig(StrictModel):
     probe_tasks: Annotated[list[str] | None, NoEffect] = None
     tasks: Annotated[int, NoEffect] = Field(default=4, ge=2)  # Spearman needs two
     test_items: Annotated[int, NoEffect] = Field(default=10, ge=1)  # per probe task
-    shots: Annotated[list[int], NoEffect] = Field(default_factory=lambda: [10], min_length=1)
+    # k = 5: the k of the paper's transfer-ICL correlation (Figure 1, right) and of the bundled
+    # sections, so the report sets the probe beside the grid at the same k.
+    shots: Annotated[list[int], NoEffect] = Field(default_factory=lambda: [5], min_length=1)
     context: Annotated[str, NoEffect] = "none"  # the LoRAs' fine-tuning context
-    # eval.lora's settings, but this many epochs (k=10 at batch 32: one LoRA step an epoch).
+    # eval.lora's settings, but this many epochs (k <= 32 at batch 32: one LoRA step an epoch).
     lora_epochs: Annotated[int, NoEffect] = Field(default=5, ge=1)
     # Log once when the transfer loss rises above its step-0 value by more than this, and once
     # when it comes back within it.
