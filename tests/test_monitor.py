@@ -363,3 +363,21 @@ def test_the_two_phases_run_on_the_probe_rows(tmp_path: Path) -> None:
                                       "--phase-split", "50"])
     assert result.exit_code == 0, result.output
     assert "early (0 → 50) ρ=-1" in result.output and "late (50 → 100) ρ=1" in result.output
+
+
+def test_the_readme_command_probes_at_the_quickstarts_trajectory_checkpoints() -> None:
+    from itransfer.config.packaged import packaged_config
+    from itransfer.experiments.definition import load_experiment
+
+    section = _readme_section()
+    override = re.search(r"itransfer quickstart --set '([^']+)'", section)
+    assert override is not None
+    experiment = load_experiment(packaged_config("quickstart"), overrides=[override.group(1)])
+    for config in experiment.variants.values():
+        if config.train.steps is None:
+            continue
+        monitor, train = config.train.monitor, config.train
+        assert monitor is not None and monitor.every_steps is not None
+        checkpoints = set(range(train.checkpoint_every, train.steps + 1, train.checkpoint_every))
+        probes = set(range(0, train.steps + 1, monitor.every_steps))
+        assert checkpoints and checkpoints <= probes
