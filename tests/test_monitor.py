@@ -310,10 +310,16 @@ def test_the_report_sets_the_monitor_beside_the_grid(tmp_path: Path) -> None:
     probes.insert(1, {"step": 50, "monitor": {"k": 7, "finetune_loss": 9.0, "icl_loss": 9.0}})
     stage.mkdir(parents=True)
     (stage / LOG_FILE).write_text("".join(json.dumps(row) + "\n" for row in probes))
+    # A model trained with the monitor that the grid never fine-tuned is shown all the same.
+    watched = tmp_path / "stages" / "train-watched"
+    manifest["models"]["it-watched"] = {**manifest["models"]["it-proportional"],
+                                        "stage": str(watched)}
+    watched.mkdir(parents=True)
+    (watched / LOG_FILE).write_text("".join(json.dumps(row) + "\n" for row in probes[::4]))
     run_dir = make_run(tmp_path, rows, manifest)
 
     compared = compare_with_grid(frame, read_manifest(run_dir), "it-proportional", probes)
-    assert compared is not None and compared.grid_k == k and compared.probe_k == 7
+    assert compared.grid_k == k and compared.probe_k == 7
     assert list(compared.table["step"]) == [0, 50, 100, 200, 300]  # 50: no grid value
     transfer, icl = compared.agreement["finetune_loss"], compared.agreement["icl_loss"]
     assert (transfer.steps, transfer.changes, transfer.same_direction) == (4, 3, 3)
@@ -329,9 +335,13 @@ def test_the_report_sets_the_monitor_beside_the_grid(tmp_path: Path) -> None:
     assert "from step 0 at 3 of 3 checkpoints" in markdown
     assert "from step 0 at 0 of 3 checkpoints" in markdown
     assert "Too few common steps" not in markdown  # 4 common steps
+    assert "Monitor (it-watched)" in text
+    assert "it-watched: probe k = 7; the grid measured no few-shot transfer" in markdown
+    alone = compare_with_grid(frame, read_manifest(run_dir), "it-watched", probes[::4])
+    assert alone.grid_k is None and list(alone.table["step"]) == [0, 300]
     two_steps = compare_with_grid(frame, read_manifest(run_dir), "it-proportional",
                                   [probes[0], probes[-1]])
-    assert two_steps is not None and "Too few common steps" in two_steps.sentence()
+    assert "Too few common steps" in two_steps.sentence()
 
 
 def _probe_rows_with_phases() -> list[dict[str, Any]]:

@@ -102,11 +102,14 @@ class MonitorComparison:
 
     model: str
     probe_k: int | None
-    grid_k: int
+    grid_k: int | None  # None: the grid measured no few-shot transfer of the model
     table: pd.DataFrame  # step, monitor_<series>, grid_<series>
     agreement: dict[str, SeriesAgreement]  # by probe row key
 
     def sentence(self) -> str:
+        if self.grid_k is None:
+            return (f"{self.model}: probe k = {self.probe_k}; the grid measured no few-shot "
+                    "transfer of this model on unseen tasks, so its probes stand alone.")
         parts = []
         for key, label in SERIES:
             found = self.agreement[key]
@@ -135,17 +138,18 @@ def grid_k(frame: pd.DataFrame, label: str, probe_k: int | None) -> int | None:
 
 
 def compare_with_grid(frame: pd.DataFrame, manifest: RunManifest, label: str,
-                      rows: list[dict[str, Any]]) -> MonitorComparison | None:
-    """The probe rows of ``label`` beside the grid's unseen-task means at the same steps;
-    None when the grid has no k-shot rows for the model."""
+                      rows: list[dict[str, Any]]) -> MonitorComparison:
+    """The probe rows of ``label`` beside the grid's unseen-task means at the same steps (no
+    grid columns' values when the grid has no k-shot rows for the model: a model trained with
+    the monitor is shown all the same)."""
     unseen = rows_of_groups(frame, ("unseen",))
     probe_k = rows[-1][MONITOR_KEY].get("k") if rows else None
     k = grid_k(unseen, label, probe_k)
-    if k is None:
-        return None
-    curves = trajectory_curves(unseen, label, trajectory_steps(unseen, manifest, label),
-                               pretrained=manifest.pretrained, shots=k)
-    grid = curves.pivot_table(index="step", columns="method", values="mean")
+    grid = pd.DataFrame(index=pd.Index([], name="step", dtype=int))
+    if k is not None:
+        curves = trajectory_curves(unseen, label, trajectory_steps(unseen, manifest, label),
+                                   pretrained=manifest.pretrained, shots=k)
+        grid = curves.pivot_table(index="step", columns="method", values="mean")
     monitor = pd.DataFrame([{"step": row["step"], **{f"monitor_{key}": row[MONITOR_KEY].get(key)
                                                      for key, _ in GRID_METHODS}}
                             for row in rows]).drop_duplicates("step", keep="last")

@@ -102,11 +102,9 @@ def _monitor_comparisons(run_dir: Path, analysed: RunFindings, figures: dict[str
     manifest = analysed.analysis.manifest
     comparisons = []
     for label, rows in monitored_models(run_dir, manifest).items():
-        compared = compare_with_grid(analysed.frame, manifest, label, rows)
-        if compared is not None:
-            comparisons.append(compared)
-            figures[f"Monitor ({label})"] = plot_monitor(
-                rows, run_dir / FIGURES_DIR / f"monitor-{label}.png")
+        comparisons.append(compare_with_grid(analysed.frame, manifest, label, rows))
+        figures[f"Monitor ({label})"] = plot_monitor(
+            rows, run_dir / FIGURES_DIR / f"monitor-{label}.png")
     return comparisons
 
 
@@ -115,7 +113,7 @@ def _monitor_html(monitors: list[MonitorComparison], figures: Mapping[str, Path]
         return []
     parts = ["<h2>Transfer monitor (beyond the paper)</h2>",
              "<p>Probe tasks are never evaluation tasks, so the monitor and the grid measure "
-             "different tasks, and usually different k: compare directions and ranks over "
+             "different tasks, and k may differ: compare directions and ranks over "
              "steps, not values.</p>"]
     for compared in monitors:
         name = f"Monitor ({compared.model})"
