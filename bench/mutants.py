@@ -10,7 +10,9 @@
 
 With --keep, the scratch copy stays at that folder: `mutmut results` and `mutmut show NAME`
 there list the survivors; --reuse tests its mutants again with this checkout's tests/ (after
-tests were added). --sample N tests a random sample of N of the group's mutants (a fixed seed,
+tests were added; mutmut keeps each mutant's earlier result unless it is named, so a run
+stopped midway goes on where it stopped); --tally counts the kept copy's results as they stand.
+--sample N tests a random sample of N of the group's mutants (a fixed seed,
 so that a rerun tests the same ones) and gives the score with its 95 % (Wilson) interval: a
 group of thousands of mutants whose tests build whole reports takes hours on shared cores.
 
@@ -65,7 +67,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
                                                               "samplers", "trajectory",
                                                               "mixing"))],
                  ["test_verdicts.py", "test_analysis.py", "test_sections.py",
-                  "test_report_robustness.py"]),
+                  "test_report_robustness.py", "test_schema.py"]),
     "multilora": (["eval/multilora.py"], ["test_multilora.py"]),
     "schedule": (["train/recipe.py"], ["test_train_recipe.py"]),
 }
@@ -73,9 +75,13 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
 
 def run_group(name: str, modules: list[str], tests: list[str], mutmut: str, *,
               keep: Path | None = None, reuse: bool = False, only: str | None = None,
-              sample: int | None = None, sample_seed: int = 0, children: int = 2) -> dict:
+              sample: int | None = None, sample_seed: int = 0, children: int = 2,
+              tally_only: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"mutants-{name}-") as scratch:
         copy = keep if keep is not None else Path(scratch) / "repo"
+        if tally_only:
+            # A kept copy's results as they stand (a long run resumed in several goes)
+            return tally(_exit_codes(copy), modules, tests, mutmut, copy)
         if reuse and (copy / "mutants").is_dir():
             # the mutants and mutmut's test map stay; the tests are this checkout's
             shutil.rmtree(copy / "tests")
@@ -115,25 +121,52 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str, *,
         if names is not None:
             codes = {key: code for key, code in codes.items()
                      if key in names or fnmatch.fnmatch(key, names[0])}
-        counts = {status: 0 for status in ("killed", "survived", "untested", "timeout",
-                                           "suspicious", "not run")}
-        for code in codes.values():
-            counts[_STATUS.get(code, "suspicious")] += 1
-        survivors = sorted(key for key, code in codes.items() if _STATUS.get(code) == "survived")
-        # the changed line of each survivor, so that equivalent mutants can be named in a line
-        changes = {key: _changed_lines(subprocess.run(
-            [mutmut, "show", key], cwd=copy, capture_output=True, text=True).stdout)
-            for key in survivors}
-    # A mutant in code that none of the group's tests reaches counts as not detected.
-    detected = counts["killed"] + counts["timeout"]
-    judged = detected + counts["survived"] + counts["untested"]
-    row = {"modules": modules, "tests": tests, **{key.replace(" ", "_"): value
-                                                   for key, value in counts.items()},
-           "score": round(detected / max(1, judged), 3), "seconds": round(seconds, 1)}
+        row = tally(codes, modules, tests, mutmut, copy) | {"seconds": round(seconds, 1)}
     if sample is not None:
         row |= {"sample": len(codes), "of": total, "sample_seed": sample_seed,
-                "score_ci95": [round(bound, 3) for bound in _wilson(detected, judged)]}
-    return row | {"survivors": changes}
+                "score_ci95": [round(bound, 3) for bound in _wilson(row["detected"],
+                                                                    row["judged"])]}
+    survivors = row.pop("survivors")
+    return row | {"survivors": survivors}
+
+
+def tally(codes: dict[str, int | None], modules: list[str], tests: list[str], mutmut: str,
+          copy: Path) -> dict:
+    """The group's counts and score, the same per module, and each survivor's changed line."""
+    row = {"modules": modules, "tests": tests, **_counts(codes.values())}
+    by_module: dict[str, list[int | None]] = {module: [] for module in modules}
+    for key, code in codes.items():
+        by_module.setdefault(_module_of(key), []).append(code)
+    row["by_module"] = {module: _counts(module_codes)
+                        for module, module_codes in by_module.items()}
+    survivors = sorted(key for key, code in codes.items() if _STATUS.get(code) == "survived")
+    # the changed line of each survivor, so that equivalent mutants can be named in a line
+    row["survivors"] = {key: _changed_lines(subprocess.run(
+        [mutmut, "show", key], cwd=copy, capture_output=True, text=True).stdout)
+        for key in survivors}
+    return row
+
+
+def _counts(codes) -> dict:
+    """How many mutants of each status, and the score: detected / all that ran or no test
+    reached (a mutant in code that none of the group's tests reaches counts as not detected)."""
+    counts = {status: 0 for status in ("killed", "survived", "untested", "timeout",
+                                       "suspicious", "not run")}
+    for code in codes:
+        counts[_STATUS.get(code, "suspicious")] += 1
+    detected = counts["killed"] + counts["timeout"]
+    judged = detected + counts["survived"] + counts["untested"]
+    return {**{key.replace(" ", "_"): value for key, value in counts.items()},
+            "detected": detected, "judged": judged,
+            "score": round(detected / max(1, judged), 3)}
+
+
+def _module_of(key: str) -> str:
+    """`itransfer.analysis.sections.mixing.x_name__mutmut_3` -> `analysis/sections/mixing.py`."""
+    parts = key.split(".")
+    # a function's mutants are x_NAME__mutmut_N, a method's x\u01c1CLASS\u01c1NAME__mutmut_N
+    end = next(index for index, part in enumerate(parts) if part.startswith(("x_", "x\u01c1")))
+    return "/".join(parts[1:end]) + ".py"
 
 
 # mutmut's exit codes of a mutant's test run (mutmut.stats.status_by_exit_code)
@@ -208,23 +241,32 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=None,
                         help="test a random sample of this many of each group's mutants")
     parser.add_argument("--sample-seed", type=int, default=0)
+    parser.add_argument("--tally", action="store_true",
+                        help="with --keep: count the kept copy's results as they stand, run none")
     parser.add_argument("--max-children", type=int, default=2)
     args = parser.parse_args()
     if args.keep is not None and "," in args.groups:
         parser.error("--keep takes one group")
+    if args.tally and args.keep is None:
+        parser.error("--tally reads a copy kept with --keep")
     mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"
     results = {}
     for name in args.groups.split(","):
         modules, tests = GROUPS[name]
         results[name] = run_group(name, modules, tests, mutmut, keep=args.keep,
                                   reuse=args.reuse, only=args.only, sample=args.sample,
-                                  sample_seed=args.sample_seed, children=args.max_children)
+                                  sample_seed=args.sample_seed, children=args.max_children,
+                                  tally_only=args.tally)
         row = results[name]
         if "error" in row:
             print(f"{name:>14}: mutmut failed: {row['error'][-300:]}", flush=True)
         else:
+            took = f" in {row['seconds']:.0f} s" if "seconds" in row else ""
             print(f"{name:>14}: {row['killed']:>4} killed, {row['survived']:>4} survived "
-                  f"({row['score']:.0%}) in {row['seconds']:.0f} s", flush=True)
+                  f"({row['score']:.1%}){took}", flush=True)
+            for module, counts in row["by_module"].items():
+                print(f"{'':>16}{module}: {counts['detected']} / {counts['judged']} "
+                      f"({counts['score']:.1%})", flush=True)
         if args.out:  # after each group, so that a long run interrupted keeps what it measured
             _save(args.out, {name: row})
     if args.out:

@@ -413,3 +413,17 @@ def test_an_empty_group_trains_nothing(loaded: LoadedModel) -> None:
                                  progress=lambda step, total: steps.append((step, total)))
     result.adapters.remove()
     assert result.losses == [] and steps == []
+
+
+def test_a_target_that_is_not_linear_is_refused_by_name_and_type(
+    loaded: LoadedModel, cells: list[TransferCell]
+) -> None:
+    """The engine adapts nn.Linear layers only; another kind of module named as a target is
+    refused before the model is touched, naming the module and its type."""
+    model = loaded.model
+    lora = SETTINGS.model_copy(update={"target_modules": ["shared"]})
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    with pytest.raises(TypeError) as error:
+        MultiLoraModel(model, cells, lora, architecture="seq2seq")
+    assert str(error.value) == "target module shared is Embedding, not nn.Linear"
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == before

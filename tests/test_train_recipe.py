@@ -471,12 +471,24 @@ def test_setup_hands_the_config_to_each_part(
     real_documents = recipe.iter_corpus_documents
     monkeypatch.setattr(recipe, "iter_corpus_documents", lambda source, seed: (
         opened.append((source, seed)) or real_documents(source, seed=seed)))
+    # The metric sinks: recorded, not opened (wandb need not be installed)
+    monkeypatch.setattr(recipe, "check_sinks_available",
+                        lambda **kwargs: seen.setdefault("check_sinks_available", kwargs))
+    monkeypatch.setattr(recipe, "open_sinks",
+                        lambda **kwargs: seen.setdefault("open_sinks", kwargs) and [])
     config = _config(tiny_model_dir, "train.steps=2", "seed=3", "train.mixing.every=2",
                      f"train.mixing.source={corpus}", "train.mixing.max_length=64",
                      "data.context={name: exemplars, num_exemplars: 1}",
-                     "model.trust_remote_code=true", "train.weight_decay=0.05")
+                     "model.trust_remote_code=true", "train.weight_decay=0.05",
+                     "train.tensorboard=false", "train.wandb_project=a-project")
     state = setup(config, tmp_path / "run", tokenizing=progress)
     try:
+        assert seen["check_sinks_available"] == {"wandb_project": "a-project"}
+        sinks = seen["open_sinks"]
+        assert sinks["tensorboard"] is False and sinks["wandb_project"] == "a-project"
+        assert sinks["out_dir"] == tmp_path / "run"
+        assert sinks["config"] == json.loads(json.dumps(config.model_dump(mode="json")))
+        assert sinks["task_names"] == state.task_names
         unsupervised = seen["UnsupervisedBatches"]
         assert unsupervised[1]["max_length"] == 64 and unsupervised[1]["seed"] == 3
         next(iter(unsupervised[0][0]()))
