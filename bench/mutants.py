@@ -186,10 +186,15 @@ def _prepare(copy: Path, modules: list[str], tests: list[str]) -> None:
         return set(caches(folder, names)) | (top & set(names))
 
     shutil.copytree(REPO, copy, ignore=ignore)
+    # mutmut stops a mutant's run at its first failing test (-x) but runs the tests in no set
+    # order: fastest first (by the durations its stats run measured) kills most mutants in the
+    # cheap tests (1.5x the mutants per minute on the findings group). mutmut's clean run, which
+    # must pass before any mutant is tested, runs the tests in this order too.
+    (copy / "conftest.py").write_text(_FASTEST_FIRST, encoding="utf-8")
     config = {
         "paths_to_mutate": [f"{SRC}/{module}" for module in modules],
         "tests_dir": [f"tests/{test}" for test in tests],
-        "also_copy": ["tests", SRC],
+        "also_copy": ["tests", SRC, "conftest.py"],
         "pytest_add_cli_args": ["-q", "-p", "no:cacheprovider", "-m", "not slow"],
         # mutmut's CPU limit per mutant is 2 x multiplier x the tests' time; its default of
         # 15 lets one mutant that loops forever hold a core for minutes.
@@ -198,6 +203,19 @@ def _prepare(copy: Path, modules: list[str], tests: list[str]) -> None:
     lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in config.items())
     with (copy / "pyproject.toml").open("a", encoding="utf-8") as handle:
         handle.write(f"\n[tool.mutmut]\n{lines}\n")
+
+
+_FASTEST_FIRST = '''"""A mutant's tests, fastest first (bench/mutants.py)."""
+import json
+from pathlib import Path
+
+
+def pytest_collection_modifyitems(session, config, items):
+    stats = Path("mutmut-stats.json")
+    if stats.is_file():
+        durations = json.loads(stats.read_text(encoding="utf-8")).get("duration_by_test", {})
+        items.sort(key=lambda item: durations.get(item.nodeid, float("inf")))
+'''
 
 
 def _exit_codes(copy: Path) -> dict[str, int | None]:

@@ -198,3 +198,83 @@ def test_seeds_are_counted_on_k_shot_fine_tuning_test_losses_only() -> None:
         for extra in rows[-4:]:
             extra |= {"seed": seed, "value": 2.0}
     assert finetune_seed_count(pd.DataFrame(rows)) == SeedCount(2, 2, 2)
+
+
+def test_every_recheck_runs_with_the_reports_bootstrap_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every category-block bootstrap behind the robustness column draws the report's number of
+    resamples from the report's seed, so that the same seed gives the same column (a check
+    left at the defaults, or unseeded, would not)."""
+    import inspect
+    import sys
+
+    from itransfer.analysis import block_bootstrap as block_module
+
+    calls: list[tuple[int, int]] = []
+    original = block_module.block_bootstrap
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        calls.append((kwargs.get("n_boot"), kwargs.get("seed")))
+        return original(*args, **kwargs)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("itransfer.analysis") and inspect.isfunction(
+                getattr(module, "block_bootstrap", None)):
+            monkeypatch.setattr(module, "block_bootstrap", recording)
+    manifest = RunManifest.model_validate(manifest_dict())
+    analysis = analyse(frame_with_seeds(3), manifest, n_boot=50)
+
+    def column(seed: int) -> list[str | None]:
+        findings = evaluate_findings(analysis, n_boot=37, seed=seed)
+        return [None if result.robustness is None else result.robustness.text
+                for result in findings]
+
+    first = column(11)
+    assert calls and set(calls) == {(37, 11)}
+    assert column(11) == first
+    calls.clear()
+    assert column(12) != first
+    assert set(calls) == {(37, 12)}
+
+
+# Each finding's rechecks in the order the column shows them (the report's labels): what is
+# rechecked, at which steps, and which rho is a note beside the verdict.
+ROBUSTNESS_LABELS = {
+    "3.1-it-harms-transfer": ["IT none vs PT none (loss): IT − PT",
+                              "IT exemplars vs PT none (loss): IT − PT"],
+    "3.1-it-harms-transfer-rouge": ["IT none vs PT none (ROUGE-L recall): IT − PT",
+                                    "IT exemplars vs PT none (ROUGE-L recall): IT − PT"],
+    "3.1-it-harms-transfer-within-context": [
+        "IT exemplars vs PT exemplars (loss): IT − PT",
+        "IT exemplars vs PT exemplars (ROUGE-L recall): IT − PT"],
+    "3.1-it-improves-icl": ["ICL IT − PT"],
+    "3.1-ft-icl-correlation": ["ρ", "partial ρ"],
+    "3.2-less-data-helps": ["ICL smallest − largest limit", "FT smallest − largest limit"],
+    "3.2-delta-correlation": ["ρ", "partial ρ"],
+    "4-uniform-overfits-small": ["uniform − proportional, train loss on the small tasks",
+                                 "uniform − proportional, test loss on the small tasks"],
+    "5.1-early-phase-correlation": ["ρ_early (inside ±0.4)", "partial ρ_early"],
+    "5.1-late-phase-correlation": ["ρ_late", "ρ_late − ρ_early", "partial ρ_late"],
+    "5.1-icl-improves-throughout": ["0→100", "100→200", "200→300"],
+    "5.1-forgetting-then-recovery": ["0→100", "100→300"],
+    "5.2-mixing-reduces-forgetting": ["step 100: with − without", "step 200: with − without",
+                                      "step 300: with − without"],
+    "5.2-mixing-improves-icl": ["step 300: with − without"],
+}
+
+
+def test_each_findings_rechecks_are_labelled_as_the_column_reads_them() -> None:
+    _, _, _, findings = report_texts(frame_with_seeds(3))
+    labels = {}
+    for result in findings:
+        if result.robustness is None or result.finding.id.startswith("4-proportional"):
+            continue  # 4-proportional-best's checks name rankings, tested in test_analysis
+        parts = result.robustness.text.split("; ")
+        labels[result.finding.id] = [re.split(r"=[+-]|: category bootstrap", part)[0]
+                                     for part in parts]
+    assert labels == ROBUSTNESS_LABELS
+    # planted: mixing lowers the loss by 0.2 on every task, so both §5.2 rechecks hold
+    for result in findings:
+        if result.finding.id.startswith("5.2-"):
+            assert result.robustness is not None and result.robustness.survives is True
