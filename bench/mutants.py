@@ -12,6 +12,11 @@ With --keep, the scratch copy stays at that folder: `mutmut results` and `mutmut
 there list the survivors; --reuse tests its mutants again with this checkout's tests/ (after
 tests were added; mutmut keeps each mutant's earlier result unless it is named, so a run
 stopped midway goes on where it stopped); --tally counts the kept copy's results as they stand.
+--survivors-of DIR tests, in a fresh copy, only what a full run kept at DIR left alive (its
+survivors and the mutants no test reached) with this checkout's tests, and records the counts
+before and after (a whole group is tested once; the tests written against its survivors are
+measured in minutes). A group's test list can grow between the two (mutmut would otherwise
+discard a kept copy's results when its test selection changes).
 --sample N tests a random sample of N of the group's mutants (a fixed seed,
 so that a rerun tests the same ones) and gives the score with its 95 % (Wilson) interval: a
 group of thousands of mutants whose tests build whole reports takes hours on shared cores.
@@ -76,7 +81,8 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
 def run_group(name: str, modules: list[str], tests: list[str], mutmut: str, *,
               keep: Path | None = None, reuse: bool = False, only: str | None = None,
               sample: int | None = None, sample_seed: int = 0, children: int = 2,
-              tally_only: bool = False) -> dict:
+              tally_only: bool = False, survivors_of: Path | None = None) -> dict:
+    earlier = _exit_codes(survivors_of) if survivors_of is not None else {}
     with tempfile.TemporaryDirectory(prefix=f"mutants-{name}-") as scratch:
         copy = keep if keep is not None else Path(scratch) / "repo"
         if tally_only:
@@ -110,6 +116,11 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str, *,
             every = sorted(_exit_codes(copy))
             total = len(every)
             names = sorted(random.Random(sample_seed).sample(every, min(sample, len(every))))
+        elif survivors_of is not None:
+            # The mutants an earlier full run left (survived, or reached by no test), tested
+            # again with this checkout's tests: the same source gives the same mutant names.
+            names = sorted(key for key, code in earlier.items()
+                           if _STATUS.get(code) in ("survived", "untested"))
         elif only:
             names = [only]
         done = subprocess.run([*command, *(names or [])], cwd=copy, capture_output=True,
@@ -118,10 +129,19 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str, *,
         codes = _exit_codes(copy)
         if not codes:
             return {"modules": modules, "error": (done.stdout + done.stderr)[-2000:]}
-        if names is not None:
+        if survivors_of is not None:
+            if set(codes) != set(earlier):
+                return {"modules": modules, "error": f"the mutants differ from {survivors_of}'s:"
+                        " the source changed since that run"}
+            before = tally(earlier, modules, tests, mutmut, survivors_of)
+            codes = earlier | {key: codes[key] for key in names}
+        elif names is not None:
             codes = {key: code for key, code in codes.items()
                      if key in names or fnmatch.fnmatch(key, names[0])}
         row = tally(codes, modules, tests, mutmut, copy) | {"seconds": round(seconds, 1)}
+        if survivors_of is not None:
+            row["before"] = {key: value for key, value in before.items()
+                             if key not in ("modules", "tests", "survivors")}
     if sample is not None:
         row |= {"sample": len(codes), "of": total, "sample_seed": sample_seed,
                 "score_ci95": [round(bound, 3) for bound in _wilson(row["detected"],
@@ -259,6 +279,9 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=None,
                         help="test a random sample of this many of each group's mutants")
     parser.add_argument("--sample-seed", type=int, default=0)
+    parser.add_argument("--survivors-of", type=Path, default=None,
+                        help="a copy kept from a full run: test again only its survivors (and "
+                             "the mutants no test reached), with this checkout's tests")
     parser.add_argument("--tally", action="store_true",
                         help="with --keep: count the kept copy's results as they stand, run none")
     parser.add_argument("--max-children", type=int, default=2)
@@ -274,7 +297,7 @@ def main() -> None:
         results[name] = run_group(name, modules, tests, mutmut, keep=args.keep,
                                   reuse=args.reuse, only=args.only, sample=args.sample,
                                   sample_seed=args.sample_seed, children=args.max_children,
-                                  tally_only=args.tally)
+                                  tally_only=args.tally, survivors_of=args.survivors_of)
         row = results[name]
         if "error" in row:
             print(f"{name:>14}: mutmut failed: {row['error'][-300:]}", flush=True)
