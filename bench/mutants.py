@@ -12,11 +12,14 @@ With --keep, the scratch copy stays at that folder: `mutmut results` and `mutmut
 there list the survivors; --reuse tests its mutants again with this checkout's tests/ (after
 tests were added; mutmut keeps each mutant's earlier result unless it is named, so a run
 stopped midway goes on where it stopped); --tally counts the kept copy's results as they stand.
---survivors-of DIR tests, in a fresh copy, only what a full run kept at DIR left alive (its
-survivors and the mutants no test reached) with this checkout's tests, and records the counts
-before and after (a whole group is tested once; the tests written against its survivors are
-measured in minutes). A group's test list can grow between the two (mutmut would otherwise
-discard a kept copy's results when its test selection changes).
+--survivors-of DIR tests, in a fresh copy, only what a run kept at DIR left alive (its
+survivors, the mutants no test reached and any it did not run) with this checkout's tests, and
+records the counts before and after: a whole group is tested once, and the tests written
+against its survivors are measured in minutes. With --sample N, only a seeded sample of N of
+the mutants the earlier run did not reach is tested, and the group's score is estimated from
+the mutants tested whole and that sample (with the sample's Wilson interval). A group's test
+list can grow between the two runs (mutmut would discard a kept copy's results when its test
+selection changes).
 --sample N tests a random sample of N of the group's mutants (a fixed seed,
 so that a rerun tests the same ones) and gives the score with its 95 % (Wilson) interval: a
 group of thousands of mutants whose tests build whole reports takes hours on shared cores.
@@ -106,7 +109,20 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str, *,
         command = [mutmut, "run", "--max-children", str(children)]
         names: list[str] | None = None
         total = 0
-        if sample is not None:
+        unrun: list[str] = []
+        if survivors_of is not None:
+            # What an earlier run left alive (survived, reached by no test, or timed out, which
+            # on loaded cores can be a slow test rather than a hang), tested again with this
+            # checkout's tests, and what it did not run (all, or a seeded sample of --sample):
+            # the same source gives the same mutant names.
+            names = sorted(key for key, code in earlier.items()
+                           if _STATUS.get(code) in ("survived", "untested", "timeout"))
+            unrun = sorted(key for key, code in earlier.items() if code is None)
+            total = len(unrun)
+            if sample is not None:
+                unrun = sorted(random.Random(sample_seed).sample(unrun, min(sample, total)))
+            names += unrun
+        elif sample is not None:
             # Generate every mutant (and mutmut's map of tests) without testing any, then test
             # a random sample of them: a score with a confidence interval in a fraction of the
             # time, where the whole group takes hours on shared cores.
@@ -116,11 +132,6 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str, *,
             every = sorted(_exit_codes(copy))
             total = len(every)
             names = sorted(random.Random(sample_seed).sample(every, min(sample, len(every))))
-        elif survivors_of is not None:
-            # The mutants an earlier full run left (survived, or reached by no test), tested
-            # again with this checkout's tests: the same source gives the same mutant names.
-            names = sorted(key for key, code in earlier.items()
-                           if _STATUS.get(code) in ("survived", "untested"))
         elif only:
             names = [only]
         done = subprocess.run([*command, *(names or [])], cwd=copy, capture_output=True,
@@ -133,7 +144,7 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str, *,
             if set(codes) != set(earlier):
                 return {"modules": modules, "error": f"the mutants differ from {survivors_of}'s:"
                         " the source changed since that run"}
-            before = tally(earlier, modules, tests, mutmut, survivors_of)
+            before = tally(earlier, modules, tests, mutmut, survivors_of, show=False)
             codes = earlier | {key: codes[key] for key in names}
         elif names is not None:
             codes = {key: code for key, code in codes.items()
@@ -142,7 +153,12 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str, *,
         if survivors_of is not None:
             row["before"] = {key: value for key, value in before.items()
                              if key not in ("modules", "tests", "survivors")}
-    if sample is not None:
+            if sample is not None:
+                row["unrun_sample"] = _sample_estimate(
+                    {key: codes[key] for key in unrun}, total, sample_seed,
+                    {key: code for key, code in codes.items() if key in earlier
+                     and earlier[key] is not None})
+    if sample is not None and survivors_of is None:
         row |= {"sample": len(codes), "of": total, "sample_seed": sample_seed,
                 "score_ci95": [round(bound, 3) for bound in _wilson(row["detected"],
                                                                     row["judged"])]}
@@ -151,7 +167,7 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str, *,
 
 
 def tally(codes: dict[str, int | None], modules: list[str], tests: list[str], mutmut: str,
-          copy: Path) -> dict:
+          copy: Path, *, show: bool = True) -> dict:
     """The group's counts and score, the same per module, and each survivor's changed line."""
     row = {"modules": modules, "tests": tests, **_counts(codes.values())}
     by_module: dict[str, list[int | None]] = {module: [] for module in modules}
@@ -163,8 +179,21 @@ def tally(codes: dict[str, int | None], modules: list[str], tests: list[str], mu
     # the changed line of each survivor, so that equivalent mutants can be named in a line
     row["survivors"] = {key: _changed_lines(subprocess.run(
         [mutmut, "show", key], cwd=copy, capture_output=True, text=True).stdout)
-        for key in survivors}
+        if show else "" for key in survivors}
     return row
+
+
+def _sample_estimate(sampled: dict[str, int | None], of: int, seed: int,
+                     whole: dict[str, int | None]) -> dict:
+    """A seeded sample of the mutants an earlier run did not reach: its score with Wilson's
+    interval, and the group's score estimated from the mutants run whole and the sample."""
+    part = _counts(sampled.values())
+    known = _counts(whole.values())
+    estimate = (known["detected"] + part["score"] * of) / max(1, known["judged"] + of)
+    return {"sample": len(sampled), "of": of, "sample_seed": seed, **part,
+            "score_ci95": [round(bound, 3) for bound in _wilson(part["detected"],
+                                                                part["judged"])],
+            "group_score_estimate": round(estimate, 3)}
 
 
 def _counts(codes) -> dict:
