@@ -169,7 +169,7 @@ def test_figure_2_left_draws_each_limits_mean_icl_and_finetune_loss(
         assert list(line.get_xdata()) == [0, 1]
         expected = [per_task(frame, model, 300, method).mean() for model in models]
         assert np.allclose(line.get_ydata(), expected), label
-        assert line.get_markerfacecolor() == "white", label
+        assert to_rgb(line.get_markerfacecolor()) == (1.0, 1.0, 1.0), label  # hollow
     assert list(axes.get_xticks()) == [0, 1]
     assert [text.get_text() for text in axes.get_xticklabels()] == ["10", "100"]
     assert legend_texts(axes) == ["in-context learning", "5-shot fine-tuning"]
