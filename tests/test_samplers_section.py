@@ -305,3 +305,19 @@ def test_reverse_annealing_underfitting_says_why_it_cannot_be_judged(
     assert underfits.finding is RA_UNDERFITS
     assert (underfits.verdict, underfits.run_value, underfits.run_p) == (UNDEFINED, None, None)
     assert underfits.run_text == why
+
+
+def test_the_sections_table_names_each_kept_reverse_annealing_run_with_its_schedule() -> None:
+    """§4's table says which reverse-annealing runs Figure 3 keeps, each with its T_max as a
+    number reads (100, not 100.0), its schedule and its mean seen validation loss."""
+    from itransfer.analysis.sections.samplers import SamplersAnalysis
+
+    frame, manifest = ra_run(5)
+    raw = manifest.model_dump(mode="json")
+    raw["models"]["it-ra100"]["sampler_config"]["max_temperature"] = 100.0
+    section = analyse(frame, RunManifest.model_validate(raw), n_boot=10).of(SamplersAnalysis)
+    assert section is not None
+    validation = frame[(frame["model"] == "it-ra100") & (frame["split"] == "validation")]
+    mean = validation.groupby("task")["value"].mean().mean()
+    assert (f"<p>Kept: ra100 (T_max=100, linear schedule, validation loss {mean:.4f}).</p>"
+            in section.tables_html())
