@@ -383,3 +383,68 @@ def test_fits_table_without_other_samplers_keeps_its_columns(
     samplers = of(run, SamplersAnalysis)
     fits = dataclasses.replace(samplers, fits={}).fits_table()
     assert fits.empty and list(fits.columns) == FIT_COLUMNS
+
+
+def test_samplers_tables_read_the_comparison_sweep_others_and_size_bins_in_order(
+    run: tuple[pd.DataFrame, RunAnalysis],
+) -> None:
+    """§4's tables as a reader meets them: what the comparison is, the samplers Figure 3
+    compares, the reverse-annealing sweep ranked on validation loss with the kept run named
+    (T_max, schedule, loss), the sampler left out under "Other samplers", and the seen losses
+    by task size with the size bins from smallest to largest (not in text order)."""
+    samplers = of(run, SamplersAnalysis)
+    frame = run[0]
+    blocks = Page(samplers.tables_html()).blocks
+    assert blocks[0] == ("p", (
+        "Compared as in Figure 3: proportional, uniform and the best 1 reverse-annealing runs "
+        "by mean seen-task validation loss (§4). Seen losses are averaged two ways: over tasks "
+        "(each task once) and pooled (_pooled: over examples, each task weighted by its "
+        "split's size). Proportional sampling minimises the pooled training loss and uniform "
+        "sampling the per-task mean, so the two can rank the samplers differently; the "
+        "finding says which one its verdict rests on."))
+    assert [text for kind, text in blocks if kind == "h3"] == [
+        "Reverse-annealing sweep, ranked on seen validation loss",
+        "Other samplers (not in the paper's comparison)", "Seen-task loss by training-set size",
+        "Fit of the small tasks against proportional"]
+    tables = [block for kind, block in blocks if kind == "table"]
+    assert [row[0] for row in tables[0]["body"]] == ["proportional", "uniform", "ra1000"]
+
+    def validation(name: str) -> str:
+        rows = frame[(frame["model"] == f"it-{name}") & (frame["split"] == "validation")]
+        return fmt(rows.groupby("task")["value"].mean().mean())
+
+    assert ("p", f"Kept: ra1000 (T_max=1000, inverse_linear schedule, validation loss "
+                 f"{validation('ra1000')}).") in blocks
+    assert tables[1]["body"] == [["ra1000", "1000", "inverse_linear", validation("ra1000"), "1",
+                                  "True"],
+                                 ["ra10", "10", "linear", validation("ra10"), "2", "False"]]
+    assert [row[0] for row in tables[2]["body"]] == ["ra10"]
+    bins = tables[3]["head"][0][2:]
+    assert bins == sorted(bins, key=lambda label: int(label.split("–")[0])) and len(bins) == 5
+    binned = samplers.binned.set_index(["split", "label", "bin"])["mean"]
+    assert [(tuple(row[:2]), row[2:]) for row in tables[3]["body"]] == [
+        ((split, label), [fmt(binned[(split, label, size)]) for size in bins])
+        for split in ("test", "train") for label in ("proportional", "ra1000", "uniform")]
+
+
+def test_samplers_tables_say_what_could_not_be_chosen_as_the_paper_does(
+    run: tuple[pd.DataFrame, RunAnalysis],
+) -> None:
+    """The comparison's notes (e.g. a sweep smaller than the paper's) close the comparison, in
+    one italic sentence; with no sweep, no size bins and no other sampler those parts are left
+    out, and with no kept run the sweep says why."""
+    samplers = of(run, SamplersAnalysis)
+    comparison = dataclasses.replace(samplers.comparison, notes=("no uniform model in this run",
+                                                                 "a second note"))
+    text = dataclasses.replace(samplers, comparison=comparison).tables_html()
+    assert "<p><em>no uniform model in this run; a second note.</em></p>" in text
+    sweep = samplers.comparison.sweep.assign(kept=False)
+    bare = dataclasses.replace(
+        samplers, comparison=dataclasses.replace(samplers.comparison, sweep=sweep),
+        binned=samplers.binned.iloc[0:0],
+        summary=samplers.summary[samplers.summary["in_figure_3"]])
+    blocks = Page(bare.tables_html()).blocks
+    assert ("p", "Kept: none (no validation loss).") in blocks
+    assert [text for kind, text in blocks if kind == "h3"] == [
+        "Reverse-annealing sweep, ranked on seen validation loss",
+        "Fit of the small tasks against proportional"]

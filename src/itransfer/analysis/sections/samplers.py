@@ -154,9 +154,11 @@ class SamplersAnalysis:
             body += ("<h3>Other samplers (not in the paper's comparison)</h3>"
                      + table(self.others[columns]))
         if not self.binned.empty:
+            # The bins are labels ("10–34"): pivoting alone would order them as text.
+            bins = self.binned.sort_values("bin_low")["bin"].drop_duplicates().tolist()
             body += "<h3>Seen-task loss by training-set size</h3>" + table(
                 self.binned.pivot_table(index=["split", "label"], columns="bin",
-                                        values="mean", observed=True), index=True)
+                                        values="mean")[bins], index=True)
         return body + self.fits_html()
 
     def fits_table(self) -> pd.DataFrame:
