@@ -17,7 +17,8 @@ survivors, the mutants no test reached and any it did not run) with this checkou
 records the counts before and after: a whole group is tested once, and the tests written
 against its survivors are measured in minutes. With --sample N, only a seeded sample of N of
 the mutants the earlier run did not reach is tested, and the group's score is estimated from
-the mutants tested whole and that sample (with the sample's Wilson interval). A group's test
+the mutants tested whole and that sample (with the sample's Wilson interval); with --only GLOB,
+every mutant matching GLOB is tested too (a function changed since). A group's test
 list can grow between the two runs (mutmut would discard a kept copy's results when its test
 selection changes).
 --sample N tests a random sample of N of the group's mutants (a fixed seed,
@@ -127,6 +128,11 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str, *,
             if sample is not None:
                 unrun = sorted(random.Random(sample_seed).sample(unrun, min(sample, total)))
             names += unrun
+            if only:
+                # A function changed since that run: every mutant of it is new
+                earlier = {key: code for key, code in earlier.items()
+                           if not fnmatch.fnmatch(key, only)}
+                names = [key for key in names if not fnmatch.fnmatch(key, only)] + [only]
         elif sample is not None:
             # Generate every mutant (and mutmut's map of tests) without testing any, then test
             # a random sample of them: a score with a confidence interval in a fraction of the
@@ -146,11 +152,13 @@ def run_group(name: str, modules: list[str], tests: list[str], mutmut: str, *,
         if not codes:
             return {"modules": modules, "error": (done.stdout + done.stderr)[-2000:]}
         if survivors_of is not None:
-            if set(codes) != set(earlier):
+            changed = {key for key in codes if only and fnmatch.fnmatch(key, only)}
+            if set(codes) - changed != set(earlier):
                 return {"modules": modules, "error": f"the mutants differ from {survivors_of}'s:"
-                        " the source changed since that run"}
+                        " the source changed since that run (name the changed function's "
+                        "mutants with --only)"}
             before = tally(earlier, modules, tests, mutmut, survivors_of, show=False)
-            codes = earlier | {key: codes[key] for key in names}
+            codes = earlier | {key: codes[key] for key in [*names, *changed] if key in codes}
         elif names is not None:
             codes = {key: code for key, code in codes.items()
                      if key in names or fnmatch.fnmatch(key, names[0])}
