@@ -75,6 +75,7 @@ def test_figure_1_left_draws_each_models_planted_curves_and_icl_levels(
                             (f_measure, lambda level: 40 - 10 * level)):
         drawn = curves_drawn(axes)
         assert list(drawn) == list(LINES), axes.get_ylabel()
+        assert axes.get_xlabel() == "fine-tuning examples per task (k)"
         for legend, (model, context) in LINES.items():
             level = PLANTED_FT[model].mean() + CONTEXT_OFFSET[context] - 0.01 * shots
             assert list(drawn[legend].get_xdata()) == list(SHOTS), legend
