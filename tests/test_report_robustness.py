@@ -274,7 +274,12 @@ def test_each_findings_rechecks_are_labelled_as_the_column_reads_them() -> None:
         labels[result.finding.id] = [re.split(r"=[+-]|: category bootstrap", part)[0]
                                      for part in parts]
     assert labels == ROBUSTNESS_LABELS
-    # planted: mixing lowers the loss by 0.2 on every task, so both §5.2 rechecks hold
+    # planted: mixing lowers the loss by 0.2 on every task, less data lowers both losses, IT
+    # raises the fine-tuning loss and lowers the ICL loss on every task: each recheck's CI is
+    # on its claim's side, so these survive (a recheck testing the other side would not)
+    holding = {"5.2-mixing-reduces-forgetting", "5.2-mixing-improves-icl",
+               "3.2-less-data-helps", "3.1-it-harms-transfer", "3.1-it-improves-icl"}
     for result in findings:
-        if result.finding.id.startswith("5.2-"):
-            assert result.robustness is not None and result.robustness.survives is True
+        if result.finding.id in holding:
+            assert result.robustness is not None, result.finding.id
+            assert result.robustness.survives is True, result.finding.id

@@ -448,3 +448,11 @@ def test_samplers_tables_say_what_could_not_be_chosen_as_the_paper_does(
     assert [text for kind, text in blocks if kind == "h3"] == [
         "Reverse-annealing sweep, ranked on seen validation loss",
         "Fit of the small tasks against proportional"]
+
+
+def test_fits_section_is_left_out_without_proportional_to_measure_against(
+    run: tuple[pd.DataFrame, RunAnalysis],
+) -> None:
+    samplers = of(run, SamplersAnalysis)
+    assert samplers.fits_html().startswith("<h3>Fit of the small tasks against proportional</h3>")
+    assert dataclasses.replace(samplers, reference=None).fits_html() == ""
