@@ -910,3 +910,24 @@ def test_transfer_curves_read_each_models_evaluated_step_not_its_last() -> None:
                  .groupby("task")["value"].mean().mean() for step in (200, 300)}
         assert means[200] != pytest.approx(means[300])  # the planted steps differ
         assert at["mean"].tolist() == pytest.approx([means[200]]), metric
+
+
+def test_less_data_compares_the_extreme_limits_that_have_any_result() -> None:
+    """A limit measured by ICL only (no fine-tuning run) still counts as the largest limit:
+    the finding compares limit 10 with limit 1000 on ICL alone, rather than dropping 1000
+    for its missing fine-tuning loss."""
+    from itransfer.analysis.verdicts import evaluate_findings
+
+    rows = build_rows(num_tasks=8)
+    tasks = sorted({r["task"] for r in rows if r["model"] == "it-limit100"})
+    rng = np.random.default_rng(0)
+    rows += [r for r in unseen_rows("it-limit1000", 300, tasks, np.full(len(tasks), 9.0),
+                                    np.full(len(tasks), 9.0), rng) if r["method"] == "icl"]
+    raw = manifest_dict(sections={"data_limits"})
+    raw["models"]["it-limit1000"] = {**raw["models"]["it-limit100"], "data_limit": 1000}
+    raw["sections"]["data_limits"]["models"]["1000"] = "it-limit1000"
+    analysis = analyse(pd.DataFrame(rows), RunManifest.model_validate(raw), n_boot=10)
+    result = {r.finding.id: r for r in evaluate_findings(analysis, n_boot=10)}
+    less = result["3.2-less-data-helps"]
+    assert less.run_text.startswith("limit 10 − limit 1000: ICL loss ")
+    assert "FT loss" not in less.run_text
