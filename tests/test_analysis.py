@@ -931,3 +931,67 @@ def test_less_data_compares_the_extreme_limits_that_have_any_result() -> None:
     less = result["3.2-less-data-helps"]
     assert less.run_text.startswith("limit 10 − limit 1000: ICL loss ")
     assert "FT loss" not in less.run_text
+
+
+def _less_data_result(rows: list[dict[str, Any]]) -> Any:
+    from itransfer.analysis.verdicts import evaluate_findings
+
+    manifest = RunManifest.model_validate(manifest_dict(sections={"data_limits"}))
+    analysis = analyse(pd.DataFrame(rows), manifest, n_boot=10)
+    return {result.finding.id: result
+            for result in evaluate_findings(analysis, n_boot=10)}["3.2-less-data-helps"]
+
+
+def _mean_losses(rows: list[dict[str, Any]], model: str) -> tuple[float, float]:
+    """The planted mean unseen ICL loss and 5-shot fine-tuning loss (no context) of a model."""
+    frame = pd.DataFrame(rows)
+    frame = frame[(frame["model"] == model) & (frame["metric"] == "loss")
+                  & (frame["split"] == "test")]
+    icl = frame[frame["method"] == "icl"]["value"].mean()
+    ft = frame[(frame["method"] == "finetune") & (frame["shots"] == 5)
+               & (frame["context"] == "none")]["value"].mean()
+    return icl, ft
+
+
+def test_less_data_helps_reads_the_planted_gaps_and_each_methods_wilcoxon_test() -> None:
+    """§3.2's less-data finding: limit 10 is below limit 100 on every task for both ICL and
+    fine-tuning loss (8 tasks: W = 36 of 36, one-sided p = 1/2^8), so it reproduces; its value
+    is the mean of the two gaps, its text names the limits and each gap; swapping the two
+    models' rows turns it into a failure with the opposite claim's test named."""
+    from itransfer.analysis.verdicts import FAILS, REPRODUCES
+
+    rows = build_rows(num_tasks=8)
+    (icl10, ft10), (icl100, ft100) = (_mean_losses(rows, f"it-limit{limit}")
+                                       for limit in (10, 100))
+    result = _less_data_result(rows)
+    assert result.verdict == REPRODUCES
+    assert result.run_value == pytest.approx(((icl10 - icl100) + (ft10 - ft100)) / 2)
+    assert result.run_p == pytest.approx(1 / 2**8)
+    assert result.run_text == (f"limit 10 − limit 100: ICL loss {icl10 - icl100:+.3f}, "
+                               f"FT loss {ft10 - ft100:+.3f}")
+    both = "Wilcoxon W=36 of 36 for the claim, one-sided p=0.0039, n=8"
+    assert result.test == ("Wilcoxon signed-rank over tasks, smallest vs largest limit "
+                           f"(ICL: {both}; FT: {both})")
+    swap = {"it-limit10": "it-limit100", "it-limit100": "it-limit10"}
+    swapped = _less_data_result([{**record, "model": swap.get(record["model"],
+                                                               record["model"])}
+                                 for record in rows])
+    assert swapped.verdict == FAILS
+    assert swapped.run_value == pytest.approx(-result.run_value)
+    assert "for more data better" in swapped.test
+
+
+def test_less_data_helps_says_why_it_cannot_be_judged() -> None:
+    """Undefined, with the reason: one limit with results; or the smallest limit measured by
+    ICL only and the largest by fine-tuning only (no loss both share)."""
+    rows = build_rows(num_tasks=8)
+    alone = _less_data_result([record for record in rows if record["model"] != "it-limit100"])
+    assert (alone.verdict, alone.run_text) == (
+        "undefined", "needs two data limits with results, has 1")
+    apart = [record for record in rows if not (
+        (record["model"] == "it-limit10" and record["method"] == "finetune")
+        or (record["model"] == "it-limit100" and record["method"] == "icl"))]
+    result = _less_data_result(apart)
+    assert result.verdict == "undefined"
+    assert result.run_text == ("no ICL or fine-tuning loss at the smallest and largest "
+                                    "limit")
