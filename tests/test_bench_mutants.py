@@ -70,8 +70,10 @@ def test_the_bench_readme_reads_the_recorded_scores() -> None:
             if line.startswith("| ") and not line.startswith("| group")}
     assert set(results) <= set(rows)
     for group, row in results.items():
-        now = row.get("by_module", {})
+        # a group measured partly on a sample shows its estimated score
+        score = row.get("unrun_sample", {}).get("group_score_estimate", row["score"])
         shown = re.findall(r"\*\*(\d+(?:\.\d)?) %\*\*", rows[group])
         assert shown, (group, rows[group])
-        assert float(shown[0]) == pytest.approx(100 * row["score"], abs=0.05), group
-        assert all(counts["judged"] >= counts["detected"] for counts in now.values())
+        assert float(shown[0]) == pytest.approx(100 * score, abs=0.05), group
+        for module, counts in row.get("by_module", {}).items():
+            assert counts["judged"] >= counts["detected"], (group, module)
