@@ -77,3 +77,11 @@ def test_the_bench_readme_reads_the_recorded_scores() -> None:
         assert float(shown[0]) == pytest.approx(100 * score, abs=0.05), group
         for module, counts in row.get("by_module", {}).items():
             assert counts["judged"] >= counts["detected"], (group, module)
+
+
+def test_make_mutants_runs_the_script_and_the_readme_says_so() -> None:
+    makefile = (REPO_ROOT / "Makefile").read_text(encoding="utf-8")
+    target = makefile.split("\nmutants:", 1)[1].split("\n\n", 1)[0]
+    assert "bench/mutants.py" in target and "mutmut" in target
+    assert "`make mutants` runs mutation testing" in (REPO_ROOT / "README.md").read_text(
+        encoding="utf-8")
