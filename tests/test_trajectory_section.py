@@ -109,3 +109,30 @@ def test_the_late_phase_survives_only_with_a_rise_above_zero(
     robustness = LATE_PHASE_CORRELATION.robustness(analysis, BootstrapOptions(20, 0))
     assert robustness.survives is survives
     assert "; ρ_late − ρ_early=" in robustness.text
+
+
+def test_the_trajectory_findings_say_their_steps_values_and_tests() -> None:
+    """§5.1's findings as the report states them on the miniature: ICL improving throughout
+    is valued at the last step's mean ICL loss minus the pre-trained model's (step 0), and
+    its text names both; the early phase names its steps with the partial ρ after them (as
+    §3.2's Δ correlation does its Δ); the late phase's test names ρ_late;
+    forgetting-then-recovery lists each step's test."""
+    frame = pd.DataFrame(build_rows(num_tasks=8))
+    analysis = analyse(frame, RunManifest.model_validate(manifest_dict()), n_boot=10)
+    found = {result.finding.id: result for result in evaluate_findings(analysis, n_boot=10)}
+    icl = frame[(frame["method"] == "icl") & (frame["metric"] == "loss")
+                & (frame["split"] == "test")]
+    start = icl[icl["model"] == "pretrained"].groupby("task")["value"].mean().mean()
+    end = icl[(icl["model"] == "it-proportional") & (icl["checkpoint_step"] == 300)
+              ].groupby("task")["value"].mean().mean()
+    throughout = found["5.1-icl-improves-throughout"]
+    assert throughout.run_value == pytest.approx(end - start)
+    assert throughout.run_text.startswith(f"ICL loss {start:.3f} (step 0) → {end:.3f} (step 300)")
+    early = found["5.1-early-phase-correlation"].run_text
+    assert "; steps 0 → 100; partial ρ=" in early and early.endswith(")")
+    # §3.2's correlation names its Δ, then the partial ρ beside it
+    assert "; Δ = it-limit10 − it-limit100; partial ρ=" in found["3.2-delta-correlation"].run_text
+    assert found["5.1-late-phase-correlation"].test.startswith("Spearman's test: ρ_late=")
+    assert found["5.1-forgetting-then-recovery"].test.startswith(
+        "Wilcoxon signed-rank over tasks, one-sided, at each step (0→100: Wilcoxon ")
+    assert "; 100→300: Wilcoxon " in found["5.1-forgetting-then-recovery"].test
