@@ -321,3 +321,12 @@ def test_the_sections_table_names_each_kept_reverse_annealing_run_with_its_sched
     mean = validation.groupby("task")["value"].mean().mean()
     assert (f"<p>Kept: ra100 (T_max=100, linear schedule, validation loss {mean:.4f}).</p>"
             in section.tables_html())
+
+
+def test_uniform_overfitting_needs_a_uniform_model_and_says_so() -> None:
+    """Without a uniform model beside proportional the overfitting claim is undefined, and
+    the report's run column says what is missing."""
+    overfits = results(analysed(frame_with_seeds(1), {"proportional": "it-proportional"})
+                       )["4-uniform-overfits-small"]
+    assert (overfits.verdict, overfits.run_value, overfits.run_text) == (
+        UNDEFINED, None, "needs a proportional and a uniform model")
