@@ -155,10 +155,11 @@ class SamplersAnalysis:
                      + table(self.others[columns]))
         if not self.binned.empty:
             # The bins are labels ("10–34"): pivoting alone would order them as text.
-            bins = self.binned.sort_values("bin_low")["bin"].drop_duplicates().tolist()
+            by_size = self.binned.pivot_table(index=["split", "label"], columns="bin",
+                                              values="mean")
+            bins = self.binned.sort_values("bin_low")["bin"].drop_duplicates()
             body += "<h3>Seen-task loss by training-set size</h3>" + table(
-                self.binned.pivot_table(index=["split", "label"], columns="bin",
-                                        values="mean")[bins], index=True)
+                by_size[[size for size in bins if size in by_size.columns]], index=True)
         return body + self.fits_html()
 
     def fits_table(self) -> pd.DataFrame:
