@@ -200,6 +200,22 @@ def test_seeds_are_counted_on_k_shot_fine_tuning_test_losses_only() -> None:
     assert finetune_seed_count(pd.DataFrame(rows)) == SeedCount(2, 2, 2)
 
 
+def record_bootstrap_settings(monkeypatch: pytest.MonkeyPatch, module: Any, name: str,
+                              calls: list[tuple[Any, Any]] | None = None
+                              ) -> list[tuple[Any, Any]]:
+    """Replace ``module.name`` (a bootstrap) by one that records each call's ``n_boot`` and
+    ``seed`` in ``calls``, then runs it; returns ``calls``."""
+    calls = [] if calls is None else calls
+    original = getattr(module, name)
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        calls.append((kwargs.get("n_boot"), kwargs.get("seed")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, recording)
+    return calls
+
+
 def test_every_recheck_runs_with_the_reports_bootstrap_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -209,19 +225,11 @@ def test_every_recheck_runs_with_the_reports_bootstrap_settings(
     import inspect
     import sys
 
-    from itransfer.analysis import block_bootstrap as block_module
-
-    calls: list[tuple[int, int]] = []
-    original = block_module.block_bootstrap
-
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        calls.append((kwargs.get("n_boot"), kwargs.get("seed")))
-        return original(*args, **kwargs)
-
+    calls: list[tuple[Any, Any]] = []
     for name, module in list(sys.modules.items()):
         if name.startswith("itransfer.analysis") and inspect.isfunction(
                 getattr(module, "block_bootstrap", None)):
-            monkeypatch.setattr(module, "block_bootstrap", recording)
+            record_bootstrap_settings(monkeypatch, module, "block_bootstrap", calls)
     manifest = RunManifest.model_validate(manifest_dict())
     analysis = analyse(frame_with_seeds(3), manifest, n_boot=50)
 

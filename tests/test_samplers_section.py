@@ -28,7 +28,7 @@ from itransfer.analysis.verdicts import (
     evaluate_findings,
 )
 from test_analysis import build_rows, manifest_dict, row, seen_rows
-from test_report_robustness import frame_with_seeds
+from test_report_robustness import frame_with_seeds, record_bootstrap_settings
 
 MODELS = {"proportional": "it-proportional", "uniform": "it-uniform"}
 # Six small seen tasks and two large ones: the per-task mean counts each task once, the pooled
@@ -189,14 +189,7 @@ def test_the_ranking_bootstrap_uses_the_reports_resamples_and_seed(
 ) -> None:
     """Each ranking's "first in x% of N task resamples" draws the report's N from the report's
     seed, so the same seed gives the same text."""
-    calls: list[tuple[Any, Any]] = []
-    original = samplers_module.ranking_stability
-
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        calls.append((kwargs.get("n_boot"), kwargs.get("seed")))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(samplers_module, "ranking_stability", recording)
+    calls = record_bootstrap_settings(monkeypatch, samplers_module, "ranking_stability")
     best = results(analysed(frame_with_seeds(1)), n_boot=37, seed=11)["4-proportional-best"]
     assert calls == [(37, 11)] * 3
     assert best.test == (

@@ -17,6 +17,7 @@ from itransfer.analysis.run import RunAnalysis, analyse
 from itransfer.analysis.sections import trajectory as trajectory_module
 from itransfer.analysis.verdicts import BootstrapOptions, evaluate_findings
 from test_analysis import build_rows, manifest_dict
+from test_report_robustness import record_bootstrap_settings
 
 LATE = "5.1-late-phase-correlation"
 
@@ -33,14 +34,7 @@ def test_the_late_phases_rise_is_bootstrapped_with_the_reports_settings(
     """ρ_late − ρ_early (the late-phase finding's second test) draws the report's number of
     resamples from the report's seed: the same seed gives the same test text, another seed
     another, and with 37 resamples a rise seen in all of them has one-sided p = 1/37."""
-    calls: list[tuple[Any, Any]] = []
-    original = trajectory_module.correlation_difference
-
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        calls.append((kwargs.get("n_boot"), kwargs.get("seed")))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(trajectory_module, "correlation_difference", recording)
+    calls = record_bootstrap_settings(monkeypatch, trajectory_module, "correlation_difference")
     analysis = trajectory_analysis()
 
     def late_test(seed: int) -> str:
